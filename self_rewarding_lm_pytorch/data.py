@@ -21,6 +21,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
+    "read_json_if_exists",
     "write_jsonl",
     "read_jsonl",
     "JsonlAppender",
@@ -101,6 +102,17 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def read_json_if_exists(path: str | os.PathLike) -> Any:
+    """The parsed JSON at `path`, or None when there is no such file."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg})") from None
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:

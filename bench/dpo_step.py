@@ -1,0 +1,175 @@
+"""Time and memory of one DPO step against the floor of a plain forward+backward on the same rows.
+
+    python bench/dpo_step.py                      # timing + memory, prints a markdown table
+    python bench/dpo_step.py --write bench/results/dpo_step.md
+
+What is timed (CPU, one thread, the same pre-collated batch of 2B right-padded rows every time):
+- floor:        logits = policy(ids); logits.mean().backward()   (a forward+backward and nothing else)
+- floor (CE):   the same with a plain next-token cross-entropy over all positions, for context
+- precomputed:  DPOTask.step (one forward over chosen+rejected, log-probs, dpo_loss) + backward,
+                reference log-probs read from the batch
+- live:         the same with a frozen reference copy run (no grad) inside every step
+The optimizer step is left out of every row: it is the loop's, identical across modes. Modes are
+interleaved round by round and each reports its median, so machine load shifts them alike.
+
+Memory: each mode runs in a fresh subprocess; peak RSS (resource.getrusage ru_maxrss) is read
+after the setup both modes share (imports, policy, batch) and again after the mode's own setup
+and steps. The difference is what the mode adds: for "live" that includes the reference copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("floor", "floor_ce", "precomputed", "live")
+
+
+def build(args):
+    from x_transformers import Decoder, TransformerWrapper
+
+    from self_rewarding_lm_pytorch.stages.dpo import DPOTask, collate_pairs
+
+    torch.manual_seed(0)
+    model = TransformerWrapper(num_tokens=259, max_seq_len=args.prompt_len + args.response_len,
+                               attn_layers=Decoder(dim=args.dim, depth=args.depth, heads=args.heads))
+    g = torch.Generator().manual_seed(0)
+    pairs = []
+    for _ in range(args.batch):
+        prompt = torch.randint(0, 256, (args.prompt_len,), generator=g).tolist()
+        chosen = torch.randint(0, 256, (args.response_len,), generator=g).tolist()
+        rejected = torch.randint(0, 256, (args.response_len,), generator=g).tolist()
+        pairs.append({"chosen": (prompt + chosen, args.prompt_len), "rejected": (prompt + rejected, args.prompt_len),
+                      "ref": (-500.0, -510.0)})
+    batch = collate_pairs(pairs, pad_id=256)
+    return model, pairs, batch, DPOTask
+
+
+def make_step(mode, model, pairs, batch, DPOTask):
+    ids = batch["input_ids"]
+    if mode == "floor":
+        return lambda: model(ids).mean().backward()
+    if mode == "floor_ce":
+        return lambda: F.cross_entropy(model(ids)[:, :-1].transpose(1, 2), ids[:, 1:]).backward()
+    if mode == "precomputed":
+        task = DPOTask(pad_id=256)
+        return lambda: task.step(model, batch)[0].backward()
+    if mode == "live":
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
+        task = DPOTask(pad_id=256, ref_model=ref)
+        live_batch = {k: v for k, v in batch.items() if not k.startswith("ref_")}
+        return lambda: task.step(model, live_batch)[0].backward()
+    raise ValueError(mode)
+
+
+def time_modes(args) -> dict:
+    model, pairs, batch, DPOTask = build(args)
+    steps = {m: make_step(m, model, pairs, batch, DPOTask) for m in MODES}
+    times = {m: [] for m in MODES}
+    for round_ in range(args.warmup + args.rounds):
+        for mode, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                model.zero_grad(set_to_none=True)
+                step()
+            if round_ >= args.warmup:
+                times[mode].append((time.perf_counter() - start) / args.steps)
+    task = DPOTask(pad_id=256)
+    start = time.perf_counter()
+    for _ in range(20):
+        task.collate(pairs)
+    collate = (time.perf_counter() - start) / 20
+    return {"median_s": {m: statistics.median(t) for m, t in times.items()},
+            "spread_s": {m: (min(t), max(t)) for m, t in times.items()}, "collate_s": collate}
+
+
+def memory_child(args):
+    """Run one mode in this (fresh) process; print peak-RSS figures as JSON."""
+    torch.set_num_threads(1)
+    model, pairs, batch, DPOTask = build(args)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step = make_step(args.memory_mode, model, pairs, batch, DPOTask)
+    for _ in range(args.steps):
+        model.zero_grad(set_to_none=True)
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"base_kib": base, "peak_kib": peak}))
+
+
+def memory_modes(args) -> dict:
+    out = {}
+    for mode in MODES:
+        cmd = [sys.executable, __file__, "--memory-mode", mode] + shape_args(args)
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[mode] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
+
+
+def shape_args(args) -> list[str]:
+    return [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+            ("dim", "depth", "heads", "batch", "prompt_len", "response_len", "steps")]
+
+
+def report(args, timing, memory, params) -> str:
+    med, floor = timing["median_s"], timing["median_s"]["floor"]
+    names = {"floor": "floor: forward + backward of `logits.mean()`", "floor_ce": "floor with a plain LM cross-entropy",
+             "precomputed": "DPO step, precomputed reference", "live": "DPO step, live reference copy"}
+    lines = ["| step | median ms | min-max ms | ratio to floor | peak RSS added (MiB) |", "|---|---|---|---|---|"]
+    for m in MODES:
+        lo, hi = timing["spread_s"][m]
+        added = (memory[m]["peak_kib"] - memory[m]["base_kib"]) / 1024
+        lines.append(f"| {names[m]} | {med[m] * 1e3:.1f} | {lo * 1e3:.1f}-{hi * 1e3:.1f} | {med[m] / floor:.3f}x | {added:.1f} |")
+    lines.append(f"\nCollating the batch (the loop does it once per step, outside `step`): {timing['collate_s'] * 1e3:.2f} ms.")
+    lines.append(f"Policy parameters: {params / 1e6:.2f} M ({params * 4 / 2**20:.1f} MiB fp32); the live mode's "
+                 f"reference copy adds the same again.")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8, help="pairs per step (2x rows)")
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--response-len", type=int, default=96)
+    parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--memory-mode", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--write", type=Path, help="also write the markdown report here")
+    args = parser.parse_args()
+    if args.memory_mode:
+        return memory_child(args)
+    torch.set_num_threads(1)
+    timing = time_modes(args)
+    memory = memory_modes(args)
+    model = build(args)[0]
+    table = report(args, timing, memory, sum(p.numel() for p in model.parameters()))
+    print(table)
+    if args.write:
+        import os
+
+        command = "python bench/dpo_step.py " + " ".join(sys.argv[1:])
+        load = os.popen("uptime").read().strip()
+        text = (f"# DPO step vs the forward+backward floor\n\nCommand: `{command}`\n\n"
+                f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259; "
+                f"{args.batch} pairs = {2 * args.batch} rows of {args.prompt_len + args.response_len} tokens; "
+                f"CPU, 1 thread, torch {torch.__version__}.\n\nMachine load during the run (`uptime`): `{load}`\n\n"
+                f"{table}\n")
+        args.write.parent.mkdir(parents=True, exist_ok=True)
+        args.write.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""The demo's built-in verifiable task: multi-digit addition, with seed data for the paper's recipe.
+
+A prompt is `"37+485="`, the answer `"522"`. Quality is measured exactly by `is_correct`.
+
+The seed data follows Yuan et al. (2024): instruction-following examples (prompt -> correct answer)
+and evaluation-fine-tuning examples (a judge prompt rendered with `DEMO_JUDGE_TEMPLATE` -> a short
+justification and `Score: <n>`), built from correct and deliberately wrong answers. The
+justification first restates the true sum, so the judge learns to compute and then compare: the
+model can only judge as well as it can add, which is the honest setting for a self-judge.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+from beartype import beartype
+
+__all__ = [
+    "AdditionTask",
+    "DemoData",
+    "DEMO_JUDGE_TEMPLATE",
+    "DEMO_JUDGE_REGEX",
+    "CORRECT_SCORE",
+    "WRONG_SCORE",
+    "demo_reward_config",
+    "is_correct",
+    "parse_prompt",
+    "render_judge_prompt",
+    "judge_target",
+    "verifier_reward",
+]
+
+# Compact on purpose: the judge prompt, the candidate and the judgment must fit a ~128-token
+# byte-level context (the reference package's default judge prompt alone is ~2,700 bytes).
+DEMO_JUDGE_TEMPLATE = "Judge: {{ prompt }}{{ response }}\n"
+DEMO_JUDGE_REGEX = "Score: {{ reward }}"
+CORRECT_SCORE = 5
+WRONG_SCORE = 1
+
+_PROMPT = re.compile(r"^\s*(\d+)\+(\d+)=\s*$")
+
+
+def parse_prompt(prompt: str) -> tuple[int, int]:
+    """The two operands of an addition prompt such as `"37+485="`."""
+    match = _PROMPT.match(prompt)
+    if match is None:
+        raise ValueError(f"not an addition prompt of the form 'a+b=': {prompt!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+@beartype
+def is_correct(prompt: str, response: str) -> bool:
+    """True iff `response` (surrounding whitespace ignored) is exactly the decimal sum."""
+    a, b = parse_prompt(prompt)
+    return response.strip() == str(a + b)
+
+
+def verifier_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """The ground-truth reward for the oracle line: 1.0 for a correct answer, 0.0 otherwise."""
+    return [float(is_correct(p, r)) for p, r in zip(prompts, responses)]
+
+
+def render_judge_prompt(prompt: str, response: str) -> str:
+    """What `demo_reward_config().render` produces, without jinja2 (used to cross-check it in tests)."""
+    return f"Judge: {prompt}{response}\n"
+
+
+def judge_target(prompt: str, response: str) -> str:
+    """The evaluation-fine-tuning target: the true sum, a verdict, and the score."""
+    a, b = parse_prompt(prompt)
+    if is_correct(prompt, response):
+        return f"{a + b} ok. Score: {CORRECT_SCORE}"
+    return f"{a + b} no. Score: {WRONG_SCORE}"
+
+
+def demo_reward_config():
+    """The judge `RewardConfig` the demo's model is trained to follow and judged with."""
+    from ..judge import RewardConfig
+
+    # auto_dedent off: it would strip the template's final newline, which separates the judged
+    # answer from the judge's own recomputed sum.
+    return RewardConfig(
+        prompt_template=DEMO_JUDGE_TEMPLATE,
+        reward_regex_template=DEMO_JUDGE_REGEX,
+        auto_dedent=False,
+        score_range=(float(WRONG_SCORE), float(CORRECT_SCORE)),
+    )
+
+
+def _wrong_answer(a: int, b: int, rng: random.Random) -> str:
+    """A plausible mistake: a dropped carry, an off-by-one/ten, or one changed digit."""
+    right = a + b
+    for _ in range(20):
+        kind = rng.randrange(4)
+        if kind == 0:  # digit-wise sum without carries, the classic error
+            da, db = str(a)[::-1], str(b)[::-1]
+            digits = [(int(da[i]) if i < len(da) else 0) + (int(db[i]) if i < len(db) else 0) for i in range(max(len(da), len(db)))]
+            wrong = int("".join(str(d % 10) for d in reversed(digits)))
+        elif kind == 1:
+            wrong = right + rng.choice([-1, 1])
+        elif kind == 2:
+            wrong = right + rng.choice([-10, 10, -100, 100])
+        else:
+            s = list(str(right))
+            i = rng.randrange(len(s))
+            s[i] = str((int(s[i]) + rng.randrange(1, 10)) % 10)
+            wrong = int("".join(s))
+        if wrong != right and wrong >= 0:
+            return str(wrong)
+    return str(right + 1)
+
+
+@dataclass
+class DemoData:
+    """Everything the demo trains and evaluates on (records are plain dicts, JSONL-ready)."""
+
+    instruction: list[dict]  # {"prompt", "response"}
+    evaluation: list[dict]  # {"prompt": judge prompt, "response": justification + score}
+    self_reward_prompts: list[str]  # prompts for the self-reward iterations (no answers used)
+    heldout_prompts: list[str]  # never trained on
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def sft(self) -> list[dict]:
+        return self.instruction + self.evaluation
+
+
+@dataclass(frozen=True)
+class AdditionTask:
+    """Addition of two numbers with 1..`max_digits` digits each (digit counts drawn uniformly)."""
+
+    max_digits: int = 3
+
+    def __post_init__(self):
+        if not 1 <= self.max_digits <= 9:
+            raise ValueError(f"max_digits must be in 1..9, got {self.max_digits}")
+
+    def _operand(self, rng: random.Random) -> int:
+        digits = rng.randint(1, self.max_digits)
+        return rng.randrange(10 ** (digits - 1) if digits > 1 else 0, 10**digits)
+
+    def sample_prompts(self, n: int, rng: random.Random, exclude: set[str] = frozenset()) -> list[str]:
+        """`n` distinct prompts not in `exclude`."""
+        out, seen = [], set(exclude)
+        attempts = 0
+        while len(out) < n:
+            attempts += 1
+            if attempts > 100 * n + 1000:
+                raise ValueError(f"cannot draw {n} distinct prompts with max_digits={self.max_digits}")
+            prompt = f"{self._operand(rng)}+{self._operand(rng)}="
+            if prompt not in seen:
+                seen.add(prompt)
+                out.append(prompt)
+        return out
+
+    def answer(self, prompt: str) -> str:
+        a, b = parse_prompt(prompt)
+        return str(a + b)
+
+    def wrong_answer(self, prompt: str, rng: random.Random) -> str:
+        return _wrong_answer(*parse_prompt(prompt), rng)
+
+    def instruction_examples(self, prompts: list[str]) -> list[dict]:
+        return [{"prompt": p, "response": self.answer(p)} for p in prompts]
+
+    def evaluation_examples(self, prompts: list[str], rng: random.Random, render=render_judge_prompt) -> list[dict]:
+        """One judged answer per prompt, correct or deliberately wrong with equal probability."""
+        records = []
+        for p in prompts:
+            response = self.answer(p) if rng.random() < 0.5 else self.wrong_answer(p, rng)
+            records.append({"prompt": render(p, response), "response": judge_target(p, response)})
+        return records
+
+    def build(
+        self,
+        *,
+        num_instruction: int,
+        num_evaluation: int,
+        num_self_reward_prompts: int,
+        num_heldout: int,
+        seed: int = 0,
+        render=None,
+    ) -> DemoData:
+        """Disjoint prompt sets; held-out prompts are drawn first so they never leak into training.
+
+        `render(prompt, response) -> str` renders a judge prompt; default `demo_reward_config().render`.
+        """
+        if render is None:
+            config = demo_reward_config()
+            render = lambda p, r: config.render(prompt=p, response=r)  # noqa: E731
+        rng = random.Random(seed)
+        heldout = self.sample_prompts(num_heldout, rng)
+        used = set(heldout)
+        train = self.sample_prompts(num_instruction, rng, used)
+        used |= set(train)
+        self_reward = self.sample_prompts(num_self_reward_prompts, rng, used)
+        # Evaluation examples may reuse instruction prompts (the paper's EFT data is separate data,
+        # but here it only has to teach the judging format and the compute-then-compare habit).
+        judged = [rng.choice(train) for _ in range(num_evaluation)]
+        evaluation = self.evaluation_examples(judged, rng, render)
+        stats = {
+            "num_instruction": len(train),
+            "num_evaluation": len(evaluation),
+            "num_evaluation_correct": sum(r["response"].endswith(f"Score: {CORRECT_SCORE}") for r in evaluation),
+            "num_self_reward_prompts": len(self_reward),
+            "num_heldout": len(heldout),
+        }
+        return DemoData(self.instruction_examples(train), evaluation, self_reward, heldout, stats)

@@ -1,0 +1,224 @@
+"""LLM-as-a-judge: a prompt template to render, a pattern to parse the score, and batched judging.
+
+Shapes: b (prompt, response) pairs judged, j judgments per pair.
+
+The judge is data plus two functions: `RewardConfig.render(prompt=..., response=...) -> str` and
+`RewardConfig.parse(text) -> float | None`. An unparseable judgment is None (NaN in score
+tensors) and is dropped, never 0 and never a crash.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+import jinja2
+import jinja2.meta
+import torch
+from beartype import beartype
+from torch import Tensor
+
+__all__ = ["RewardConfig", "RewardTemplateError", "DEFAULT_REWARD_CONFIG", "DEFAULT_JUDGE_PROMPT", "JudgeResult", "judge_scores"]
+
+_TEMPLATE_VARIABLES = frozenset({"prompt", "response"})
+_REWARD_SLOT = re.compile(r"\{\{\s*reward\s*\}\}")
+# an integer or decimal; "4." ending a sentence parses as 4 because a dot needs a digit after it
+_NUMBER = r"(?P<reward>[-+]?(?:\d+(?:\.\d+)?|\.\d+))"
+
+
+class RewardTemplateError(ValueError):
+    """A judge prompt or reward regex template that cannot work (raised at construction)."""
+
+
+def _literal_pattern(text: str) -> str:
+    """Regex for literal template text: escaped, with any run of whitespace matching any whitespace."""
+    return r"\s*".join(re.escape(part) for part in re.split(r"\s+", text))
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """A judge: a jinja2 prompt template over exactly `prompt` and `response`, and a regex template
+    where `{{ reward }}` marks the number to read from the judge's answer (the last match wins).
+
+    `auto_dedent` dedents the prompt template and trims blank outer lines (triple-quoted strings);
+    `score_range=(lo, hi)` makes scores outside [lo, hi] unparsed (None); `parse_reward(text)`
+    replaces the regex entirely (its result still goes through the range check; a ValueError from
+    it counts as unparsed).
+    """
+
+    prompt_template: str
+    reward_regex_template: str
+    auto_dedent: bool = True
+    score_range: Optional[tuple[float, float]] = None
+    parse_reward: Optional[Callable[[str], Optional[float]]] = None
+
+    def __post_init__(self):
+        if not isinstance(self.prompt_template, str) or not isinstance(self.reward_regex_template, str):
+            raise TypeError("prompt_template and reward_regex_template must be strings")
+        if self.score_range is not None:
+            lo, hi = self.score_range
+            if not lo < hi:
+                raise RewardTemplateError(f"score_range must be (lo, hi) with lo < hi, got {self.score_range}")
+        if self.parse_reward is not None and not callable(self.parse_reward):
+            raise TypeError("parse_reward must be a callable text -> float | None")
+        # compiled forms are kept off the dataclass fields so the config stays plain, comparable data
+        object.__setattr__(self, "_template", self._compile_template())
+        object.__setattr__(self, "_pattern", self._compile_pattern())
+
+    def __getstate__(self):
+        # pickle/deepcopy only the fields; the compiled template and pattern are rebuilt
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        self.__post_init__()
+
+    @property
+    def template_source(self) -> str:
+        """The prompt template as rendered (after auto-dedent)."""
+        text = self.prompt_template
+        return textwrap.dedent(text).strip("\n") if self.auto_dedent else text
+
+    def _compile_template(self) -> jinja2.Template:
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+        try:
+            found = jinja2.meta.find_undeclared_variables(env.parse(self.template_source))
+        except jinja2.TemplateSyntaxError as e:
+            raise RewardTemplateError(f"prompt_template is not valid jinja2: {e}") from None
+        missing, unknown = sorted(_TEMPLATE_VARIABLES - found), sorted(found - _TEMPLATE_VARIABLES)
+        if missing or unknown:
+            raise RewardTemplateError(
+                "prompt_template must use exactly the variables {{ prompt }} and {{ response }}"
+                + (f"; missing: {missing}" if missing else "")
+                + (f"; unknown: {unknown}" if unknown else "")
+            )
+        return env.from_string(self.template_source)
+
+    def _compile_pattern(self) -> re.Pattern:
+        source = self.reward_regex_template.strip()
+        slots = _REWARD_SLOT.findall(source)
+        if len(slots) != 1:
+            raise RewardTemplateError(f"reward_regex_template must contain {{{{ reward }}}} exactly once, found {len(slots)}: {source!r}")
+        before, after = (part.strip() for part in _REWARD_SLOT.split(source))
+        # (?<!\w): "Score:" must not match inside "Subscore:"
+        pattern = (r"(?<!\w)" + _literal_pattern(before) + r"\s*" if before else "") + _NUMBER
+        pattern += r"\s*" + _literal_pattern(after) if after else ""
+        return re.compile(pattern, re.IGNORECASE)
+
+    @property
+    def pattern(self) -> re.Pattern:
+        """The compiled reward pattern; its group `reward` is the number."""
+        return self._pattern
+
+    def render(self, *, prompt: str, response: str) -> str:
+        """The judge prompt for one (prompt, response)."""
+        return self._template.render(prompt=prompt, response=response)
+
+    def parse(self, text: str) -> float | None:
+        """The score in a judge's answer (the last match), or None if there is none or it is out of range."""
+        if self.parse_reward is not None:
+            try:
+                value = self.parse_reward(text)
+            except ValueError:
+                return None
+        else:
+            matches = list(self._pattern.finditer(text))
+            value = float(matches[-1].group("reward")) if matches else None
+        if value is None or not math.isfinite(float(value)):
+            return None
+        value = float(value)
+        if self.score_range is not None and not self.score_range[0] <= value <= self.score_range[1]:
+            return None
+        return value
+
+
+# Kept to a few hundred characters on purpose: with byte-level tokenizers every character is a
+# token, and tiny models have contexts of a few hundred tokens; the judge template plus the prompt,
+# the response and the judge's own answer must all fit (the reference package's 2,700-byte prompt
+# did not, so every judgment was empty). Wording is ours; the rubric follows Yuan et al. 2024.
+DEFAULT_JUDGE_PROMPT = """\
+Rate the answer to the question. Add 1 point for each that holds:
+it is relevant; it covers most of the question; it usefully answers the core of it;
+it is clear and well organised; it shows expertise, with no filler.
+Question: {{ prompt }}
+Answer: {{ response }}
+Justify briefly, then end with "Score: <points>" (0 to 5).
+"""
+
+DEFAULT_REWARD_CONFIG = RewardConfig(DEFAULT_JUDGE_PROMPT, "Score: {{ reward }}", score_range=(0.0, 5.0))
+
+
+@dataclass
+class JudgeResult:
+    """Judgments of b (prompt, response) pairs: `scores` (b,) is the mean of the parsed judgments
+    (NaN when none parsed); `texts[i]` and `parsed[i]` hold every judgment of pair i."""
+
+    scores: Tensor
+    texts: list[list[str]]
+    parsed: list[list[Optional[float]]]
+    num_failed: int  # judgments that did not parse
+    num_skipped: int = 0  # pairs not judged because the judge prompt did not fit the model
+
+    @property
+    def num_judgments(self) -> int:
+        return sum(len(t) for t in self.texts)
+
+
+@beartype
+def judge_scores(
+    model,
+    tokenizer,
+    reward_config: RewardConfig,
+    prompts: list[str],
+    responses: list[str],
+    *,
+    num_judgments: int = 3,
+    max_new_tokens: int,
+    temperature: float | int = 0.7,
+    top_p: float | int | None = 0.9,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    use_cache: bool = True,
+) -> JudgeResult:
+    """Judge each (prompt, response) `num_judgments` times with `model` sampling from the rendered
+    judge prompt; scores are averaged over the judgments that parse.
+
+    A judge prompt longer than `model.max_seq_len - max_new_tokens` is not judged (NaN, counted in
+    `num_skipped`); callers that budget lengths up front (`generate_preferences`) never hit this.
+    """
+    from .sampling import sample
+
+    if len(prompts) != len(responses):
+        raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+    if num_judgments < 1 or max_new_tokens < 1:
+        raise ValueError(f"num_judgments and max_new_tokens must be >= 1, got {num_judgments}, {max_new_tokens}")
+    limit = getattr(model, "max_seq_len", None)
+    encoded = [tokenizer.encode(reward_config.render(prompt=p, response=r)) for p, r in zip(prompts, responses)]
+    fits = [len(ids) >= 1 and (limit is None or len(ids) + max_new_tokens <= limit) for ids in encoded]
+    judged = [i for i, ok in enumerate(fits) if ok]
+    texts: list[list[str]] = [[] for _ in prompts]
+    if judged:
+        out = sample(  # the sampler moves prompts to the model's device
+            model,
+            [torch.tensor(encoded[i], dtype=torch.long) for i in judged],
+            max_new_tokens=max_new_tokens, num_samples=num_judgments, temperature=temperature, top_p=top_p,
+            eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=generator, batch_size=batch_size,
+            use_cache=use_cache,
+        )
+        decoded = out.texts(tokenizer)
+        for row, i in enumerate(judged):  # prompt-major rows: judgment j of the r-th judged pair is row r * num_judgments + j
+            texts[i] = decoded[row * num_judgments : (row + 1) * num_judgments]
+    parsed = [[reward_config.parse(t) for t in ts] for ts in texts]
+    scores = torch.tensor([_mean_or_nan(ps) for ps in parsed], dtype=torch.float32)
+    num_failed = sum(p is None for ps in parsed for p in ps)
+    return JudgeResult(scores=scores, texts=texts, parsed=parsed, num_failed=num_failed, num_skipped=len(prompts) - len(judged))
+
+
+def _mean_or_nan(values: list[Optional[float]]) -> float:
+    valid = [v for v in values if v is not None]
+    return sum(valid) / len(valid) if valid else math.nan

@@ -1,0 +1,371 @@
+"""Decoding backends for `sampling.sample`: a fast preallocated-KV-cache decoder, and two fallbacks.
+
+Every backend ("stepper") has the same three methods:
+  `prefill() -> logits (b, v)`  encode each unique prompt once, expand to its sample rows;
+  `step(tokens (b,)) -> logits (b, v)`  feed one token per row, get the next-token logits;
+  `select(keep (b,) bool)`  drop finished rows (compaction).
+
+Shape legend: b rows, u unique prompts, n sequence / cache slots, h query heads, g key-value heads,
+d head dim, r rotary dim, v vocab.
+
+`FastDecoder` runs an x-transformers `TransformerWrapper` with the model's own modules (embeddings,
+norms, feedforwards, residuals, final norm, logits head) and reimplements only attention, against K/V
+buffers allocated once at their final length and written one slot per step. x-transformers' own
+`cache=` path (`XCacheStepper`) re-concatenates its cache and re-embeds the whole sequence every
+step, which costs more and more as the sequence grows. `FullStepper` re-runs the full forward every
+step: the slowest, but it only needs `model(ids) -> logits`, so it runs any causal model.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from x_transformers.x_transformers import (
+    AbsolutePositionalEmbedding, Attention, Decoder, DynamicTanh, FeedForward, Identity, LayerNorm, Residual,
+    RMSNorm, ScaleNorm, SimpleRMSNorm, TokenEmbedding, TransformerWrapper, always, softclamp,
+)
+
+__all__ = ["FastDecoder", "XCacheStepper", "FullStepper", "UnsupportedModelError", "fast_decode_support"]
+
+_PER_TOKEN_NORMS = (LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm, DynamicTanh)
+
+
+class UnsupportedModelError(ValueError):
+    """The requested decoding backend cannot run this model exactly."""
+
+
+def training_modes(model: nn.Module) -> dict[nn.Module, bool]:
+    return {m: m.training for m in model.modules()}
+
+
+def restore_training_modes(modes: dict[nn.Module, bool]) -> None:
+    # Per module, not `model.train(mode)`: a user may have frozen some submodules in eval on purpose.
+    for module, mode in modes.items():
+        module.training = mode
+
+
+def _wrapper_problem(model) -> str | None:
+    if not isinstance(model, TransformerWrapper) or type(model).forward is not TransformerWrapper.forward:
+        return "not an x-transformers TransformerWrapper"
+    problems = {
+        "token_emb is not a TokenEmbedding": type(model.token_emb) is not TokenEmbedding,
+        "pos_emb is not absolute or absent": not (
+            type(model.pos_emb) is AbsolutePositionalEmbedding
+            or (isinstance(model.pos_emb, always) and model.pos_emb.val == 0)),
+        "extra token embeddings (embed_num_tokens)": model.embeds is not None,
+        "ff_deep_embed": model.ff_deep_embed is not None,
+        "memory tokens": model.num_memory_tokens > 0,
+        "recycling or looped depth": model.recycling or model.looped,
+        "cls token or pooling": model.cls_token is not None or model.attn_pool is not None or model.average_pool_embed,
+        "mixture of softmax or sigsoftmax": model.to_mixture is not None or model.sigsoftmax_logits,
+        "not a single logits head": model.has_multiple_heads or model.to_logits is None or model.squeeze_out_last_dim,
+    }
+    return next((name for name, bad in problems.items() if bad), None)
+
+
+def _layers_problem(layers) -> str | None:
+    problems = {
+        "not a causal Decoder": not isinstance(layers, Decoder) or not layers.causal,
+        "cross attention": layers.cross_attend,
+        "layer types other than attention and feedforward": not set(layers.layer_types) <= {"a", "f"},
+        "custom layer execution order": tuple(layers.layers_execute_order) != tuple(range(len(layers.layers))),
+        "relative / alibi / polar position bias": layers.rel_pos is not None or layers.polar_pos_emb is not None,
+        "rotary xpos": layers.rotary_pos_emb is not None and layers.rotary_pos_emb.scale is not None,
+        "conditioning (adaptive norms or layerscale)": layers.need_condition,
+        "hyper-connections / layer integration / unet skips": layers.num_residual_streams != 1
+        or any(m is not None for m in layers.layer_integrators) or any(m is not None for m in layers.skip_combines),
+        "input reinjection, value residual or residual attention": layers.reinject_input
+        or layers.add_value_residual or layers.residual_attn,
+    }
+    return next((name for name, bad in problems.items() if bad), None)
+
+
+def _attention_problem(attn: Attention) -> str | None:
+    attend = attn.attend
+    softmax = getattr(attend.attn_fn, "func", None) is F.softmax and attend.attn_fn.keywords.get("dim") == -1
+    problems = {
+        "non-causal attention": not attn.causal,
+        "attention q/k/v are not plain linear layers": not all(
+            type(m) is nn.Linear for m in (attn.to_q, attn.to_k, attn.to_v)),
+        "latent (MLA) attention or differing qkv inputs": attn.use_latent_q or attn.use_latent_kv
+        or attn.to_rotateable_k is not None or attn.qkv_receive_diff_residuals,
+        "qk norm / rmsnorm": attn.qk_norm or attn.q_rmsnorm is not None or attn.k_rmsnorm is not None
+        or attn.value_rmsnorm is not None,
+        "gated attention": attn.to_v_gate is not None or attn.to_output_gate is not None
+        or attn.to_v_head_gate is not None,
+        "attention extras (laser, head scale, memory kv, hybrid, orthogonal values)": attn.laser or attn.head_scale
+        or attn.num_mem_kv > 0 or attn.hybrid_module is not None or attn.orthog_projected_values
+        or attn.orthog_projected_values_per_head,
+        "attention biases (data-dependent alibi, relative projection)": attn.data_dependent_alibi is not None
+        or attn.rel_proj_pos_bias is not None,
+        "max_attend_past or partial rotary heads": attn.max_attend_past is not None
+        or attn.rotate_num_heads != attn.heads,
+        "attention function other than softmax": not softmax or attend.selective or attend.cog_signed
+        or attend.l2_distance,
+        "attention logit extras (talking heads, zero kv, sinks, softclamp, cope, inverted)": any(
+            m is not None for m in (attend.pre_softmax_talking_heads, attend.post_softmax_talking_heads,
+                                    attend.pre_scale_post_talking_heads, attend.head_attn_sink, attend.cope))
+        or attend.add_zero_kv or attend.softclamp_logits or attend.inverted_attention or attend.flash_pack_seq,
+    }
+    return next((name for name, bad in problems.items() if bad), None)
+
+
+def _structure_problem(model) -> str | None:
+    problem = _wrapper_problem(model) or _layers_problem(model.attn_layers)
+    if problem:
+        return problem
+    for layer_type, (norms, block, residual) in zip(model.attn_layers.layer_types, model.attn_layers.layers):
+        if type(residual) is not Residual:
+            return f"residual type {type(residual).__name__}"
+        if not all(norm is None or type(norm) in _PER_TOKEN_NORMS for norm in norms):
+            return "a norm type that is not per-token"
+        expected = Attention if layer_type == "a" else FeedForward
+        if type(block) is not expected:
+            return f"block {type(block).__name__} where {expected.__name__} was expected"
+        if layer_type == "a" and (problem := _attention_problem(block)):
+            return problem
+    if type(model.attn_layers.final_norm) not in (*_PER_TOKEN_NORMS, Identity, nn.Identity):
+        return "final norm type"
+    return None
+
+
+_PROBED: "weakref.WeakKeyDictionary[nn.Module, str | None]" = weakref.WeakKeyDictionary()
+
+
+def fast_decode_support(model: nn.Module) -> str | None:
+    """None if `FastDecoder` runs `model` exactly, else the reason it cannot.
+
+    Two gates: a whitelist of the model's structure (every module and flag the decoder does not
+    reimplement is checked), then, once per model object, a numerical probe that compares decoded
+    logits against the model's own full forward, so a flag the whitelist misses still falls back.
+    """
+    problem = _structure_problem(model)
+    if problem is not None:
+        return problem
+    if model not in _PROBED:
+        modes = training_modes(model)
+        model.eval()
+        try:
+            with torch.inference_mode():
+                _PROBED[model] = _probe_problem(model)
+        except (RuntimeError, IndexError, ValueError, AssertionError) as error:
+            # A configuration the decoder cannot even run is unsupported, not a crash: fall back.
+            _PROBED[model] = f"numerical probe failed: {type(error).__name__}: {error}"
+        finally:
+            restore_training_modes(modes)
+    return _PROBED[model]
+
+
+def _probe_problem(model) -> str | None:
+    gen = torch.Generator().manual_seed(0)
+    device = model.token_emb.emb.weight.device
+    lengths = (2, 4) if model.max_seq_len == 0 or model.max_seq_len >= 7 else (1, 2)
+    prompts = [torch.randint(model.num_tokens, (n,), generator=gen).to(device) for n in lengths]
+    follow = torch.randint(model.num_tokens, (2, 2), generator=gen).to(device)
+    decoder = FastDecoder(model, prompts, [1, 1], max_new_tokens=3)
+    got = [decoder.prefill()] + [decoder.step(follow[:, s]) for s in range(2)]
+    got = torch.stack(got, dim=1).float()
+    for row, prompt in enumerate(prompts):
+        want = model(torch.cat((prompt, follow[row]))[None])[0, -3:].float()
+        tolerance = (1e-4 if want.dtype == torch.float32 else 1e-2) * max(1.0, want.abs().max().item())
+        if not torch.allclose(got[row], want, rtol=0, atol=tolerance):
+            return "numerical probe: decoded logits differ from the model's own forward"
+    return None
+
+
+def _rotate(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding with x-transformers' interleaved pairs; t (b, h, n, d), cos/sin (b, 1, n, r)."""
+    rot_dim = cos.shape[-1]
+    t_rot, t_pass = t[..., :rot_dim], t[..., rot_dim:]
+    x1, x2 = rearrange(t_rot, "... (d two) -> ... d two", two=2).unbind(dim=-1)
+    rotated = rearrange(torch.stack((-x2, x1), dim=-1), "... d two -> ... (d two)")
+    return torch.cat((t_rot * cos + rotated * sin, t_pass), dim=-1)
+
+
+class FastDecoder:
+    """Prompts left-padded to the longest, so all rows write the same cache slot each step.
+
+    A per-row key mask hides the padding and per-row positions (slot - start) give each row exactly
+    the positions it has alone. The last sampled token is never fed back, hence the slot count.
+    """
+
+    def __init__(self, model, prompts: list[Tensor], counts: list[int], max_new_tokens: int):
+        self.model, layers = model, model.attn_layers
+        self.attns = [block for (_, block, _), kind in zip(layers.layers, layers.layer_types) if kind == "a"]
+        weight = model.token_emb.emb.weight
+        device = weight.device
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        self.prompt_len = int(lengths.max())
+        self.counts = torch.tensor(counts, device=device)
+        starts = self.prompt_len - lengths  # (u,)
+        self.ids = torch.stack([F.pad(p, (int(s), 0)) for p, s in zip(prompts, starts.tolist())])
+        self.starts = starts
+        self.row_start = starts.repeat_interleave(self.counts)  # (b,)
+        num_slots = self.prompt_len + max_new_tokens - 1
+        self.key_ok = torch.arange(num_slots, device=device) >= self.row_start[:, None]  # (b, n)
+        self.padded = bool((starts > 0).any())
+        self.filled = 0
+        rows = int(self.counts.sum())
+        self.caches = []
+        self.qkv = []
+        for attn in self.attns:
+            dk, dv = attn.to_k.out_features // attn.kv_heads, attn.to_v.out_features // attn.kv_heads
+            dtype = attn.to_k.weight.dtype
+            self.caches.append((torch.empty(rows, attn.kv_heads, num_slots, dk, device=device, dtype=dtype),
+                                torch.empty(rows, attn.kv_heads, num_slots, dv, device=device, dtype=dtype)))
+            # One matmul instead of three: the step is small, so per-call overhead dominates.
+            projections = (attn.to_q, attn.to_k, attn.to_v)
+            bias = None
+            if any(p.bias is not None for p in projections):
+                bias = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
+                                  for p in projections])
+            self.qkv.append((torch.cat([p.weight for p in projections]), bias,
+                             [p.out_features for p in projections]))
+        self.cos = self.sin = None
+        if layers.rotary_pos_emb is not None:
+            freqs, _ = layers.rotary_pos_emb(torch.arange(max(num_slots, 1), device=device))
+            self.cos, self.sin = freqs[0].cos(), freqs[0].sin()  # (n, r)
+
+    def _embed(self, ids: Tensor, pos: Tensor) -> Tensor:
+        model = self.model
+        x = model.token_emb(ids)
+        if not isinstance(model.pos_emb, always):
+            x = x + model.pos_emb(ids, pos=pos)
+        return model.project_emb(model.post_emb_norm(x))
+
+    def _attention(self, index: int, attn: Attention, x: Tensor, pos: Tensor, mask, causal: bool) -> Tensor:
+        weight, bias, splits = self.qkv[index]
+        q, k, v = F.linear(x, weight, bias).split(splits, dim=-1)
+        q = rearrange(q, "b n (h d) -> b h n d", h=attn.heads)
+        k = rearrange(k, "b n (g d) -> b g n d", g=attn.kv_heads)
+        v = rearrange(v, "b n (g d) -> b g n d", g=attn.kv_heads)
+        if self.cos is not None:
+            cos = rearrange(self.cos[pos], "b n r -> b 1 n r")
+            sin = rearrange(self.sin[pos], "b n r -> b 1 n r")
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        k_cache, v_cache = self.caches[index]
+        n = x.shape[1]
+        if causal:  # prefill: u prompt rows, written to all their sample rows; attend locally
+            k_cache[:, :, :n] = k.repeat_interleave(self.counts, dim=0)
+            v_cache[:, :, :n] = v.repeat_interleave(self.counts, dim=0)
+        else:
+            k_cache[:, :, self.filled:self.filled + n] = k
+            v_cache[:, :, self.filled:self.filled + n] = v
+            k, v = k_cache[:, :, :self.filled + n], v_cache[:, :, :self.filled + n]
+        gqa = attn.kv_heads < attn.heads
+        if gqa:  # x-transformers pairs query head i with kv head i % g; SDPA pairs it with i // (h / g)
+            q = rearrange(q, "b (r g) n d -> b (g r) n d", g=attn.kv_heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                             scale=attn.attend.scale, enable_gqa=gqa)
+        if gqa:
+            out = rearrange(out, "b (g r) n d -> b (r g) n d", g=attn.kv_heads)
+        return attn.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+    def _layers(self, x: Tensor, pos: Tensor, mask, causal: bool) -> Tensor:
+        layers, index = self.model.attn_layers, 0
+        for kind, ((pre_norm, post_branch_norm, post_main_norm), block, residual_fn) in zip(
+                layers.layer_types, layers.layers):
+            residual = x
+            if pre_norm is not None:
+                x = pre_norm(x)
+            if kind == "a":
+                out = self._attention(index, block, x, pos, mask, causal)
+                index += 1
+            else:
+                out = block(x)
+            if post_branch_norm is not None:
+                out = post_branch_norm(out)
+            x = residual_fn(out, residual)
+            if post_main_norm is not None:
+                x = post_main_norm(x)
+        if layers.softclamp_output:
+            x = softclamp(x, layers.softclamp_output_value)
+        return layers.final_norm(x)
+
+    def prefill(self) -> Tensor:
+        n = self.prompt_len
+        arange = torch.arange(n, device=self.ids.device)
+        pos = (arange - self.starts[:, None]).clamp(min=0)  # (u, n)
+        mask = None
+        if self.padded:
+            # A pad query may see only itself: a fully masked row would turn into NaN and spread.
+            key_ok = arange >= self.starts[:, None]
+            allowed = (arange[None, :] <= arange[:, None]) & (key_ok[:, None, :] | torch.eye(n, dtype=torch.bool,
+                                                                                            device=arange.device))
+            mask = rearrange(allowed, "u i j -> u 1 i j")
+        x = self._layers(self._embed(self.ids, pos), pos, mask, causal=True)
+        self.filled = n
+        logits = self.model.to_logits(x[:, -1])
+        return logits.repeat_interleave(self.counts, dim=0)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        pos = (self.filled - self.row_start)[:, None]  # (b, 1)
+        mask = rearrange(self.key_ok[:, :self.filled + 1], "b j -> b 1 1 j") if self.padded else None
+        x = self._layers(self._embed(tokens[:, None], pos), pos, mask, causal=False)
+        self.filled += 1
+        return self.model.to_logits(x[:, 0])
+
+    def select(self, keep: Tensor) -> None:
+        self.caches = [(k[keep], v[keep]) for k, v in self.caches]
+        self.row_start, self.key_ok = self.row_start[keep], self.key_ok[keep]
+        self.padded = bool((self.row_start > 0).any())
+
+
+class _SequenceStepper:
+    """Rows that share one prompt length, so no padding is ever needed: any causal model is exact."""
+
+    def __init__(self, model, prompts: list[Tensor], counts: list[int], max_new_tokens: int):
+        if len({len(p) for p in prompts}) != 1:
+            raise ValueError("fallback steppers take prompts of one length; the planner groups them")
+        self.model = model
+        self.ids = torch.stack(prompts)  # (u, n)
+        self.counts = torch.tensor(counts, device=self.ids.device)
+        rows_ids = self.ids.repeat_interleave(self.counts, dim=0)
+        self.seq = F.pad(rows_ids, (0, max_new_tokens))  # preallocated (b, n + new)
+        self.length = self.ids.shape[1]
+
+    def _append(self, tokens: Tensor) -> None:
+        self.seq[:, self.length] = tokens
+        self.length += 1
+
+
+class FullStepper(_SequenceStepper):
+    """No cache: the full forward every step; needs only `model(ids) -> logits (b, n, v)`."""
+
+    def prefill(self) -> Tensor:
+        return self.model(self.ids)[:, -1].repeat_interleave(self.counts, dim=0)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        self._append(tokens)
+        return self.model(self.seq[:, :self.length])[:, -1]
+
+    def select(self, keep: Tensor) -> None:
+        self.seq = self.seq[keep]
+
+
+class XCacheStepper(_SequenceStepper):
+    """x-transformers' own `cache=` path (`return_intermediates=True`), for models FastDecoder rejects."""
+
+    def prefill(self) -> Tensor:
+        logits, self.cache = self.model(self.ids, return_intermediates=True)
+        self._map_cache(lambda t: t.repeat_interleave(self.counts, dim=0))
+        return logits[:, -1].repeat_interleave(self.counts, dim=0)
+
+    def _map_cache(self, fn) -> None:
+        for inter in self.cache.attn_intermediates:
+            inter.cached_kv = tuple(fn(t) if torch.is_tensor(t) else t for t in inter.cached_kv)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        self._append(tokens)
+        ids = self.seq[:, self.length - 1:self.length] if self.model.input_not_include_cache \
+            else self.seq[:, :self.length]
+        logits, self.cache = self.model(ids, cache=self.cache, return_intermediates=True)
+        return logits[:, -1]
+
+    def select(self, keep: Tensor) -> None:
+        self.seq = self.seq[keep]
+        self._map_cache(lambda t: t[keep])

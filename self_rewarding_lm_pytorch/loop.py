@@ -1,0 +1,537 @@
+"""The one training loop: accelerate, AdamW + LR schedule, accumulation, clipping, logging,
+validation with early stopping, atomic checkpoints and exact resume. Shapes: b batch.
+
+Every trainer supplies a *task*: `collate(items) -> batch` and `step(model, batch) -> (loss, metrics)`.
+
+Batching (a choice): `batch_size` is the GLOBAL number of items per micro-step. With N processes,
+each takes a contiguous `batch_size // N` slice of every global micro-batch; its loss is a mean over
+equal-sized slices and DDP averages gradients, so N processes compute the update one process would
+(up to float summation order). An optimizer step consumes `batch_size * grad_accum_steps` items.
+
+Data order: the items form an endless stream of per-epoch permutations (a torch generator seeded by
+(seed, epoch)); optimizer step s reads stream positions [s*I, (s+1)*I). Every batch is full, and a
+resumed run finds its data position from the step alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, send_to_device
+from beartype import beartype
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .data import JsonlAppender, read_jsonl, write_jsonl
+
+__all__ = ["TrainConfig", "TrainResult", "train", "make_accelerator", "lr_multiplier", "epoch_permutation"]
+
+log = logging.getLogger(__name__)
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything the loop needs; defaults live here only. Neither steps nor epochs -> one epoch."""
+
+    num_train_steps: int | None = None
+    num_epochs: float | None = None
+    batch_size: int = 8
+    grad_accum_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    max_grad_norm: float | None = 1.0
+    log_every: int = 10
+    valid_every: int | None = None
+    early_stopping_patience: int | None = None
+    early_stopping_metric: str = "loss"
+    early_stopping_mode: str = "min"
+    checkpoint_every: int | None = None
+    seed: int = 0
+    progress: bool = True
+    tensorboard: bool = False
+
+    def __post_init__(self):
+        def check(ok: bool, message: str):
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+
+        for name in ("batch_size", "grad_accum_steps", "log_every"):
+            check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be an int >= 1")
+        for name in ("num_train_steps", "valid_every", "checkpoint_every", "early_stopping_patience"):
+            value = getattr(self, name)
+            check(value is None or (_is_int(value) and value >= 1), f"{name} must be None or an int >= 1, got {value!r}")
+        check(self.num_train_steps is None or self.num_epochs is None, "give num_train_steps or num_epochs, not both")
+        check(self.num_epochs is None or self.num_epochs > 0, f"num_epochs must be > 0, got {self.num_epochs}")
+        check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps must be an int >= 0")
+        check(self.learning_rate > 0 and self.weight_decay >= 0, "learning_rate must be > 0 and weight_decay >= 0")
+        check(self.max_grad_norm is None or self.max_grad_norm >= 0, "max_grad_norm must be None or >= 0")
+        check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        check(self.early_stopping_mode in ("min", "max"), "early_stopping_mode must be 'min' or 'max'")
+        check(_is_int(self.seed) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}")
+        check(self.early_stopping_patience is None or self.valid_every is not None,
+              "early_stopping_patience needs valid_every (how often to validate)")
+
+    def total_steps(self, num_items: int) -> int:
+        """Optimizer steps for a dataset of `num_items`: num_train_steps, or epochs rounded up."""
+        if self.num_train_steps is not None:
+            return self.num_train_steps
+        epochs = 1 if self.num_epochs is None else self.num_epochs
+        return max(1, math.ceil(epochs * num_items / (self.batch_size * self.grad_accum_steps)))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """LR factor for 0-based optimizer step `step`: warmup (step+1)/warmup_steps, then constant,
+    or linear / cosine decay by progress p = (step - warmup) / (total - warmup): 1 - p, (1 + cos(pi p)) / 2.
+
+    Warmup starts at lr/warmup (not 0, which would waste a step); decay reaches 0 only after the last step.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr_schedule {schedule!r}; expected one of {LR_SCHEDULES}")
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> Tensor:
+    """The item order of one epoch: a function of (seed, epoch) only, so resume needs no generator state."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+class _DataStream:
+    """Stream position k -> item index: epoch k // n, position k % n of that epoch's permutation."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self._epoch, self._order = n, seed, -1, []
+
+    def take(self, start: int, count: int) -> list[int]:
+        out = []
+        for position in range(start, start + count):
+            epoch, i = divmod(position, self.n)
+            if epoch != self._epoch:
+                self._epoch, self._order = epoch, epoch_permutation(self.seed, epoch, self.n).tolist()
+            out.append(self._order[i])
+        return out
+
+
+@dataclass
+class TrainResult:
+    """What `train` did: optimizer `steps` completed (in total, across resumes), every logged record
+    (`history`: train records and validation records with "valid/" keys), and the best validation."""
+
+    steps: int
+    history: list[dict] = field(default_factory=list)
+    best_metrics: dict | None = None
+    best_step: int | None = None
+    stopped_early: bool = False
+    run_dir: Path | None = None
+    info: dict = field(default_factory=dict)  # stage-specific extras, e.g. SFT's "num_skipped"
+
+    def train_records(self) -> list[dict]:
+        return [r for r in self.history if "loss" in r]
+
+
+_ACCELERATORS: dict[str, Accelerator] = {}
+
+
+@beartype
+def make_accelerator(accelerate_kwargs: dict | None = None) -> Accelerator:
+    """One `Accelerator` per process and settings, reused across stages.
+
+    accelerate keeps a process-wide state: a second Accelerator with the same settings is fine,
+    one with a different `mixed_precision` raises. Gradient accumulation is the loop's job
+    (`TrainConfig.grad_accum_steps`), so `gradient_accumulation_steps` here is refused.
+    """
+    kwargs = dict(accelerate_kwargs or {})
+    if kwargs.get("gradient_accumulation_steps", 1) != 1:
+        raise ValueError("set grad_accum_steps in the training config, not gradient_accumulation_steps in accelerate_kwargs")
+    key = repr(sorted(kwargs.items()))
+    if key not in _ACCELERATORS:
+        try:
+            _ACCELERATORS[key] = Accelerator(**kwargs)
+        except ValueError as e:
+            raise ValueError(f"cannot create an Accelerator with {kwargs} in this process: {e}") from e
+    return _ACCELERATORS[key]
+
+
+def _check_task(task):
+    for name in ("collate", "step"):
+        if not callable(getattr(task, name, None)):
+            raise TypeError(f"the task {type(task).__name__} has no callable .{name}(); see the task protocol in loop.py")
+
+
+def _build_optimizer(model: nn.Module, config: TrainConfig):
+    """AdamW over trainable parameters only; weight decay on matrices, not on biases/norm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (requires_grad=True)")
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
+    return optimizer, params
+
+
+def _as_metric(name: str, value, device) -> Tensor:
+    if isinstance(value, (int, float)):
+        return torch.tensor(float(value), device=device)
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        raise ValueError(f"metric {name!r} must be a scalar tensor or number, got {type(value).__name__}")
+    return value.detach().float().reshape(())
+
+
+class _MetricWindow:
+    """Sums of scalar metric tensors on device; one stacked cross-process reduce per flush."""
+
+    def __init__(self):
+        self.sums: dict[str, Tensor] = {}
+        self.steps = 0
+        self.names: tuple[str, ...] | None = None
+
+    def add(self, metrics: dict[str, Tensor], weight: float):
+        names = tuple(sorted(metrics))
+        if self.names is not None and names != self.names:
+            # Every process must reduce the same names in the same order, or the collective hangs.
+            raise ValueError(f"a task must return the same metric names every step: {self.names} then {names}")
+        self.names = names
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value * weight
+
+    def flush(self, accelerator: Accelerator) -> dict[str, float]:
+        if not self.steps:
+            return {}
+        names = sorted(self.sums)
+        stacked = torch.stack([self.sums[n] for n in names]) / self.steps
+        values = accelerator.reduce(stacked, reduction="mean").tolist()  # the one host sync per log
+        self.sums, self.steps = {}, 0
+        return dict(zip(names, values))
+
+
+@beartype
+def train(
+    model: nn.Module,
+    task: Any,
+    train_dataset: Any,
+    config: TrainConfig,
+    *,
+    accelerator: Accelerator | None = None,
+    run_dir: str | Path | None = None,
+    valid_dataset: Any = None,
+    resume: bool = False,
+    saved_config: dict | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train `model` in place on `task` over `train_dataset`; see the module docstring for batching.
+
+    Writes (main process only) `run_dir/metrics.jsonl`, step checkpoints in `run_dir/checkpoint/`
+    every `checkpoint_every` steps and at the end, and the final weights `run_dir/model.safetensors`.
+    `resume=True` continues from the latest checkpoint in `run_dir` (none: a fresh start).
+    """
+    run = _Run(model, task, train_dataset, config, accelerator or make_accelerator(), run_dir,
+               valid_dataset, saved_config, desc)
+    return run.execute(resume)
+
+
+class _Run:
+    """One call of `train`: the prepared objects, and the counters a checkpoint saves."""
+
+    def __init__(self, model, task, train_dataset, config, accelerator, run_dir, valid_dataset, saved_config, desc):
+        _check_task(task)
+        self.nproc, self.rank = accelerator.num_processes, accelerator.process_index
+        if len(train_dataset) == 0:
+            raise ValueError("train_dataset is empty")
+        if config.batch_size % self.nproc:
+            raise ValueError(f"batch_size={config.batch_size} is the global batch per micro-step and must be "
+                             f"divisible by the number of processes ({self.nproc})")
+        if valid_dataset is not None and len(valid_dataset) < self.nproc:
+            raise ValueError(f"valid_dataset has {len(valid_dataset)} items, fewer than the {self.nproc} processes")
+        if accelerator.gradient_accumulation_steps != 1:
+            raise ValueError("the Accelerator has gradient_accumulation_steps != 1; use TrainConfig.grad_accum_steps")
+        self.core, self.task, self.config, self.acc = model, task, config, accelerator
+        self.train_dataset, self.valid_dataset = train_dataset, valid_dataset
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.saved_config, self.desc, self.is_main = saved_config or {}, desc, accelerator.is_main_process
+        self.items_per_step = config.batch_size * config.grad_accum_steps
+        self.total_steps = config.total_steps(len(train_dataset))
+        self.stream, self.window = _DataStream(len(train_dataset), config.seed), _MetricWindow()
+        self.step, self.history, self.last_lr, self.last_saved = 0, [], config.learning_rate, None
+        self.best, self.best_step, self.bad_evals, self.stopped_early, self.best_weights = None, None, 0, False, None
+        self.appender = self.tb = self.bar = None
+
+    def execute(self, resume: bool) -> TrainResult:
+        was_training = self.core.training
+        optimizer, self.params = _build_optimizer(self.core, self.config)
+        self.model, self.optimizer = self.acc.prepare(self.core, optimizer)
+        cfg, total = self.config, self.total_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
+            s, warmup_steps=cfg.warmup_steps, total_steps=total, schedule=cfg.lr_schedule))
+        try:
+            if not (resume and self.run_dir is not None and self._resume()):
+                self._fresh_start()
+            self._open_outputs()
+            self._loop()
+            self._finish()
+        finally:
+            self._close()
+            self.core.train(was_training)
+        return TrainResult(self.step, self.history, self.best, self.best_step, self.stopped_early, self.run_dir)
+
+    # --- setup ---
+
+    def _config_record(self) -> dict:
+        return {"train": asdict(self.config), "num_processes": self.nproc, "dataset_size": len(self.train_dataset),
+                "total_steps": self.total_steps, "desc": self.desc, "saved_config": self.saved_config}
+
+    def _fresh_start(self):
+        seed = self.config.seed + self.rank  # each process its own dropout masks
+        random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            import numpy as np
+
+            np.random.seed(seed)
+        except ImportError:
+            pass
+        if self.is_main and self.run_dir is not None:
+            old = [p for p in (self.run_dir / ckpt.CHECKPOINT_DIR, self.run_dir / "metrics.jsonl") if p.exists()]
+            if old:
+                log.warning("starting fresh in %s (resume=False): removing %s", self.run_dir, [str(p) for p in old])
+            import shutil
+
+            shutil.rmtree(self.run_dir / ckpt.CHECKPOINT_DIR, ignore_errors=True)
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        self.acc.wait_for_everyone()
+
+    def _resume(self) -> bool:
+        path = ckpt.latest_checkpoint(self.run_dir)
+        if path is None:
+            return False
+        state = ckpt.load_training_state(path, model=self.core, optimizer=self.optimizer)
+        saved, now = state["config"], self._config_record()
+        changed = [f"{k}: {saved['train'][k]!r} -> {now['train'][k]!r}" for k in ("batch_size", "grad_accum_steps", "seed")
+                   if saved["train"][k] != now["train"][k]]
+        changed += [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in ("num_processes", "dataset_size") if saved[k] != now[k]]
+        if changed:
+            raise ValueError(f"cannot resume from {path}: the data order depends on settings that changed ({'; '.join(changed)})")
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.history, self.last_lr, self.last_saved = state["step"], state["history"], state["last_lr"], state["step"]
+        self.best, self.best_step, self.bad_evals = state["best"], state["best_step"], state["bad_evals"]
+        self.stopped_early, self.best_weights = state["stopped_early"], state["best_weights"]
+        ckpt.set_rng_state(state["rng"][self.rank])
+        metrics = self.run_dir / "metrics.jsonl"
+        if self.is_main and metrics.exists():
+            # Records after the checkpoint are from the crashed attempt; the resumed run logs them again.
+            records = read_jsonl(metrics, ignore_partial_last_line=True)
+            write_jsonl(metrics, [r for r in records if r.get("step", 0) <= self.step])
+        self.acc.wait_for_everyone()
+        return True
+
+    def _open_outputs(self):
+        if self.is_main and self.run_dir is not None:
+            self.appender = JsonlAppender(self.run_dir / "metrics.jsonl")
+            if self.config.tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+                except ImportError:
+                    log.warning("tensorboard=True but torch.utils.tensorboard does not import; logging to metrics.jsonl only")
+        self.bar = tqdm(total=self.total_steps, initial=self.step, desc=self.desc, dynamic_ncols=True,
+                        disable=not (self.config.progress and self.is_main))
+
+    def _close(self):
+        for resource in (self.appender, self.tb, self.bar):
+            if resource is not None:
+                resource.close()
+        # The accelerator outlives this run (it is reused across stages); drop our references so the
+        # optimizer state is freed when the run ends.
+        for attr, obj in (("_models", self.model), ("_optimizers", self.optimizer)):
+            items = getattr(self.acc, attr, None)
+            if isinstance(items, list):
+                items[:] = [x for x in items if x is not obj]
+
+    # --- the loop ---
+
+    def _loop(self):
+        cfg = self.config
+
+        def due(every):
+            return every is not None and self.step % every == 0
+
+        while self.step < self.total_steps and not self.stopped_early:
+            self._train_step()
+            last = self.step == self.total_steps
+            save = self.run_dir is not None and due(cfg.checkpoint_every)
+            # A checkpoint also flushes the log window, so resumed and straight runs log the same records.
+            if due(cfg.log_every) or save or last:
+                self._log()
+            if self.valid_dataset is not None and (due(cfg.valid_every) or last):
+                self._validate()
+            if save:
+                self._save()
+            self.bar.update(1)
+
+    def _micro_batch(self, micro: int):
+        size, share = self.config.batch_size, self.config.batch_size // self.nproc
+        start = (self.step * self.config.grad_accum_steps + micro) * size
+        mine = self.stream.take(start, size)[self.rank * share:(self.rank + 1) * share]
+        return send_to_device(self.task.collate([self.train_dataset[i] for i in mine]), self.acc.device)
+
+    def _train_step(self):
+        cfg, acc = self.config, self.acc
+        self.model.train()
+        step_metrics: dict[str, Tensor] = {}
+        for micro in range(cfg.grad_accum_steps):
+            batch = self._micro_batch(micro)
+            # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+            with nullcontext() if micro == cfg.grad_accum_steps - 1 else acc.no_sync(self.model):
+                loss, metrics = self.task.step(self.model, batch)
+                if not isinstance(loss, Tensor) or loss.numel() != 1:
+                    raise ValueError(f"task.step must return a scalar loss tensor, got {type(loss).__name__}")
+                # Equal-sized micro-batches: the mean of their mean losses is the full batch's mean loss.
+                acc.backward(loss.reshape(()) / cfg.grad_accum_steps)
+            values = {k: _as_metric(k, v, loss.device) for k, v in metrics.items()}
+            values["loss"] = loss.detach().float().reshape(())
+            for k, v in values.items():
+                step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum_steps
+        if cfg.max_grad_norm:
+            grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            if grad_norm is not None:
+                step_metrics["grad_norm"] = grad_norm.detach().float().reshape(())
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.window.add(step_metrics, 1.0)
+        self.window.steps += 1
+        self.step += 1
+
+    # --- logging, validation, early stopping ---
+
+    def _emit(self, record: dict):
+        self.history.append(record)
+        if self.appender is not None:
+            self.appender.write(record)
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def _log(self):
+        values = self.window.flush(self.acc)
+        if not values:
+            return
+        epoch = self.step * self.items_per_step / len(self.train_dataset)
+        self._emit({"step": self.step, "epoch": round(epoch, 4), "lr": self.last_lr, **values})
+        postfix = {"loss": f"{values['loss']:.4f}"}
+        key = getattr(self.task, "key_metric", None)
+        if key and key != "loss" and key in values:
+            postfix[key] = f"{values[key]:.4g}"
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def _valid_shards(self):
+        """Global batches of `batch_size`, each split as evenly as possible over the processes."""
+        n, size = len(self.valid_dataset), self.config.batch_size
+        for start in range(0, n, size):
+            count = min(size, n - start)
+            lo, hi = start + count * self.rank // self.nproc, start + count * (self.rank + 1) // self.nproc
+            if lo < hi:
+                yield [self.valid_dataset[i] for i in range(lo, hi)]
+
+    def _valid_step(self, model, batch) -> dict:
+        if callable(getattr(self.task, "valid_step", None)):
+            return self.task.valid_step(model, batch)
+        loss, metrics = self.task.step(model, batch)
+        return {"loss": loss, **metrics}
+
+    def _validate(self):
+        # The unwrapped model: no gradient sync is needed, and processes may run different batch counts.
+        device, was_training = self.acc.device, self.core.training
+        sums: dict[str, Tensor] = {}
+        count = 0
+        self.core.eval()
+        with torch.no_grad():
+            for items in self._valid_shards():
+                metrics = self._valid_step(self.core, send_to_device(self.task.collate(items), device))
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + _as_metric(k, v, device) * len(items)
+                count += len(items)
+        self.core.train(was_training)
+        names = sorted(sums)
+        stacked = torch.stack([sums[k] for k in names] + [torch.tensor(float(count), device=device)])
+        totals = self.acc.reduce(stacked, reduction="sum").tolist()
+        metrics = {k: v / totals[-1] for k, v in zip(names, totals)}
+        self._emit({"step": self.step, **{f"valid/{k}": v for k, v in metrics.items()}})
+        self._update_best(metrics)
+
+    def _update_best(self, metrics: dict[str, float]):
+        cfg, name = self.config, self.config.early_stopping_metric
+        if name not in metrics:
+            if cfg.early_stopping_patience is not None:
+                raise ValueError(f"early_stopping_metric {name!r} is not a validation metric; have {sorted(metrics)}")
+            return
+        value, best = metrics[name], None if self.best is None else self.best[name]
+        better = best is None or (value < best if cfg.early_stopping_mode == "min" else value > best)
+        if not math.isnan(value) and better:
+            self.best, self.best_step, self.bad_evals = dict(metrics), self.step, 0
+            if cfg.early_stopping_patience is not None:
+                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.core.state_dict().items()}
+            return
+        self.bad_evals += 1
+        if cfg.early_stopping_patience is not None and self.bad_evals >= cfg.early_stopping_patience:
+            self.stopped_early = True
+
+    # --- checkpoints ---
+
+    def _save(self):
+        rng = ckpt.get_rng_state()
+        # Every process's RNG goes into the one checkpoint the main process writes.
+        rngs = gather_object([rng]) if self.nproc > 1 else [rng]
+        if self.is_main:
+            consumed = self.step * self.items_per_step
+            state = {
+                "step": self.step, "scheduler": self.scheduler.state_dict(), "rng": rngs, "history": self.history,
+                "best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals,
+                "stopped_early": self.stopped_early, "last_lr": self.last_lr,
+                "data_position": {"items_consumed": consumed, "epoch": consumed // len(self.train_dataset),
+                                  "index_in_epoch": consumed % len(self.train_dataset)},
+            }
+            ckpt.save_training_state(self.run_dir / ckpt.CHECKPOINT_DIR, self.step, model=self.core,
+                                     optimizer=self.optimizer, state=state, config=self._config_record(),
+                                     best_weights=self.best_weights)
+        self.last_saved = self.step
+        self.acc.wait_for_everyone()
+
+    def _finish(self):
+        if self.window.steps:
+            self._log()
+        if self.stopped_early and self.best_weights is not None:
+            self.core.load_state_dict(self.best_weights)
+        if self.run_dir is not None:
+            if self.last_saved != self.step or self.stopped_early:
+                self._save()
+            if self.is_main:
+                ckpt.save_model(self.core, self.run_dir / "model.safetensors")
+            self.acc.wait_for_everyone()

@@ -1,0 +1,253 @@
+"""Pure loss functions: SFT, the DPO family, SPIN, the multinomial ranking loss, and PPO parts.
+
+Shapes: b batch, n sequence, v vocab, k ranked candidates per prompt.
+
+Every preference loss takes per-sequence log-probs (b,) (see `logprobs.sequence_logprobs`) and
+returns unreduced per-example losses plus detached implicit rewards; the caller reduces.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from beartype import beartype
+from einops import rearrange
+from torch import Tensor
+
+from .logprobs import sequence_logprobs
+
+__all__ = [
+    "sft_loss",
+    "dpo_loss",
+    "spin_loss",
+    "ranking_loss",
+    "DPO_LOSS_TYPES",
+    "masked_mean",
+    "whiten",
+    "gae_advantages",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "kl_penalty",
+    "AdaptiveKLController",
+    "FixedKLController",
+]
+
+DPO_LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
+
+
+@beartype
+def sft_loss(logits: Tensor, input_ids: Tensor, is_response: Tensor) -> Tensor:
+    """(b,) mean next-token cross-entropy over the response tokens only (the prompt is not learned)."""
+    return -sequence_logprobs(logits, input_ids, is_response, reduction="mean")
+
+
+def _check_same_shape(**tensors: Tensor):
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"inputs must have the same shape, got {shapes}")
+
+
+@beartype
+def dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    *,
+    beta: float | int = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float | int = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """DPO (Rafailov et al. 2023, arXiv 2305.18290, Eq. 7) and variants -> (losses, chosen_rewards, rejected_rewards).
+
+    With h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected) and eps = label_smoothing:
+    - "sigmoid": -(1-eps) log s(beta h) - eps log s(-beta h). eps = 0 is the paper; eps > 0 is
+      conservative DPO, cDPO (Mitchell 2023, "A note on DPO with noisy preferences"), the
+      cross-entropy against labels flipped with probability eps. 0 <= eps <= 0.5.
+    - "robust": rDPO (Chowdhury et al. 2024, "Provably Robust DPO", arXiv 2403.00409), the unbiased loss under label
+      noise eps: ((1-eps)(-log s(beta h)) - eps(-log s(-beta h))) / (1 - 2 eps). 0 <= eps < 0.5.
+    - "ipo": IPO (Azar et al. 2023, arXiv 2310.12036), (h - 1/(2 beta))^2 with beta as tau.
+    - "hinge": SLiC-HF's calibration loss (Zhao et al. 2023, arXiv 2305.10425), max(0, 1 - beta h).
+    Implicit rewards beta * (policy - ref) are detached (logged, not learned through).
+    """
+    _check_same_shape(policy_chosen=policy_chosen, policy_rejected=policy_rejected, ref_chosen=ref_chosen, ref_rejected=ref_rejected)
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {loss_type!r}")
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    eps = label_smoothing
+    if loss_type == "sigmoid" and not 0.0 <= eps <= 0.5:
+        raise ValueError(f"label_smoothing for cDPO must be in [0, 0.5], got {eps}")
+    if loss_type == "robust" and not 0.0 <= eps < 0.5:
+        raise ValueError(f"label_smoothing for robust DPO must be in [0, 0.5), got {eps}")
+    if loss_type in ("ipo", "hinge") and eps != 0.0:
+        raise ValueError(f"label_smoothing is not defined for loss_type={loss_type!r}; got {eps}")
+
+    chosen_logratio = policy_chosen - ref_chosen
+    rejected_logratio = policy_rejected - ref_rejected
+    h = chosen_logratio - rejected_logratio
+    if loss_type == "sigmoid":
+        losses = -(1 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
+    elif loss_type == "robust":
+        losses = (-(1 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1 - 2 * eps)
+    elif loss_type == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    else:
+        losses = torch.relu(1 - beta * h)
+    return losses, (beta * chosen_logratio).detach(), (beta * rejected_logratio).detach()
+
+
+@beartype
+def spin_loss(
+    policy_real: Tensor, policy_generated: Tensor, ref_real: Tensor, ref_generated: Tensor, *, lambda_: float | int = 0.1
+) -> tuple[Tensor, Tensor, Tensor]:
+    """SPIN (Chen et al. 2024, arXiv 2401.01335, its loss with the logistic l(t) = log(1 + e^-t)): DPO with chosen = the real
+    SFT response, rejected = the previous iterate's sample, reference = the previous iterate, beta = lambda."""
+    return dpo_loss(policy_real, policy_generated, ref_real, ref_generated, beta=lambda_, loss_type="sigmoid")
+
+
+@beartype
+def ranking_loss(rewards: Tensor, mask: Tensor | None = None) -> Tensor:
+    """(b,) multinomial ranking loss (Ouyang et al. 2022, arXiv 2203.02155, Eq. 1): the mean over the
+    C(K,2) pairs i < j of real ranks of -log s(r_i - r_j), with `rewards` (b, k) best first.
+
+    `mask` (b, k) is True for real ranks; every row needs at least 2.
+    """
+    if rewards.ndim != 2:
+        raise ValueError(f"rewards must be (b, k) best first, got shape {tuple(rewards.shape)}")
+    if mask is None:
+        mask = torch.ones_like(rewards, dtype=torch.bool)
+    if mask.shape != rewards.shape or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(rewards.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+    if bool((mask.sum(dim=-1) < 2).any()):
+        raise ValueError("every row of the ranking loss needs at least 2 real ranks")
+    k = rewards.shape[-1]
+    diff = rearrange(rewards, "b i -> b i 1") - rearrange(rewards, "b j -> b 1 j")  # r_i - r_j
+    better_first = torch.ones(k, k, dtype=torch.bool, device=rewards.device).triu(diagonal=1)  # i < j: i ranked better
+    pair_mask = better_first & rearrange(mask, "b i -> b i 1") & rearrange(mask, "b j -> b 1 j")
+    # zero the padded pairs before logsigmoid: padded rewards may be anything, even inf
+    safe = torch.where(pair_mask, diff, torch.zeros_like(diff))
+    pair_losses = torch.where(pair_mask, -F.logsigmoid(safe), torch.zeros_like(diff))
+    return pair_losses.sum(dim=(-1, -2)) / pair_mask.sum(dim=(-1, -2)).to(rewards.dtype)
+
+
+# --- PPO parts (Ziegler et al. 2019, arXiv 1909.08593; Stiennon et al. 2020), per token over (b, n) ---
+
+
+@beartype
+def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of `values` where `mask` is True (0 when nothing is masked in)."""
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim=dim) / mask.sum(dim=dim).clamp(min=1)
+
+
+@beartype
+def whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: float | int = 1e-8) -> Tensor:
+    """Normalise to unit variance (Bessel-corrected) over the masked entries, and zero mean when
+    `shift_mean`; masked-out entries come back as 0."""
+    mean = masked_mean(values, mask)
+    count = mask.sum()
+    if int(count) < 2:
+        raise ValueError(f"whiten needs at least 2 masked-in values, got {int(count)}")
+    var = masked_mean((values - mean) ** 2, mask) * count / (count - 1)
+    out = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(mask, out, torch.zeros_like(out))
+
+
+@beartype
+def gae_advantages(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float | int = 1.0, lam: float | int = 0.95) -> tuple[Tensor, Tensor]:
+    """GAE (Schulman et al. 2016, arXiv 1506.02438, Eq. 16) -> (advantages, returns), both (b, n), detached.
+
+    delta_t = r_t + gamma V_{t+1} - V_t and A_t = delta_t + gamma lam A_{t+1}; the episode ends at the
+    first masked-out token after t (V and A beyond it count as 0). returns = A + V.
+    """
+    _check_same_shape(rewards=rewards, values=values, mask=mask)
+    rewards, values = rewards.detach(), values.detach()
+    maskf = mask.to(values.dtype)
+    n = rewards.shape[1]
+    next_value = torch.zeros_like(values[:, 0])
+    next_adv = torch.zeros_like(values[:, 0])
+    advantages = torch.zeros_like(values)
+    for t in reversed(range(n)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv = (delta + gamma * lam * next_adv) * maskf[:, t]
+        advantages[:, t] = adv
+        # a masked-out token ends the episode for the token before it
+        next_value, next_adv = values[:, t] * maskf[:, t], adv
+    returns = (advantages + values) * maskf
+    return advantages, returns
+
+
+@beartype
+def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, cliprange: float | int = 0.2) -> tuple[Tensor, Tensor]:
+    """PPO clipped surrogate (Schulman et al. 2017, arXiv 1707.06347, Eq. 7), negated -> (loss, clipfrac) scalars,
+    masked means over tokens; clipfrac is the fraction of tokens where the clipped term won."""
+    _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).to(logprobs.dtype), mask).detach()
+    return loss, clipfrac
+
+
+@beartype
+def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float | int = 0.2) -> tuple[Tensor, Tensor]:
+    """Clipped value loss (as in OpenAI baselines / TRL) -> (loss, clipfrac) scalars:
+    0.5 * masked mean of max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2)."""
+    _check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    unclipped_err = (values - returns) ** 2
+    clipped_err = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_err, clipped_err), mask)
+    clipfrac = masked_mean((clipped_err > unclipped_err).to(values.dtype), mask).detach()
+    return loss, clipfrac
+
+
+@beartype
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -> Tensor:
+    """Per-token estimate of KL(policy || ref) from log-probs of tokens sampled from the policy
+    (Schulman 2020, "Approximating KL Divergence"): k1 = log p - log q (unbiased, can be negative),
+    k3 = (q/p - 1) - log(q/p) (unbiased, always >= 0)."""
+    _check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs)
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"estimator must be 'k1' or 'k3', got {estimator!r}")
+
+
+class AdaptiveKLController:
+    """Adaptive KL coefficient (Ziegler et al. 2019, arXiv 1909.08593, Sec. 2.2):
+    e = clip(KL / target - 1, -0.2, 0.2); beta <- beta * (1 + e * n_steps / horizon)."""
+
+    @beartype
+    def __init__(self, init_kl_coef: float | int, target: float | int, horizon: float | int):
+        if init_kl_coef < 0 or target <= 0 or horizon <= 0:
+            raise ValueError(f"need init_kl_coef >= 0, target > 0, horizon > 0; got {init_kl_coef}, {target}, {horizon}")
+        self.value, self.target, self.horizon = float(init_kl_coef), float(target), float(horizon)
+
+    def update(self, current_kl: float | int, n_steps: int) -> float:
+        error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+
+class FixedKLController:
+    """A constant KL coefficient; `update` does nothing (same interface as AdaptiveKLController)."""
+
+    @beartype
+    def __init__(self, kl_coef: float | int):
+        if kl_coef < 0 or math.isnan(kl_coef):
+            raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float | int, n_steps: int) -> float:
+        return self.value

@@ -1,0 +1,355 @@
+"""PPO fine-tuning under a KL penalty to a reference model (Ziegler et al. 2019; Stiennon et al. 2020; TRL's PPOTrainer).
+
+Shapes: b batch (rollouts), n sequence (query + response), v vocab. Action tensors are (b, n-1),
+aligned as `logprobs.token_logprobs` aligns them (see `ppo_model`).
+
+    trainer = PPOTrainer(model, config=PPOConfig(batch_size=8), tokenizer=tokenizer)
+    responses = trainer.generate(queries, max_new_tokens=20)
+    stats = trainer.step(queries, responses, scores)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from beartype import beartype
+from torch import Tensor, nn
+from x_transformers import TransformerWrapper
+
+from .logprobs import token_logprobs
+from .losses import (
+    AdaptiveKLController,
+    FixedKLController,
+    gae_advantages,
+    kl_penalty,
+    masked_mean,
+    ppo_policy_loss,
+    ppo_value_loss,
+    whiten,
+)
+from .ppo_model import RunningMoments, ValueHeadModel, assemble_rollouts, per_token_rewards, token_entropy
+from .tokenizer import as_tokenizer
+
+__all__ = ["PPOConfig", "PPOTrainer", "KL_ESTIMATORS"]
+
+KL_ESTIMATORS = ("k1", "k3")
+
+
+def _check(condition: bool, message: str):
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters; defaults follow TRL's PPOConfig except the batch sizes (sized for CPU) and
+    `max_grad_norm` (clipped by default, like the rest of this package's trainers).
+
+    `batch_size` is the number of rollouts a stage samples per PPO step; `step` accepts fewer (for
+    example after unscored rollouts are dropped). `target_kl` and `horizon` drive the adaptive KL
+    controller (summed per-sequence KL; Ziegler et al. 2019). `reward_norm` divides scores by a running
+    std after subtracting a running mean (over all scores seen so far); `reward_clip` then clips
+    them to [-reward_clip, reward_clip].
+    """
+
+    learning_rate: float = 1.41e-5
+    batch_size: int = 8
+    mini_batch_size: int = 4
+    ppo_epochs: int = 4
+    init_kl_coef: float = 0.2
+    adap_kl_ctrl: bool = True
+    target_kl: float = 6.0
+    horizon: float = 10000.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    kl_estimator: str = "k1"
+    whiten_advantages: bool = True
+    reward_clip: float | None = None
+    reward_norm: bool = False
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("float", "float | None") and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))  # 1 and 1.0 mean the same learning rate
+            elif f.type in ("float", "float | None") and not (isinstance(value, float) or (value is None and "None" in f.type)):
+                raise TypeError(f"PPOConfig.{f.name} must be a {f.type}, got {type(value).__name__} {value!r}")
+            elif f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"PPOConfig.{f.name} must be an int, got {type(value).__name__} {value!r}")
+            elif f.type == "bool" and not isinstance(value, bool):
+                raise TypeError(f"PPOConfig.{f.name} must be a bool, got {type(value).__name__} {value!r}")
+        _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(
+            1 <= self.mini_batch_size <= self.batch_size,
+            f"mini_batch_size must be in [1, batch_size={self.batch_size}], got {self.mini_batch_size}",
+        )
+        _check(self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}")
+        _check(self.init_kl_coef >= 0, f"init_kl_coef must be >= 0, got {self.init_kl_coef}")
+        _check(self.target_kl > 0, f"target_kl must be > 0, got {self.target_kl}")
+        _check(self.horizon > 0, f"horizon must be > 0, got {self.horizon}")
+        _check(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
+        _check(0 <= self.lam <= 1, f"lam must be in [0, 1], got {self.lam}")
+        _check(self.cliprange > 0, f"cliprange must be > 0, got {self.cliprange}")
+        _check(self.cliprange_value > 0, f"cliprange_value must be > 0, got {self.cliprange_value}")
+        _check(self.vf_coef >= 0, f"vf_coef must be >= 0, got {self.vf_coef}")
+        _check(self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+        _check(self.reward_clip is None or self.reward_clip > 0, f"reward_clip must be > 0 or None, got {self.reward_clip}")
+        _check(self.max_grad_norm is None or self.max_grad_norm > 0, f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+
+
+# Hugging Face `generate` keywords (as in TRL's quick start) mapped onto `sampling.sample`'s.
+def _sampling_kwargs(kwargs: dict, tokenizer) -> dict:
+    kwargs = dict(kwargs)
+    out: dict[str, Any] = {"eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id}
+    if "pad_token_id" in kwargs:
+        out["pad_id"] = kwargs.pop("pad_token_id")
+    if "eos_token_id" in kwargs:
+        out["eos_id"] = kwargs.pop("eos_token_id")
+    if kwargs.pop("do_sample", True) is False:
+        kwargs["temperature"] = 0.0  # greedy
+    if kwargs.get("top_k") in (0, 0.0):
+        kwargs["top_k"] = None  # HF: 0 disables top-k
+    if kwargs.get("top_p") == 1.0:
+        kwargs["top_p"] = None
+    min_length = kwargs.pop("min_length", -1)
+    if min_length > 0:
+        raise ValueError(f"min_length={min_length} is not supported by the sampler (only -1/0, i.e. none)")
+    out.update(kwargs)
+    return out
+
+
+class PPOTrainer:
+    """Rollout -> score -> optimise, as in TRL's quick start: `generate`, then `step(queries, responses, scores)`.
+
+    `model` is a `TransformerWrapper` (wrapped in a fresh `ValueHeadModel`, trained in place) or a
+    `ValueHeadModel`. `ref_model=None` uses a frozen copy of the policy as it is now.
+    """
+
+    @beartype
+    def __init__(
+        self,
+        model: ValueHeadModel | TransformerWrapper,
+        ref_model: nn.Module | None = None,
+        config: PPOConfig = PPOConfig(),
+        tokenizer: Any = None,
+        *,
+        accelerator: Any = None,
+    ):
+        from .loop import make_accelerator
+
+        self.config = config
+        self.tokenizer = as_tokenizer(tokenizer)
+        self.accelerator = accelerator if accelerator is not None else make_accelerator()
+        device = self.accelerator.device
+        vmodel = model if isinstance(model, ValueHeadModel) else ValueHeadModel(model)
+        if ref_model is None:
+            ref_model = copy.deepcopy(vmodel.transformer)
+        elif isinstance(ref_model, ValueHeadModel):
+            ref_model = ref_model.transformer
+        self.ref_model = ref_model.to(device).eval().requires_grad_(False)
+        vmodel.to(device)
+        optimizer = torch.optim.Adam(vmodel.parameters(), lr=config.learning_rate)
+        self.model, self.optimizer = self.accelerator.prepare(vmodel, optimizer)
+        self.kl_ctl = (
+            AdaptiveKLController(config.init_kl_coef, config.target_kl, config.horizon)
+            if config.adap_kl_ctrl
+            else FixedKLController(config.init_kl_coef)
+        )
+        self.score_moments = RunningMoments()
+        # seeded per process, so runs repeat; distinct per rank so processes sample different rollouts
+        rank_seed = config.seed + 7919 * self.accelerator.process_index
+        self.shuffle_generator = torch.Generator().manual_seed(rank_seed)
+        self.sample_generator = torch.Generator().manual_seed(rank_seed)  # the sampler draws its keys on CPU
+        self.num_steps = 0
+
+    def state_dict(self) -> dict:
+        """What besides weights and optimizer a resumed run needs (plain tensors/numbers: loads with weights_only)."""
+        return {
+            "num_steps": self.num_steps,
+            "kl_coef": self.kl_ctl.value,
+            "score_moments": self.score_moments.state_dict(),
+            "shuffle_rng": self.shuffle_generator.get_state(),
+            "sample_rng": self.sample_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.num_steps = int(state["num_steps"])
+        self.kl_ctl.value = float(state["kl_coef"])
+        self.score_moments.load_state_dict(state["score_moments"])
+        self.shuffle_generator.set_state(state["shuffle_rng"])
+        self.sample_generator.set_state(state["sample_rng"])
+
+    @property
+    def policy(self) -> ValueHeadModel:
+        """The unwrapped `ValueHeadModel` (its `.transformer` is the plain policy)."""
+        return self.accelerator.unwrap_model(self.model)
+
+    @beartype
+    def generate(self, queries: Sequence[Tensor], *, return_prompt: bool = False, **generation_kwargs) -> list[Tensor]:
+        """Sample one response per query (or `num_samples`, prompt-major) with `sampling.sample`.
+
+        Returns 1-D response tensors: the generated tokens up to and including EOS, no padding (or
+        prompt + response with `return_prompt=True`). Accepts `sample`'s keywords and the common
+        Hugging Face ones (`do_sample`, `top_k=0`, `top_p=1.0`, `pad_token_id`, `eos_token_id`, `min_length=-1`).
+        """
+        from .sampling import sample
+
+        kwargs = _sampling_kwargs(generation_kwargs, self.tokenizer)
+        kwargs.setdefault("generator", self.sample_generator)
+        out = sample(self.policy.transformer, list(queries), **kwargs)
+        rows = [ids[mask] for ids, mask in zip(out.response_ids, out.response_mask)]  # on CPU, as sample returns them
+        if return_prompt:
+            rows = [torch.cat([queries[int(p)].cpu(), r]) for p, r in zip(out.prompt_index, rows)]
+        return rows
+
+    def _scores(self, scores: Sequence[Any] | Tensor, b: int) -> tuple[Tensor, Tensor]:
+        """(raw, processed) scores (b,): processed is normalised and/or clipped as configured."""
+        values = []
+        for i, s in enumerate(scores):
+            if isinstance(s, Tensor):
+                if s.numel() != 1:
+                    raise ValueError(f"score {i} must be a scalar, got a tensor of shape {tuple(s.shape)}")
+                s = s.item()
+            values.append(float(s))
+        if len(values) != b:
+            raise ValueError(f"got {len(values)} scores for {b} rollouts")
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"scores must be finite (drop unscored rollouts before step): {values}")
+        raw = torch.tensor(values, dtype=torch.float32, device=self.accelerator.device)
+        processed = raw
+        if self.config.reward_norm:
+            self.score_moments.update(raw)
+            processed = (raw - self.score_moments.mean) / max(self.score_moments.std, 1e-8)
+        if self.config.reward_clip is not None:
+            processed = processed.clamp(-self.config.reward_clip, self.config.reward_clip)
+        return raw, processed
+
+    def _check_length(self, input_ids: Tensor):
+        max_len = getattr(self.policy.transformer, "max_seq_len", None)
+        if max_len and input_ids.shape[1] > max_len:
+            raise ValueError(f"query + response is {input_ids.shape[1]} tokens, more than the model's max_seq_len {max_len}")
+
+    @torch.no_grad()
+    def _rollout_forward(self, input_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Old log-probs and values (policy, eval mode: no dropout noise in the baseline) and reference log-probs."""
+        was_training = self.model.training
+        self.model.eval()
+        logits, values = self.model(input_ids)
+        self.model.train(was_training)
+        old_logprobs = token_logprobs(logits, input_ids)
+        ref_logprobs = token_logprobs(self.ref_model(input_ids), input_ids)
+        return old_logprobs, values[:, :-1].float(), ref_logprobs
+
+    @beartype
+    def step(self, queries: Sequence[Any], responses: Sequence[Any], scores: Sequence[Any] | Tensor) -> dict[str, float]:
+        """One PPO step on these rollouts; returns stats named as TRL names them (floats)."""
+        cfg, t0 = self.config, time.perf_counter()
+        input_ids, action_mask = assemble_rollouts(queries, responses, pad_id=self.tokenizer.pad_id, eos_id=self.tokenizer.eos_id)
+        self._check_length(input_ids)
+        device = self.accelerator.device
+        input_ids, action_mask = input_ids.to(device), action_mask.to(device)
+        raw_scores, scores_t = self._scores(scores, input_ids.shape[0])
+
+        old_logprobs, old_values, ref_logprobs = self._rollout_forward(input_ids)
+        t_forward = time.perf_counter()
+        kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator)
+        kl_coef = self.kl_ctl.value
+        rewards, non_score = per_token_rewards(kl, scores_t, action_mask, kl_coef)
+        advantages, returns = gae_advantages(rewards, old_values, action_mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages and int(action_mask.sum()) >= 2:
+            advantages = whiten(advantages, action_mask)
+        t_rewards = time.perf_counter()
+
+        batch = dict(input_ids=input_ids, mask=action_mask, old_logprobs=old_logprobs, old_values=old_values, advantages=advantages, returns=returns)
+        train_stats = self._optimize(batch)
+        t_optimize = time.perf_counter()
+
+        maskf = action_mask.float()
+        seq_kl = (kl * maskf).sum(-1)
+        mean_kl = self.accelerator.reduce(seq_kl.mean(), reduction="mean")
+        self.kl_ctl.update(float(mean_kl), cfg.batch_size * self.accelerator.num_processes)
+        self.num_steps += 1
+        stats = {
+            "objective/kl": mean_kl,
+            "objective/kl_coef": torch.tensor(kl_coef),
+            "objective/entropy": (-old_logprobs * maskf).sum(-1).mean(),
+            "ppo/mean_scores": raw_scores.mean(),
+            "ppo/std_scores": raw_scores.std(unbiased=False),
+            "ppo/mean_processed_scores": scores_t.mean(),
+            "ppo/mean_non_score_reward": non_score.sum(-1).mean(),
+            "ppo/returns/mean": masked_mean(returns, action_mask),
+            "ppo/val/mean": masked_mean(old_values, action_mask),
+            "ppo/policy/advantages_mean": masked_mean(advantages, action_mask),
+            "tokens/responses_len_mean": maskf.sum(-1).mean(),
+            **train_stats,
+        }
+        out = {k: float(v) for k, v in stats.items()}  # the one host sync of the step's stats
+        out["ppo/learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
+        out["time/ppo/forward_pass"] = t_forward - t0
+        out["time/ppo/compute_rewards"] = t_rewards - t_forward
+        out["time/ppo/optimize_step"] = t_optimize - t_rewards
+        out["time/ppo/total"] = time.perf_counter() - t0
+        return out
+
+    def _optimize(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """`ppo_epochs` passes over shuffled minibatches; returns the mean of each minibatch stat."""
+        cfg = self.config
+        b = batch["input_ids"].shape[0]
+        collected: dict[str, list[Tensor]] = {}
+        self.model.train()
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(b, generator=self.shuffle_generator).to(batch["input_ids"].device)
+            for start in range(0, b, cfg.mini_batch_size):
+                idx = order[start : start + cfg.mini_batch_size]
+                mb_stats = self._minibatch_step({k: v[idx] for k, v in batch.items()})
+                for k, v in mb_stats.items():
+                    collected.setdefault(k, []).append(v)
+        return {k: torch.stack(v).mean() for k, v in collected.items()}
+
+    def _minibatch_step(self, mb: dict[str, Tensor]) -> dict[str, Tensor]:
+        cfg = self.config
+        # right padding: columns past the longest row of this minibatch hold only pad, drop them
+        length = int(mb["mask"].any(0).nonzero().max()) + 2
+        ids, mask = mb["input_ids"][:, :length], mb["mask"][:, : length - 1]
+        old_lp, old_v = mb["old_logprobs"][:, : length - 1], mb["old_values"][:, : length - 1]
+        adv, ret = mb["advantages"][:, : length - 1], mb["returns"][:, : length - 1]
+
+        logits, values = self.model(ids)
+        logprobs = token_logprobs(logits, ids)
+        values = values[:, :-1].float()
+        pg_loss, pg_clipfrac = ppo_policy_loss(logprobs, old_lp, adv, mask, cfg.cliprange)
+        vf_loss, vf_clipfrac = ppo_value_loss(values, old_v, ret, mask, cfg.cliprange_value)
+        loss = pg_loss + cfg.vf_coef * vf_loss
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        if cfg.max_grad_norm is not None:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+
+        with torch.no_grad():
+            log_ratio = logprobs - old_lp
+            return {
+                "ppo/loss/policy": pg_loss.detach(),
+                "ppo/loss/value": vf_loss.detach(),
+                "ppo/loss/total": loss.detach(),
+                "ppo/policy/entropy": masked_mean(token_entropy(logits[:, :-1]), mask),
+                "ppo/policy/approxkl": 0.5 * masked_mean(log_ratio**2, mask),
+                "ppo/policy/policykl": masked_mean(-log_ratio, mask),
+                "ppo/policy/clipfrac": pg_clipfrac,
+                "ppo/val/vpred": masked_mean(values, mask),
+                "ppo/val/error": masked_mean((values - ret) ** 2, mask),
+                "ppo/val/clipfrac": vf_clipfrac,
+            }

@@ -1,0 +1,392 @@
+"""Preference generation for one stage: sample N candidates per prompt, score them (self-judged or by a
+reward function), pick pairs with a pair policy, and write everything to the stage's folder.
+
+Shapes: p prompts in a chunk, k candidates per prompt, b = p * k rows.
+
+Files in `out_dir`: `candidates.jsonl` (one line per prompt: the prompt, every candidate with its
+judge texts, parsed scores and mean score, the pair if one was made, or why the prompt was dropped),
+streamed chunk by chunk so a crash loses at most one chunk, and `pairs.jsonl` (prompt, chosen,
+rejected, scores) written at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from beartype import beartype
+from einops import rearrange
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .judge import DEFAULT_REWARD_CONFIG, RewardConfig, judge_scores
+from .pairs import best_vs_worst
+
+__all__ = ["Budgets", "BudgetError", "resolve_budgets", "PreferenceResult", "generate_preferences"]
+
+logger = logging.getLogger(__name__)
+
+# With only the model's context to go by, a prompt may take at most this share of what the judge
+# template leaves, so one long prompt cannot squeeze the candidate and judge budgets to nothing.
+_MAX_PROMPT_SHARE = 1 / 3
+
+
+class BudgetError(ValueError):
+    """Length budgets that cannot fit the model's context (raised before any generation)."""
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Token budgets: prompts longer than `max_prompt_len` are skipped; candidates get
+    `max_new_tokens`, judgments `judge_max_new_tokens` (generated tokens only)."""
+
+    max_prompt_len: int
+    max_new_tokens: int
+    judge_max_new_tokens: int
+
+
+@beartype
+def resolve_budgets(
+    prompt_lens: Sequence[int], *, template_len: int, policy_max_len: int | None, judge_max_len: int | None,
+    max_new_tokens: int | None = None, judge_max_new_tokens: int | None = None, judged: bool = True,
+) -> Budgets:
+    """Budgets such that prompt + candidate fits the policy's context and judge template + prompt +
+    candidate + judgment fits the judge's. A missing budget is derived from the contexts: the prompt
+    allowance is the longest prompt (at most a third of the room), the judge gets half of what is
+    left and the candidate the rest. `judged=False` (an external reward) reserves no judge room.
+    """
+    big = 10**9  # "no limit" when a model has no max_seq_len
+    policy_max = policy_max_len or big
+    judge_max = (judge_max_len or big) if judged else big
+    template = template_len if judged else 0
+    judge_new = judge_max_new_tokens if judged else 0
+    for name, value in (("max_new_tokens", max_new_tokens), ("judge_max_new_tokens", judge_new)):
+        if value is not None and value < (1 if judged or name == "max_new_tokens" else 0):
+            raise BudgetError(f"{name} must be >= 1, got {value}")
+    if max_new_tokens is None or judge_new is None:
+        if policy_max_len is None and (not judged or judge_max_len is None):
+            raise BudgetError("the model has no max_seq_len: give max_new_tokens and judge_max_new_tokens explicitly")
+        room = min(judge_max - template, policy_max)
+        prompt_cap = max(1, min(max(prompt_lens, default=1), int(room * _MAX_PROMPT_SHARE)))
+        judge_left, policy_left = judge_max - template - prompt_cap, policy_max - prompt_cap
+        if judge_new is None:
+            judge_new = judge_left // 2 if max_new_tokens is None else judge_left - max_new_tokens
+        if max_new_tokens is None:
+            max_new_tokens = min(judge_left - judge_new, policy_left)
+    judge_need = template + 1 + max_new_tokens + judge_new
+    if max_new_tokens < 1 or (judged and judge_new < 1) or judge_need > judge_max or 1 + max_new_tokens > policy_max:
+        raise BudgetError(
+            f"length budgets cannot fit: judge template {template_len} + prompt (>= 1) + candidate {max_new_tokens} + "
+            f"judgment {judge_new} = {judge_need} tokens for a judge max_seq_len of {judge_max_len}; prompt (>= 1) + "
+            f"candidate = {1 + max_new_tokens} for a policy max_seq_len of {policy_max_len}"
+        )
+    max_prompt = min(policy_max - max_new_tokens, judge_max - template - max_new_tokens - judge_new)
+    return Budgets(max_prompt_len=int(max_prompt), max_new_tokens=int(max_new_tokens), judge_max_new_tokens=int(judge_new))
+
+
+@dataclass
+class PreferenceResult:
+    """`records`: the pairs `{"prompt", "chosen", "rejected", "chosen_score", "rejected_score", ...}`;
+    `stats`: counts and means for the stage log (see `generate_preferences`)."""
+
+    records: list[dict]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _prompt_text(item, tokenizer) -> str:
+    """Prompt datasets hold strings (the seed README), dicts with "prompt", or token ids."""
+    if isinstance(item, dict):
+        item = item.get("prompt")
+    if isinstance(item, str):
+        return item
+    if isinstance(item, (list, tuple, Tensor)):
+        return tokenizer.decode(item)
+    raise TypeError(f"a prompt must be a str, a dict with 'prompt', or token ids; got {type(item).__name__}")
+
+
+def _fit_text(text: str, tokenizer, max_tokens: int) -> tuple[str, bool]:
+    """The candidate text cut so its re-encoding has at most `max_tokens` tokens. Decoding invalid
+    bytes gives replacement characters that re-encode longer, which would break the judge budget."""
+    if len(tokenizer.encode(text)) <= max_tokens:
+        return text, False
+    lo, hi = 0, len(text)  # longest prefix that fits, by bisection on characters
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if len(tokenizer.encode(text[:mid])) <= max_tokens else (lo, mid - 1)
+    return text[:lo], True
+
+
+def _encode_prompts(prompts, tokenizer) -> list[tuple[str | None, list[int] | None, str | None]]:
+    """(text, ids, drop reason) per prompt; a prompt that cannot be read is dropped, not fatal."""
+    out = []
+    for item in prompts:
+        try:
+            text = _prompt_text(item, tokenizer)
+            out.append((text, list(tokenizer.encode(text)), None))
+        except (TypeError, ValueError) as e:
+            logger.warning("dropping an unreadable prompt: %s", e)
+            out.append((None, None, "invalid"))
+    return out
+
+
+def _chunk_generator(generator, seed, pass_idx: int, chunk_idx: int) -> torch.Generator | None:
+    """One generator per (pass, chunk) from `seed`, so a resumed run draws exactly what an
+    uninterrupted one would; else the caller's generator (or torch's global RNG when None)."""
+    if seed is None:
+        return generator
+    g = torch.Generator()  # the sampler draws its base key on the CPU
+    g.manual_seed((seed * 1_000_003 + pass_idx * 10_007 + chunk_idx) % (2**63))
+    return g
+
+
+def _no_pair_reason(row: Tensor) -> str:
+    valid = row[~torch.isnan(row)]
+    if valid.numel() < 2:
+        return "fewer_than_2_valid_scores"
+    return "tied_scores" if bool((valid == valid[0]).all()) else "rejected_by_pair_policy"
+
+
+def _score(ctx: dict, prompts_rep: list[str], responses: list[str], generator) -> tuple[Tensor, list, list, dict]:
+    """(b,) scores and the judge texts/parsed scores per row (empty lists for a reward function)."""
+    b = len(responses)
+    if ctx["reward_fn"] is not None:
+        scores = torch.as_tensor(ctx["reward_fn"](prompts_rep, responses), dtype=torch.float32).detach().cpu().reshape(-1)
+        if scores.numel() != b:
+            raise ValueError(f"reward_fn returned {scores.numel()} scores for {b} responses")
+        scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, math.nan))
+        return scores, [[] for _ in range(b)], [[] for _ in range(b)], {}
+    judged = judge_scores(
+        ctx["judge_model"], ctx["tokenizer"], ctx["reward_config"], prompts_rep, responses,
+        num_judgments=ctx["num_judgments"], max_new_tokens=ctx["budgets"].judge_max_new_tokens,
+        temperature=ctx["judge_temperature"], top_p=ctx["judge_top_p"], generator=generator,
+        batch_size=ctx["batch_size"], use_cache=ctx["use_cache"],
+    )
+    counts = {"judgments": judged.num_judgments, "parse_failures": judged.num_failed, "judge_skipped": judged.num_skipped}
+    return judged.scores, judged.texts, judged.parsed, counts
+
+
+def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator, counts: Counter) -> list[dict]:
+    """Candidate records (one per prompt, with its pair or drop reason) for one chunk of prompts."""
+    from .sampling import sample
+
+    k, tok, budgets = ctx["num_candidates"], ctx["tokenizer"], ctx["budgets"]
+    out = sample(
+        ctx["model"], [torch.tensor(ids, dtype=torch.long) for _, _, ids in items],
+        max_new_tokens=budgets.max_new_tokens, num_samples=k, temperature=ctx["temperature"], top_p=ctx["top_p"],
+        eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator, use_cache=ctx["use_cache"], batch_size=ctx["batch_size"],
+    )
+    fitted = [_fit_text(t, tok, budgets.max_new_tokens) for t in out.texts(tok)]
+    counts["candidates_truncated"] += sum(cut for _, cut in fitted)
+    responses = [t for t, _ in fitted]
+    prompts_rep = [text for _, text, _ in items for _ in range(k)]
+    # an empty candidate (EOS at once) cannot be trained on as chosen or rejected: it is not scored
+    keep = [i for i, r in enumerate(responses) if r]
+    counts["candidates_empty"] += len(responses) - len(keep)
+    scores = torch.full((len(responses),), math.nan)
+    texts, parsed = [[] for _ in responses], [[] for _ in responses]
+    if keep:
+        kept_scores, kept_texts, kept_parsed, judge_counts = _score(ctx, [prompts_rep[i] for i in keep], [responses[i] for i in keep], generator)
+        counts.update(judge_counts)
+        scores[keep] = kept_scores
+        for j, i in enumerate(keep):
+            texts[i], parsed[i] = kept_texts[j], kept_parsed[j]
+    counts["candidates"] += len(responses)
+    lengths = torch.tensor([len(tok.encode(r)) for r in responses])
+    scores, lengths = rearrange(scores, "(p k) -> p k", k=k), rearrange(lengths, "(p k) -> p k", k=k)
+    pairs = {}
+    for pair in ctx["pair_policy"](scores, lengths):
+        p, c, r = (int(x) for x in pair)
+        if not (0 <= p < len(items) and 0 <= c < k and 0 <= r < k) or c == r or p in pairs:
+            raise ValueError(f"pair policy {ctx['pair_policy']!r} returned an invalid pair {tuple(pair)}")
+        pairs[p] = (c, r)
+    records = []
+    for p, (index, text, _) in enumerate(items):
+        cands = [
+            {"response": responses[p * k + j], "length": int(lengths[p, j]), "score": _json_float(scores[p, j]),
+             "judgments": texts[p * k + j], "parsed": parsed[p * k + j]}
+            for j in range(k)
+        ]
+        pair = {"chosen_idx": pairs[p][0], "rejected_idx": pairs[p][1]} if p in pairs else None
+        records.append({"prompt_index": index, "prompt": text, "candidates": cands, "pair": pair,
+                        "dropped": None if pair else _no_pair_reason(scores[p])})
+    return records
+
+
+def _json_float(x) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _pair_record(rec: dict) -> dict:
+    chosen, rejected = (rec["candidates"][rec["pair"][key]] for key in ("chosen_idx", "rejected_idx"))
+    return {"prompt": rec["prompt"], "chosen": chosen["response"], "rejected": rejected["response"],
+            "chosen_score": chosen["score"], "rejected_score": rejected["score"],
+            "chosen_length": chosen["length"], "rejected_length": rejected["length"],
+            "prompt_index": rec["prompt_index"], "pass": rec["pass"]}
+
+
+def _resume_chunks(path: Path, chunk_prompts: dict[tuple[int, int], list[int]], texts: list) -> dict[tuple[int, int], list[dict]]:
+    """Complete chunks already in candidates.jsonl (the file is rewritten without a partial chunk)."""
+    from .data import read_jsonl, write_jsonl
+
+    if not path.exists():
+        return {}
+    by_chunk: dict[tuple[int, int], list[dict]] = {}
+    for rec in read_jsonl(path, ignore_partial_last_line=True):
+        by_chunk.setdefault((rec["pass"], rec["chunk"]), []).append(rec)
+    done = {}
+    for key, recs in by_chunk.items():
+        if [r["prompt_index"] for r in recs] == chunk_prompts.get(key):
+            if any(texts[r["prompt_index"]] != r["prompt"] for r in recs):
+                raise ValueError(f"{path} was made from different prompts; cannot resume it (delete it to start over)")
+            done[key] = recs
+    write_jsonl(path, [r for key in sorted(done) for r in done[key]])
+    return done
+
+
+def _stats(records: list[dict], pair_records: list[dict], counts: Counter, **extra) -> dict:
+    def mean(key):
+        values = [r[key] for r in pair_records if r[key] is not None]
+        return sum(values) / len(values) if values else None
+
+    judgments = counts["judgments"]
+    dropped = Counter(r["dropped"] for r in records if r["dropped"])
+    return {
+        "num_pairs": len(pair_records), **extra,
+        "prompts_processed": len(records), "prompts_dropped": dict(dropped),
+        "candidates": counts["candidates"], "candidates_truncated": counts["candidates_truncated"],
+        "candidates_empty": counts["candidates_empty"],
+        "judgments": judgments, "parse_failures": counts["parse_failures"],
+        "parse_failure_rate": counts["parse_failures"] / judgments if judgments else None,
+        "judge_skipped": counts["judge_skipped"],
+        "mean_chosen_score": mean("chosen_score"), "mean_rejected_score": mean("rejected_score"),
+        "mean_chosen_length": mean("chosen_length"), "mean_rejected_length": mean("rejected_length"),
+    }
+
+
+def _plan_chunks(encoded, budgets: Budgets, chunk_size: int, max_passes: int):
+    """[((pass, chunk), [(index, text, ids)])] over the usable prompts, and the drop records of the rest."""
+    usable, dropped = [], []
+    for i, (text, ids, reason) in enumerate(encoded):
+        reason = reason or ("empty" if not ids else "too_long" if len(ids) > budgets.max_prompt_len else None)
+        if reason:
+            dropped.append({"prompt_index": i, "prompt": text, "candidates": [], "pair": None, "dropped": reason})
+        else:
+            usable.append((i, text, ids))
+    plan = [((p, c // chunk_size), usable[c : c + chunk_size]) for p in range(max_passes) for c in range(0, len(usable), chunk_size)]
+    return plan, dropped
+
+
+@beartype
+def generate_preferences(
+    model, tokenizer, prompts: Sequence | torch.utils.data.Dataset, *,
+    reward_config: RewardConfig = DEFAULT_REWARD_CONFIG, reward_fn: Optional[Callable] = None, judge_model=None,
+    num_candidates: int = 4, temperature: float | int = 0.7, top_p: float | int | None = 0.9,
+    num_judgments: int = 3, judge_temperature: float | int = 0.7, judge_top_p: float | int | None = 0.9,
+    max_new_tokens: int | None = None, judge_max_new_tokens: int | None = None,
+    num_pairs: int | None = None, pair_policy: Callable = best_vs_worst, out_dir: str | Path | None = None,
+    generator: torch.Generator | None = None, seed: int | None = None, max_passes: int = 1, chunk_size: int = 16,
+    batch_size: int | None = None, use_cache: bool = True, resume: bool = False, progress: bool = True,
+) -> PreferenceResult:
+    """Self-rewarding preference pairs (Yuan et al. 2024): `num_candidates` samples per prompt from
+    `model`, each judged `num_judgments` times by `judge_model` (default: `model` itself) with
+    `reward_config`, or scored by `reward_fn(prompts, responses) -> scores`; pairs by `pair_policy`.
+
+    Stops when `num_pairs` pairs exist ("enough_pairs") or after `max_passes` passes over the prompts
+    ("prompts_exhausted"). Budgets not given are derived from the models' `max_seq_len`; ones that
+    cannot fit raise `BudgetError` before any generation. Too-long, empty and unreadable prompts are
+    skipped and counted. With `seed`, each chunk draws from its own generator, so `resume=True` after
+    a crash continues `out_dir/candidates.jsonl` exactly as an uninterrupted run would.
+    """
+    if num_candidates < 2 or num_judgments < 1 or max_passes < 1 or chunk_size < 1:
+        raise ValueError(f"need num_candidates >= 2, num_judgments, max_passes, chunk_size >= 1; got "
+                         f"{num_candidates}, {num_judgments}, {max_passes}, {chunk_size}")
+    if num_pairs is not None and num_pairs < 0:
+        raise ValueError(f"num_pairs must be >= 0 or None, got {num_pairs}")
+    judge_model = judge_model if judge_model is not None else model
+    judged = reward_fn is None
+    encoded = _encode_prompts([prompts[i] for i in range(len(prompts))], tokenizer)
+    budgets = resolve_budgets(
+        [len(ids) for _, ids, _ in encoded if ids], template_len=len(tokenizer.encode(reward_config.render(prompt="", response=""))),
+        policy_max_len=getattr(model, "max_seq_len", None), judge_max_len=getattr(judge_model, "max_seq_len", None),
+        max_new_tokens=max_new_tokens, judge_max_new_tokens=judge_max_new_tokens, judged=judged,
+    )
+    plan, dropped = _plan_chunks(encoded, budgets, chunk_size, max_passes)
+    if dropped:
+        reasons = Counter(r["dropped"] for r in dropped)
+        warnings.warn(f"skipping {len(dropped)} of {len(encoded)} prompts ({dict(reasons)}); prompts may have at most "
+                      f"{budgets.max_prompt_len} tokens with these budgets {budgets}", stacklevel=2)
+    ctx = dict(model=model, tokenizer=tokenizer, reward_config=reward_config, reward_fn=reward_fn, judge_model=judge_model,
+               num_candidates=num_candidates, temperature=temperature, top_p=top_p, num_judgments=num_judgments,
+               judge_temperature=judge_temperature, judge_top_p=judge_top_p, budgets=budgets, pair_policy=pair_policy,
+               batch_size=batch_size, use_cache=use_cache)
+    cand_path = Path(out_dir) / "candidates.jsonl" if out_dir is not None else None
+    done = _resume_chunks(cand_path, {key: [i for i, _, _ in items] for key, items in plan}, [t for t, _, _ in encoded]) if (resume and cand_path) else {}
+    records, counts = _run_plan(ctx, plan, done, cand_path, num_pairs, generator, seed, progress)
+    pair_records = [_pair_record(r) for r in records if r["pair"]][:num_pairs]
+    enough = num_pairs is not None and len(pair_records) >= num_pairs
+    stats = _stats(records + dropped, pair_records, counts, num_pairs_requested=num_pairs,
+                   stop_reason="enough_pairs" if enough else "prompts_exhausted", num_prompts=len(encoded),
+                   budgets={"max_prompt_len": budgets.max_prompt_len, "max_new_tokens": budgets.max_new_tokens,
+                            "judge_max_new_tokens": budgets.judge_max_new_tokens})
+    if out_dir is not None:
+        from .data import atomic_write_json, write_jsonl
+
+        write_jsonl(Path(out_dir) / "pairs.jsonl", pair_records)
+        atomic_write_json(Path(out_dir) / "preference_stats.json", stats)
+    _report(stats)
+    return PreferenceResult(records=pair_records, stats=stats)
+
+
+def _run_plan(ctx, plan, done, cand_path, num_pairs, generator, seed, progress) -> tuple[list[dict], Counter]:
+    """Process chunks in order until enough pairs exist, streaming each finished chunk to disk."""
+    from .data import JsonlAppender, atomic_write_text
+
+    if cand_path is not None and not done:
+        atomic_write_text(cand_path, "")  # a fresh run never appends to an old file
+    appender = JsonlAppender(cand_path) if cand_path is not None else None
+    records, counts, made = [], Counter(), 0
+    bar = tqdm(total=sum(len(items) for _, items in plan), desc="preferences", disable=not progress, unit="prompt")
+    try:
+        for (pass_idx, chunk_idx), items in plan:
+            if num_pairs is not None and made >= num_pairs:
+                break
+            if (pass_idx, chunk_idx) in done:
+                chunk_records = done[(pass_idx, chunk_idx)]
+                counts.update({k: v for r in chunk_records for k, v in r.get("counts", {}).items()})
+            else:
+                chunk_counts = Counter()
+                g = _chunk_generator(generator, seed, pass_idx, chunk_idx)
+                chunk_records = _process_chunk(ctx, items, g, chunk_counts)
+                counts.update(chunk_counts)
+                for i, rec in enumerate(chunk_records):
+                    # chunk counts ride on the chunk's first record so a resumed run can restore them
+                    rec.update({"pass": pass_idx, "chunk": chunk_idx} | ({"counts": dict(chunk_counts)} if i == 0 else {}))
+                    if appender is not None:
+                        appender.write(rec)
+            records.extend(chunk_records)
+            made += sum(r["pair"] is not None for r in chunk_records)
+            bar.update(len(items))
+            bar.set_postfix(pairs=made)
+    finally:
+        bar.close()
+        if appender is not None:
+            appender.close()
+    return records, counts
+
+
+def _report(stats: dict):
+    msg = (f"preference generation: {stats['num_pairs']} pairs ({stats['stop_reason']}) from "
+           f"{stats['prompts_processed']} prompts; dropped {stats['prompts_dropped']}; "
+           f"parse-failure rate {stats['parse_failure_rate']}")
+    if stats["num_pairs"] == 0:
+        warnings.warn(f"no preference pairs were made: {msg}", stacklevel=3)
+    else:
+        logger.info(msg)

@@ -1,0 +1,349 @@
+"""A scalar reward model trained on ranked lists of K >= 2 outputs per prompt (multinomial ranking).
+
+Shapes: b batch (records), n sequence, d model dim, k ranks (best first), r encoded rows.
+
+The loss is Ouyang et al. 2022's: for each prompt the mean over its C(K,2) pairs of
+-log sigmoid(r_better - r_worse) (`losses.ranking_loss`). Every output is encoded once per step:
+the real outputs of a batch are stacked rank-major (all best outputs first, then all second-best,
+...) into one forward, and their rewards are scattered into a (b, k) grid with a mask for the
+ranks a record lacks, so a record with K outputs costs K rows, not K(K-1) pair rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from beartype import beartype
+from einops import rearrange
+from safetensors.torch import load as st_load, save as st_save
+from torch import Tensor, nn
+
+from .data import ListDataset, atomic_write_bytes, collate_examples, encode_example
+from .tokenizer import ByteTokenizer
+
+__all__ = ["RewardModel", "RewardModelTrainer", "RankingTask", "load_ranked_records", "pairwise_metrics"]
+
+
+class RewardModel(nn.Module):
+    """An x-transformers network with a scalar head: a decoder read at its last real token, or an
+    encoder mean-pooled over its real tokens.
+
+    Build it from sizes, `RewardModel(num_tokens=259, max_seq_len=128, dim=64, depth=2, heads=4)`
+    (a decoder; `encoder=True` for an encoder), or wrap a network, `RewardModel(net=TransformerWrapper(...))`.
+    `score(prompts, responses)` scores strings with `tokenizer` (default: `ByteTokenizer`).
+    Calling the model on strings, `rm(prompts, responses)`, is `score`, so a `RewardModel` is a
+    `reward_fn(prompts, responses) -> scores` wherever one is expected.
+    """
+
+    @beartype
+    def __init__(
+        self,
+        num_tokens: int | None = None,
+        max_seq_len: int | None = None,
+        dim: int | None = None,
+        depth: int | None = None,
+        heads: int | None = None,
+        *,
+        encoder: bool = False,
+        net: nn.Module | None = None,
+        tokenizer: Any = None,
+        score_batch_size: int = 32,
+    ):
+        super().__init__()
+        sizes = dict(num_tokens=num_tokens, max_seq_len=max_seq_len, dim=dim, depth=depth, heads=heads)
+        if net is None:
+            missing = [k for k, v in sizes.items() if v is None]
+            if missing:
+                raise ValueError(f"RewardModel needs net= or all of num_tokens, max_seq_len, dim, depth, heads; missing {missing}")
+            from x_transformers import Decoder, Encoder, TransformerWrapper
+
+            layers = (Encoder if encoder else Decoder)(dim=dim, depth=depth, heads=heads)
+            net = TransformerWrapper(num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=layers, return_only_embed=True)
+            self.config = dict(sizes, encoder=encoder)
+        else:
+            if any(v is not None for v in sizes.values()):
+                raise ValueError("pass either net= or the sizes (num_tokens, ...), not both")
+            if not hasattr(net, "attn_layers") or not hasattr(net, "max_seq_len"):
+                raise TypeError(f"net must be an x-transformers TransformerWrapper, got {type(net).__name__}")
+            self.config = None  # a custom net: `load` fills an existing instance, `from_pretrained` cannot rebuild it
+        if score_batch_size < 1:
+            raise ValueError(f"score_batch_size must be >= 1, got {score_batch_size}")
+        self.net = net
+        self.causal = bool(getattr(net.attn_layers, "causal", True))
+        self.max_seq_len = int(net.max_seq_len)
+        self.to_reward = nn.Linear(net.attn_layers.dim, 1)
+        self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
+        vocab = getattr(self.tokenizer, "vocab_size", None)
+        n_emb = net.token_emb.emb.num_embeddings if hasattr(net, "token_emb") else None
+        if vocab is not None and n_emb is not None and vocab > n_emb:
+            raise ValueError(f"tokenizer has {vocab} ids but the network embeds only {n_emb}")
+        self.score_batch_size = score_batch_size
+
+    def forward(self, input_ids, lengths=None, *, mask: Tensor | None = None) -> Tensor:
+        """(b,) rewards of right-padded `input_ids` (b, n), given `lengths` (b,) or a bool `mask` (b, n).
+
+        Called with two lists of strings instead, `rm(prompts, responses)`, it is `score`.
+        """
+        if _is_text_list(input_ids):
+            return self.score(input_ids, lengths)
+        if mask is None:
+            if lengths is None:
+                raise ValueError("RewardModel.forward needs lengths or mask to find the real tokens")
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            mask = positions[None, :] < lengths.to(input_ids.device)[:, None]
+        if bool((mask.sum(-1) == 0).any()):
+            raise ValueError("every row needs at least one real token")
+        if self.causal:
+            # right padding: a real token never attends to the pads after it, so no mask is needed
+            # and the last real token has read the whole sequence
+            embeds = self.net(input_ids, return_embeddings=True)
+            last = mask.long().sum(-1) - 1
+            pooled = embeds[torch.arange(embeds.shape[0], device=embeds.device), last]
+        else:
+            embeds = self.net(input_ids, return_embeddings=True, mask=mask)
+            weights = rearrange(mask.to(embeds.dtype), "b n -> b n 1")
+            pooled = (embeds * weights).sum(1) / weights.sum(1)
+        return rearrange(self.to_reward(pooled), "b 1 -> b")
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], responses: Sequence[str], tokenizer: Any = None) -> Tensor:
+        """(b,) float rewards of (prompt, response) pairs, in eval mode, micro-batched; mode restored after.
+
+        Texts longer than `max_seq_len` lose tokens from the end of the response.
+        """
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        tok = tokenizer if tokenizer is not None else self.tokenizer
+        was_training, device = self.training, next(self.parameters()).device
+        self.eval()
+        try:
+            out = []
+            for start in range(0, len(prompts), self.score_batch_size):
+                rows = [encode_example(tok, p, r, max_len=self.max_seq_len)
+                        for p, r in zip(prompts[start:start + self.score_batch_size], responses[start:start + self.score_batch_size])]
+                batch = collate_examples(rows, tok.pad_id)
+                lengths = torch.tensor([len(ids) for ids, _ in rows], device=device)
+                out.append(self(batch["input_ids"].to(device), lengths).float().cpu())
+        finally:
+            self.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def as_reward_fn(self, tokenizer: Any = None):
+        """A plain `(prompts, responses) -> Tensor (b,)` callable (for stages that take a reward_fn).
+
+        `tokenizer` overrides the model's own; leave it None unless the model was trained with it.
+        """
+        return lambda prompts, responses: self.score(prompts, responses, tokenizer)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Weights (and the sizes, when built from sizes) to one safetensors file, written atomically."""
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
+        meta = {"reward_model_config": json.dumps(self.config)} if self.config else None
+        return atomic_write_bytes(path, st_save(tensors, metadata=meta))
+
+    def load(self, path: str | os.PathLike) -> "RewardModel":
+        """Loads weights saved by `save` into this model (strict: every key must match)."""
+        device = next(self.parameters()).device
+        self.load_state_dict({k: v.to(device) for k, v in st_load(Path(path).read_bytes()).items()})
+        return self
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, tokenizer: Any = None) -> "RewardModel":
+        """Rebuilds a size-built model saved by `save` (a custom `net=` model: build it, then `load`)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if "reward_model_config" not in meta:
+            raise ValueError(f"{path} has no RewardModel sizes (saved from a net= model): build the model and call load()")
+        return cls(**json.loads(meta["reward_model_config"]), tokenizer=tokenizer).load(path)
+
+
+def _is_text_list(x) -> bool:
+    return isinstance(x, (list, tuple)) and all(isinstance(s, str) for s in x)
+
+
+# --- data: {"prompt": str, "ranked_outputs": [best, ..., worst]} records ---
+
+
+def load_ranked_records(data) -> list[dict]:
+    """Validated ranking records from a list of dicts or a .json (a list) / .jsonl file.
+
+    A record with fewer than two outputs, a duplicate output, or an empty output (or a prompt that
+    is not a string) is a ValueError naming its index (and file line): never silently dropped.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        records, where = _read_records(Path(data))
+    else:
+        records, where = list(data), None
+    for i, rec in enumerate(records):
+        loc = f"record {i}" + (f" ({where[i]})" if where else "")
+        _check_record(rec, loc)
+    return records
+
+
+def _read_records(path: Path) -> tuple[list, list[str]]:
+    if not path.exists():
+        raise FileNotFoundError(f"no such ranking data file: {path}")
+    if path.suffix == ".json":
+        records = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: a .json ranking file must hold a list of records")
+        return records, [f"{path}, list item {i}" for i in range(len(records))]
+    records, where = [], []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        where.append(f"{path}:{lineno}")
+    return records, where
+
+
+def _check_record(rec, loc: str):
+    if not isinstance(rec, dict) or "prompt" not in rec or "ranked_outputs" not in rec:
+        raise ValueError(f"{loc}: expected a dict with 'prompt' and 'ranked_outputs'")
+    if not isinstance(rec["prompt"], str):
+        raise ValueError(f"{loc}: prompt must be a string, got {type(rec['prompt']).__name__}")
+    outs = rec["ranked_outputs"]
+    if not isinstance(outs, list) or len(outs) < 2:
+        raise ValueError(f"{loc}: needs at least two ranked_outputs, got {len(outs) if isinstance(outs, list) else outs!r}")
+    for j, o in enumerate(outs):
+        if not isinstance(o, str) or not o.strip():
+            raise ValueError(f"{loc}: ranked_outputs[{j}] is empty or not a string")
+    if len(set(outs)) != len(outs):
+        dup = next(o for o in outs if outs.count(o) > 1)
+        raise ValueError(f"{loc}: duplicate output in ranked_outputs: {dup[:60]!r}")
+
+
+def pairwise_metrics(rewards: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(accuracy, mean margin) over all valid pairs i < j (i ranked better) of a (b, k) reward grid.
+
+    Accuracy counts r_i > r_j (a tie is wrong); margin is the mean of r_i - r_j.
+    """
+    diff = rearrange(rewards, "b i -> b i 1") - rearrange(rewards, "b j -> b 1 j")
+    k = rewards.shape[-1]
+    pairs = torch.ones(k, k, dtype=torch.bool, device=rewards.device).triu(1)
+    pairs = pairs & rearrange(mask, "b i -> b i 1") & rearrange(mask, "b j -> b 1 j")
+    count = pairs.sum().clamp(min=1)
+    # where-sums, not boolean indexing: no host sync inside a training step
+    return ((diff > 0) & pairs).sum() / count, torch.where(pairs, diff, torch.zeros_like(diff)).sum() / count
+
+
+@dataclass
+class RankingTask:
+    """The loop task: collate records into one rank-major batch; step = ranking loss over it.
+
+    A record with more than `max_ranks_per_batch` outputs contributes a random subset of that size
+    each time it is drawn, kept in rank order, so over steps every pair of its ranking is seen
+    (a contiguous window would rarely pair the best with the worst).
+    """
+
+    tokenizer: Any
+    max_ranks_per_batch: int = 4
+    max_seq_len: int | None = None
+    key_metric: str = "rewards/accuracies"
+
+    def collate(self, records: list) -> dict:
+        ranked = [self._pick_ranks(rec) for rec in records]
+        b, k = len(ranked), max(len(outs) for _, outs in ranked)
+        rows, slots = [], []
+        for rank in range(k):  # rank-major: all best outputs, then all second-best, ...
+            for i, (prompt, outs) in enumerate(ranked):
+                if rank < len(outs):
+                    rows.append(encode_example(self.tokenizer, prompt, outs[rank], max_len=self.max_seq_len))
+                    slots.append(rank * b + i)
+        batch = collate_examples(rows, self.tokenizer.pad_id)
+        slot = torch.tensor(slots)
+        mask = torch.zeros(k * b, dtype=torch.bool)
+        mask[slot] = True
+        return {"input_ids": batch["input_ids"], "lengths": torch.tensor([len(ids) for ids, _ in rows]),
+                "slot": slot, "mask": rearrange(mask, "(k b) -> b k", k=k)}
+
+    def _pick_ranks(self, rec: dict) -> tuple[str, list[str]]:
+        outs = rec["ranked_outputs"]
+        if len(outs) > self.max_ranks_per_batch:
+            keep = torch.randperm(len(outs))[: self.max_ranks_per_batch].sort().values
+            outs = [outs[j] for j in keep.tolist()]
+        return rec["prompt"], outs
+
+    def _rewards(self, model, batch) -> tuple[Tensor, Tensor]:
+        flat = model(batch["input_ids"], batch["lengths"])  # (r,): one row per real output
+        mask = batch["mask"]
+        grid = flat.new_zeros(mask.numel()).index_copy(0, batch["slot"].to(flat.device), flat)
+        return rearrange(grid, "(k b) -> b k", b=mask.shape[0]), mask.to(flat.device)
+
+    def step(self, model, batch) -> tuple[Tensor, dict[str, Tensor]]:
+        from .losses import ranking_loss
+
+        rewards, mask = self._rewards(model, batch)
+        loss = ranking_loss(rewards, mask).mean()
+        accuracy, margin = pairwise_metrics(rewards.detach(), mask)
+        return loss, {"loss": loss.detach(), "rewards/accuracies": accuracy, "rewards/margins": margin}
+
+    def valid_step(self, model, batch) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return self.step(model, batch)[1]
+
+
+class RewardModelTrainer:
+    """Trains a `RewardModel` on ranked lists with the shared loop (`loop.train`).
+
+    `RewardModelTrainer(rm, tokenizer, "train.jsonl", valid_data=..., max_ranks_per_batch=4,
+    batch_size=8, num_train_steps=1000)` then `trainer()`. Data: a list of
+    `{"prompt", "ranked_outputs": [best, ..., worst]}` or a .json/.jsonl path, validated here.
+    Other keyword arguments are `TrainConfig` fields (learning_rate, valid_every, ...).
+    Validation reports `rewards/accuracies` (pairwise accuracy) and `rewards/margins`.
+    """
+
+    @beartype
+    def __init__(
+        self,
+        reward_model: RewardModel,
+        tokenizer: Any = None,
+        train_data: Any = None,
+        valid_data: Any = None,
+        *,
+        max_ranks_per_batch: int = 4,
+        max_seq_len: int | None = None,
+        accelerator=None,
+        accelerate_kwargs: dict | None = None,
+        checkpoint_folder: str | os.PathLike | None = None,
+        resume: bool = False,
+        **train_config,
+    ):
+        from .loop import TrainConfig
+
+        if train_data is None:
+            raise ValueError("RewardModelTrainer needs train_data")
+        if max_ranks_per_batch < 2:
+            raise ValueError(f"max_ranks_per_batch must be >= 2 (a pair), got {max_ranks_per_batch}")
+        unknown = set(train_config) - {f.name for f in fields(TrainConfig)}
+        if unknown:
+            raise TypeError(f"unknown RewardModelTrainer arguments: {sorted(unknown)}")
+        self.reward_model = reward_model
+        if tokenizer is not None:  # the model scores strings later with the tokenizer it was trained with
+            reward_model.tokenizer = tokenizer
+        self.tokenizer = reward_model.tokenizer
+        self.train_records = load_ranked_records(train_data)
+        self.valid_records = load_ranked_records(valid_data) if valid_data is not None else None
+        self.config = TrainConfig(**train_config)
+        self.task = RankingTask(self.tokenizer, max_ranks_per_batch, max_seq_len or reward_model.max_seq_len)
+        self.accelerator, self.accelerate_kwargs = accelerator, accelerate_kwargs
+        self.checkpoint_folder, self.resume = checkpoint_folder, resume
+
+    def __call__(self):
+        from .loop import make_accelerator, train
+
+        accelerator = self.accelerator or make_accelerator(self.accelerate_kwargs)
+        valid = ListDataset(self.valid_records) if self.valid_records is not None else None
+        return train(self.reward_model, self.task, ListDataset(self.train_records), self.config,
+                     accelerator=accelerator, run_dir=self.checkpoint_folder, valid_dataset=valid,
+                     resume=self.resume, desc="reward model")

@@ -1,0 +1,296 @@
+"""Batched, KV-cached sampling from an x-transformers `TransformerWrapper` (or any causal LM).
+
+    out = sample(model, prompts, max_new_tokens=64, num_samples=4, temperature=0.7, top_p=0.9,
+                 eos_id=tokenizer.eos_id, generator=torch.Generator().manual_seed(0))
+
+Shape legend: b rows (prompts x samples, prompt-major), m generated positions, v vocab.
+
+Randomness: one base key is drawn from `generator` (or torch's global RNG) per call; row r's uniform
+at step t is a pure hash of (base key, r, t), and a token is drawn by inverse CDF from that single
+uniform. So a row's random numbers do not depend on the batch it is decoded in, on `batch_size`, on
+row compaction, or on other rows finishing early.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from beartype import beartype
+from torch import Tensor, nn
+from tqdm import tqdm
+from x_transformers import AutoregressiveWrapper, TransformerWrapper
+
+from .kv_decode import (
+    FastDecoder, FullStepper, UnsupportedModelError, XCacheStepper, fast_decode_support,
+    restore_training_modes, training_modes,
+)
+
+__all__ = ["sample", "SampleOutput", "filter_logits", "sample_from_logits", "fast_decode_support",
+           "UnsupportedModelError", "BACKENDS"]
+
+BACKENDS = ("auto", "fast", "xtransformers", "full")
+_GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment (the golden ratio in 64 bits)
+
+
+@dataclass
+class SampleOutput:
+    """Generated tokens only (never the prompt); rows prompt-major: row i * num_samples + j."""
+
+    response_ids: Tensor  # (b, m) long, pad_id after a row's end
+    response_mask: Tensor  # (b, m) bool, True for generated tokens including the EOS token itself
+    logprobs: Tensor | None  # (b, m) float: log p(token) under the raw model (temperature 1, unfiltered), 0 where masked
+    prompt_index: Tensor  # (b,) long
+    eos_id: int | None = None
+    backend: str = "auto"  # the backend that actually ran: "fast", "xtransformers" or "full"
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.response_mask.sum(dim=-1)
+
+    def texts(self, tokenizer) -> list[str]:
+        """Decoded responses without the terminating EOS and without padding."""
+        texts = []
+        for ids, mask in zip(self.response_ids, self.response_mask):
+            ids = ids[mask].tolist()
+            if self.eos_id is not None and ids and ids[-1] == self.eos_id:
+                ids = ids[:-1]
+            texts.append(tokenizer.decode(ids))
+        return texts
+
+
+def _to_uint64_signed(value: int) -> int:
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _shift_right(x: Tensor, bits: int) -> Tensor:
+    # torch's >> on int64 is arithmetic; mask to make it the logical shift splitmix64 needs.
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def splitmix64(x: Tensor) -> Tensor:
+    """The splitmix64 finalizer on int64 tensors (two's-complement wraparound = uint64 arithmetic)."""
+    x = x + _to_uint64_signed(_GAMMA)
+    x = (x ^ _shift_right(x, 30)) * _to_uint64_signed(0xBF58476D1CE4E5B9)
+    x = (x ^ _shift_right(x, 27)) * _to_uint64_signed(0x94D049BB133111EB)
+    return x ^ _shift_right(x, 31)
+
+
+def _uniforms(row_keys: Tensor, step: int) -> Tensor:
+    """One uniform in [0, 1) per row for this step, from the top 53 bits of a hash: (b,) float64."""
+    bits = _shift_right(splitmix64(row_keys + _to_uint64_signed((step + 1) * _GAMMA)), 11)
+    return bits.double() * 2.0 ** -53
+
+
+def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | None = None,
+                  min_p: float | None = None) -> Tensor:
+    """Logits with the tokens outside the allowed set set to -inf; applied in the order k, p, min-p.
+
+    top_k: the k largest (ties with the k-th value are kept). top_p: the smallest prefix of the
+    sorted distribution whose mass reaches p (the most likely token always stays). min_p: tokens
+    with probability >= min_p times the most likely token's.
+    """
+    out = logits
+    if top_k is not None and top_k < out.shape[-1]:
+        kth = out.topk(top_k, dim=-1).values[..., -1:]
+        out = out.masked_fill(out < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = out.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = F.pad(probs.cumsum(dim=-1)[..., :-1], (1, 0))  # exclusive cumsum, exact 0 first
+        remove = torch.zeros_like(out, dtype=torch.bool).scatter(-1, order, mass_before >= top_p)
+        out = out.masked_fill(remove, float("-inf"))
+    if min_p is not None and min_p > 0.0:
+        probs = out.softmax(dim=-1)
+        out = out.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), float("-inf"))
+    return out
+
+
+def sample_from_logits(logits: Tensor, uniforms: Tensor) -> Tensor:
+    """Inverse-CDF draw, one uniform per row: (b, v), (b,) -> (b,) long.
+
+    A token with zero probability has an empty CDF interval, so it can never be drawn; the clamp to
+    the last positive token guards the u * total == total rounding edge.
+    """
+    probs = logits.softmax(dim=-1, dtype=torch.float64)
+    cdf = probs.cumsum(dim=-1)
+    target = uniforms.to(cdf.device)[:, None] * cdf[:, -1:]
+    index = torch.searchsorted(cdf, target, right=True)[:, 0]
+    positive = probs > 0
+    last_positive = positive.shape[-1] - 1 - positive.flip(-1).int().argmax(dim=-1)
+    return torch.minimum(index, last_positive)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    max_new_tokens: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    min_p: float | None
+    eos_id: int | None
+    pad_id: int
+    return_logprobs: bool
+
+
+def _pick(logits: Tensor, keys: Tensor, step: int, s: _Settings) -> Tensor:
+    if s.temperature == 0:
+        return logits.argmax(dim=-1)
+    filtered = filter_logits(logits.float() / s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p)
+    return sample_from_logits(filtered, _uniforms(keys, step))
+
+
+def _decode_chunk(stepper, keys: Tensor, s: _Settings):
+    """The shared sampling loop: (b,) row keys -> tokens, mask, logprobs (b, steps) on CPU."""
+    b, width = len(keys), s.max_new_tokens
+    tokens = torch.full((b, width), s.pad_id, dtype=torch.long)
+    mask = torch.zeros(b, width, dtype=torch.bool)
+    logprobs = torch.zeros(b, width) if s.return_logprobs else None
+    rows, done = torch.arange(b), torch.zeros(b, dtype=torch.bool)
+    logits, steps = stepper.prefill(), 0
+    for t in range(width):
+        token = _pick(logits, keys[rows], t, s)
+        token_cpu, live = token.cpu(), ~done
+        tokens[rows[live], t] = token_cpu[live]
+        mask[rows[live], t] = True
+        if logprobs is not None:
+            chosen = logits.float().log_softmax(dim=-1).gather(-1, token[:, None])[:, 0].cpu()
+            logprobs[rows[live], t] = chosen[live]
+        steps = t + 1
+        if s.eos_id is not None:
+            done = done | (token_cpu == s.eos_id)
+        if t == width - 1 or bool(done.all()):
+            break
+        if 2 * int(done.sum()) >= len(rows) >= 4:
+            # Finished rows still cost compute; dropping them copies the cache, so only when half are done.
+            keep = ~done
+            stepper.select(keep.to(token.device))
+            rows, done, token = rows[keep], done[keep], token[keep.to(token.device)]
+        logits = stepper.step(token)
+    return tokens[:, :steps], mask[:, :steps], None if logprobs is None else logprobs[:, :steps]
+
+
+def _plan_chunks(lengths: list[int], num_samples: int, batch_size: int | None, by_length: bool):
+    """Global row ids per chunk: prompts sorted by length (less padding), at most batch_size rows."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    cap = batch_size or len(lengths) * num_samples
+    chunks, current = [], []
+    for row in (i * num_samples + j for i in order for j in range(num_samples)):
+        if current and (len(current) == cap or (
+                by_length and lengths[row // num_samples] != lengths[current[-1] // num_samples])):
+            chunks.append(current)
+            current = []
+        current.append(row)
+    return chunks + [current]
+
+
+def _resolve_backend(net, backend: str, use_cache: bool) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not use_cache:
+        if backend in ("fast", "xtransformers"):
+            raise ValueError(f"use_cache=False contradicts backend={backend!r}")
+        return "full"
+    x_cache_ok = isinstance(net, TransformerWrapper) and net.can_cache_kv
+    if backend == "xtransformers" and not x_cache_ok:
+        raise UnsupportedModelError("backend='xtransformers' needs a TransformerWrapper that can cache kv")
+    if backend in ("fast", "auto"):
+        problem = fast_decode_support(net)
+        if problem is None:
+            return "fast"
+        if backend == "fast":
+            raise UnsupportedModelError(f"the fast decoder cannot run this model: {problem}")
+        return "xtransformers" if x_cache_ok else "full"
+    return backend
+
+
+def _check_prompts(net, prompts: list[Tensor], max_new_tokens: int) -> list[int]:
+    if not prompts:
+        raise ValueError("prompts is empty")
+    for i, p in enumerate(prompts):
+        if p.ndim != 1 or len(p) == 0 or p.is_floating_point() or p.dtype == torch.bool:
+            raise ValueError(f"prompt {i} must be a non-empty 1-D integer tensor, got {p.dtype} {tuple(p.shape)}")
+    lengths = [len(p) for p in prompts]
+    if isinstance(net, TransformerWrapper):
+        low, high = min(int(p.min()) for p in prompts), max(int(p.max()) for p in prompts)
+        if low < 0 or high >= net.num_tokens:
+            raise ValueError(f"prompt ids must lie in [0, {net.num_tokens}), got ids from {low} to {high}")
+        need = max(lengths) + max_new_tokens
+        if not net.can_cache_kv_outside_max_seq_len and need > net.max_seq_len:
+            raise ValueError(
+                f"longest prompt ({max(lengths)}) + max_new_tokens ({max_new_tokens}) = {need} exceeds the model's "
+                f"max_seq_len {net.max_seq_len}; it has absolute positions, so it cannot run past it")
+    return lengths
+
+
+def _check_settings(s: _Settings, num_samples: int, batch_size: int | None) -> None:
+    problems = {
+        f"max_new_tokens must be >= 1, got {s.max_new_tokens}": s.max_new_tokens < 1,
+        f"num_samples must be >= 1, got {num_samples}": num_samples < 1,
+        f"batch_size must be >= 1 or None, got {batch_size}": batch_size is not None and batch_size < 1,
+        f"temperature must be >= 0, got {s.temperature}": not s.temperature >= 0,
+        f"top_k must be >= 1, got {s.top_k}": s.top_k is not None and s.top_k < 1,
+        f"top_p must be in (0, 1], got {s.top_p}": s.top_p is not None and not 0 < s.top_p <= 1,
+        f"min_p must be in [0, 1], got {s.min_p}": s.min_p is not None and not 0 <= s.min_p <= 1,
+    }
+    for message, bad in problems.items():
+        if bad:
+            raise ValueError(message)
+
+
+_STEPPERS = {"fast": FastDecoder, "xtransformers": XCacheStepper, "full": FullStepper}
+
+
+@beartype
+def sample(model: nn.Module, prompts: list[Tensor], *, max_new_tokens: int, num_samples: int = 1,
+           temperature: float | int = 1.0, top_k: int | None = None, top_p: float | int | None = None,
+           min_p: float | int | None = None, eos_id: int | None = None, pad_id: int = 0,
+           generator: torch.Generator | None = None, use_cache: bool = True, batch_size: int | None = None,
+           return_logprobs: bool = False, backend: str = "auto", progress: bool = False) -> SampleOutput:
+    """Sample `num_samples` continuations of each prompt; see the module docstring and README section.
+
+    temperature 0 is greedy. `batch_size` caps rows per forward (None: all rows at once). `backend`
+    "auto" takes the fast KV decoder when the model passes `fast_decode_support`, else x-transformers'
+    own cache, else ("full", also `use_cache=False`) a full forward per step. Returned tensors are on CPU.
+    """
+    settings = _Settings(max_new_tokens, float(temperature), top_k, None if top_p is None else float(top_p),
+                         None if min_p is None else float(min_p), eos_id, pad_id, return_logprobs)
+    _check_settings(settings, num_samples, batch_size)
+    net = model.net if isinstance(model, AutoregressiveWrapper) else model
+    device = next(itertools.chain(net.parameters(), net.buffers())).device
+    prompts = [p.to(device=device, dtype=torch.long) if not p.is_floating_point() else p for p in prompts]
+    lengths = _check_prompts(net, prompts, max_new_tokens)
+    chosen = _resolve_backend(net, backend, use_cache)
+    base = torch.randint(-(2 ** 63), 2 ** 63 - 1, (), generator=generator, dtype=torch.long)
+    num_rows = len(prompts) * num_samples
+    row_keys = splitmix64(base + torch.arange(num_rows) * _to_uint64_signed(_GAMMA)).to(device)
+
+    ids = torch.full((num_rows, max_new_tokens), pad_id, dtype=torch.long)
+    mask = torch.zeros(num_rows, max_new_tokens, dtype=torch.bool)
+    logprobs = torch.zeros(num_rows, max_new_tokens) if return_logprobs else None
+    width = 0
+    chunks = _plan_chunks(lengths, num_samples, batch_size, by_length=chosen != "fast")
+    modes = training_modes(net)
+    net.eval()
+    try:
+        for rows in tqdm(chunks, desc="sample", disable=not progress or len(chunks) == 1):
+            prompt_ids = [row // num_samples for row in rows]
+            unique = [p for p, _ in itertools.groupby(prompt_ids)]
+            counts = [len(list(group)) for _, group in itertools.groupby(prompt_ids)]
+            with torch.inference_mode():
+                stepper = _STEPPERS[chosen](net, [prompts[p] for p in unique], counts, max_new_tokens)
+                c_ids, c_mask, c_lp = _decode_chunk(stepper, row_keys[rows], settings)
+            steps, index = c_ids.shape[1], torch.tensor(rows)
+            ids[index, :steps], mask[index, :steps] = c_ids, c_mask
+            if logprobs is not None:
+                logprobs[index, :steps] = c_lp
+            width = max(width, steps)
+    finally:
+        restore_training_modes(modes)
+    return SampleOutput(
+        response_ids=ids[:, :width].clone(), response_mask=mask[:, :width].clone(),
+        logprobs=None if logprobs is None else logprobs[:, :width].clone(),
+        prompt_index=torch.arange(len(prompts)).repeat_interleave(num_samples), eos_id=eos_id, backend=chosen)

@@ -1,0 +1,377 @@
+"""DPO on preference pairs, with the reference as a frozen copy or as log-probs computed once.
+
+Shapes: b pairs in a batch, n sequence, v vocab. A batch holds 2b rows: the b chosen sequences,
+then the b rejected ones ("(two b)" in einops), right padded, so both go through the policy in
+one forward pass.
+
+The pair machinery here (`encode_pairs`, `PairTask`, `train_pairs`) is shared with SPIN, which is
+DPO with (real, generated) pairs and a different pair loss, not a copy of this file.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from functools import partial
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import torch
+from beartype import beartype
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ..data import ListDataset, atomic_write_bytes, collate_examples, encode_example
+from ..logprobs import sequence_logprobs
+from ..losses import DPO_LOSS_TYPES, dpo_loss, sft_loss
+from ..tokenizer import ByteTokenizer, CallableTokenizer, as_tokenizer, to_id_list
+
+__all__ = [
+    "DPO_LOSS_TYPES",
+    "PreferenceRecordError",
+    "normalize_preference",
+    "encode_pairs",
+    "collate_pairs",
+    "pair_logprobs",
+    "compute_ref_logprobs",
+    "PairTask",
+    "DPOTask",
+    "train_pairs",
+    "train_dpo",
+    "DPOTrainer",
+    "default_tokenizer",
+]
+
+REF_LOGPROBS_FILE = "ref_logprobs.safetensors"
+
+
+class PreferenceRecordError(ValueError):
+    """A preference record that cannot be trained on; the message names the record."""
+
+
+def default_tokenizer(model: nn.Module, tokenizer=None):
+    """The tokenizer to use when the caller gave none, checked against the model's vocabulary.
+
+    The byte tokenizer's specials (pad 256, eos 258) do not exist in a 256-token model such as the
+    seed README's, so for such a model the default pads with 0 (harmless: padding is right-aligned
+    and masked) and has no EOS. A tokenizer the caller passed must fit the model, or it is an error.
+    """
+    num_tokens = getattr(model, "num_tokens", None)
+    if tokenizer is None:
+        byte = ByteTokenizer()
+        if num_tokens is None or num_tokens >= byte.vocab_size:
+            return byte
+        return CallableTokenizer(byte.encode, byte.decode, pad_id=0, eos_id=None, vocab_size=256)
+    tokenizer = as_tokenizer(tokenizer)
+    for name in ("pad_id", "eos_id"):
+        value = getattr(tokenizer, name)
+        if num_tokens is not None and value is not None and not 0 <= value < num_tokens:
+            raise ValueError(f"tokenizer {name}={value} is outside the model's {num_tokens} tokens")
+    return tokenizer
+
+
+def _is_empty(x) -> bool:
+    return (len(x) == 0) if not isinstance(x, Tensor) else x.numel() == 0
+
+
+def normalize_preference(record: Any, index: int) -> tuple:
+    """(prompt, chosen, rejected) of one record: a dict with those keys or a 3-tuple/list."""
+    if isinstance(record, dict):
+        missing = [k for k in ("prompt", "chosen", "rejected") if k not in record]
+        if missing:
+            raise PreferenceRecordError(f"preference record {index} lacks key(s) {missing}: {_show(record)}")
+        fields = (record["prompt"], record["chosen"], record["rejected"])
+    elif isinstance(record, (tuple, list)) and len(record) == 3:
+        fields = tuple(record)
+    else:
+        raise PreferenceRecordError(
+            f"preference record {index} must be a dict with prompt/chosen/rejected or a 3-tuple, got {_show(record)}"
+        )
+    for name, value in zip(("prompt", "chosen", "rejected"), fields):
+        if not isinstance(value, (str, list, tuple, Tensor)):
+            raise PreferenceRecordError(f"preference record {index}: {name} must be a str or token ids, got {type(value).__name__}")
+        if name != "prompt" and _is_empty(value):
+            raise PreferenceRecordError(f"preference record {index}: {name} response is empty")
+    return fields
+
+
+def _show(record, limit: int = 120) -> str:
+    text = repr(record)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def encode_pairs(records: Sequence | Dataset, tokenizer, *, max_seq_len: int | None = None) -> list[dict]:
+    """Each record as {"chosen": (ids, prompt_len), "rejected": (ids, prompt_len)}, checked early."""
+    pairs = []
+    for index in range(len(records)):  # by index: map-style Datasets need not be iterable
+        prompt, chosen, rejected = normalize_preference(records[index], index)
+        try:
+            pairs.append(
+                {
+                    "chosen": encode_example(tokenizer, prompt, chosen, max_len=max_seq_len),
+                    "rejected": encode_example(tokenizer, prompt, rejected, max_len=max_seq_len),
+                }
+            )
+        except (ValueError, TypeError) as e:
+            raise PreferenceRecordError(f"preference record {index}: {e}") from None
+        if pairs[-1]["chosen"][1] == 0:
+            raise PreferenceRecordError(f"preference record {index}: the prompt is empty (the first response token "
+                                        "would have nothing predicting it; start prompts with a BOS token)")
+    if not pairs:
+        raise PreferenceRecordError("no preference records to train on")
+    return pairs
+
+
+def collate_pairs(items: Sequence[dict], pad_id: int) -> dict[str, Tensor]:
+    """input_ids/is_response (2b, n): chosen rows then rejected rows; ref_chosen/ref_rejected (b,) if stored."""
+    batch = collate_examples([it["chosen"] for it in items] + [it["rejected"] for it in items], pad_id)
+    if all("ref" in it for it in items):
+        ref = torch.tensor([it["ref"] for it in items], dtype=torch.float32)  # (b, 2)
+        batch["ref_chosen"], batch["ref_rejected"] = ref.unbind(dim=-1)
+    return batch
+
+
+def pair_logprobs(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """(chosen (b,), rejected (b,), logits (2b, n, v)) from one forward over the 2b rows."""
+    logits = model(batch["input_ids"])
+    logps = sequence_logprobs(logits, batch["input_ids"], batch["is_response"])
+    chosen, rejected = rearrange(logps, "(two b) -> two b", two=2)
+    return chosen, rejected, logits
+
+
+@torch.no_grad()
+def compute_ref_logprobs(
+    ref_model: nn.Module, pairs: Sequence[dict], *, pad_id: int, batch_size: int = 16, progress: bool = True
+) -> Tensor:
+    """Reference log-probs (N, 2) [chosen, rejected] of every pair, in eval mode, without grad.
+
+    Pairs are batched longest first so each batch pads little; results are scattered back to the
+    dataset order. Right padding makes each row's value independent of its batch mates.
+    """
+    was_training = ref_model.training
+    ref_model.eval()
+    device = next(ref_model.parameters()).device
+    order = sorted(range(len(pairs)), key=lambda i: -max(len(pairs[i]["chosen"][0]), len(pairs[i]["rejected"][0])))
+    out = torch.empty(len(pairs), 2, dtype=torch.float32)
+    try:
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="reference log-probs", disable=not progress, leave=False):
+            idx = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in idx], pad_id).items()}
+            chosen, rejected, _ = pair_logprobs(ref_model, batch)
+            out[idx] = torch.stack((chosen, rejected), dim=-1).float().cpu()
+    finally:
+        ref_model.train(was_training)
+    return out
+
+
+def _pairs_digest(pairs: Sequence[dict]) -> str:
+    """A hash of the encoded pairs, so stored reference log-probs are only reused for the same data."""
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(json.dumps([list(map(int, p["chosen"][0])), int(p["chosen"][1]),
+                             list(map(int, p["rejected"][0])), int(p["rejected"][1])]).encode())
+    return h.hexdigest()
+
+
+def load_or_compute_ref_logprobs(
+    ref_model: nn.Module, splits: dict[str, list[dict]], *, run_dir: Path | None, resume: bool,
+    pad_id: int, batch_size: int, progress: bool, is_main_process: bool = True,
+) -> dict[str, Tensor]:
+    """Reference log-probs per split, reused from `run_dir` on resume (the policy has moved since)."""
+    from safetensors.torch import load_file, save
+
+    digest = hashlib.sha256("".join(_pairs_digest(splits[k]) + k for k in sorted(splits)).encode()).hexdigest()
+    path = None if run_dir is None else Path(run_dir) / REF_LOGPROBS_FILE
+    if resume and path is not None and path.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            stored_digest = (f.metadata() or {}).get("digest")
+        if stored_digest != digest:
+            raise ValueError(f"{path} was computed for different pairs; cannot resume this run with new data")
+        return load_file(str(path))
+    out = {k: compute_ref_logprobs(ref_model, v, pad_id=pad_id, batch_size=batch_size, progress=progress)
+           for k, v in splits.items()}
+    if path is not None and is_main_process:
+        atomic_write_bytes(path, save(out, metadata={"digest": digest, "reduction": "sum"}))
+    return out
+
+
+class PairTask:
+    """The loop's task for pair losses: one concatenated forward, a reference, TRL metric names.
+
+    `pair_loss(policy_a, policy_b, ref_a, ref_b) -> (losses (b,), rewards_a, rewards_b)`. The reference
+    is either stored per item (`ref` in each item, precomputed) or a frozen `ref_model` run here.
+    """
+
+    key_metric = "rewards/accuracies"
+
+    def __init__(self, pair_loss: Callable, *, pad_id: int, ref_model: nn.Module | None = None,
+                 sft_weight: float = 0.0, names: tuple[str, str] = ("chosen", "rejected")):
+        self.pair_loss, self.pad_id, self.ref_model = pair_loss, pad_id, ref_model
+        self.sft_weight, self.names = sft_weight, names
+
+    def collate(self, items: list) -> dict[str, Tensor]:
+        return collate_pairs(items, self.pad_id)
+
+    def step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        policy_a, policy_b, logits = pair_logprobs(model, batch)
+        if "ref_chosen" in batch:
+            ref_a, ref_b = batch["ref_chosen"], batch["ref_rejected"]
+        elif self.ref_model is not None:
+            with torch.no_grad():
+                ref_a, ref_b, _ = pair_logprobs(self.ref_model, batch)
+        else:
+            raise RuntimeError("PairTask has neither stored reference log-probs nor a reference model")
+        losses, rewards_a, rewards_b = self.pair_loss(policy_a, policy_b, ref_a.to(policy_a), ref_b.to(policy_a))
+        loss = losses.mean()
+        a, b = self.names
+        metrics = {
+            f"rewards/{a}": rewards_a.mean(),
+            f"rewards/{b}": rewards_b.mean(),
+            "rewards/margins": (rewards_a - rewards_b).mean(),
+            "rewards/accuracies": (rewards_a > rewards_b).float().mean(),
+            f"logps/{a}": policy_a.detach().mean(),
+            f"logps/{b}": policy_b.detach().mean(),
+        }
+        if self.sft_weight > 0:
+            half = batch["input_ids"].shape[0] // 2  # the first b rows are the chosen sequences
+            sft = sft_loss(logits[:half], batch["input_ids"][:half], batch["is_response"][:half]).mean()
+            metrics["sft_loss"] = sft.detach()
+            loss = loss + self.sft_weight * sft
+        metrics["loss"] = loss.detach()
+        return loss, metrics
+
+
+class DPOTask(PairTask):
+    """The DPO task (Rafailov et al. 2023): a `PairTask` with `losses.dpo_loss`."""
+
+    def __init__(self, *, pad_id: int, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+                 sft_weight: float = 0.0, ref_model: nn.Module | None = None):
+        _check_dpo_args(beta, loss_type, label_smoothing, sft_weight)
+        pair_loss = partial(dpo_loss, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+        super().__init__(pair_loss, pad_id=pad_id, ref_model=ref_model, sft_weight=sft_weight)
+
+
+def _check_dpo_args(beta, loss_type, label_smoothing, sft_weight):
+    """Raise at construction what `dpo_loss` would raise at the first step (its rules, not a copy)."""
+    if sft_weight < 0:
+        raise ValueError(f"sft_weight must be >= 0, got {sft_weight}")
+    zero = torch.zeros(1)
+    dpo_loss(zero, zero, zero, zero, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+
+
+def train_pairs(
+    model: nn.Module, pairs: list[dict], make_task: Callable[..., PairTask], *, pad_id: int, accelerator,
+    run_dir, config, ref_model: nn.Module | None = None, precompute_ref_logprobs: bool = True,
+    resume: bool = False, valid_pairs: list[dict] | None = None, desc: str = "dpo", saved_config: dict | None = None,
+):
+    """Train `model` in place on encoded pairs; the reference is `ref_model` or the policy as it is now.
+
+    With precomputed reference log-probs the reference is only used before training (no copy of the
+    policy is made when it is the policy itself); otherwise a frozen copy runs in every step.
+    """
+    from ..loop import train
+
+    splits = {"train": pairs} | ({"valid": valid_pairs} if valid_pairs else {})
+    if precompute_ref_logprobs:
+        ref = ref_model if ref_model is not None else model
+        ref_logps = load_or_compute_ref_logprobs(
+            ref.to(accelerator.device), splits, run_dir=run_dir, resume=resume, pad_id=pad_id,
+            batch_size=2 * config.batch_size, progress=config.progress,
+            is_main_process=accelerator.is_main_process,
+        )
+        splits = {k: [p | {"ref": tuple(r.tolist())} for p, r in zip(v, ref_logps[k])] for k, v in splits.items()}
+        task = make_task(ref_model=None)
+    else:
+        # A given reference is frozen in place (no second copy); otherwise the policy is copied now.
+        frozen = ref_model if ref_model is not None else copy.deepcopy(model)
+        frozen.eval().requires_grad_(False)
+        task = make_task(ref_model=frozen.to(accelerator.device))
+    valid = ListDataset(splits["valid"]) if "valid" in splits else None
+    return train(model, task, ListDataset(splits["train"]), config, accelerator=accelerator,
+                 run_dir=run_dir, valid_dataset=valid, resume=resume, desc=desc, saved_config=saved_config)
+
+
+@beartype
+def train_dpo(
+    model: nn.Module, records: Sequence | Dataset, *, tokenizer, accelerator, run_dir: str | Path | None, config,
+    beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0, sft_weight: float = 0.0,
+    ref_model: nn.Module | None = None, precompute_ref_logprobs: bool = True, resume: bool = False,
+    max_seq_len: int | None = None, valid_records: Sequence | Dataset | None = None,
+):
+    """DPO on preference records for the pipeline; the reference is the policy as it is on entry.
+
+    Returns the loop's `TrainResult`. `model` is trained in place.
+    """
+    _check_dpo_args(beta, loss_type, label_smoothing, sft_weight)
+    tokenizer = default_tokenizer(model, tokenizer)
+    pairs = encode_pairs(records, tokenizer, max_seq_len=max_seq_len)
+    valid_pairs = encode_pairs(valid_records, tokenizer, max_seq_len=max_seq_len) if valid_records else None
+    make_task = partial(DPOTask, pad_id=tokenizer.pad_id, beta=beta, loss_type=loss_type,
+                        label_smoothing=label_smoothing, sft_weight=sft_weight)
+    return train_pairs(model, pairs, make_task, pad_id=tokenizer.pad_id, accelerator=accelerator,
+                       run_dir=None if run_dir is None else Path(run_dir), config=config, ref_model=ref_model,
+                       precompute_ref_logprobs=precompute_ref_logprobs, resume=resume,
+                       valid_pairs=valid_pairs, desc="dpo", saved_config=_dpo_record(
+                           beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, sft_weight=sft_weight,
+                           precompute_ref_logprobs=precompute_ref_logprobs, max_seq_len=max_seq_len))
+
+
+def _dpo_record(**settings) -> dict:
+    """The DPO settings saved with every checkpoint (the loop saves its own TrainConfig beside them)."""
+    return {"stage": "dpo", **settings}
+
+
+class DPOTrainer:
+    """DPO trainer: `DPOTrainer(model, records, beta=0.1, ...)()` trains `model` in place.
+
+    Records are dicts {"prompt", "chosen", "rejected"} (str or token ids) or 3-tuples; bad records
+    are an error here, at construction. Remaining keyword arguments are `TrainConfig` fields.
+    """
+
+    @beartype
+    def __init__(
+        self, model: nn.Module, train_data: Sequence | Dataset, *, tokenizer=None, ref_model: nn.Module | None = None,
+        precompute_ref_logprobs: bool = True, beta: float = 0.1, loss_type: str = "sigmoid",
+        label_smoothing: float = 0.0, sft_weight: float = 0.0, max_seq_len: int | None = None,
+        valid_data: Sequence | Dataset | None = None, accelerator=None, accelerate_kwargs: dict | None = None,
+        checkpoint_folder: str | Path | None = None, resume: bool = False, **train_config,
+    ):
+        from ..loop import TrainConfig
+
+        _check_dpo_args(beta, loss_type, label_smoothing, sft_weight)
+        self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
+        self.model, self.tokenizer = model, default_tokenizer(model, tokenizer)
+        self.pairs = encode_pairs(train_data, self.tokenizer, max_seq_len=max_seq_len)
+        self.valid_pairs = encode_pairs(valid_data, self.tokenizer, max_seq_len=max_seq_len) if valid_data else None
+        self.loss_kwargs = dict(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, sft_weight=sft_weight)
+        self.precompute_ref_logprobs, self.resume, self.max_seq_len = precompute_ref_logprobs, resume, max_seq_len
+        self.checkpoint_folder = None if checkpoint_folder is None else Path(checkpoint_folder)
+        self.accelerator, self.accelerate_kwargs = accelerator, accelerate_kwargs
+        # Live reference: the frozen copy is the policy at construction, as documented.
+        self.ref_model = ref_model
+        if not precompute_ref_logprobs and ref_model is None:
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def __call__(self):
+        from ..loop import make_accelerator
+
+        if self.accelerator is None:
+            self.accelerator = make_accelerator(self.accelerate_kwargs)
+        make_task = partial(DPOTask, pad_id=self.tokenizer.pad_id, **self.loss_kwargs)
+        result = train_pairs(
+            self.model, self.pairs, make_task, pad_id=self.tokenizer.pad_id, accelerator=self.accelerator,
+            run_dir=self.checkpoint_folder, config=self.config, ref_model=self.ref_model,
+            precompute_ref_logprobs=self.precompute_ref_logprobs, resume=self.resume,
+            valid_pairs=self.valid_pairs, desc="dpo", saved_config=_dpo_record(
+                **self.loss_kwargs, precompute_ref_logprobs=self.precompute_ref_logprobs, max_seq_len=self.max_seq_len),
+        )
+        if self.precompute_ref_logprobs:
+            self.ref_model = None  # the log-probs are stored; do not keep a second model alive
+        return result

@@ -1,0 +1,204 @@
+"""The PPO stage: roll out responses to prompts, score them (self-judge, a reward model or any callable),
+and optimise the policy with `ppo.PPOTrainer` under a KL penalty to the policy as the stage found it.
+
+Files in the stage folder: `metrics.jsonl` (one record of PPO stats per step), `rollouts.jsonl`
+(step, prompt, response, score; score null when the reward could not score it), and
+`checkpoint/step-*/` (policy + value head, optimizer, PPO state) every `checkpoint_every` steps,
+from which a rerun resumes.
+
+Shapes: b batch (rollouts); the tensors live in `ppo` and `sampling`, this module handles ids and text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import JsonlAppender, read_jsonl, write_jsonl
+from ..ppo import PPOConfig, PPOTrainer
+from ..tokenizer import to_id_list
+from .base import StageContext, describe_config, resolve_dataset
+
+__all__ = ["PPOStageConfig", "SELF_JUDGE"]
+
+SELF_JUDGE = "self_judge"
+METRICS_FILE = "metrics.jsonl"
+ROLLOUTS_FILE = "rollouts.jsonl"
+
+
+def _prompt_of(item: Any, index: int) -> Any:
+    """A prompt string or id list from a dataset item: a str, ids, or a dict with "prompt"."""
+    if isinstance(item, dict):
+        if "prompt" not in item:
+            raise ValueError(f"prompt_dataset item {index} is a dict without a 'prompt' key")
+        item = item["prompt"]
+    if isinstance(item, str):
+        if not item:
+            raise ValueError(f"prompt_dataset item {index} is an empty prompt")
+        return item
+    return to_id_list(item)
+
+
+@dataclass(frozen=True)
+class PPOStageConfig:
+    """PPO against a reward: `reward="self_judge"` (the policy judges its own responses with the run's
+    `RewardConfig`), a `RewardModel` (anything with `as_reward_fn`), or a callable
+    `(prompts: list[str], responses: list[str]) -> scores`. Unscored rollouts (NaN) are dropped.
+
+    Each of `num_ppo_steps` steps samples `ppo.batch_size` prompts (a seeded reshuffle per pass over
+    the dataset) and makes one `PPOTrainer.step`. `ppo.seed` is replaced by the stage's seed.
+    """
+
+    kind: ClassVar[str] = "ppo"
+
+    prompt_dataset: Any
+    num_ppo_steps: int = 100
+    reward: Any = SELF_JUDGE
+    ppo: PPOConfig | dict = field(default_factory=PPOConfig)
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    num_judgments: int = 3
+    judge_max_new_tokens: int = 64
+    judge_temperature: float = 0.7
+    judge_top_p: float | None = 0.9
+    checkpoint_every: int | None = 10
+
+    def __post_init__(self):
+        if isinstance(self.ppo, dict):  # from a config file: unknown keys are a TypeError from PPOConfig itself
+            object.__setattr__(self, "ppo", PPOConfig(**self.ppo))
+        if not isinstance(self.ppo, PPOConfig):
+            raise TypeError(f"ppo must be a PPOConfig or a dict of its fields, got {type(self.ppo).__name__}")
+        if not (self.reward == SELF_JUDGE or callable(self.reward) or hasattr(self.reward, "as_reward_fn")):
+            raise TypeError(f"reward must be {SELF_JUDGE!r}, a reward model or a callable (prompts, responses) -> scores, got {self.reward!r}")
+        for name in ("num_ppo_steps", "max_new_tokens", "num_judgments", "judge_max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.checkpoint_every is not None and (not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1):
+            raise ValueError(f"checkpoint_every must be an int >= 1 or None, got {self.checkpoint_every!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+
+    # --- the reward source ---
+
+    def _reward_fn(self, ctx: StageContext, trainer: PPOTrainer) -> Callable[[list[str], list[str]], Any]:
+        if isinstance(self.reward, str):
+            from ..judge import judge_scores
+
+            def self_judge(prompts, responses):
+                return judge_scores(
+                    trainer.policy.transformer, ctx.tokenizer, ctx.reward_config, prompts, responses,
+                    num_judgments=self.num_judgments, max_new_tokens=self.judge_max_new_tokens,
+                    temperature=self.judge_temperature, top_p=self.judge_top_p, generator=trainer.sample_generator,
+                ).scores
+
+            return self_judge
+        if hasattr(self.reward, "as_reward_fn"):
+            return self.reward.as_reward_fn(ctx.tokenizer)
+        return self.reward
+
+    # --- running ---
+
+    def _resume(self, ctx: StageContext, trainer: PPOTrainer) -> int:
+        """The step to continue from; trims the JSONL logs to that step so no record is written twice."""
+        from ..checkpoint import latest_checkpoint, load_training_state
+
+        checkpoint = latest_checkpoint(ctx.stage_dir) if ctx.resume else None
+        if checkpoint is None:
+            start = 0
+        else:
+            state = load_training_state(checkpoint, model=trainer.policy, optimizer=trainer.optimizer)
+            trainer.load_state_dict(state["ppo"])
+            start = int(state["stage_step"])  # not trainer.num_steps: a step whose rollouts all went unscored trains nothing
+        if ctx.is_main:
+            for name in (METRICS_FILE, ROLLOUTS_FILE):
+                path = ctx.stage_dir / name
+                if path.exists():
+                    kept = [r for r in read_jsonl(path, ignore_partial_last_line=True) if r["step"] <= start]
+                    write_jsonl(path, kept)
+        return start
+
+    def _save(self, ctx: StageContext, trainer: PPOTrainer, step: int):
+        from ..checkpoint import CHECKPOINT_DIR, save_training_state
+
+        if ctx.is_main:
+            save_training_state(
+                ctx.stage_dir / CHECKPOINT_DIR, step, model=trainer.policy, optimizer=trainer.optimizer,
+                state={"ppo": trainer.state_dict(), "stage_step": step}, config=describe_config(self),
+            )
+        ctx.accelerator.wait_for_everyone()
+
+    def _batch(self, step: int, prompts: list, ctx: StageContext) -> list[int]:
+        """This process's prompt indices for `step`: positions of a stream of seeded per-pass permutations."""
+        from ..loop import epoch_permutation
+
+        size, rank, world = self.ppo.batch_size, ctx.accelerator.process_index, ctx.accelerator.num_processes
+        first = (step * world + rank) * size
+        out = []
+        for position in range(first, first + size):
+            epoch, i = divmod(position, len(prompts))
+            out.append(int(epoch_permutation(ctx.seed, epoch, len(prompts))[i]))
+        return out
+
+    def run(self, ctx: StageContext) -> dict:
+        dataset = resolve_dataset(self.prompt_dataset, name="prompt_dataset")
+        prompts = [_prompt_of(dataset[i], i) for i in range(len(dataset))]
+        if not prompts:
+            raise ValueError("prompt_dataset is empty")
+        tok = ctx.tokenizer
+        trainer = PPOTrainer(ctx.model, config=dataclasses.replace(self.ppo, seed=ctx.seed), tokenizer=tok, accelerator=ctx.accelerator)
+        reward_fn = self._reward_fn(ctx, trainer)
+        start = self._resume(ctx, trainer)
+        sampling = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p)
+
+        metrics = JsonlAppender(ctx.stage_dir / METRICS_FILE) if ctx.is_main else None
+        rollouts = JsonlAppender(ctx.stage_dir / ROLLOUTS_FILE) if ctx.is_main else None
+        history = []
+        try:
+            for step in tqdm(range(start, self.num_ppo_steps), desc="ppo", disable=not (ctx.progress and ctx.is_main)):
+                stats = self._one_step(step, prompts, ctx, trainer, reward_fn, sampling, rollouts)
+                history.append(stats)
+                if metrics is not None:
+                    metrics.write(stats)
+                if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and step + 1 < self.num_ppo_steps:
+                    self._save(ctx, trainer, step + 1)
+        finally:
+            for appender in (metrics, rollouts):
+                if appender is not None:
+                    appender.close()
+        scored = [h for h in history if "ppo/mean_scores" in h]
+        return {
+            "steps": self.num_ppo_steps,
+            "resumed_from_step": start,
+            "mean_score_last": scored[-1]["ppo/mean_scores"] if scored else None,
+            "kl_last": scored[-1]["objective/kl"] if scored else None,
+            "kl_coef": trainer.kl_ctl.value,
+        }
+
+    def _one_step(self, step, prompts, ctx, trainer, reward_fn, sampling, rollouts) -> dict:
+        tok = ctx.tokenizer
+        batch = [prompts[i] for i in self._batch(step, prompts, ctx)]
+        queries = [torch.tensor(tok.encode(p) if isinstance(p, str) else p, dtype=torch.long) for p in batch]
+        responses = trainer.generate(queries, **sampling)
+        # the judge and reward models read text without the EOS token
+        response_texts = [tok.decode(r[:-1] if tok.eos_id is not None and len(r) and int(r[-1]) == tok.eos_id else r) for r in responses]
+        prompt_texts = [p if isinstance(p, str) else tok.decode(p) for p in batch]
+        scores = [float(s) for s in torch.as_tensor(reward_fn(prompt_texts, response_texts), dtype=torch.float32).reshape(-1)]
+        if len(scores) != len(batch):
+            raise ValueError(f"the reward returned {len(scores)} scores for {len(batch)} responses")
+        keep = [i for i, s in enumerate(scores) if math.isfinite(s)]
+        stats = {"step": step + 1, "ppo/num_rollouts": len(batch), "ppo/num_unscored": len(batch) - len(keep)}
+        if keep:
+            stats.update(trainer.step([queries[i] for i in keep], [responses[i] for i in keep], [scores[i] for i in keep]))
+        if rollouts is not None:
+            for p, r, s in zip(prompt_texts, response_texts, scores):
+                rollouts.write({"step": step + 1, "prompt": p, "response": r, "score": s if math.isfinite(s) else None})
+        return stats

@@ -1,0 +1,164 @@
+"""DPO stages that make their own preference pairs: judged by the model itself, or by an external reward.
+
+One iteration: sample `num_candidate_responses` answers per prompt from the current policy, score
+them (the model as its own judge through the `RewardConfig` template, or `reward_model(prompts,
+responses)`), pick (chosen, rejected) pairs, then train with DPO against the policy as it was at
+the start of the stage (M_t is the reference for M_t+1).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from .base import StageContext, TrainingFields, resolve_dataset, train_config_of
+
+__all__ = ["SelfRewardDPOConfig", "ExternalRewardDPOConfig", "reward_fn_of"]
+
+
+@dataclass(frozen=True)
+class _PreferenceDPOFields(TrainingFields):
+    """Generation, pairing and DPO settings shared by both preference stages (keyword-only)."""
+
+    dpo_beta: float = field(default=0.1, kw_only=True)
+    dpo_loss_type: str = field(default="sigmoid", kw_only=True)
+    dpo_label_smoothing: float = field(default=0.0, kw_only=True)
+    sft_weight: float = field(default=0.0, kw_only=True)
+    num_candidate_responses: int = field(default=4, kw_only=True)
+    gen_temperature: float = field(default=0.7, kw_only=True)
+    gen_top_p: float | None = field(default=0.9, kw_only=True)
+    max_new_tokens: int | None = field(default=None, kw_only=True)
+    pair_policy: str | Callable = field(default="best_vs_worst", kw_only=True)
+    pair_policy_kwargs: dict = field(default_factory=dict, kw_only=True)
+    max_passes: int = field(default=1, kw_only=True)
+    generation_chunk_size: int = field(default=16, kw_only=True)
+    precompute_ref_logprobs: bool = field(default=True, kw_only=True)
+    max_seq_len: int | None = field(default=None, kw_only=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        from ..pairs import make_pair_policy
+        from .dpo import _check_dpo_args
+
+        if self.num_generated_preference_pairs < 1:
+            raise ValueError(f"num_generated_preference_pairs must be >= 1, got {self.num_generated_preference_pairs}")
+        if self.num_candidate_responses < 2:
+            raise ValueError(f"num_candidate_responses must be >= 2, got {self.num_candidate_responses}")
+        _check_dpo_args(self.dpo_beta, self.dpo_loss_type, self.dpo_label_smoothing, self.sft_weight)
+        make_pair_policy(self.pair_policy, **self.pair_policy_kwargs)  # unknown names fail here
+
+    # --- what differs between the two stages ---
+
+    def _scoring_kwargs(self, ctx: StageContext) -> dict:
+        raise NotImplementedError
+
+    def run(self, ctx: StageContext) -> dict:
+        from ..pairs import make_pair_policy
+        from ..preferences import generate_preferences
+        from .dpo import train_dpo
+
+        prompts = resolve_dataset(self.prompt_dataset, name="prompt_dataset")
+        result = generate_preferences(
+            ctx.model,
+            ctx.tokenizer,
+            prompts,
+            num_candidates=self.num_candidate_responses,
+            temperature=self.gen_temperature,
+            top_p=self.gen_top_p,
+            max_new_tokens=self.max_new_tokens,
+            num_pairs=self.num_generated_preference_pairs,
+            pair_policy=make_pair_policy(self.pair_policy, **self.pair_policy_kwargs),
+            out_dir=ctx.stage_dir if ctx.is_main else None,
+            seed=ctx.seed,
+            max_passes=self.max_passes,
+            chunk_size=self.generation_chunk_size,
+            resume=ctx.resume,
+            progress=ctx.progress and ctx.is_main,
+            **self._scoring_kwargs(ctx),
+        )
+        summary = {"preferences": result.stats, "num_pairs": len(result.records)}
+        if not result.records:
+            # Nothing to learn from is a finding, not a crash: the stage ends, the pipeline goes on.
+            warnings.warn(
+                f"{type(self).kind}: no preference pairs were made ({result.stats}); this stage trains nothing",
+                stacklevel=2,
+            )
+            return summary | {"trained": False, "train_steps": 0}
+        train_result = train_dpo(
+            ctx.model,
+            result.records,
+            tokenizer=ctx.tokenizer,
+            accelerator=ctx.accelerator,
+            run_dir=ctx.stage_dir / "train",
+            config=train_config_of(self, seed=ctx.seed, progress=ctx.progress),
+            beta=self.dpo_beta,
+            loss_type=self.dpo_loss_type,
+            label_smoothing=self.dpo_label_smoothing,
+            sft_weight=self.sft_weight,
+            precompute_ref_logprobs=self.precompute_ref_logprobs,
+            resume=ctx.resume,
+            max_seq_len=self.max_seq_len,
+        )
+        return summary | {"trained": True, "train_steps": train_result.steps}
+
+
+@dataclass(frozen=True)
+class SelfRewardDPOConfig(_PreferenceDPOFields):
+    """Self-rewarding DPO (Yuan et al. 2024): the policy judges its own candidates with the pipeline's
+    `RewardConfig` (`num_sampled_reward_responses` judgments each, averaged), or `judge_model` does (OAIF)."""
+
+    kind: ClassVar[str] = "self-reward-dpo"
+
+    prompt_dataset: Any
+    num_generated_preference_pairs: int
+    num_sampled_reward_responses: int = field(default=3, kw_only=True)
+    eval_temperature: float = field(default=0.7, kw_only=True)
+    eval_top_p: float | None = field(default=0.9, kw_only=True)
+    judge_max_new_tokens: int | None = field(default=None, kw_only=True)
+    judge_model: Any = field(default=None, kw_only=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_sampled_reward_responses < 1:
+            raise ValueError(f"num_sampled_reward_responses must be >= 1, got {self.num_sampled_reward_responses}")
+
+    def _scoring_kwargs(self, ctx: StageContext) -> dict:
+        return dict(
+            reward_config=ctx.reward_config,
+            judge_model=self.judge_model,
+            num_judgments=self.num_sampled_reward_responses,
+            judge_temperature=self.eval_temperature,
+            judge_top_p=self.eval_top_p,
+            judge_max_new_tokens=self.judge_max_new_tokens,
+        )
+
+
+def reward_fn_of(reward_model: Any, tokenizer: Any = None) -> Callable[[list[str], list[str]], Any]:
+    """`(prompts, responses) -> scores` from a callable or a RewardModel (scored with `tokenizer`)."""
+    if callable(getattr(reward_model, "as_reward_fn", None)):
+        return reward_model.as_reward_fn(tokenizer)
+    if callable(reward_model):
+        return reward_model
+    raise TypeError(
+        f"reward_model must be a callable (prompts, responses) -> scores or a RewardModel, got {type(reward_model).__name__}"
+    )
+
+
+@dataclass(frozen=True)
+class ExternalRewardDPOConfig(_PreferenceDPOFields):
+    """DPO on pairs scored by an external reward: a RewardModel or any `(prompts, responses) -> scores`."""
+
+    kind: ClassVar[str] = "external-reward-dpo"
+
+    reward_model: Any
+    prompt_dataset: Any
+    num_generated_preference_pairs: int
+
+    def __post_init__(self):
+        super().__post_init__()
+        reward_fn_of(self.reward_model)
+
+    def _scoring_kwargs(self, ctx: StageContext) -> dict:
+        return dict(reward_fn=reward_fn_of(self.reward_model, ctx.tokenizer))
+

@@ -1,0 +1,95 @@
+"""Pipeline stages trained on ground-truth responses: SFT, and SPIN (self-play against them).
+
+The trainers themselves live in `sft.py` and `spin.py`; these configs say what a stage runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .base import StageContext, TrainingFields, resolve_dataset, train_config_of
+
+__all__ = ["SFTConfig", "SelfPlayConfig"]
+
+
+@dataclass(frozen=True)
+class SFTConfig(TrainingFields):
+    """Supervised fine-tuning on `(prompt, response)` items, `{"prompt", "response"}` records,
+    `(token_ids, prompt_len)` pairs, or a JSONL path of records. Loss on response tokens only."""
+
+    kind: ClassVar[str] = "sft"
+
+    train_dataset: Any
+    valid_dataset: Any = None
+    max_seq_len: int | None = field(default=None, kw_only=True)
+
+    def run(self, ctx: StageContext) -> dict:
+        from .sft import train_sft
+
+        valid = None if self.valid_dataset is None else resolve_dataset(self.valid_dataset, name="valid_dataset")
+        result = train_sft(
+            ctx.model,
+            resolve_dataset(self.train_dataset, name="train_dataset"),
+            tokenizer=ctx.tokenizer,
+            accelerator=ctx.accelerator,
+            run_dir=ctx.stage_dir / "train",
+            config=train_config_of(self, seed=ctx.seed, progress=ctx.progress),
+            valid_dataset=valid,
+            resume=ctx.resume,
+            max_seq_len=self.max_seq_len,
+        )
+        return {"train_steps": result.steps, "num_skipped": result.info.get("num_skipped", 0)}
+
+
+@dataclass(frozen=True)
+class SelfPlayConfig(TrainingFields):
+    """SPIN (Chen et al. 2024): `num_iterations` rounds of DPO with chosen = the ground-truth response,
+    rejected = the previous iterate's own sample, reference = the previous iterate. `spin_λ` is the
+    paper's lambda (DPO's beta); `mix_previous_synthetic` adds the last round's samples as pairs too."""
+
+    kind: ClassVar[str] = "spin"
+
+    train_dataset: Any
+    num_iterations: int = field(default=1, kw_only=True)
+    spin_λ: float = field(default=0.1, kw_only=True)
+    max_seq_len: int | None = field(default=None, kw_only=True)
+    gen_temperature: float = field(default=0.7, kw_only=True)
+    gen_top_p: float | None = field(default=0.9, kw_only=True)
+    mix_previous_synthetic: bool = field(default=False, kw_only=True)
+    precompute_ref_logprobs: bool = field(default=True, kw_only=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_iterations < 1:
+            raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
+        if not self.spin_λ > 0:
+            raise ValueError(f"spin_λ must be > 0, got {self.spin_λ}")
+
+    def run(self, ctx: StageContext) -> dict:
+        from .spin import train_spin_iteration
+
+        items = resolve_dataset(self.train_dataset, name="train_dataset")
+        items = [items[i] for i in range(len(items))]  # mock datasets draw anew per index: fix them once
+        max_seq_len = self.max_seq_len or ctx.model.max_seq_len
+        previous, steps = None, []
+        for k in range(self.num_iterations):
+            result, generated = train_spin_iteration(
+                ctx.model,
+                items,
+                tokenizer=ctx.tokenizer,
+                accelerator=ctx.accelerator,
+                run_dir=ctx.stage_dir / f"iteration-{k + 1}",
+                config=train_config_of(self, seed=ctx.seed + k, progress=ctx.progress),
+                max_seq_len=max_seq_len,
+                lambda_=self.spin_λ,
+                previous_synthetic=previous if self.mix_previous_synthetic else None,
+                temperature=self.gen_temperature,
+                top_p=self.gen_top_p,
+                precompute_ref_logprobs=self.precompute_ref_logprobs,
+                resume=ctx.resume,
+                seed=ctx.seed + k,
+            )
+            previous = generated
+            steps.append(result.steps)
+        return {"train_steps": steps}

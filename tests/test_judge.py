@@ -1,0 +1,196 @@
+import copy
+import math
+import pickle
+
+import pytest
+import torch
+
+from self_rewarding_lm_pytorch.judge import (
+    DEFAULT_JUDGE_PROMPT,
+    DEFAULT_REWARD_CONFIG,
+    RewardConfig,
+    RewardTemplateError,
+    judge_scores,
+)
+from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
+
+
+class ScriptedModel(torch.nn.Module):
+    """A fake causal LM (for the byte tokenizer) whose continuations the test dictates.
+
+    The context is split at its last `marker`: `script(prefix)` (the text up to and including the
+    marker) returns the answer, or a list of answers. The logits put equal mass on every next
+    character that keeps the generated text a prefix of some answer, EOS once an answer is complete,
+    and about e^-30 elsewhere. Only the last position is scripted (the sampler's no-cache path reads
+    only that one, so use_cache=False).
+    """
+
+    def __init__(self, tokenizer, script, *, marker="|", max_seq_len=256):
+        super().__init__()
+        self.tok, self.script, self.marker, self.max_seq_len = tokenizer, script, marker, max_seq_len
+        self.register_buffer("anchor", torch.zeros(1))  # gives the module a device
+        self.calls = 0
+
+    def next_chars(self, context: str) -> set:
+        cut = context.rfind(self.marker)
+        if cut < 0:
+            return {self.tok.eos_id}
+        prefix, generated = context[: cut + 1], context[cut + 1 :]
+        answers = self.script(prefix)
+        answers = [answers] if isinstance(answers, str) else answers
+        nexts = {self.tok.eos_id if a == generated else ord(a[len(generated)]) for a in answers if a.startswith(generated)}
+        return nexts or {self.tok.eos_id}
+
+    def forward(self, ids, **kwargs):
+        self.calls += 1
+        b, n = ids.shape
+        logits = torch.full((b, n, self.tok.vocab_size), -30.0)
+        for row in range(b):
+            for token in self.next_chars(self.tok.decode(ids[row])):
+                logits[row, -1, token] = 0.0
+        return logits
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Score: 4", 4.0),
+        ("Score: 4.5", 4.5),
+        ("The answer is fine.", None),
+        ("", None),
+        ("Score: 2 ... on reflection, Score: 3", 3.0),  # two scores: the last wins
+        ("It covers everything. Score: 4.", 4.0),  # a sentence period is not a decimal point
+        ("Score: 7", None),  # out of the 0..5 range
+        ("Score: -1", None),
+        ("score: 4", 4.0),  # case-insensitive
+        ("SCORE:3", 3.0),  # flexible whitespace, even none
+        ("Score:\n  5", 5.0),
+        ("Relevant, clear, expert.\nScore: 5\nThanks!", 5.0),  # surrounding text
+        ("Score: .5", 0.5),
+        ("Score: five", None),
+        ("Subscore: 4", None),  # "Score:" inside another word is not the score
+        ("Score: 4/5", 4.0),
+    ],
+)
+def test_default_parse_table(text, expected):
+    assert DEFAULT_REWARD_CONFIG.parse(text) == expected
+
+
+def seed_readme_config():
+    """The custom config from the seed README, verbatim (triple-quoted, indented by the user)."""
+    return RewardConfig(
+        prompt_template="""
+        Pretty please rate the following user prompt and response
+        User: {{ prompt }}
+        Response: {{ response }}
+        Format your score as follows:
+        Rating: <rating as integer from 0 - 10>
+        """,
+        reward_regex_template="""
+        Rating: {{ reward }}
+        """,
+    )
+
+
+def test_seed_readme_custom_config():
+    config = seed_readme_config()
+    text = config.render(prompt="What is 2+2?", response="4")
+    assert text.startswith("Pretty please rate the following user prompt and response\nUser: What is 2+2?\nResponse: 4\n")
+    assert text.endswith("Rating: <rating as integer from 0 - 10>")
+    assert config.parse("I think... Rating: 8") == 8.0
+    assert config.parse("Rating: <rating as integer from 0 - 10>") is None  # the echoed instruction
+    assert config.parse("rating:10") == 10.0  # no range set: any number
+
+
+def test_auto_dedent_off_keeps_the_template():
+    config = RewardConfig("  A {{ prompt }} B {{ response }}\n", "Score: {{ reward }}", auto_dedent=False)
+    assert config.render(prompt="x", response="y") == "  A x B y\n"
+
+
+@pytest.mark.parametrize(
+    "template, names",
+    [
+        ("Rate {{ prompt }}", ["missing", "response"]),
+        ("Rate {{ response }}", ["missing", "prompt"]),
+        ("Rate {{ prompt }} {{ response }} {{ rubric }}", ["unknown", "rubric"]),
+        ("Rate {{ question }} {{ answer }}", ["prompt", "response", "question", "answer"]),
+    ],
+)
+def test_template_variables_checked_at_construction(template, names):
+    with pytest.raises(RewardTemplateError) as info:
+        RewardConfig(template, "Score: {{ reward }}")
+    for name in names:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("regex", ["Score: <n>", "Score: {{ reward }} or {{ reward }}", "{{ score }}"])
+def test_regex_template_needs_one_reward_slot(regex):
+    with pytest.raises(RewardTemplateError, match="reward"):
+        RewardConfig("{{ prompt }} {{ response }}", regex)
+
+
+def test_bad_template_and_range():
+    with pytest.raises(RewardTemplateError, match="jinja2"):
+        RewardConfig("{{ prompt } {{ response }}", "Score: {{ reward }}")
+    with pytest.raises(RewardTemplateError, match="lo < hi"):
+        RewardConfig("{{ prompt }} {{ response }}", "Score: {{ reward }}", score_range=(5, 0))
+
+
+def test_regex_special_characters_are_literal_and_suffix_is_matched():
+    """'[' and '.' in the template are literal text; text after {{ reward }} must follow the number."""
+    config = RewardConfig("{{ prompt }}{{ response }}", "[Grade] {{ reward }} / 10.")
+    assert config.parse("[grade] 7 / 10.") == 7.0
+    assert config.parse("[grade] 7 of 10") is None
+    assert config.parse("Grade 7 / 10.") is None
+
+
+def test_custom_parse_reward_goes_through_range():
+    config = RewardConfig(
+        "{{ prompt }}{{ response }}", "Score: {{ reward }}", score_range=(0, 5), parse_reward=lambda t: float(t.split("=")[-1])
+    )
+    assert config.parse("x=3") == 3.0
+    assert config.parse("x=9") is None  # out of range
+    assert config.parse("no number") is None  # the parser's ValueError counts as unparsed
+    assert RewardConfig("{{ prompt }}{{ response }}", "S {{ reward }}", parse_reward=lambda t: math.nan).parse("S 1") is None
+
+
+def test_default_prompt_is_short_and_renders():
+    """Byte tokenizers make every character a token; the default must leave room in a small context."""
+    rendered = DEFAULT_REWARD_CONFIG.render(prompt="", response="")
+    assert len(rendered.encode()) < 400
+    assert "{{" not in rendered and rendered.rstrip().endswith("(0 to 5).")
+    assert DEFAULT_REWARD_CONFIG.render(prompt="Q?", response="A!").count("Q?") == 1
+    assert DEFAULT_JUDGE_PROMPT.count("Score: <points>") == 1
+
+
+def test_config_is_plain_data():
+    config = seed_readme_config()
+    for clone in (copy.deepcopy(config), pickle.loads(pickle.dumps(DEFAULT_REWARD_CONFIG))):
+        assert clone.parse("Rating: 3 Score: 2") in (3.0, 2.0)
+    assert copy.deepcopy(config) == config and config != DEFAULT_REWARD_CONFIG
+
+
+def test_judge_scores_with_a_scripted_judge():
+    """The scripted judge answers 'Score: <n>' with n = the number of '!' in the response, and
+    garbage for responses containing '?'. Three judgments each: means 1, 3, NaN (3 failures)."""
+    tok = ByteTokenizer()
+    config = RewardConfig("J {{ prompt }}|{{ response }}|", "Score: {{ reward }}", score_range=(0, 5))
+    judge = ScriptedModel(tok, lambda text: "zzz" if "?" in text else f"Score: {text.count('!')}", max_seq_len=128)
+    result = judge_scores(
+        judge, tok, config, ["a", "b", "c"], ["x!", "y!!!", "?"], num_judgments=3, max_new_tokens=12,
+        generator=torch.Generator().manual_seed(0), use_cache=False,
+    )
+    assert result.scores[:2].tolist() == [1.0, 3.0] and math.isnan(result.scores[2])
+    assert result.texts[0] == ["Score: 1"] * 3 and result.texts[2] == ["zzz"] * 3
+    assert result.parsed[2] == [None, None, None]
+    assert result.num_failed == 3 and result.num_skipped == 0 and result.num_judgments == 9
+
+
+def test_judge_scores_skips_prompts_that_do_not_fit():
+    """max_seq_len 40, budget 12: judge prompts over 28 tokens are not judged (NaN, counted)."""
+    tok = ByteTokenizer()
+    config = RewardConfig("J {{ prompt }}|{{ response }}|", "Score: {{ reward }}")
+    judge = ScriptedModel(tok, lambda text: "Score: 2", max_seq_len=40)
+    result = judge_scores(judge, tok, config, ["a", "b" * 30], ["x", "y"], num_judgments=2, max_new_tokens=12, use_cache=False)
+    assert result.scores[0].item() == 2.0 and math.isnan(result.scores[1])
+    assert result.num_skipped == 1 and result.texts[1] == [] and result.num_failed == 0

@@ -1,0 +1,276 @@
+"""PPO: config validation, rollout bookkeeping against hand computations, the value-head model's
+save/load, and training properties on a toy task with a programmatic reward."""
+
+import math
+
+import pytest
+import torch
+from x_transformers import Decoder, TransformerWrapper
+
+from self_rewarding_lm_pytorch.ppo import PPOConfig, PPOTrainer
+from self_rewarding_lm_pytorch.ppo_model import (
+    RunningMoments,
+    ValueHeadModel,
+    assemble_rollouts,
+    per_token_rewards,
+    token_entropy,
+)
+from self_rewarding_lm_pytorch.tokenizer import CallableTokenizer
+
+# The toy task: a 6-token vocabulary, queries of one token, and a reward that is the fraction of
+# token 3 in the response. An untrained policy emits it ~1/6 of the time.
+VOCAB, TARGET = 6, 3
+
+
+def toy_model(seed=0):
+    torch.manual_seed(seed)
+    return TransformerWrapper(num_tokens=VOCAB, max_seq_len=16, attn_layers=Decoder(dim=16, depth=1, heads=2))
+
+
+def toy_tokenizer():
+    return CallableTokenizer(lambda s: [int(c) for c in s], lambda ids: "".join(map(str, ids.tolist())), pad_id=0, eos_id=None)
+
+
+def toy_reward(response):
+    return float((response == TARGET).float().mean())
+
+
+def toy_queries(n):
+    return [torch.tensor([1 + i % 2]) for i in range(n)]
+
+
+def run_toy(config, steps, seed=0):
+    trainer = PPOTrainer(toy_model(seed), config=config, tokenizer=toy_tokenizer())
+    history = []
+    for _ in range(steps):
+        queries = toy_queries(config.batch_size)
+        responses = trainer.generate(queries, max_new_tokens=6)
+        history.append(trainer.step(queries, responses, [toy_reward(r) for r in responses]))
+    return trainer, history
+
+
+def mean_of(history, key, sl):
+    values = [h[key] for h in history[sl]]
+    return sum(values) / len(values)
+
+
+# --- config ---
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragment",
+    [
+        (dict(learning_rate=0.0), ValueError, "learning_rate"),
+        (dict(batch_size=4, mini_batch_size=8), ValueError, "mini_batch_size"),
+        (dict(ppo_epochs=0), ValueError, "ppo_epochs"),
+        (dict(gamma=0.0), ValueError, "gamma"),
+        (dict(lam=1.5), ValueError, "lam"),
+        (dict(cliprange=-0.1), ValueError, "cliprange"),
+        (dict(kl_estimator="k2"), ValueError, "kl_estimator"),
+        (dict(target_kl=0.0), ValueError, "target_kl"),
+        (dict(reward_clip=0.0), ValueError, "reward_clip"),
+        (dict(batch_size=2.5), TypeError, "batch_size"),
+        (dict(whiten_advantages=1), TypeError, "whiten_advantages"),
+        (dict(learning_rate="1e-4"), TypeError, "learning_rate"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, error, fragment):
+    with pytest.raises(error, match=fragment):
+        PPOConfig(**kwargs)
+
+
+def test_config_accepts_ints_for_floats_and_is_frozen():
+    config = PPOConfig(learning_rate=1, horizon=100)
+    assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
+    with pytest.raises(Exception):
+        config.batch_size = 3
+
+
+# --- rollout bookkeeping ---
+
+
+def test_assemble_rollouts_respects_eos_and_padding():
+    """Row 0: query [5, 6], response [7, EOS=9, pad, pad] -> tokens 5 6 7 9, the pads after EOS dropped.
+    Row 1: query [1], response [2, 3, 4] (no EOS) -> tokens 1 2 3 4. Padded to n=4 with pad 0.
+    Action column t is token t+1: row 0 acts at tokens 2, 3 (cols 1, 2); row 1 at tokens 1..3 (cols 0..2)."""
+    ids, mask = assemble_rollouts(
+        [torch.tensor([5, 6]), torch.tensor([1])], [torch.tensor([7, 9, 0, 0]), [2, 3, 4]], pad_id=0, eos_id=9
+    )
+    assert ids.tolist() == [[5, 6, 7, 9], [1, 2, 3, 4]]
+    assert mask.tolist() == [[False, True, True], [True, True, True]]
+
+
+def test_assemble_rollouts_pads_shorter_rows_and_rejects_empty():
+    ids, mask = assemble_rollouts([[4, 4, 4], [1]], [[2], [3]], pad_id=0)
+    assert ids.tolist() == [[4, 4, 4, 2], [1, 3, 0, 0]]
+    assert mask.tolist() == [[False, False, True], [True, False, False]]
+    with pytest.raises(ValueError, match="response 0 is empty"):
+        assemble_rollouts([[1]], [[]], pad_id=0)
+    with pytest.raises(ValueError, match="query 0 is empty"):
+        assemble_rollouts([[]], [[1]], pad_id=0)
+    with pytest.raises(ValueError, match="2 queries but 1 responses"):
+        assemble_rollouts([[1], [2]], [[1]], pad_id=0)
+
+
+def test_per_token_rewards_hand_computation():
+    """The padded batch above, kl_coef 0.5, scores (2.0, -1.0), per-token kl:
+        row 0: kl = [9, 0.2, -0.4]  mask [F, T, T] -> non_score = [0, -0.1, 0.2], score on col 2 -> [0, -0.1, 2.2]
+        row 1: kl = [0.1, 0.3, 9]   mask [T, T, F] -> non_score = [-0.05, -0.15, 0], score on col 1 -> [-0.05, -1.15, 0]
+    (the 9s sit under masked-out columns and must not leak)."""
+    kl = torch.tensor([[9.0, 0.2, -0.4], [0.1, 0.3, 9.0]])
+    mask = torch.tensor([[False, True, True], [True, True, False]])
+    rewards, non_score = per_token_rewards(kl, torch.tensor([2.0, -1.0]), mask, 0.5)
+    torch.testing.assert_close(non_score, torch.tensor([[0.0, -0.1, 0.2], [-0.05, -0.15, 0.0]]))
+    torch.testing.assert_close(rewards, torch.tensor([[0.0, -0.1, 2.2], [-0.05, -1.15, 0.0]]))
+    with pytest.raises(ValueError, match="no action token"):
+        per_token_rewards(kl, torch.tensor([1.0, 1.0]), torch.tensor([[False] * 3, [True] * 3]), 0.1)
+
+
+def test_running_moments_match_the_whole_stream():
+    stream = torch.tensor([1.0, 4.0, -2.0, 0.5, 3.0, 3.0, 10.0], dtype=torch.float64)
+    moments = RunningMoments()
+    for chunk in (stream[:2], stream[2:3], stream[3:]):
+        moments.update(chunk)
+    assert moments.count == 7
+    assert math.isclose(moments.mean, float(stream.mean()), rel_tol=1e-9)
+    assert math.isclose(moments.std, float(stream.std(unbiased=False)), rel_tol=1e-9)
+
+
+def test_token_entropy_of_uniform_and_peaked():
+    """Uniform over 4 -> log 4; a one-hot-like distribution -> ~0."""
+    assert math.isclose(float(token_entropy(torch.zeros(4))), math.log(4), rel_tol=1e-6)
+    assert float(token_entropy(torch.tensor([100.0, 0.0, 0.0]))) < 1e-6
+
+
+# --- the value-head model ---
+
+
+def test_value_head_forward_matches_plain_transformer(tiny_model):
+    ids = torch.randint(0, 256, (2, 7))
+    model = ValueHeadModel(tiny_model)
+    logits, values = model(ids)
+    torch.testing.assert_close(logits, tiny_model(ids))
+    assert values.shape == (2, 7)
+    assert torch.count_nonzero(values) == 0  # zero-initialised head
+
+
+def test_value_head_save_loads_into_plain_transformer(tiny_model, tmp_path):
+    model = ValueHeadModel(tiny_model)
+    torch.nn.init.normal_(model.value_head.weight)
+    model.save(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "value_head.safetensors").exists()
+
+    from self_rewarding_lm_pytorch.checkpoint import load_model
+
+    torch.manual_seed(123)
+    plain = TransformerWrapper(num_tokens=259, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2))
+    load_model(plain, tmp_path / "model.safetensors")
+    ids = torch.randint(0, 256, (2, 5))
+    torch.testing.assert_close(plain(ids), tiny_model(ids))
+
+    torch.manual_seed(321)
+    fresh = ValueHeadModel(TransformerWrapper(num_tokens=259, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2)))
+    fresh.load(tmp_path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+# --- the trainer ---
+
+
+def test_step_rejects_bad_scores():
+    trainer = PPOTrainer(toy_model(), config=PPOConfig(batch_size=2, mini_batch_size=2), tokenizer=toy_tokenizer())
+    queries, responses = toy_queries(2), [torch.tensor([2, 3]), torch.tensor([4])]
+    with pytest.raises(ValueError, match="finite"):
+        trainer.step(queries, responses, [1.0, float("nan")])
+    with pytest.raises(ValueError, match="1 scores for 2 rollouts"):
+        trainer.step(queries, responses, [1.0])
+    with pytest.raises(ValueError, match="max_seq_len"):
+        trainer.step(queries, [torch.ones(20, dtype=torch.long)] * 2, [1.0, 1.0])
+
+
+def test_generate_returns_responses_without_prompt():
+    trainer = PPOTrainer(toy_model(), config=PPOConfig(batch_size=2, mini_batch_size=2), tokenizer=toy_tokenizer())
+    queries = [torch.tensor([1, 2]), torch.tensor([4])]
+    responses = trainer.generate(queries, max_new_tokens=5, do_sample=True, top_k=0, top_p=1.0)
+    assert [r.shape for r in responses] == [(5,), (5,)]
+    full = trainer.generate(queries, max_new_tokens=3, return_prompt=True)
+    assert full[0][:2].tolist() == [1, 2] and full[1][:1].tolist() == [4] and [len(f) for f in full] == [5, 4]
+
+
+def test_value_loss_falls_on_a_fixed_batch():
+    """kl_coef 0, gamma = lam = 1: every return is the rollout's score, whatever the values, so the
+    value head has a fixed regression target (each row has its own first token, so it is learnable)
+    and its loss must fall."""
+    config = PPOConfig(batch_size=4, mini_batch_size=4, ppo_epochs=4, learning_rate=3e-3, init_kl_coef=0.0, adap_kl_ctrl=False,
+                       gamma=1.0, lam=1.0, vf_coef=1.0, cliprange_value=10.0)
+    trainer = PPOTrainer(toy_model(), config=config, tokenizer=toy_tokenizer())
+    queries = [torch.tensor([q]) for q in (1, 2, 4, 5)]
+    responses = [torch.tensor([3, 3, 2]), torch.tensor([4, 5]), torch.tensor([3, 1, 1, 1]), torch.tensor([2])]
+    scores = [1.0, -0.5, 0.25, 2.0]
+    losses = [trainer.step(queries, responses, scores)["ppo/loss/value"] for _ in range(12)]
+    assert losses[-1] < 0.25 * losses[0], losses
+
+
+def test_reference_is_frozen_and_policy_moves():
+    config = PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, learning_rate=1e-3)
+    trainer = PPOTrainer(toy_model(), config=config, tokenizer=toy_tokenizer())
+    ref_before = {k: v.clone() for k, v in trainer.ref_model.state_dict().items()}
+    policy_before = {k: v.clone() for k, v in trainer.policy.transformer.state_dict().items()}
+    queries = toy_queries(4)
+    stats = trainer.step(queries, trainer.generate(queries, max_new_tokens=4), [1.0, 0.0, 0.5, 0.2])
+    assert all(torch.equal(v, trainer.ref_model.state_dict()[k]) for k, v in ref_before.items())
+    assert any(not torch.equal(v, trainer.policy.transformer.state_dict()[k]) for k, v in policy_before.items())
+    assert trainer.ref_model is not trainer.policy.transformer
+    for name in ("objective/kl", "objective/kl_coef", "objective/entropy", "ppo/mean_scores", "ppo/policy/clipfrac",
+                 "ppo/policy/approxkl", "ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/val/clipfrac",
+                 "ppo/returns/mean", "ppo/learning_rate"):
+        assert math.isfinite(stats[name]), name
+    # the first step's rewards use the initial coefficient; the adaptive controller then moves it
+    assert stats["objective/kl_coef"] == pytest.approx(0.2)
+
+
+def exact_kl(trainer, n=64):
+    """Mean over fresh policy samples of the summed per-token KL(policy || reference), computed from the
+    full next-token distributions (not the sampled estimate PPO uses): a noise-free distance."""
+    queries = toy_queries(n)
+    ids, mask = assemble_rollouts(queries, trainer.generate(queries, max_new_tokens=6), pad_id=0)
+    with torch.no_grad():
+        log_p = trainer.policy.transformer(ids)[:, :-1].log_softmax(-1)  # column t predicts token t+1
+        log_q = trainer.ref_model(ids)[:, :-1].log_softmax(-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    return float((kl * mask).sum(-1).mean())
+
+
+def test_mean_reward_rises_with_bounded_kl():
+    """kl_coef 0.1 fixed. Scores lie in [0, 1], so the KL-regularised optimum has KL <= (1 - 0) / 0.1 = 10
+    (log E_ref[exp(r / beta)] - E_pi*[r] / beta <= range / beta): the run must stay under that bound."""
+    config = PPOConfig(batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3, init_kl_coef=0.1, adap_kl_ctrl=False)
+    trainer, history = run_toy(config, steps=30)
+    start, end = mean_of(history, "ppo/mean_scores", slice(0, 3)), mean_of(history, "ppo/mean_scores", slice(-3, None))
+    assert end > start + 0.15, (start, end)
+    assert all(h["objective/kl"] < 10.0 for h in history), [round(h["objective/kl"], 2) for h in history]
+    assert 0.1 < exact_kl(trainer) < 10.0
+
+
+def test_large_kl_coef_keeps_policy_near_reference():
+    """Same task, same seed, kl_coef 0 vs 20: without the penalty the policy runs off to the reward;
+    with it the policy stays within a small exact KL of the reference and the reward does not rise."""
+    runs = {}
+    for coef in (0.0, 20.0):
+        config = PPOConfig(batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=1e-3, init_kl_coef=coef, adap_kl_ctrl=False)
+        trainer, history = run_toy(config, steps=12)
+        runs[coef] = (exact_kl(trainer), mean_of(history, "ppo/mean_scores", slice(-4, None)))
+    (free_kl, free_score), (held_kl, held_score) = runs[0.0], runs[20.0]
+    assert held_kl < 0.1 and held_kl < 0.05 * free_kl, runs
+    assert held_score < free_score - 0.3, runs
+
+
+def test_adaptive_kl_coef_follows_the_target():
+    """target_kl far below the KL the policy reaches -> the adaptive coefficient grows; the stats report
+    the coefficient each step's rewards used."""
+    config = PPOConfig(batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3, init_kl_coef=0.1,
+                       adap_kl_ctrl=True, target_kl=0.01, horizon=100)
+    trainer, history = run_toy(config, steps=6)
+    coefs = [h["objective/kl_coef"] for h in history]
+    assert coefs[0] == pytest.approx(0.1) and coefs[-1] > coefs[0] and trainer.kl_ctl.value > coefs[-1]
