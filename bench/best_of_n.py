@@ -97,6 +97,7 @@ def main():
     queries = make_queries(args.queries)
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=1.0)
     runs = contenders(policy, rm, queries, args.n, cfg)
+    BestOfNSampler(policy, TOK, rm, sample_size=2, generation_config=cfg).generate(queries[:2])  # warm-up
     times = {name: [] for name in runs}
     for _ in range(args.repeats):  # interleaved: load spikes hit every contender alike
         for name, fn in runs.items():

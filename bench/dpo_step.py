@@ -12,9 +12,11 @@ What is timed (CPU, one thread, the same pre-collated batch of 2B right-padded r
 The optimizer step is left out of every row: it is the loop's, identical across modes. Modes are
 interleaved round by round and each reports its median, so machine load shifts them alike.
 
-Memory: each mode runs in a fresh subprocess; peak RSS (resource.getrusage ru_maxrss) is read
-after the setup both modes share (imports, policy, batch) and again after the mode's own setup
-and steps. The difference is what the mode adds: for "live" that includes the reference copy.
+Time: CPU time of this process (one torch thread), median over rounds; wall-time ratios beside it.
+Memory: each mode runs in a fresh subprocess; RSS is read after the setup all modes share (imports,
+policy, batch), the peak-RSS mark is reset there, and the peak (VmHWM) is read after the mode's own
+setup and steps. The difference is what the mode adds: activations kept for backward, gradients,
+and for "live" the reference copy and its forward.
 """
 
 from __future__ import annotations
@@ -73,37 +75,56 @@ def make_step(mode, model, pairs, batch, DPOTask):
 
 
 def time_modes(args) -> dict:
+    """Per mode, the median over rounds of CPU seconds (process_time) and wall seconds per step.
+
+    CPU time is the primary figure: on a machine shared with other jobs, wall time also counts the
+    time this process waited for a core; with one torch thread the CPU time is the work done.
+    """
     model, pairs, batch, DPOTask = build(args)
     steps = {m: make_step(m, model, pairs, batch, DPOTask) for m in MODES}
-    times = {m: [] for m in MODES}
+    cpu, wall = {m: [] for m in MODES}, {m: [] for m in MODES}
     for round_ in range(args.warmup + args.rounds):
         for mode, step in steps.items():
-            start = time.perf_counter()
+            c0, w0 = time.process_time(), time.perf_counter()
             for _ in range(args.steps):
                 model.zero_grad(set_to_none=True)
                 step()
             if round_ >= args.warmup:
-                times[mode].append((time.perf_counter() - start) / args.steps)
+                cpu[mode].append((time.process_time() - c0) / args.steps)
+                wall[mode].append((time.perf_counter() - w0) / args.steps)
     task = DPOTask(pad_id=256)
-    start = time.perf_counter()
+    c0 = time.process_time()
     for _ in range(20):
         task.collate(pairs)
-    collate = (time.perf_counter() - start) / 20
-    return {"median_s": {m: statistics.median(t) for m, t in times.items()},
-            "spread_s": {m: (min(t), max(t)) for m, t in times.items()}, "collate_s": collate}
+    collate = (time.process_time() - c0) / 20
+    return {"cpu": {m: statistics.median(t) for m, t in cpu.items()},
+            "cpu_spread": {m: (min(t), max(t)) for m, t in cpu.items()},
+            "wall": {m: statistics.median(t) for m, t in wall.items()}, "collate_s": collate}
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def memory_child(args):
-    """Run one mode in this (fresh) process; print peak-RSS figures as JSON."""
+    """Run one mode in this (fresh) process; print RSS figures (KiB) as JSON.
+
+    Not ru_maxrss: Linux carries it over from the parent across exec, so a child of the big timing
+    process would inherit its peak. VmHWM belongs to this process's address space; writing "5" to
+    clear_refs resets it to the current RSS, so the peak below is reached by the mode alone.
+    """
     torch.set_num_threads(1)
     model, pairs, batch, DPOTask = build(args)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kib("VmRSS")
     step = make_step(args.memory_mode, model, pairs, batch, DPOTask)
     for _ in range(args.steps):
         model.zero_grad(set_to_none=True)
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"base_kib": base, "peak_kib": peak}))
+    print(json.dumps({"base_kib": base, "peak_kib": _status_kib("VmHWM")}))
 
 
 def memory_modes(args) -> dict:
@@ -121,15 +142,18 @@ def shape_args(args) -> list[str]:
 
 
 def report(args, timing, memory, params) -> str:
-    med, floor = timing["median_s"], timing["median_s"]["floor"]
+    cpu, wall = timing["cpu"], timing["wall"]
     names = {"floor": "floor: forward + backward of `logits.mean()`", "floor_ce": "floor with a plain LM cross-entropy",
              "precomputed": "DPO step, precomputed reference", "live": "DPO step, live reference copy"}
-    lines = ["| step | median ms | min-max ms | ratio to floor | peak RSS added (MiB) |", "|---|---|---|---|---|"]
+    lines = ["| step | CPU ms (median) | CPU min-max ms | **ratio to floor (CPU medians)** | ratio (CPU minima) "
+             "| ratio (wall medians) | peak RSS added (MiB) |", "|---|---|---|---|---|---|---|"]
+    floor_min = timing["cpu_spread"]["floor"][0]
     for m in MODES:
-        lo, hi = timing["spread_s"][m]
+        lo, hi = timing["cpu_spread"][m]
         added = (memory[m]["peak_kib"] - memory[m]["base_kib"]) / 1024
-        lines.append(f"| {names[m]} | {med[m] * 1e3:.1f} | {lo * 1e3:.1f}-{hi * 1e3:.1f} | {med[m] / floor:.3f}x | {added:.1f} |")
-    lines.append(f"\nCollating the batch (the loop does it once per step, outside `step`): {timing['collate_s'] * 1e3:.2f} ms.")
+        lines.append(f"| {names[m]} | {cpu[m] * 1e3:.1f} | {lo * 1e3:.1f}-{hi * 1e3:.1f} | "
+                     f"**{cpu[m] / cpu['floor']:.3f}x** | {lo / floor_min:.3f}x | {wall[m] / wall['floor']:.3f}x | {added:.1f} |")
+    lines.append(f"\nCollating the batch (the loop does it once per step, outside `step`): {timing['collate_s'] * 1e3:.2f} ms CPU.")
     lines.append(f"Policy parameters: {params / 1e6:.2f} M ({params * 4 / 2**20:.1f} MiB fp32); the live mode's "
                  f"reference copy adds the same again.")
     return "\n".join(lines)
@@ -152,8 +176,8 @@ def main():
     if args.memory_mode:
         return memory_child(args)
     torch.set_num_threads(1)
+    memory = memory_modes(args)  # first, while this process is still small
     timing = time_modes(args)
-    memory = memory_modes(args)
     model = build(args)[0]
     table = report(args, timing, memory, sum(p.numel() for p in model.parameters()))
     print(table)

@@ -13,6 +13,7 @@ over the same (prompt + new) sequences, counted on the same generated tokens.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import platform
 import statistics
@@ -37,22 +38,22 @@ def build_model() -> TransformerWrapper:
     return model.eval()
 
 
-def contenders(model, wrapper, prompts: torch.Tensor, new: int):
-    """name -> zero-argument callable doing one full generation (or the ceiling forward)."""
+def contenders(model, wrapper, prompts: torch.Tensor):
+    """name -> callable(new_tokens) doing one full generation (or the ceiling forward)."""
     prompt_list = list(prompts)
-    full_seq = torch.randint(VOCAB, (prompts.shape[0], PROMPT_LEN + new), generator=torch.Generator().manual_seed(1))
+    batch = prompts.shape[0]
     # Sampling at temperature 1 with top-k 26 everywhere: x-transformers' default filter keeps 10% of 256.
-    common = dict(max_new_tokens=new, temperature=1.0, top_k=26)
 
     def ours(backend):
-        return lambda: sample(model, prompt_list, backend=backend, generator=torch.Generator().manual_seed(0), **common)
+        return lambda new: sample(model, prompt_list, backend=backend, max_new_tokens=new, temperature=1.0,
+                                  top_k=26, generator=torch.Generator().manual_seed(0))
 
     def theirs(cache):
-        return lambda: wrapper.generate(prompts, new, temperature=1.0, filter_kwargs=dict(k=26), cache_kv=cache)
+        return lambda new: wrapper.generate(prompts, new, temperature=1.0, filter_kwargs=dict(k=26), cache_kv=cache)
 
-    def ceiling():
+    def ceiling(new):
         with torch.inference_mode():
-            model(full_seq)
+            model(torch.randint(VOCAB, (batch, PROMPT_LEN + new), generator=torch.Generator().manual_seed(1)))
 
     return {
         "ours (fast KV decoder)": ours("fast"),
@@ -63,20 +64,29 @@ def contenders(model, wrapper, prompts: torch.Tensor, new: int):
     }
 
 
-def measure(batch: int, new: int, repeats: int, skip_slow: bool) -> dict[str, float]:
+NO_CACHE = "x-transformers generate, no cache"
+
+
+def measure(batch: int, new: int, repeats: int, no_cache: bool) -> dict[str, float]:
+    """Median tokens/s per contender; repeats interleaved round-robin so load drifts hit all alike.
+
+    The no-cache generate is quadratic in length (minutes per run at batch 32), so it runs once.
+    """
     model = build_model()
     wrapper = AutoregressiveWrapper(model)
     prompts = torch.randint(VOCAB, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(2))
-    runs = contenders(model, wrapper, prompts, new)
-    if skip_slow:
-        runs.pop("x-transformers generate, no cache")
+    runs = contenders(model, wrapper, prompts)
+    if not no_cache:
+        runs.pop(NO_CACHE)
     times = {name: [] for name in runs}
-    for name, fn in runs.items():  # warm-up (allocator, first-call probe of the fast path)
-        fn()
-    for _ in range(repeats):
+    for fn in runs.values():  # warm-up: allocator, the fast path's one-time probe
+        fn(4)
+    for repeat in range(repeats):
         for name, fn in runs.items():
+            if name == NO_CACHE and repeat > 0:
+                continue
             start = time.perf_counter()
-            fn()
+            fn(new)
             times[name].append(time.perf_counter() - start)
     return {name: batch * new / statistics.median(ts) for name, ts in times.items()}
 
@@ -108,9 +118,10 @@ def growth_lines(results) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short smoke run; does not write the results file")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = steadier on a shared machine)")
-    parser.add_argument("--skip-slow", action="store_true", help="skip x-transformers generate without cache")
+    parser.add_argument("--no-cache-max-new", type=int, default=128,
+                        help="run x-transformers generate without cache only up to this many new tokens (quadratic)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "sampling.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -119,7 +130,7 @@ def main() -> None:
     load_before = os.getloadavg()
     results = {}
     for batch, new in grid:
-        results[(batch, new)] = measure(batch, new, repeats, args.skip_slow)
+        results[(batch, new)] = measure(batch, new, repeats, no_cache=new <= args.no_cache_max_new)
         print(f"batch {batch}, {new} new tokens: " + ", ".join(
             f"{k} {v:,.0f} tok/s" for k, v in results[(batch, new)].items()), flush=True)
     load_after = os.getloadavg()
@@ -137,9 +148,9 @@ def main() -> None:
         f"Command: `{command.strip()}`",
         "",
         f"Model: dim 256, depth 4, heads 8, vocab 256, absolute positions; prompt length {PROMPT_LEN};",
-        f"temperature 1, top-k 26; median of {repeats} interleaved repeats; torch {torch.__version__},",
-        f"x-transformers {__import__('x_transformers').__version__ if hasattr(__import__('x_transformers'), '__version__') else '2.31.10'},"
-        f" {args.threads} thread(s), {platform.processor() or platform.machine()}, CPU only.",
+        f"temperature 1, top-k 26; median of {repeats} interleaved repeats (x-transformers without cache: one run,"
+        f" and only up to {args.no_cache_max_new} new tokens); torch {torch.__version__},",
+        f"x-transformers {importlib.metadata.version('x-transformers')}, {args.threads} thread(s), {platform.processor() or platform.machine()}, CPU only.",
         f"Machine load (1/5/15 min) before: {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f},"
         f" after: {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} (`{uptime}`);"
         " the machine has 2 cores shared with other jobs, so read the ratios, not the absolute numbers.",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from beartype import beartype
@@ -137,7 +137,8 @@ class BestOfNSampler:
 
     `queries_to_scores(list[str]) -> list[float]` scores query+response texts (response texts
     alone with `score_completion_only=True`); a `RewardModel` may be passed instead and is called
-    as `score(queries, responses)`. `generate` returns, per query, its best texts (query + response,
+    as `score(queries, responses)`; a scorer with `higher_is_better = False` ranks low scores first.
+    `generate` returns, per query, its best texts (query + response,
     as TRL does), best first. A `length_sampler` draws one `max_new_tokens` per query (in query
     order), without breaking the single batched sampler call. With `seed`, a fresh sampler
     reproduces the same outputs; successive `generate` calls continue one random stream.
@@ -207,6 +208,7 @@ class BestOfNSampler:
         flat_queries = [q for q in query_texts for _ in range(self.sample_size)]
         flat_responses = [r for per_query in responses for r in per_query]
         scores = rearrange(self._score(flat_queries, flat_responses), "(q k) -> q k", k=self.sample_size)
-        order, best_scores = rank_candidates(scores, self.n_candidates)
+        higher_is_better = bool(getattr(self.queries_to_scores, "higher_is_better", True))
+        order, best_scores = rank_candidates(scores, self.n_candidates, higher_is_better)
         texts = [[query_texts[i] + responses[i][j] for j in row] for i, row in enumerate(order.tolist())]
         return (texts, best_scores.tolist()) if return_scores else texts

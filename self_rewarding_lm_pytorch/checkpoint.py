@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shutil
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from safetensors.torch import load_model as _st_load_model
 from safetensors.torch import save_model as _st_save_model
 from torch import Tensor, nn
 
-from .data import atomic_write_json
+from .data import atomic_write_json, read_jsonl, write_jsonl
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -40,6 +41,12 @@ __all__ = [
     "latest_checkpoint",
     "get_rng_state",
     "set_rng_state",
+    "RunState",
+    "save_run_checkpoint",
+    "load_run_checkpoint",
+    "truncate_metrics",
+    "clear_run",
+    "seed_everything",
 ]
 
 CHECKPOINT_DIR = "checkpoint"
@@ -250,3 +257,86 @@ def load_training_state(
     best = path / "best_model.safetensors"
     state["best_weights"] = load_file(str(best)) if best.is_file() else None
     return state
+
+
+# --- the loop's run state: what a step checkpoint holds besides weights and optimizer ---
+
+
+@dataclass
+class RunState:
+    """The loop's counters: saved in `state.pt` (best_weights in best_model.safetensors)."""
+
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    last_lr: float | None = None
+    best: dict | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+    best_weights: dict[str, Tensor] | None = None
+
+
+# The data order is a function of these, so a resume that changes one would replay different batches.
+_DATA_ORDER_KEYS = ("batch_size", "grad_accum_steps", "seed")
+_RUN_KEYS = ("num_processes", "dataset_size")
+
+
+def save_run_checkpoint(run_dir: Path, run: RunState, *, model, optimizer, scheduler, rng_states: list,
+                        config: dict, items_per_step: int, dataset_size: int) -> Path:
+    """One step folder for the loop (main process only). `rng_states` holds every process's RNG state."""
+    consumed = run.step * items_per_step
+    state = {
+        **{k: v for k, v in asdict(run).items() if k != "best_weights"},
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_states,
+        "data_position": {"items_consumed": consumed, "epoch": consumed // dataset_size,
+                          "index_in_epoch": consumed % dataset_size},
+    }
+    return save_training_state(Path(run_dir) / CHECKPOINT_DIR, run.step, model=model, optimizer=optimizer,
+                               state=state, config=config, best_weights=run.best_weights)
+
+
+def load_run_checkpoint(path: Path, *, model, optimizer, scheduler, config_now: dict) -> tuple[RunState, list]:
+    """Restore model, optimizer and scheduler from a step folder; returns (RunState, per-process RNG states).
+
+    A resume whose data order would differ (batch size, accumulation, seed, process count, dataset
+    size) is a ValueError naming what changed.
+    """
+    state = load_training_state(path, model=model, optimizer=optimizer)
+    saved = state["config"]
+    changed = [f"{k}: {saved['train'][k]!r} -> {config_now['train'][k]!r}" for k in _DATA_ORDER_KEYS
+               if saved["train"][k] != config_now["train"][k]]
+    changed += [f"{k}: {saved[k]!r} -> {config_now[k]!r}" for k in _RUN_KEYS if saved[k] != config_now[k]]
+    if changed:
+        raise ValueError(f"cannot resume from {path}: the data order depends on settings that changed ({'; '.join(changed)})")
+    scheduler.load_state_dict(state["scheduler"])
+    run = RunState(**{f.name: state[f.name] for f in fields(RunState) if f.name != "best_weights"})
+    run.best_weights = state["best_weights"]
+    return run, state["rng"]
+
+
+def truncate_metrics(path: Path, step: int):
+    """Drop records after `step` (from an attempt that crashed after its last checkpoint)."""
+    if path.exists():
+        records = read_jsonl(path, ignore_partial_last_line=True)
+        write_jsonl(path, [r for r in records if r.get("step", 0) <= step])
+
+
+def clear_run(run_dir: Path) -> list[str]:
+    """Remove the step checkpoints and metrics of an earlier run in `run_dir`; returns what was removed."""
+    old = [p for p in (run_dir / CHECKPOINT_DIR, run_dir / "metrics.jsonl") if p.exists()]
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return [str(p) for p in old]
+
+
+def seed_everything(seed: int):
+    """Seed torch, python `random` and numpy (when installed)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass

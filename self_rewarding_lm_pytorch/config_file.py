@@ -44,6 +44,8 @@ __all__ = [
     "build_tokenizer",
     "build_model",
     "build_stage_configs",
+    "build_reward_config",
+    "load_model_section",
 ]
 
 TOP_LEVEL_KEYS = {"run_dir", "seed", "tokenizer", "init_checkpoint", "model", "judge", "accelerate", "stages"}
@@ -358,7 +360,27 @@ def build_reward_config(judge: dict | None) -> Any:
         return None
     from .judge import RewardConfig
 
+    judge = {k: tuple(v) if isinstance(v, list) else v for k, v in judge.items()}  # score_range
     try:
         return RewardConfig(**judge)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"[judge]: {err}") from None
+
+
+def load_model_section(path: str | os.PathLike, *, require_model: bool = True) -> dict:
+    """`{"model", "tokenizer", "judge"}` from a TOML file (a pipeline file or one with just these)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such config file: {path}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}")
+    if require_model and "model" not in raw:
+        raise ConfigError(f"{path}: no [model] table")
+    tokenizer = _convert(raw.get("tokenizer", "byte"), str, f"{path}: tokenizer")
+    judge = _check_table(raw, "judge", str(path)) if "judge" in raw else None
+    return {"model": _check_table(raw, "model", str(path)), "tokenizer": tokenizer, "judge": judge}

@@ -22,7 +22,9 @@ import torch
 from beartype import beartype
 from torch import Tensor
 
-__all__ = ["RewardConfig", "RewardTemplateError", "DEFAULT_REWARD_CONFIG", "DEFAULT_JUDGE_PROMPT", "JudgeResult", "judge_scores"]
+__all__ = [
+    "RewardConfig", "RewardTemplateError", "DEFAULT_REWARD_CONFIG", "DEFAULT_JUDGE_PROMPT", "JudgeResult", "judge_scores",
+]
 
 _TEMPLATE_VARIABLES = frozenset({"prompt", "response"})
 _REWARD_SLOT = re.compile(r"\{\{\s*reward\s*\}\}")
@@ -46,8 +48,8 @@ class RewardConfig:
 
     `auto_dedent` dedents the prompt template and trims blank outer lines (triple-quoted strings);
     `score_range=(lo, hi)` makes scores outside [lo, hi] unparsed (None); `parse_reward(text)`
-    replaces the regex entirely (its result still goes through the range check; a ValueError from
-    it counts as unparsed).
+    replaces the regex entirely (its result still goes through the range check; a ValueError or
+    TypeError from it, or a non-number, counts as unparsed).
     """
 
     prompt_template: str
@@ -60,9 +62,10 @@ class RewardConfig:
         if not isinstance(self.prompt_template, str) or not isinstance(self.reward_regex_template, str):
             raise TypeError("prompt_template and reward_regex_template must be strings")
         if self.score_range is not None:
-            lo, hi = self.score_range
+            lo, hi = (float(x) for x in self.score_range)
             if not lo < hi:
                 raise RewardTemplateError(f"score_range must be (lo, hi) with lo < hi, got {self.score_range}")
+            object.__setattr__(self, "score_range", (lo, hi))  # a list from a config file becomes a tuple
         if self.parse_reward is not None and not callable(self.parse_reward):
             raise TypeError("parse_reward must be a callable text -> float | None")
         # compiled forms are kept off the dataclass fields so the config stays plain, comparable data
@@ -103,12 +106,21 @@ class RewardConfig:
         source = self.reward_regex_template.strip()
         slots = _REWARD_SLOT.findall(source)
         if len(slots) != 1:
-            raise RewardTemplateError(f"reward_regex_template must contain {{{{ reward }}}} exactly once, found {len(slots)}: {source!r}")
+            raise RewardTemplateError(
+                f"reward_regex_template must contain {{{{ reward }}}} exactly once, found {len(slots)}: {source!r}"
+            )
         before, after = (part.strip() for part in _REWARD_SLOT.split(source))
         # (?<!\w): "Score:" must not match inside "Subscore:"
         pattern = (r"(?<!\w)" + _literal_pattern(before) + r"\s*" if before else "") + _NUMBER
         pattern += r"\s*" + _literal_pattern(after) if after else ""
         return re.compile(pattern, re.IGNORECASE)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly fields (a custom `parse_reward` is named, not serialised)."""
+        fn = self.parse_reward
+        return {"prompt_template": self.prompt_template, "reward_regex_template": self.reward_regex_template,
+                "auto_dedent": self.auto_dedent, "score_range": list(self.score_range) if self.score_range else None,
+                "parse_reward": None if fn is None else getattr(fn, "__qualname__", repr(fn))}
 
     @property
     def pattern(self) -> re.Pattern:
@@ -123,15 +135,15 @@ class RewardConfig:
         """The score in a judge's answer (the last match), or None if there is none or it is out of range."""
         if self.parse_reward is not None:
             try:
-                value = self.parse_reward(text)
-            except ValueError:
+                raw = self.parse_reward(text)
+                value = None if raw is None else float(raw)
+            except (TypeError, ValueError):
                 return None
         else:
             matches = list(self._pattern.finditer(text))
             value = float(matches[-1].group("reward")) if matches else None
-        if value is None or not math.isfinite(float(value)):
+        if value is None or not math.isfinite(value):
             return None
-        value = float(value)
         if self.score_range is not None and not self.score_range[0] <= value <= self.score_range[1]:
             return None
         return value
@@ -211,12 +223,15 @@ def judge_scores(
             use_cache=use_cache,
         )
         decoded = out.texts(tokenizer)
-        for row, i in enumerate(judged):  # prompt-major rows: judgment j of the r-th judged pair is row r * num_judgments + j
+        # prompt-major rows: judgment j of the r-th judged pair is row r * num_judgments + j
+        for row, i in enumerate(judged):
             texts[i] = decoded[row * num_judgments : (row + 1) * num_judgments]
     parsed = [[reward_config.parse(t) for t in ts] for ts in texts]
     scores = torch.tensor([_mean_or_nan(ps) for ps in parsed], dtype=torch.float32)
     num_failed = sum(p is None for ps in parsed for p in ps)
-    return JudgeResult(scores=scores, texts=texts, parsed=parsed, num_failed=num_failed, num_skipped=len(prompts) - len(judged))
+    return JudgeResult(
+        scores=scores, texts=texts, parsed=parsed, num_failed=num_failed, num_skipped=len(prompts) - len(judged)
+    )
 
 
 def _mean_or_nan(values: list[Optional[float]]) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from beartype import beartype
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["token_logprobs", "sequence_logprobs", "model_sequence_logprobs"]
 
@@ -32,12 +33,24 @@ def _check_shapes(logits: Tensor, input_ids: Tensor):
         raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
 
 
+def _chunk_logsumexp(chunk: Tensor) -> Tensor:
+    return torch.logsumexp(chunk.float(), dim=-1)
+
+
 def _logsumexp_fp32(logits: Tensor) -> Tensor:
-    """logsumexp over the last dim, in fp32, without materialising a full fp32 copy of low-precision logits."""
+    """logsumexp over the last dim, in fp32, without materialising a full fp32 copy of low-precision logits.
+
+    Each chunk's fp32 copy is temporary; under autograd the chunk is checkpointed, so backward
+    recomputes it instead of every chunk's fp32 copy staying alive until then.
+    """
     if logits.dtype in (torch.float32, torch.float64):
         return torch.logsumexp(logits, dim=-1)
     flat = logits.reshape(-1, logits.shape[-1])
-    parts = [torch.logsumexp(chunk.float(), dim=-1) for chunk in flat.split(_FP32_CHUNK_ROWS, dim=0)]
+    grad = torch.is_grad_enabled() and flat.requires_grad
+    parts = [
+        checkpoint(_chunk_logsumexp, chunk, use_reentrant=False) if grad else _chunk_logsumexp(chunk)
+        for chunk in flat.split(_FP32_CHUNK_ROWS, dim=0)
+    ]
     return torch.cat(parts).reshape(logits.shape[:-1])
 
 

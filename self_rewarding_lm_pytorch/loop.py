@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .data import JsonlAppender, read_jsonl, write_jsonl
+from .data import JsonlAppender
 
 __all__ = ["TrainConfig", "TrainResult", "train", "make_accelerator", "lr_multiplier", "epoch_permutation"]
 
@@ -148,9 +147,6 @@ class TrainResult:
     run_dir: Path | None = None
     info: dict = field(default_factory=dict)  # stage-specific extras, e.g. SFT's "num_skipped"
 
-    def train_records(self) -> list[dict]:
-        return [r for r in self.history if "loss" in r]
-
 
 _ACCELERATORS: dict[str, Accelerator] = {}
 
@@ -210,14 +206,16 @@ class _MetricWindow:
         self.steps = 0
         self.names: tuple[str, ...] | None = None
 
-    def add(self, metrics: dict[str, Tensor], weight: float):
+    def add(self, metrics: dict[str, Tensor]):
+        """One optimizer step's metrics."""
         names = tuple(sorted(metrics))
         if self.names is not None and names != self.names:
             # Every process must reduce the same names in the same order, or the collective hangs.
             raise ValueError(f"a task must return the same metric names every step: {self.names} then {names}")
         self.names = names
         for name, value in metrics.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value * weight
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.steps += 1
 
     def flush(self, accelerator: Accelerator) -> dict[str, float]:
         if not self.steps:
@@ -249,13 +247,16 @@ def train(
     every `checkpoint_every` steps and at the end, and the final weights `run_dir/model.safetensors`.
     `resume=True` continues from the latest checkpoint in `run_dir` (none: a fresh start).
     """
+    if run_dir is None and (resume or config.checkpoint_every is not None):
+        log.warning("%s: no run_dir, so resume=%s and checkpoint_every=%s have nothing to act on",
+                    desc, resume, config.checkpoint_every)
     run = _Run(model, task, train_dataset, config, accelerator or make_accelerator(), run_dir,
                valid_dataset, saved_config, desc)
     return run.execute(resume)
 
 
 class _Run:
-    """One call of `train`: the prepared objects, and the counters a checkpoint saves."""
+    """One call of `train`: the prepared objects, and the counters (`self.s`) a checkpoint saves."""
 
     def __init__(self, model, task, train_dataset, config, accelerator, run_dir, valid_dataset, saved_config, desc):
         _check_task(task)
@@ -276,8 +277,7 @@ class _Run:
         self.items_per_step = config.batch_size * config.grad_accum_steps
         self.total_steps = config.total_steps(len(train_dataset))
         self.stream, self.window = _DataStream(len(train_dataset), config.seed), _MetricWindow()
-        self.step, self.history, self.last_lr, self.last_saved = 0, [], config.learning_rate, None
-        self.best, self.best_step, self.bad_evals, self.stopped_early, self.best_weights = None, None, 0, False, None
+        self.s, self.last_saved = ckpt.RunState(last_lr=config.learning_rate), None
         self.appender = self.tb = self.bar = None
 
     def execute(self, resume: bool) -> TrainResult:
@@ -296,55 +296,33 @@ class _Run:
         finally:
             self._close()
             self.core.train(was_training)
-        return TrainResult(self.step, self.history, self.best, self.best_step, self.stopped_early, self.run_dir)
+        s = self.s
+        return TrainResult(s.step, s.history, s.best, s.best_step, s.stopped_early, self.run_dir)
 
-    # --- setup ---
+    # --- setup and teardown ---
 
     def _config_record(self) -> dict:
         return {"train": asdict(self.config), "num_processes": self.nproc, "dataset_size": len(self.train_dataset),
                 "total_steps": self.total_steps, "desc": self.desc, "saved_config": self.saved_config}
 
     def _fresh_start(self):
-        seed = self.config.seed + self.rank  # each process its own dropout masks
-        random.seed(seed)
-        torch.manual_seed(seed)
-        try:
-            import numpy as np
-
-            np.random.seed(seed)
-        except ImportError:
-            pass
+        ckpt.seed_everything(self.config.seed + self.rank)  # each process draws its own dropout masks
         if self.is_main and self.run_dir is not None:
-            old = [p for p in (self.run_dir / ckpt.CHECKPOINT_DIR, self.run_dir / "metrics.jsonl") if p.exists()]
-            if old:
-                log.warning("starting fresh in %s (resume=False): removing %s", self.run_dir, [str(p) for p in old])
-            import shutil
-
-            shutil.rmtree(self.run_dir / ckpt.CHECKPOINT_DIR, ignore_errors=True)
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            removed = ckpt.clear_run(self.run_dir)
+            if removed:
+                log.warning("starting fresh in %s (resume=False): removed %s", self.run_dir, removed)
         self.acc.wait_for_everyone()
 
     def _resume(self) -> bool:
         path = ckpt.latest_checkpoint(self.run_dir)
         if path is None:
             return False
-        state = ckpt.load_training_state(path, model=self.core, optimizer=self.optimizer)
-        saved, now = state["config"], self._config_record()
-        changed = [f"{k}: {saved['train'][k]!r} -> {now['train'][k]!r}" for k in ("batch_size", "grad_accum_steps", "seed")
-                   if saved["train"][k] != now["train"][k]]
-        changed += [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in ("num_processes", "dataset_size") if saved[k] != now[k]]
-        if changed:
-            raise ValueError(f"cannot resume from {path}: the data order depends on settings that changed ({'; '.join(changed)})")
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.history, self.last_lr, self.last_saved = state["step"], state["history"], state["last_lr"], state["step"]
-        self.best, self.best_step, self.bad_evals = state["best"], state["best_step"], state["bad_evals"]
-        self.stopped_early, self.best_weights = state["stopped_early"], state["best_weights"]
-        ckpt.set_rng_state(state["rng"][self.rank])
-        metrics = self.run_dir / "metrics.jsonl"
-        if self.is_main and metrics.exists():
-            # Records after the checkpoint are from the crashed attempt; the resumed run logs them again.
-            records = read_jsonl(metrics, ignore_partial_last_line=True)
-            write_jsonl(metrics, [r for r in records if r.get("step", 0) <= self.step])
+        self.s, rngs = ckpt.load_run_checkpoint(path, model=self.core, optimizer=self.optimizer,
+                                                scheduler=self.scheduler, config_now=self._config_record())
+        ckpt.set_rng_state(rngs[self.rank])
+        self.last_saved = self.s.step
+        if self.is_main:
+            ckpt.truncate_metrics(self.run_dir / "metrics.jsonl", self.s.step)  # the resumed run logs them again
         self.acc.wait_for_everyone()
         return True
 
@@ -358,7 +336,7 @@ class _Run:
                     self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
                 except ImportError:
                     log.warning("tensorboard=True but torch.utils.tensorboard does not import; logging to metrics.jsonl only")
-        self.bar = tqdm(total=self.total_steps, initial=self.step, desc=self.desc, dynamic_ncols=True,
+        self.bar = tqdm(total=self.total_steps, initial=self.s.step, desc=self.desc, dynamic_ncols=True,
                         disable=not (self.config.progress and self.is_main))
 
     def _close(self):
@@ -378,11 +356,11 @@ class _Run:
         cfg = self.config
 
         def due(every):
-            return every is not None and self.step % every == 0
+            return every is not None and self.s.step % every == 0
 
-        while self.step < self.total_steps and not self.stopped_early:
+        while self.s.step < self.total_steps and not self.s.stopped_early:
             self._train_step()
-            last = self.step == self.total_steps
+            last = self.s.step == self.total_steps
             save = self.run_dir is not None and due(cfg.checkpoint_every)
             # A checkpoint also flushes the log window, so resumed and straight runs log the same records.
             if due(cfg.log_every) or save or last:
@@ -395,7 +373,7 @@ class _Run:
 
     def _micro_batch(self, micro: int):
         size, share = self.config.batch_size, self.config.batch_size // self.nproc
-        start = (self.step * self.config.grad_accum_steps + micro) * size
+        start = (self.s.step * self.config.grad_accum_steps + micro) * size
         mine = self.stream.take(start, size)[self.rank * share:(self.rank + 1) * share]
         return send_to_device(self.task.collate([self.train_dataset[i] for i in mine]), self.acc.device)
 
@@ -420,18 +398,17 @@ class _Run:
             grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
             if grad_norm is not None:
                 step_metrics["grad_norm"] = grad_norm.detach().float().reshape(())
-        self.last_lr = self.optimizer.param_groups[0]["lr"]
+        self.s.last_lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.window.add(step_metrics, 1.0)
-        self.window.steps += 1
-        self.step += 1
+        self.window.add(step_metrics)
+        self.s.step += 1
 
     # --- logging, validation, early stopping ---
 
     def _emit(self, record: dict):
-        self.history.append(record)
+        self.s.history.append(record)
         if self.appender is not None:
             self.appender.write(record)
         if self.tb is not None:
@@ -443,8 +420,8 @@ class _Run:
         values = self.window.flush(self.acc)
         if not values:
             return
-        epoch = self.step * self.items_per_step / len(self.train_dataset)
-        self._emit({"step": self.step, "epoch": round(epoch, 4), "lr": self.last_lr, **values})
+        epoch = self.s.step * self.items_per_step / len(self.train_dataset)
+        self._emit({"step": self.s.step, "epoch": round(epoch, 4), "lr": self.s.last_lr, **values})
         postfix = {"loss": f"{values['loss']:.4f}"}
         key = getattr(self.task, "key_metric", None)
         if key and key != "loss" and key in values:
@@ -481,56 +458,48 @@ class _Run:
         self.core.train(was_training)
         names = sorted(sums)
         stacked = torch.stack([sums[k] for k in names] + [torch.tensor(float(count), device=device)])
-        totals = self.acc.reduce(stacked, reduction="sum").tolist()
+        totals = self.acc.reduce(stacked, reduction="sum").tolist()  # item-weighted means over all processes
         metrics = {k: v / totals[-1] for k, v in zip(names, totals)}
-        self._emit({"step": self.step, **{f"valid/{k}": v for k, v in metrics.items()}})
+        self._emit({"step": self.s.step, **{f"valid/{k}": v for k, v in metrics.items()}})
         self._update_best(metrics)
 
     def _update_best(self, metrics: dict[str, float]):
-        cfg, name = self.config, self.config.early_stopping_metric
+        cfg, s, name = self.config, self.s, self.config.early_stopping_metric
         if name not in metrics:
             if cfg.early_stopping_patience is not None:
                 raise ValueError(f"early_stopping_metric {name!r} is not a validation metric; have {sorted(metrics)}")
             return
-        value, best = metrics[name], None if self.best is None else self.best[name]
+        value, best = metrics[name], None if s.best is None else s.best[name]
         better = best is None or (value < best if cfg.early_stopping_mode == "min" else value > best)
         if not math.isnan(value) and better:
-            self.best, self.best_step, self.bad_evals = dict(metrics), self.step, 0
+            s.best, s.best_step, s.bad_evals = dict(metrics), s.step, 0
             if cfg.early_stopping_patience is not None:
-                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.core.state_dict().items()}
+                s.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.core.state_dict().items()}
             return
-        self.bad_evals += 1
-        if cfg.early_stopping_patience is not None and self.bad_evals >= cfg.early_stopping_patience:
-            self.stopped_early = True
+        s.bad_evals += 1
+        if cfg.early_stopping_patience is not None and s.bad_evals >= cfg.early_stopping_patience:
+            s.stopped_early = True
 
-    # --- checkpoints ---
+    # --- checkpoints and the end ---
 
     def _save(self):
         rng = ckpt.get_rng_state()
         # Every process's RNG goes into the one checkpoint the main process writes.
         rngs = gather_object([rng]) if self.nproc > 1 else [rng]
         if self.is_main:
-            consumed = self.step * self.items_per_step
-            state = {
-                "step": self.step, "scheduler": self.scheduler.state_dict(), "rng": rngs, "history": self.history,
-                "best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals,
-                "stopped_early": self.stopped_early, "last_lr": self.last_lr,
-                "data_position": {"items_consumed": consumed, "epoch": consumed // len(self.train_dataset),
-                                  "index_in_epoch": consumed % len(self.train_dataset)},
-            }
-            ckpt.save_training_state(self.run_dir / ckpt.CHECKPOINT_DIR, self.step, model=self.core,
-                                     optimizer=self.optimizer, state=state, config=self._config_record(),
-                                     best_weights=self.best_weights)
-        self.last_saved = self.step
+            ckpt.save_run_checkpoint(self.run_dir, self.s, model=self.core, optimizer=self.optimizer,
+                                     scheduler=self.scheduler, rng_states=rngs, config=self._config_record(),
+                                     items_per_step=self.items_per_step, dataset_size=len(self.train_dataset))
+        self.last_saved = self.s.step
         self.acc.wait_for_everyone()
 
     def _finish(self):
         if self.window.steps:
             self._log()
-        if self.stopped_early and self.best_weights is not None:
-            self.core.load_state_dict(self.best_weights)
+        if self.s.stopped_early and self.s.best_weights is not None:
+            self.core.load_state_dict(self.s.best_weights)
         if self.run_dir is not None:
-            if self.last_saved != self.step or self.stopped_early:
+            if self.last_saved != self.s.step or self.s.stopped_early:
                 self._save()
             if self.is_main:
                 ckpt.save_model(self.core, self.run_dir / "model.safetensors")

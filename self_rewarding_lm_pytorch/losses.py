@@ -72,7 +72,8 @@ def dpo_loss(
     - "hinge": SLiC-HF's calibration loss (Zhao et al. 2023, arXiv 2305.10425), max(0, 1 - beta h).
     Implicit rewards beta * (policy - ref) are detached (logged, not learned through).
     """
-    _check_same_shape(policy_chosen=policy_chosen, policy_rejected=policy_rejected, ref_chosen=ref_chosen, ref_rejected=ref_rejected)
+    _check_same_shape(policy_chosen=policy_chosen, policy_rejected=policy_rejected,
+                      ref_chosen=ref_chosen, ref_rejected=ref_rejected)
     if loss_type not in DPO_LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {loss_type!r}")
     if not beta > 0:
@@ -161,7 +162,9 @@ def whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: float | i
 
 
 @beartype
-def gae_advantages(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float | int = 1.0, lam: float | int = 0.95) -> tuple[Tensor, Tensor]:
+def gae_advantages(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float | int = 1.0, lam: float | int = 0.95
+) -> tuple[Tensor, Tensor]:
     """GAE (Schulman et al. 2016, arXiv 1506.02438, Eq. 16) -> (advantages, returns), both (b, n), detached.
 
     delta_t = r_t + gamma V_{t+1} - V_t and A_t = delta_t + gamma lam A_{t+1}; the episode ends at the
@@ -185,7 +188,9 @@ def gae_advantages(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float |
 
 
 @beartype
-def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, cliprange: float | int = 0.2) -> tuple[Tensor, Tensor]:
+def ppo_policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, cliprange: float | int = 0.2
+) -> tuple[Tensor, Tensor]:
     """PPO clipped surrogate (Schulman et al. 2017, arXiv 1707.06347, Eq. 7), negated -> (loss, clipfrac) scalars,
     masked means over tokens; clipfrac is the fraction of tokens where the clipped term won."""
     _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
@@ -198,7 +203,9 @@ def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, 
 
 
 @beartype
-def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float | int = 0.2) -> tuple[Tensor, Tensor]:
+def ppo_value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float | int = 0.2
+) -> tuple[Tensor, Tensor]:
     """Clipped value loss (as in OpenAI baselines / TRL) -> (loss, clipfrac) scalars:
     0.5 * masked mean of max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2)."""
     _check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)

@@ -69,7 +69,9 @@ def best_vs_worst(scores: Tensor, lengths: Tensor | None = None, *, min_margin: 
 
 
 @beartype
-def length_controlled(scores: Tensor, lengths: Tensor | None, *, rho: float | int = 0.0, min_margin: float | int = 0.0) -> list[Pair]:
+def length_controlled(
+    scores: Tensor, lengths: Tensor | None, *, rho: float | int = 0.0, min_margin: float | int = 0.0
+) -> list[Pair]:
     """Meta-Rewarding's length control (Wu et al. 2024, arXiv 2407.19594): with tier width
     w = rho * (max - min), chosen = the shortest candidate scoring >= max - w, rejected = the longest
     scoring <= min + w (equal lengths break to the lowest index).

@@ -14,7 +14,8 @@ from __future__ import annotations
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from beartype import beartype

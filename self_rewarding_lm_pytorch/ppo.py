@@ -51,8 +51,7 @@ class PPOConfig:
     """PPO hyperparameters; defaults follow TRL's PPOConfig except the batch sizes (sized for CPU) and
     `max_grad_norm` (clipped by default, like the rest of this package's trainers).
 
-    `batch_size` is the number of rollouts a stage samples per PPO step; `step` accepts fewer (for
-    example after unscored rollouts are dropped). `target_kl` and `horizon` drive the adaptive KL
+    `batch_size` is the number of rollouts a stage samples per PPO step (`step` accepts any number). `target_kl` and `horizon` drive the adaptive KL
     controller (summed per-sequence KL; Ziegler et al. 2019). `reward_norm` divides scores by a running
     std after subtracting a running mean (over all scores seen so far); `reward_clip` then clips
     them to [-reward_clip, reward_clip].
@@ -87,8 +86,8 @@ class PPOConfig:
                 raise TypeError(f"PPOConfig.{f.name} must be a {f.type}, got {type(value).__name__} {value!r}")
             elif f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"PPOConfig.{f.name} must be an int, got {type(value).__name__} {value!r}")
-            elif f.type == "bool" and not isinstance(value, bool):
-                raise TypeError(f"PPOConfig.{f.name} must be a bool, got {type(value).__name__} {value!r}")
+            elif f.type in ("bool", "str") and type(value).__name__ != f.type:
+                raise TypeError(f"PPOConfig.{f.name} must be a {f.type}, got {type(value).__name__} {value!r}")
         _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(
@@ -214,8 +213,9 @@ class PPOTrainer:
             rows = [torch.cat([queries[int(p)].cpu(), r]) for p, r in zip(out.prompt_index, rows)]
         return rows
 
-    def _scores(self, scores: Sequence[Any] | Tensor, b: int) -> tuple[Tensor, Tensor]:
-        """(raw, processed) scores (b,): processed is normalised and/or clipped as configured."""
+    def _scores(self, scores: Sequence[Any] | Tensor, b: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(raw, processed, scored) (b,): processed is normalised and/or clipped as configured and 0 where
+        the score is NaN; `scored` is False there."""
         values = []
         for i, s in enumerate(scores):
             if isinstance(s, Tensor):
@@ -225,16 +225,17 @@ class PPOTrainer:
             values.append(float(s))
         if len(values) != b:
             raise ValueError(f"got {len(values)} scores for {b} rollouts")
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"scores must be finite (drop unscored rollouts before step): {values}")
+        if any(math.isinf(v) for v in values):
+            raise ValueError(f"scores must be finite, or NaN for an unscored rollout: {values}")
         raw = torch.tensor(values, dtype=torch.float32, device=self.accelerator.device)
-        processed = raw
+        scored = ~raw.isnan()
+        processed = torch.where(scored, raw, torch.zeros_like(raw))
         if self.config.reward_norm:
-            self.score_moments.update(raw)
-            processed = (raw - self.score_moments.mean) / max(self.score_moments.std, 1e-8)
+            self.score_moments.update(raw[scored])
+            processed = (processed - self.score_moments.mean) / max(self.score_moments.std, 1e-8)
         if self.config.reward_clip is not None:
             processed = processed.clamp(-self.config.reward_clip, self.config.reward_clip)
-        return raw, processed
+        return raw, torch.where(scored, processed, torch.zeros_like(processed)), scored
 
     def _check_length(self, input_ids: Tensor):
         max_len = getattr(self.policy.transformer, "max_seq_len", None)
@@ -254,45 +255,61 @@ class PPOTrainer:
 
     @beartype
     def step(self, queries: Sequence[Any], responses: Sequence[Any], scores: Sequence[Any] | Tensor) -> dict[str, float]:
-        """One PPO step on these rollouts; returns stats named as TRL names them (floats)."""
+        """One PPO step on these rollouts; returns stats named as TRL names them (floats).
+
+        A NaN score marks an unscored rollout: it stays in the batch (so every process makes the same
+        number of minibatch passes) but is masked out of every loss and statistic. When no rollout
+        of any process is scored, nothing is trained.
+        """
         cfg, t0 = self.config, time.perf_counter()
         input_ids, action_mask = assemble_rollouts(queries, responses, pad_id=self.tokenizer.pad_id, eos_id=self.tokenizer.eos_id)
         self._check_length(input_ids)
         device = self.accelerator.device
         input_ids, action_mask = input_ids.to(device), action_mask.to(device)
-        raw_scores, scores_t = self._scores(scores, input_ids.shape[0])
+        raw_scores, scores_t, scored = self._scores(scores, input_ids.shape[0])
+        train_mask = action_mask & scored[:, None]
 
         old_logprobs, old_values, ref_logprobs = self._rollout_forward(input_ids)
         t_forward = time.perf_counter()
         kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator)
         kl_coef = self.kl_ctl.value
         rewards, non_score = per_token_rewards(kl, scores_t, action_mask, kl_coef)
-        advantages, returns = gae_advantages(rewards, old_values, action_mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages and int(action_mask.sum()) >= 2:
-            advantages = whiten(advantages, action_mask)
+        advantages, returns = gae_advantages(rewards, old_values, train_mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages and int(train_mask.sum()) >= 2:
+            advantages = whiten(advantages, train_mask)
         t_rewards = time.perf_counter()
 
-        batch = dict(input_ids=input_ids, mask=action_mask, old_logprobs=old_logprobs, old_values=old_values, advantages=advantages, returns=returns)
-        train_stats = self._optimize(batch)
+        num_scored = int(self.accelerator.reduce(scored.sum(), reduction="sum"))
+        train_stats = {}
+        if num_scored > 0:
+            batch = dict(input_ids=input_ids, action_mask=action_mask, mask=train_mask, old_logprobs=old_logprobs,
+                         old_values=old_values, advantages=advantages, returns=returns)
+            train_stats = self._optimize(batch)
         t_optimize = time.perf_counter()
 
-        maskf = action_mask.float()
-        seq_kl = (kl * maskf).sum(-1)
-        mean_kl = self.accelerator.reduce(seq_kl.mean(), reduction="mean")
-        self.kl_ctl.update(float(mean_kl), cfg.batch_size * self.accelerator.num_processes)
+        # per-rollout means over the scored rollouts only
+        rowf = scored.float()
+
+        def row_mean(x: Tensor) -> Tensor:
+            return (x * rowf).sum() / rowf.sum().clamp(min=1)
+
+        seq_kl = (kl * train_mask).sum(-1)
+        mean_kl = self.accelerator.reduce(row_mean(seq_kl), reduction="mean")
+        if num_scored > 0:
+            self.kl_ctl.update(float(mean_kl), num_scored)
         self.num_steps += 1
         stats = {
             "objective/kl": mean_kl,
             "objective/kl_coef": torch.tensor(kl_coef),
-            "objective/entropy": (-old_logprobs * maskf).sum(-1).mean(),
-            "ppo/mean_scores": raw_scores.mean(),
-            "ppo/std_scores": raw_scores.std(unbiased=False),
-            "ppo/mean_processed_scores": scores_t.mean(),
-            "ppo/mean_non_score_reward": non_score.sum(-1).mean(),
-            "ppo/returns/mean": masked_mean(returns, action_mask),
-            "ppo/val/mean": masked_mean(old_values, action_mask),
-            "ppo/policy/advantages_mean": masked_mean(advantages, action_mask),
-            "tokens/responses_len_mean": maskf.sum(-1).mean(),
+            "objective/entropy": row_mean((-old_logprobs * train_mask).sum(-1)),
+            "ppo/mean_scores": row_mean(torch.where(scored, raw_scores, torch.zeros_like(raw_scores))),
+            "ppo/mean_processed_scores": row_mean(scores_t),
+            "ppo/num_unscored": (~scored).sum(),
+            "ppo/mean_non_score_reward": row_mean(non_score.sum(-1)),
+            "ppo/returns/mean": masked_mean(returns, train_mask),
+            "ppo/val/mean": masked_mean(old_values, train_mask),
+            "ppo/policy/advantages_mean": masked_mean(advantages, train_mask),
+            "tokens/responses_len_mean": row_mean(train_mask.float().sum(-1)),
             **train_stats,
         }
         out = {k: float(v) for k, v in stats.items()}  # the one host sync of the step's stats
@@ -321,7 +338,7 @@ class PPOTrainer:
     def _minibatch_step(self, mb: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg = self.config
         # right padding: columns past the longest row of this minibatch hold only pad, drop them
-        length = int(mb["mask"].any(0).nonzero().max()) + 2
+        length = int(mb["action_mask"].any(0).nonzero().max()) + 2
         ids, mask = mb["input_ids"][:, :length], mb["mask"][:, : length - 1]
         old_lp, old_v = mb["old_logprobs"][:, : length - 1], mb["old_values"][:, : length - 1]
         adv, ret = mb["advantages"][:, : length - 1], mb["returns"][:, : length - 1]

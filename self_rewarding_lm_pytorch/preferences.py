@@ -136,6 +136,15 @@ def _encode_prompts(prompts, tokenizer) -> list[tuple[str | None, list[int] | No
     return out
 
 
+def _max_seq_len(model) -> int | None:
+    """The context length of a TransformerWrapper, or of one inside a DDP or AutoregressiveWrapper."""
+    for candidate in (model, getattr(model, "module", None), getattr(model, "net", None)):
+        value = getattr(candidate, "max_seq_len", None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
 def _chunk_generator(generator, seed, pass_idx: int, chunk_idx: int) -> torch.Generator | None:
     """One generator per (pass, chunk) from `seed`, so a resumed run draws exactly what an
     uninterrupted one would; else the caller's generator (or torch's global RNG when None)."""
@@ -172,6 +181,22 @@ def _score(ctx: dict, prompts_rep: list[str], responses: list[str], generator) -
     return judged.scores, judged.texts, judged.parsed, counts
 
 
+def _score_nonempty(ctx: dict, prompts_rep: list[str], responses: list[str], generator, counts: Counter):
+    """Scores (b,) with NaN for empty candidates: one that is EOS at once cannot be trained on as
+    chosen or rejected, so it is not judged."""
+    keep = [i for i, r in enumerate(responses) if r]
+    counts["candidates_empty"] += len(responses) - len(keep)
+    scores = torch.full((len(responses),), math.nan)
+    texts, parsed = [[] for _ in responses], [[] for _ in responses]
+    if keep:
+        kept = _score(ctx, [prompts_rep[i] for i in keep], [responses[i] for i in keep], generator)
+        counts.update(kept[3])
+        scores[keep] = kept[0]
+        for j, i in enumerate(keep):
+            texts[i], parsed[i] = kept[1][j], kept[2][j]
+    return scores, texts, parsed
+
+
 def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator, counts: Counter) -> list[dict]:
     """Candidate records (one per prompt, with its pair or drop reason) for one chunk of prompts."""
     from .sampling import sample
@@ -186,24 +211,15 @@ def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator
     counts["candidates_truncated"] += sum(cut for _, cut in fitted)
     responses = [t for t, _ in fitted]
     prompts_rep = [text for _, text, _ in items for _ in range(k)]
-    # an empty candidate (EOS at once) cannot be trained on as chosen or rejected: it is not scored
-    keep = [i for i, r in enumerate(responses) if r]
-    counts["candidates_empty"] += len(responses) - len(keep)
-    scores = torch.full((len(responses),), math.nan)
-    texts, parsed = [[] for _ in responses], [[] for _ in responses]
-    if keep:
-        kept_scores, kept_texts, kept_parsed, judge_counts = _score(ctx, [prompts_rep[i] for i in keep], [responses[i] for i in keep], generator)
-        counts.update(judge_counts)
-        scores[keep] = kept_scores
-        for j, i in enumerate(keep):
-            texts[i], parsed[i] = kept_texts[j], kept_parsed[j]
+    scores, texts, parsed = _score_nonempty(ctx, prompts_rep, responses, generator, counts)
     counts["candidates"] += len(responses)
     lengths = torch.tensor([len(tok.encode(r)) for r in responses])
     scores, lengths = rearrange(scores, "(p k) -> p k", k=k), rearrange(lengths, "(p k) -> p k", k=k)
     pairs = {}
     for pair in ctx["pair_policy"](scores, lengths):
         p, c, r = (int(x) for x in pair)
-        if not (0 <= p < len(items) and 0 <= c < k and 0 <= r < k) or c == r or p in pairs:
+        if not (0 <= p < len(items) and 0 <= c < k and 0 <= r < k) or c == r or p in pairs or \
+                not (responses[p * k + c] and responses[p * k + r]):
             raise ValueError(f"pair policy {ctx['pair_policy']!r} returned an invalid pair {tuple(pair)}")
         pairs[p] = (c, r)
     records = []
@@ -232,7 +248,9 @@ def _pair_record(rec: dict) -> dict:
             "prompt_index": rec["prompt_index"], "pass": rec["pass"]}
 
 
-def _resume_chunks(path: Path, chunk_prompts: dict[tuple[int, int], list[int]], texts: list) -> dict[tuple[int, int], list[dict]]:
+def _resume_chunks(
+    path: Path, chunk_prompts: dict[tuple[int, int], list[int]], texts: list
+) -> dict[tuple[int, int], list[dict]]:
     """Complete chunks already in candidates.jsonl (the file is rewritten without a partial chunk)."""
     from .data import read_jsonl, write_jsonl
 
@@ -280,7 +298,12 @@ def _plan_chunks(encoded, budgets: Budgets, chunk_size: int, max_passes: int):
             dropped.append({"prompt_index": i, "prompt": text, "candidates": [], "pair": None, "dropped": reason})
         else:
             usable.append((i, text, ids))
-    plan = [((p, c // chunk_size), usable[c : c + chunk_size]) for p in range(max_passes) for c in range(0, len(usable), chunk_size)]
+    if dropped:
+        reasons = dict(Counter(r["dropped"] for r in dropped))
+        warnings.warn(f"skipping {len(dropped)} of {len(encoded)} prompts ({reasons}); prompts may have at most "
+                      f"{budgets.max_prompt_len} tokens with these budgets {budgets}", stacklevel=3)
+    starts = range(0, len(usable), chunk_size)
+    plan = [((p, c // chunk_size), usable[c : c + chunk_size]) for p in range(max_passes) for c in starts]
     return plan, dropped
 
 
@@ -314,21 +337,20 @@ def generate_preferences(
     judged = reward_fn is None
     encoded = _encode_prompts([prompts[i] for i in range(len(prompts))], tokenizer)
     budgets = resolve_budgets(
-        [len(ids) for _, ids, _ in encoded if ids], template_len=len(tokenizer.encode(reward_config.render(prompt="", response=""))),
-        policy_max_len=getattr(model, "max_seq_len", None), judge_max_len=getattr(judge_model, "max_seq_len", None),
+        [len(ids) for _, ids, _ in encoded if ids],
+        template_len=len(tokenizer.encode(reward_config.render(prompt="", response=""))),
+        policy_max_len=_max_seq_len(model), judge_max_len=_max_seq_len(judge_model),
         max_new_tokens=max_new_tokens, judge_max_new_tokens=judge_max_new_tokens, judged=judged,
     )
     plan, dropped = _plan_chunks(encoded, budgets, chunk_size, max_passes)
-    if dropped:
-        reasons = Counter(r["dropped"] for r in dropped)
-        warnings.warn(f"skipping {len(dropped)} of {len(encoded)} prompts ({dict(reasons)}); prompts may have at most "
-                      f"{budgets.max_prompt_len} tokens with these budgets {budgets}", stacklevel=2)
     ctx = dict(model=model, tokenizer=tokenizer, reward_config=reward_config, reward_fn=reward_fn, judge_model=judge_model,
                num_candidates=num_candidates, temperature=temperature, top_p=top_p, num_judgments=num_judgments,
                judge_temperature=judge_temperature, judge_top_p=judge_top_p, budgets=budgets, pair_policy=pair_policy,
                batch_size=batch_size, use_cache=use_cache)
     cand_path = Path(out_dir) / "candidates.jsonl" if out_dir is not None else None
-    done = _resume_chunks(cand_path, {key: [i for i, _, _ in items] for key, items in plan}, [t for t, _, _ in encoded]) if (resume and cand_path) else {}
+    done = {}
+    if resume and cand_path is not None:
+        done = _resume_chunks(cand_path, {key: [i for i, _, _ in items] for key, items in plan}, [t for t, _, _ in encoded])
     records, counts = _run_plan(ctx, plan, done, cand_path, num_pairs, generator, seed, progress)
     pair_records = [_pair_record(r) for r in records if r["pair"]][:num_pairs]
     enough = num_pairs is not None and len(pair_records) >= num_pairs

@@ -114,24 +114,26 @@ class RewardModel(nn.Module):
     def score(self, prompts: Sequence[str], responses: Sequence[str], tokenizer: Any = None) -> Tensor:
         """(b,) float rewards of (prompt, response) pairs, in eval mode, micro-batched; mode restored after.
 
-        Texts longer than `max_seq_len` lose tokens from the end of the response.
+        Texts longer than `max_seq_len` lose tokens from the end of the response. Rows are batched in
+        order of length (less padding); a row's reward does not depend on its batch.
         """
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         tok = tokenizer if tokenizer is not None else self.tokenizer
+        rows = [encode_example(tok, p, r, max_len=self.max_seq_len) for p, r in zip(prompts, responses)]
+        by_length = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
         was_training, device = self.training, next(self.parameters()).device
+        out = torch.zeros(len(rows))
         self.eval()
         try:
-            out = []
-            for start in range(0, len(prompts), self.score_batch_size):
-                rows = [encode_example(tok, p, r, max_len=self.max_seq_len)
-                        for p, r in zip(prompts[start:start + self.score_batch_size], responses[start:start + self.score_batch_size])]
-                batch = collate_examples(rows, tok.pad_id)
-                lengths = torch.tensor([len(ids) for ids, _ in rows], device=device)
-                out.append(self(batch["input_ids"].to(device), lengths).float().cpu())
+            for start in range(0, len(rows), self.score_batch_size):
+                idx = by_length[start:start + self.score_batch_size]
+                batch = collate_examples([rows[i] for i in idx], tok.pad_id)
+                lengths = torch.tensor([len(rows[i][0]) for i in idx], device=device)
+                out[torch.tensor(idx)] = self(batch["input_ids"].to(device), lengths).float().cpu()
         finally:
             self.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0)
+        return out
 
     def as_reward_fn(self, tokenizer: Any = None):
         """A plain `(prompts, responses) -> Tensor (b,)` callable (for stages that take a reward_fn).
@@ -224,17 +226,21 @@ def _check_record(rec, loc: str):
 
 
 def pairwise_metrics(rewards: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """(accuracy, mean margin) over all valid pairs i < j (i ranked better) of a (b, k) reward grid.
+    """(accuracy, margin) of a (b, k) reward grid (best first), each a mean over records of the mean
+    over that record's valid pairs i < j: accuracy counts r_i > r_j (a tie is wrong), margin is r_i - r_j.
 
-    Accuracy counts r_i > r_j (a tie is wrong); margin is the mean of r_i - r_j.
+    Per record, as the loss is averaged: a mean over records aggregates exactly across batches and
+    processes (the loop weights validation batches by their record counts). K = 2: plain pair accuracy.
     """
     diff = rearrange(rewards, "b i -> b i 1") - rearrange(rewards, "b j -> b 1 j")
     k = rewards.shape[-1]
     pairs = torch.ones(k, k, dtype=torch.bool, device=rewards.device).triu(1)
     pairs = pairs & rearrange(mask, "b i -> b i 1") & rearrange(mask, "b j -> b 1 j")
-    count = pairs.sum().clamp(min=1)
+    count = pairs.sum(dim=(-1, -2)).clamp(min=1)
     # where-sums, not boolean indexing: no host sync inside a training step
-    return ((diff > 0) & pairs).sum() / count, torch.where(pairs, diff, torch.zeros_like(diff)).sum() / count
+    correct = ((diff > 0) & pairs).sum(dim=(-1, -2)) / count
+    margin = torch.where(pairs, diff, torch.zeros_like(diff)).sum(dim=(-1, -2)) / count
+    return correct.mean(), margin.mean()
 
 
 @dataclass
@@ -336,6 +342,10 @@ class RewardModelTrainer:
         self.valid_records = load_ranked_records(valid_data) if valid_data is not None else None
         self.config = TrainConfig(**train_config)
         self.task = RankingTask(self.tokenizer, max_ranks_per_batch, max_seq_len or reward_model.max_seq_len)
+        for name, records in (("train_data", self.train_records), ("valid_data", self.valid_records or [])):
+            for i, rec in enumerate(records):  # raised now, not mid-training from collate
+                if len(self.tokenizer.encode(rec["prompt"])) >= self.task.max_seq_len:
+                    raise ValueError(f"{name} record {i}: its prompt leaves no room for an output within max_seq_len={self.task.max_seq_len}")
         self.accelerator, self.accelerate_kwargs = accelerator, accelerate_kwargs
         self.checkpoint_folder, self.resume = checkpoint_folder, resume
 

@@ -194,7 +194,10 @@ def _resolve_backend(net, backend: str, use_cache: bool) -> str:
         if backend in ("fast", "xtransformers"):
             raise ValueError(f"use_cache=False contradicts backend={backend!r}")
         return "full"
-    x_cache_ok = isinstance(net, TransformerWrapper) and net.can_cache_kv
+    # Hybrid modules keep recurrent state in the cache and looped models decode one row at a time:
+    # neither survives the per-row cache expansion and selection, so they take the full forward.
+    x_cache_ok = isinstance(net, TransformerWrapper) and net.can_cache_kv and not net.looped and all(
+        getattr(m, "hybrid_module", None) is None for m in net.modules())
     if backend == "xtransformers" and not x_cache_ok:
         raise UnsupportedModelError("backend='xtransformers' needs a TransformerWrapper that can cache kv")
     if backend in ("fast", "auto"):
@@ -264,7 +267,8 @@ def sample(model: nn.Module, prompts: list[Tensor], *, max_new_tokens: int, num_
     prompts = [p.to(device=device, dtype=torch.long) if not p.is_floating_point() else p for p in prompts]
     lengths = _check_prompts(net, prompts, max_new_tokens)
     chosen = _resolve_backend(net, backend, use_cache)
-    base = torch.randint(-(2 ** 63), 2 ** 63 - 1, (), generator=generator, dtype=torch.long)
+    rng_device = generator.device if generator is not None else "cpu"
+    base = torch.randint(-(2 ** 63), 2 ** 63 - 1, (), generator=generator, dtype=torch.long, device=rng_device).cpu()
     num_rows = len(prompts) * num_samples
     row_keys = splitmix64(base + torch.arange(num_rows) * _to_uint64_signed(_GAMMA)).to(device)
 

@@ -109,7 +109,7 @@ def _completed_prompts(path: Path, prompts: list[str]) -> set[int]:
 @beartype
 def generate_synthetic_dataset(
     model,
-    prompts: Sequence[str],
+    prompts: Any,
     scorer: Any,
     *,
     out: str | os.PathLike,
@@ -133,7 +133,11 @@ def generate_synthetic_dataset(
         raise ValueError(f"keep must be in [1, n={n}], got {keep}")
     if prompts_per_batch < 1:
         raise ValueError(f"prompts_per_batch must be >= 1, got {prompts_per_batch}")
-    tok, prompts = as_tokenizer(tokenizer), list(prompts)
+    tok = as_tokenizer(tokenizer)
+    prompts = [prompts[i] for i in range(len(prompts))]  # a list or any map-style Dataset of strings
+    not_str = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+    if not_str:
+        raise TypeError(f"prompt {not_str[0]} is a {type(prompts[not_str[0]]).__name__}, not a str")
     encoded = [torch.tensor(tok.encode(p), dtype=torch.long) for p in prompts]
     empty = [i for i, e in enumerate(encoded) if e.numel() == 0]
     if empty:
@@ -153,17 +157,25 @@ def generate_synthetic_dataset(
             generator = torch.Generator().manual_seed(seed * 1_000_003 + start // prompts_per_batch)
             responses = sample_responses(model, tok, [encoded[i] for i in chunk], num_samples=n,
                                          config=config, generator=generator)
-            flat_p = [prompts[i] for i in chunk for _ in range(n)]
-            scores = torch.as_tensor(score_fn(flat_p, [r for rs in responses for r in rs]), dtype=torch.float).cpu()
-            if scores.shape != (len(flat_p),):
-                raise ValueError(f"scorer returned {tuple(scores.shape)} scores for {len(flat_p)} responses")
-            order, _ = rank_candidates(rearrange(scores, "(q k) -> q k", k=n), n, higher_is_better)
+            scores, order = _score_chunk(score_fn, higher_is_better, [prompts[i] for i in chunk], responses)
             for row, i in enumerate(chunk):
                 if i not in done:
-                    _write_prompt(appender, stats, i, prompts[i], responses[row], scores[row * n:(row + 1) * n].tolist(), order[row].tolist(), keep)
+                    _write_prompt(appender, stats, i, prompts[i], responses[row], scores[row], order[row], keep)
                     bar.update(1)
     bar.close()
     return stats
+
+
+def _score_chunk(score_fn, higher_is_better, prompts, responses) -> tuple[list[list[float]], list[list[int]]]:
+    """Scores (q, k) of one chunk's candidates in one scorer call, and each row's order best first."""
+    k = len(responses[0])
+    flat_p = [p for p in prompts for _ in range(k)]
+    scores = torch.as_tensor(score_fn(flat_p, [r for rs in responses for r in rs]), dtype=torch.float).cpu()
+    if scores.shape != (len(flat_p),):
+        raise ValueError(f"scorer returned {tuple(scores.shape)} scores for {len(flat_p)} responses")
+    scores = rearrange(scores, "(q k) -> q k", k=k)
+    order, _ = rank_candidates(scores, k, higher_is_better)
+    return scores.tolist(), order.tolist()
 
 
 def _write_prompt(appender, stats, index, prompt, responses, scores, order, keep):

@@ -6,7 +6,8 @@ Everything in the framework talks to a `Tokenizer`: `encode(str) -> list[int]`,
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor

@@ -122,3 +122,17 @@ def test_length_sampler_range():
     g = torch.Generator().manual_seed(0)
     draws = {LengthSampler(3, 6)(g) for _ in range(200)}
     assert draws == {3, 4, 5}  # half-open, as TRL's
+
+
+def test_micro_batching_does_not_change_the_output(tiny_model):
+    whole = make(tiny_model, RecordingScorer(), sample_size=4, seed=9).generate(QUERIES)
+    micro = make(tiny_model, RecordingScorer(), sample_size=4, seed=9, batch_size=5).generate(QUERIES)
+    assert whole == micro
+
+
+def test_lower_is_better_scorer(tiny_model):
+    scorer = RecordingScorer()
+    scorer.higher_is_better = False
+    out = make(tiny_model, scorer, sample_size=6, seed=10).generate(QUERIES)
+    for i in range(len(QUERIES)):
+        assert out[i][0] == min(scorer.seen[i * 6:(i + 1) * 6], key=ascii_share)

@@ -1,14 +1,12 @@
 """DPO stage: record checks, the concatenated forward, the reference (live or precomputed), training."""
 
 import copy
-from functools import partial
 
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch.data import read_jsonl
+from self_rewarding_lm_pytorch.data import collate_examples, read_jsonl
 from self_rewarding_lm_pytorch.logprobs import model_sequence_logprobs
-from self_rewarding_lm_pytorch.data import collate_examples
 from self_rewarding_lm_pytorch.losses import dpo_loss
 from self_rewarding_lm_pytorch.stages.dpo import (
     REF_LOGPROBS_FILE,
@@ -23,6 +21,11 @@ from self_rewarding_lm_pytorch.stages.dpo import (
 from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
+
+
+def train_records(result):
+    """The loop's logged training records (validation records carry only "valid/" keys)."""
+    return [r for r in result.history if "loss" in r]
 
 
 def preference_records(n=16):
@@ -195,7 +198,7 @@ def test_precomputed_reference_is_the_policy_at_entry(tiny_model, tmp_path):
 def test_accuracies_rise_to_near_one_on_a_learnable_set(tiny_model, tmp_path):
     trainer = DPOTrainer(tiny_model, preference_records(16), checkpoint_folder=tmp_path,
                          **train_kwargs(num_train_steps=40, batch_size=8))
-    history = trainer().train_records()
+    history = train_records(trainer())
     assert len(history) == 40
     first, last = history[0], history[-5:]
     assert abs(first["rewards/margins"]) < 1e-4  # the policy starts as its own reference
@@ -210,7 +213,7 @@ def test_precomputed_and_live_reference_give_the_same_per_step_losses(tiny_model
         model = copy.deepcopy(tiny_model)
         trainer = DPOTrainer(model, preference_records(8), precompute_ref_logprobs=precompute,
                              checkpoint_folder=tmp_path / str(precompute), **train_kwargs(num_train_steps=10))
-        runs[precompute] = ([r["loss"] for r in trainer().train_records()], model)
+        runs[precompute] = ([r["loss"] for r in train_records(trainer())], model)
     (stored_losses, stored_model), (live_losses, live_model) = runs[True], runs[False]
     assert len(stored_losses) == 10
     torch.testing.assert_close(torch.tensor(stored_losses), torch.tensor(live_losses), atol=1e-5, rtol=0)
@@ -223,8 +226,8 @@ def test_resume_reuses_the_stored_reference_and_matches_a_straight_run(tiny_mode
 
     records = preference_records(8)
     straight = copy.deepcopy(tiny_model)
-    losses = [r["loss"] for r in DPOTrainer(straight, records, checkpoint_folder=tmp_path / "straight",
-                                            **train_kwargs(num_train_steps=8))().train_records()]
+    straight_run = DPOTrainer(straight, records, checkpoint_folder=tmp_path / "straight", **train_kwargs(num_train_steps=8))
+    losses = [r["loss"] for r in train_records(straight_run())]
     DPOTrainer(tiny_model, records, checkpoint_folder=tmp_path / "split", **train_kwargs(num_train_steps=4))()
 
     def must_not_recompute(*args, **kwargs):
@@ -235,7 +238,7 @@ def test_resume_reuses_the_stored_reference_and_matches_a_straight_run(tiny_mode
     resumed = DPOTrainer(tiny_model, records, checkpoint_folder=tmp_path / "split", resume=True,
                          **train_kwargs(num_train_steps=8))()
     assert resumed.steps == 8
-    resumed_losses = [r["loss"] for r in resumed.train_records()]
+    resumed_losses = [r["loss"] for r in train_records(resumed)]
     torch.testing.assert_close(torch.tensor(resumed_losses), torch.tensor(losses), atol=1e-5, rtol=0)
     for p, q in zip(tiny_model.parameters(), straight.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
@@ -246,7 +249,90 @@ def test_resume_reuses_the_stored_reference_and_matches_a_straight_run(tiny_mode
 @pytest.mark.parametrize("loss_type, label_smoothing", [("sigmoid", 0.1), ("robust", 0.2), ("ipo", 0.0), ("hinge", 0.0)])
 def test_every_loss_type_trains(tiny_model, loss_type, label_smoothing):
     before = copy.deepcopy(tiny_model)
-    history = DPOTrainer(tiny_model, preference_records(4), loss_type=loss_type, label_smoothing=label_smoothing,
-                         checkpoint_folder=None, **train_kwargs(num_train_steps=2))().train_records()
+    trainer = DPOTrainer(tiny_model, preference_records(4), loss_type=loss_type, label_smoothing=label_smoothing,
+                         checkpoint_folder=None, **train_kwargs(num_train_steps=2))
+    history = train_records(trainer())
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
     assert not all_params_equal(tiny_model, before)
+
+
+def test_a_response_that_encodes_to_nothing_is_an_error():
+    from self_rewarding_lm_pytorch.tokenizer import CallableTokenizer
+
+    drops_x = CallableTokenizer(lambda s: [ord(c) for c in s if c != "x"], lambda ids: "", pad_id=0)
+    with pytest.raises(PreferenceRecordError, match="record 0: the rejected response encodes to no tokens"):
+        encode_pairs([("p", "c", "xx")], drops_x)
+
+
+def test_validation_pairs_get_their_own_reference(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    records = preference_records(12)
+    result = DPOTrainer(tiny_model, records[:8], valid_data=records[8:], checkpoint_folder=tmp_path,
+                        **train_kwargs(num_train_steps=4, valid_every=2))()
+    valid = [r for r in result.history if "valid/rewards/accuracies" in r]
+    assert [r["step"] for r in valid] == [2, 4]
+    assert load_file(str(tmp_path / REF_LOGPROBS_FILE))["valid"].shape == (4, 2)
+
+
+def test_ids_outside_the_vocabulary_and_default_length_limit(tiny_model):
+    with pytest.raises(PreferenceRecordError, match=r"record 1: rejected has token ids outside .*\[0, 259\)"):
+        DPOTrainer(tiny_model, [([1], [2], [3]), ([1], [2], [300])])
+    trainer = DPOTrainer(tiny_model, [("p", "c" * 100, "r")])  # cut to the model's 64 positions by default
+    assert len(trainer.pairs[0]["chosen"][0]) == 64
+
+
+TWO_PROCESS_SCRIPT = '''
+import json, sys, torch
+from pathlib import Path
+from x_transformers import Decoder, TransformerWrapper
+from safetensors.torch import load_file
+from self_rewarding_lm_pytorch.loop import TrainConfig, make_accelerator
+from self_rewarding_lm_pytorch.stages import dpo
+from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
+
+torch.set_num_threads(1)
+out, acc, tok = Path(sys.argv[1]), make_accelerator(dict(cpu=True)), ByteTokenizer()
+torch.manual_seed(0)
+model = TransformerWrapper(num_tokens=259, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2))
+records = [{"prompt": f"{i}?", "chosen": "yes" * (1 + i % 3), "rejected": "no" * (1 + i % 5)} for i in range(11)]
+pairs = dpo.encode_pairs(records, tok)
+fresh = dpo.compute_ref_logprobs(model, pairs, pad_id=tok.pad_id, progress=False)
+calls = []
+inner = dpo.compute_ref_logprobs
+dpo.compute_ref_logprobs = lambda ref, share, **kw: calls.append(len(share)) or inner(ref, share, **kw)
+dpo.train_dpo(model, records, tokenizer=tok, accelerator=acc, run_dir=out, config=TrainConfig(num_train_steps=2, batch_size=4, progress=False))
+acc.wait_for_everyone()
+stored = load_file(str(out / dpo.REF_LOGPROBS_FILE))["train"]
+report = {"world": acc.num_processes, "calls": calls, "diff": float((stored - fresh).abs().max()),
+          "sums": [float(p.detach().double().sum()) for p in model.parameters()]}
+(out / f"rank{acc.process_index}.json").write_text(json.dumps(report))
+'''
+
+
+def test_two_processes_split_the_reference_pass(tmp_path):
+    """Under `accelerate launch` (2 CPU processes, gloo) each process computes its share of the reference
+    log-probs (6 + 5 of 11 pairs); the gathered table equals a one-process computation and both
+    processes end with the same weights."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "two.py"
+    script.write_text(TWO_PROCESS_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           str(script), str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in reports] == [2, 2]
+    assert sorted(r["calls"][0] for r in reports) == [5, 6]
+    assert all(r["diff"] < 1e-5 for r in reports)
+    assert reports[0]["sums"] == reports[1]["sums"]

@@ -1,4 +1,5 @@
 import copy
+import json
 import math
 import pickle
 
@@ -152,6 +153,7 @@ def test_custom_parse_reward_goes_through_range():
     assert config.parse("x=9") is None  # out of range
     assert config.parse("no number") is None  # the parser's ValueError counts as unparsed
     assert RewardConfig("{{ prompt }}{{ response }}", "S {{ reward }}", parse_reward=lambda t: math.nan).parse("S 1") is None
+    assert RewardConfig("{{ prompt }}{{ response }}", "S {{ reward }}", parse_reward=lambda t: "high").parse("S 1") is None
 
 
 def test_default_prompt_is_short_and_renders():
@@ -168,6 +170,9 @@ def test_config_is_plain_data():
     for clone in (copy.deepcopy(config), pickle.loads(pickle.dumps(DEFAULT_REWARD_CONFIG))):
         assert clone.parse("Rating: 3 Score: 2") in (3.0, 2.0)
     assert copy.deepcopy(config) == config and config != DEFAULT_REWARD_CONFIG
+    listed = RewardConfig("{{ prompt }}{{ response }}", "S {{ reward }}", score_range=[0, 5])  # e.g. from JSON
+    assert listed.score_range == (0.0, 5.0) and hash(listed) == hash(listed)
+    assert json.loads(json.dumps(DEFAULT_REWARD_CONFIG.to_dict()))["score_range"] == [0.0, 5.0]
 
 
 def test_judge_scores_with_a_scripted_judge():

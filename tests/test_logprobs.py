@@ -68,6 +68,12 @@ def test_low_precision_logits_chunked_logsumexp(monkeypatch):
     assert out.dtype == torch.float32
     expected = sequence_logprobs(logits.float(), ids, is_response)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    # gradients through the checkpointed chunks equal those of the fp32 computation
+    low = logits.clone().requires_grad_(True)
+    high = logits.float().requires_grad_(True)
+    sequence_logprobs(low, ids, is_response).sum().backward()
+    sequence_logprobs(high, ids, is_response).sum().backward()
+    torch.testing.assert_close(low.grad.float(), high.grad, atol=1e-2, rtol=1e-2)
 
 
 def test_batch_with_different_prompt_lengths_equals_rows_alone(tiny_model):
@@ -118,3 +124,26 @@ def test_bad_inputs_raise(kwargs, error):
     args = dict(logits=logits, input_ids=ids, is_response=is_response) | kwargs
     with pytest.raises(error):
         sequence_logprobs(**args)
+
+
+def test_no_full_fp32_vocab_tensor_is_saved_for_backward(monkeypatch):
+    """With bf16 logits under autograd, nothing of fp32 with the size of the (b, n-1, v) logits may be
+    kept for backward, in total over all chunks (a log_softmax would keep exactly that; so would
+    logsumexp on fp32 chunk copies without the checkpoint)."""
+    monkeypatch.setattr(lp_module, "_FP32_CHUNK_ROWS", 4)
+    logits = torch.randn(2, 6, 50).bfloat16().requires_grad_(True)
+    ids = torch.randint(0, 50, (2, 6))
+    is_response = torch.ones(2, 6, dtype=torch.bool)
+    is_response[:, 0] = False
+    saved = []
+
+    def pack(t):
+        saved.append((t.dtype, t.numel()))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = sequence_logprobs(logits, ids, is_response)
+    full = 2 * 5 * 50
+    assert sum(n for dtype, n in saved if dtype == torch.float32) < full // 4  # only (b, n)-sized fp32 tensors
+    out.sum().backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad.float()).all()

@@ -263,9 +263,39 @@ def test_make_accelerator_reuses_and_refuses_accumulation():
     assert make_accelerator(dict(cpu=True)) is make_accelerator(dict(cpu=True))
     with pytest.raises(ValueError, match="grad_accum_steps"):
         make_accelerator(dict(cpu=True, gradient_accumulation_steps=2))
+    # accelerate 1.15 keeps one process-wide state: a second precision setting is a clear error
+    with pytest.raises(ValueError, match="cannot create an Accelerator"):
+        make_accelerator(dict(cpu=True, mixed_precision="bf16"))
 
 
 def test_total_steps_from_epochs():
     assert TrainConfig(batch_size=4, grad_accum_steps=2).total_steps(20) == math.ceil(20 / 8)
     assert TrainConfig(num_epochs=2.5, batch_size=4).total_steps(10) == math.ceil(25 / 4)
     assert TrainConfig(num_train_steps=7).total_steps(1000) == 7
+
+
+def test_tensorboard_requested_but_missing_still_logs_jsonl(tmp_path, accelerator, caplog):
+    """tensorboard is not installed here: asking for it warns and metrics.jsonl is still written."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+        pytest.skip("tensorboard is installed; the fallback path is not reachable")
+    except ImportError:
+        pass
+    config = TrainConfig(num_train_steps=2, batch_size=4, log_every=1, tensorboard=True, progress=False)
+    with caplog.at_level("WARNING"):
+        train(make_model(), RegressionTask(), make_data(), config, accelerator=accelerator, run_dir=tmp_path)
+    assert "tensorboard" in caplog.text
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+
+
+def test_task_valid_step_is_used_and_weighted_by_items(accelerator):
+    """valid_step's per-batch metrics are averaged weighted by batch size: 5 items in batches of 4 and 1,
+    metric = batch size, so the mean is (4*4 + 1*1) / 5 = 3.4."""
+
+    class Sized(RegressionTask):
+        def valid_step(self, model, batch):
+            return {"size": torch.tensor(float(len(batch["x"])))}
+
+    config = TrainConfig(num_train_steps=1, batch_size=4, progress=False)
+    result = train(make_model(), Sized(), make_data(), config, accelerator=accelerator, valid_dataset=make_data(5))
+    assert result.history[-1] == {"step": 1, "valid/size": pytest.approx(3.4)}

@@ -7,18 +7,19 @@ import pytest
 import torch
 from x_transformers import Decoder, TransformerWrapper
 
+from self_rewarding_lm_pytorch.checkpoint import load_model
+from self_rewarding_lm_pytorch.data import read_jsonl
+from self_rewarding_lm_pytorch.judge import RewardConfig
+from self_rewarding_lm_pytorch.loop import make_accelerator
 from self_rewarding_lm_pytorch.ppo import PPOConfig, PPOTrainer
-from self_rewarding_lm_pytorch.ppo_model import (
-    RunningMoments,
-    ValueHeadModel,
-    assemble_rollouts,
-    per_token_rewards,
-    token_entropy,
-)
-from self_rewarding_lm_pytorch.tokenizer import CallableTokenizer
+from self_rewarding_lm_pytorch.ppo_model import RunningMoments, ValueHeadModel, assemble_rollouts, per_token_rewards, token_entropy
+from self_rewarding_lm_pytorch.reward_model import RewardModel
+from self_rewarding_lm_pytorch.stages.base import StageContext
+from self_rewarding_lm_pytorch.stages.ppo import PPOStageConfig
+from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer, CallableTokenizer
 
 # The toy task: a 6-token vocabulary, queries of one token, and a reward that is the fraction of
-# token 3 in the response. An untrained policy emits it ~1/6 of the time.
+# token 3 in the response (an untrained policy scores about 0.2-0.35).
 VOCAB, TARGET = 6, 3
 
 
@@ -50,8 +51,7 @@ def run_toy(config, steps, seed=0):
 
 
 def mean_of(history, key, sl):
-    values = [h[key] for h in history[sl]]
-    return sum(values) / len(values)
+    return sum(h[key] for h in history[sl]) / len(history[sl])
 
 
 # --- config ---
@@ -160,7 +160,6 @@ def test_value_head_save_loads_into_plain_transformer(tiny_model, tmp_path):
     model.save(tmp_path)
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "value_head.safetensors").exists()
 
-    from self_rewarding_lm_pytorch.checkpoint import load_model
 
     torch.manual_seed(123)
     plain = TransformerWrapper(num_tokens=259, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2))
@@ -182,11 +181,64 @@ def test_step_rejects_bad_scores():
     trainer = PPOTrainer(toy_model(), config=PPOConfig(batch_size=2, mini_batch_size=2), tokenizer=toy_tokenizer())
     queries, responses = toy_queries(2), [torch.tensor([2, 3]), torch.tensor([4])]
     with pytest.raises(ValueError, match="finite"):
-        trainer.step(queries, responses, [1.0, float("nan")])
+        trainer.step(queries, responses, [1.0, float("inf")])
     with pytest.raises(ValueError, match="1 scores for 2 rollouts"):
         trainer.step(queries, responses, [1.0])
     with pytest.raises(ValueError, match="max_seq_len"):
         trainer.step(queries, [torch.ones(20, dtype=torch.long)] * 2, [1.0, 1.0])
+
+
+def test_scores_are_normalised_by_running_moments_then_clipped():
+    """Step 1 scores (1, 3): running mean 2, std 1 -> (-1, 1), mean 0.
+    Step 2 scores (5, 7): the stream 1 3 5 7 has mean 4, std sqrt(5) -> (0.447, 1.342), clipped at 1 -> (0.447, 1.0),
+    mean 0.7236. The raw mean is logged as ppo/mean_scores."""
+    config = PPOConfig(batch_size=2, mini_batch_size=2, ppo_epochs=1, reward_norm=True, reward_clip=1.0)
+    trainer = PPOTrainer(toy_model(), config=config, tokenizer=toy_tokenizer())
+    queries, responses = toy_queries(2), [torch.tensor([2, 3]), torch.tensor([4])]
+    first = trainer.step(queries, responses, [1.0, torch.tensor(3.0)])
+    second = trainer.step(queries, responses, torch.tensor([5.0, 7.0]))
+    assert first["ppo/mean_processed_scores"] == pytest.approx(0.0, abs=1e-6)
+    assert second["ppo/mean_processed_scores"] == pytest.approx((1 / math.sqrt(5) + 1.0) / 2, rel=1e-5)
+    assert second["ppo/mean_scores"] == pytest.approx(6.0)
+
+
+def test_padding_after_eos_changes_nothing():
+    """The same rollouts given trimmed, or padded after their EOS as a batched sampler returns them,
+    train two identically seeded trainers to identical weights."""
+    tok = CallableTokenizer(lambda s: [], lambda ids: "", pad_id=0, eos_id=5)
+    queries = [torch.tensor([1, 2]), torch.tensor([3])]
+    trimmed = [torch.tensor([3, 5]), torch.tensor([4, 4, 3, 5])]
+    padded = [torch.tensor([3, 5, 0, 0, 0]), torch.tensor([4, 4, 3, 5, 0])]  # pad id 0 after each EOS (5)
+    states = []
+    for responses in (trimmed, padded):
+        trainer = PPOTrainer(toy_model(), config=PPOConfig(batch_size=2, mini_batch_size=1, ppo_epochs=2, learning_rate=1e-3), tokenizer=tok)
+        stats = trainer.step(queries, responses, [1.0, -1.0])
+        states.append((trainer.policy.state_dict(), stats["tokens/responses_len_mean"]))
+    assert states[0][1] == states[1][1] == 3.0
+    for k, v in states[0][0].items():
+        torch.testing.assert_close(states[1][0][k], v, msg=k)
+
+
+def test_unscored_rollout_is_masked_out():
+    """One minibatch per epoch: rollouts (A, B, C) with C's score NaN train exactly as (A, B) alone."""
+    queries = [torch.tensor([1]), torch.tensor([2]), torch.tensor([4])]
+    responses = [torch.tensor([3, 3, 2]), torch.tensor([4, 5]), torch.tensor([1, 2, 3, 4, 5, 1])]
+    runs = []
+    for n, scores in ((3, [1.0, -0.5, float("nan")]), (2, [1.0, -0.5])):
+        trainer = PPOTrainer(toy_model(), config=PPOConfig(batch_size=n, mini_batch_size=n, ppo_epochs=2, learning_rate=1e-3), tokenizer=toy_tokenizer())
+        runs.append((trainer.step(queries[:n], responses[:n], scores), trainer.policy.state_dict()))
+    (with_nan, weights_nan), (without, weights) = runs
+    assert with_nan["ppo/num_unscored"] == 1 and without["ppo/num_unscored"] == 0
+    for key in ("objective/kl", "ppo/mean_scores", "ppo/loss/total", "ppo/returns/mean", "tokens/responses_len_mean"):
+        assert with_nan[key] == pytest.approx(without[key], rel=1e-5, abs=1e-6), key
+    for k, v in weights.items():
+        torch.testing.assert_close(weights_nan[k], v, msg=k)
+
+
+def test_k3_kl_estimate_is_never_negative():
+    config = PPOConfig(batch_size=8, mini_batch_size=4, ppo_epochs=2, learning_rate=3e-3, kl_estimator="k3", init_kl_coef=0.01, adap_kl_ctrl=False)
+    _, history = run_toy(config, steps=5)
+    assert all(h["objective/kl"] >= 0 for h in history) and history[-1]["objective/kl"] > 0
 
 
 def test_generate_returns_responses_without_prompt():
@@ -196,6 +248,18 @@ def test_generate_returns_responses_without_prompt():
     assert [r.shape for r in responses] == [(5,), (5,)]
     full = trainer.generate(queries, max_new_tokens=3, return_prompt=True)
     assert full[0][:2].tolist() == [1, 2] and full[1][:1].tolist() == [4] and [len(f) for f in full] == [5, 4]
+
+
+def test_trl_quick_start_runs_as_written(tiny_model):
+    """Steps 3-6 of TRL's PPO quick start with its Hugging Face generation kwargs, batch size 1."""
+    tok = ByteTokenizer()
+    ppo_trainer = PPOTrainer(tiny_model, None, PPOConfig(**{"mini_batch_size": 1, "batch_size": 1}), tok)
+    query_tensor = torch.tensor([tok.encode("This morning I went to the ")])
+    generation_kwargs = {"min_length": -1, "top_k": 0.0, "top_p": 1.0, "do_sample": True, "pad_token_id": tok.eos_id, "max_new_tokens": 20}
+    response_tensor = ppo_trainer.generate([item for item in query_tensor], return_prompt=False, **generation_kwargs)
+    assert 1 <= len(response_tensor[0]) <= 20 and isinstance(tok.decode(response_tensor[0]), str)
+    train_stats = ppo_trainer.step([query_tensor[0]], [response_tensor[0]], [torch.tensor(1.0)])
+    assert train_stats["ppo/mean_scores"] == 1.0 and math.isfinite(train_stats["ppo/loss/total"])
 
 
 def test_value_loss_falls_on_a_fixed_batch():
@@ -274,3 +338,113 @@ def test_adaptive_kl_coef_follows_the_target():
     trainer, history = run_toy(config, steps=6)
     coefs = [h["objective/kl_coef"] for h in history]
     assert coefs[0] == pytest.approx(0.1) and coefs[-1] > coefs[0] and trainer.kl_ctl.value > coefs[-1]
+
+
+# --- the pipeline stage ---
+
+
+def stage_context(model, tmp_path, *, resume=False, reward_config=None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return StageContext(model=model, tokenizer=ByteTokenizer(), accelerator=make_accelerator(), stage_dir=tmp_path,
+                        seed=7, resume=resume, reward_config=reward_config, progress=False)
+
+
+def fraction_ascii(prompts, responses):
+    """A reward an untrained byte model gets about half of, so rollouts differ from the start."""
+    return [sum(c.isascii() for c in r) / max(len(r), 1) for r in responses]
+
+
+STAGE_PPO = PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, learning_rate=1e-3)
+
+
+def test_stage_config_validation():
+    assert PPOStageConfig(["x"], ppo={"batch_size": 2, "mini_batch_size": 1}).ppo == PPOConfig(batch_size=2, mini_batch_size=1)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        PPOStageConfig(["x"], ppo={"batchsize": 2})
+    with pytest.raises(TypeError, match="reward must be"):
+        PPOStageConfig(["x"], reward=42)
+    with pytest.raises(ValueError, match="num_ppo_steps"):
+        PPOStageConfig(["x"], num_ppo_steps=0)
+
+
+def test_stage_with_callable_reward_trains_in_place_and_logs(tiny_model, tmp_path):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    stage = PPOStageConfig(["ab", "cd", {"prompt": "ef"}], num_ppo_steps=3, reward=fraction_ascii, ppo=STAGE_PPO, max_new_tokens=6)
+    summary = stage.run(stage_context(tiny_model, tmp_path))
+    assert summary["steps"] == 3 and math.isfinite(summary["kl_last"])
+    assert any(not torch.equal(v, tiny_model.state_dict()[k]) for k, v in before.items())
+    metrics = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3] and all("ppo/loss/total" in m for m in metrics)
+    rollouts = read_jsonl(tmp_path / "rollouts.jsonl")
+    assert len(rollouts) == 12 and {r["prompt"] for r in rollouts} <= {"ab", "cd", "ef"}
+    assert [r["score"] for r in rollouts] == pytest.approx(fraction_ascii(None, [r["response"] for r in rollouts]))
+    assert (tmp_path / "value_head.safetensors").exists()
+
+
+def test_stage_self_judge_scores_and_drops_unparsed(tiny_model, tmp_path):
+    """The self-judge path: the policy judges its own rollouts via `judge_scores`. A judgment that
+    parses scores the rollout; when none parses, every rollout is unscored (null), none trains."""
+
+    stage = PPOStageConfig(["ab", "cd"], num_ppo_steps=1, ppo=STAGE_PPO, max_new_tokens=4, num_judgments=2, judge_max_new_tokens=3)
+    judge = RewardConfig("J: {{ prompt }}|{{ response }}\n", "Score: {{ reward }}", parse_reward=lambda text: float(len(text)))
+    stage.run(stage_context(tiny_model, tmp_path / "scored", reward_config=judge))
+    (record,) = read_jsonl(tmp_path / "scored" / "metrics.jsonl")
+    assert record["ppo/num_unscored"] == 0 and "ppo/loss/total" in record
+
+    never = RewardConfig("J: {{ prompt }}|{{ response }}\n", "Score: {{ reward }}", parse_reward=lambda text: None)
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    stage.run(stage_context(tiny_model, tmp_path / "unscored", reward_config=never))
+    (record,) = read_jsonl(tmp_path / "unscored" / "metrics.jsonl")
+    assert record["ppo/num_unscored"] == 4 and "ppo/loss/total" not in record
+    assert all(r["score"] is None for r in read_jsonl(tmp_path / "unscored" / "rollouts.jsonl"))
+    assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in before.items())
+
+
+class CrashAfter:
+    """fraction_ascii that raises on its `n`-th call: a run killed mid-stage."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def __call__(self, prompts, responses):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt("simulated crash")
+        return fraction_ascii(prompts, responses)
+
+
+def test_stage_resume_matches_uninterrupted(tmp_path):
+    """4 steps with a checkpoint every 2: crash in step 3, rerun with resume -> the same weights and
+    the same logged stats as a run that was never interrupted."""
+
+    def model():
+        torch.manual_seed(0)
+        return TransformerWrapper(num_tokens=259, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2))
+
+    common = dict(num_ppo_steps=4, ppo=STAGE_PPO, max_new_tokens=6, checkpoint_every=2)
+    straight = model()
+    PPOStageConfig(["ab", "cd", "ef"], reward=fraction_ascii, **common).run(stage_context(straight, tmp_path / "a"))
+
+    crashed = model()
+    with pytest.raises(KeyboardInterrupt):
+        PPOStageConfig(["ab", "cd", "ef"], reward=CrashAfter(3), **common).run(stage_context(crashed, tmp_path / "b"))
+    resumed = model()  # the pipeline reloads the stage's starting weights before resuming
+    summary = PPOStageConfig(["ab", "cd", "ef"], reward=fraction_ascii, **common).run(stage_context(resumed, tmp_path / "b", resume=True))
+    assert summary["resumed_from_step"] == 2
+    for k, v in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=1e-5, atol=1e-5, msg=k)
+    untimed = lambda path: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_jsonl(path)]
+    a, b = untimed(tmp_path / "a" / "metrics.jsonl"), untimed(tmp_path / "b" / "metrics.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        assert ra == pytest.approx(rb, rel=1e-5, abs=1e-6)
+    assert read_jsonl(tmp_path / "a" / "rollouts.jsonl") == read_jsonl(tmp_path / "b" / "rollouts.jsonl")
+
+
+def test_stage_with_reward_model_scores_through_it(tiny_model, tmp_path):
+    torch.manual_seed(1)
+    reward_model = RewardModel(num_tokens=259, max_seq_len=64, dim=16, depth=1, heads=2, tokenizer=ByteTokenizer())
+    PPOStageConfig(["ab", "cd"], num_ppo_steps=1, reward=reward_model, ppo=STAGE_PPO, max_new_tokens=4).run(stage_context(tiny_model, tmp_path))
+    rollouts = read_jsonl(tmp_path / "rollouts.jsonl")
+    expected = reward_model.score([r["prompt"] for r in rollouts], [r["response"] for r in rollouts]).tolist()
+    assert [r["score"] for r in rollouts] == pytest.approx(expected, abs=1e-5)

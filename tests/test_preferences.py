@@ -88,6 +88,18 @@ def test_garbage_judge_gives_zero_pairs_without_crashing(tmp_path):
     assert read_jsonl(tmp_path / "pairs.jsonl") == [] and len(read_jsonl(tmp_path / "candidates.jsonl")) == 5
 
 
+def test_empty_candidates_are_not_judged_nor_paired(tmp_path):
+    """Candidates '', 'A' or 'DDDD': an empty one (EOS at once) gets no judgments and no score."""
+    model = ScriptedModel(TOK, lambda prefix: script(prefix) if prefix.startswith("J ") else ["", "A", "DDDD"], max_seq_len=64)
+    result = run([f"p{i}|" for i in range(4)], tmp_path, model=model)
+    cands = [c for rec in read_jsonl(tmp_path / "candidates.jsonl") for c in rec["candidates"]]
+    empty = [c for c in cands if c["response"] == ""]
+    assert empty and all(c["judgments"] == [] and c["score"] is None for c in empty)
+    assert result.stats["candidates_empty"] == len(empty)
+    assert result.stats["judgments"] == 3 * (len(cands) - len(empty))
+    assert result.records and all(r["chosen"] == "DDDD" and r["rejected"] == "A" for r in result.records)
+
+
 def test_stops_when_enough_pairs(tmp_path):
     result = run([f"p{i}|" for i in range(20)], tmp_path, num_pairs=2, chunk_size=1)
     assert result.stats["stop_reason"] == "enough_pairs" and len(result.records) == 2

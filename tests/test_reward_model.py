@@ -1,11 +1,10 @@
 import json
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from self_rewarding_lm_pytorch.data import collate_examples, encode_example
+from self_rewarding_lm_pytorch.data import encode_example
 from self_rewarding_lm_pytorch.reward_model import (
     RankingTask,
     RewardModel,
@@ -39,6 +38,19 @@ def test_encoder_mean_pool_ignores_padding():
     a = rm(ids, mask=mask)
     b = rm(ids[:, :3], mask=mask[:, :3])
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_wraps_a_given_network(tmp_path):
+    from x_transformers import Encoder, TransformerWrapper
+
+    torch.manual_seed(0)
+    net = TransformerWrapper(num_tokens=259, max_seq_len=32, attn_layers=Encoder(dim=16, depth=1, heads=2))
+    rm = RewardModel(net=net)
+    assert not rm.causal and rm.score(["a", "b"], ["c", "d"]).shape == (2,)
+    with pytest.raises(ValueError, match="not both"):
+        RewardModel(num_tokens=259, net=net)
+    with pytest.raises(ValueError, match="from_pretrained|net="):
+        RewardModel.from_pretrained(rm.save(tmp_path / "rm.safetensors"))
 
 
 def test_score_on_strings_and_call_forms_agree():
@@ -148,14 +160,31 @@ def test_each_output_encoded_once_per_step():
     assert rows == [4 + 3 + 2]  # one forward, one row per output; the pairs would be 6 + 3 + 1 = 10
 
 
+def test_trainer_encodes_each_output_once_per_step(tmp_path):
+    pytest.importorskip("self_rewarding_lm_pytorch.loop")
+    rm = tiny_rm()
+    rows = []
+    rm.net.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
+    recs = [{"prompt": "p", "ranked_outputs": ["a", "b", "c", "d"]},   # K=4 > max_ranks 3: 3 rows
+            {"prompt": "q", "ranked_outputs": ["e", "f", "g"]},
+            {"prompt": "r", "ranked_outputs": ["h", "i"]}]
+    result = RewardModelTrainer(rm, None, recs, valid_data=recs, max_ranks_per_batch=3, batch_size=3,
+                                num_train_steps=2, valid_every=2, log_every=1, progress=False,
+                                accelerate_kwargs=dict(cpu=True), checkpoint_folder=tmp_path)()
+    assert rows[:2] == [3 + 3 + 2] * 2  # training steps; validation follows
+    valid = [r for r in result.history if "valid/rewards/accuracies" in r]
+    assert valid and "valid/rewards/margins" in valid[0]
+
+
 def test_pairwise_metrics_by_hand():
-    """Rewards [3, 1, 2] best first: pairs (3-1)=2 right, (3-2)=1 right, (1-2)=-1 wrong -> acc 2/3,
-    margin 2/3. Second row [0, 5, pad]: one pair, 0-5=-5 wrong. Total acc 2/4, margin (2-5)/4."""
+    """Row [3, 1, 2] best first: pairs 3-1=2 right, 3-2=1 right, 1-2=-1 wrong -> acc 2/3, margin 2/3.
+    Row [0, 5, pad]: one pair, 0-5=-5 wrong -> acc 0, margin -5. Means over records: acc 1/3,
+    margin (2/3 - 5) / 2 = -13/6."""
     rewards = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 99.0]])
     mask = torch.tensor([[True, True, True], [True, True, False]])
     acc, margin = pairwise_metrics(rewards, mask)
-    assert acc.item() == pytest.approx(0.5)
-    assert margin.item() == pytest.approx((2 + 1 - 1 - 5) / 4)
+    assert acc.item() == pytest.approx(1 / 3)
+    assert margin.item() == pytest.approx(-13 / 6)
 
 
 def _ranking_records(n, seed):
@@ -209,3 +238,6 @@ def test_trainer_rejects_unknown_arguments_and_bad_data():
         RewardModelTrainer(rm, None, [{"prompt": "p", "ranked_outputs": ["a", "b"]}], num_steps=3)
     with pytest.raises(ValueError, match="record 0"):
         RewardModelTrainer(rm, None, [{"prompt": "p", "ranked_outputs": ["a"]}])
+    with pytest.raises(ValueError, match="valid_data record 1: its prompt leaves no room"):
+        ok = {"prompt": "p", "ranked_outputs": ["a", "b"]}
+        RewardModelTrainer(rm, None, [ok], valid_data=[ok, {"prompt": "x" * 48, "ranked_outputs": ["a", "b"]}])

@@ -17,6 +17,11 @@ from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
 TOK = ByteTokenizer()
 
 
+def train_records(result):
+    """The loop's logged training records (validation records carry only "valid/" keys)."""
+    return [r for r in result.history if "loss" in r]
+
+
 def sft_items(n=8):
     """A fixed, learnable SFT set: the answer spells out the prompt's digit."""
     words = ["zero", "one", "two", "three", "four", "five", "six", "seven"]
@@ -108,8 +113,8 @@ def test_an_iteration_raises_real_over_generated_likelihood(tiny_model, tmp_path
     assert len(generated) == 8 and all(1 <= len(g) <= 16 - len(p) for g, (p, _) in zip(generated, examples))
     before, after = margins(initial, examples, generated), margins(tiny_model, examples, generated)
     assert bool((after > before + 1.0).all()), (before, after)
-    assert result.train_records()[-1]["rewards/accuracies"] == 1.0
-    assert {"rewards/real", "rewards/generated", "logps/real", "logps/generated"} <= set(result.train_records()[0])
+    assert train_records(result)[-1]["rewards/accuracies"] == 1.0
+    assert {"rewards/real", "rewards/generated", "logps/real", "logps/generated"} <= set(train_records(result)[0])
     records = read_jsonl(tmp_path / "synthetic.jsonl")
     assert [r["generated"] for r in records] == generated
     assert [(r["prompt"], r["real"]) for r in records] == [tuple(e) for e in examples]
@@ -195,7 +200,7 @@ def test_live_reference_spin_matches_precomputed(tiny_model, tmp_path):
         result, _ = train_spin_iteration(model, sft_items(8), tokenizer=TOK, accelerator=make_accelerator(),
                                          run_dir=tmp_path / str(precompute), config=config(num_train_steps=5),
                                          max_seq_len=16, precompute_ref_logprobs=precompute)
-        losses[precompute] = torch.tensor([r["loss"] for r in result.train_records()])
+        losses[precompute] = torch.tensor([r["loss"] for r in train_records(result)])
     torch.testing.assert_close(losses[True], losses[False], atol=1e-5, rtol=0)
 
 
@@ -215,5 +220,11 @@ def test_resume_mid_iteration_reuses_samples_and_reference(tiny_model, tmp_path,
     monkeypatch.setattr(dpo, "compute_ref_logprobs", lambda *a, **k: pytest.fail("recomputed the reference"))
     result, again = train_spin_iteration(tiny_model, sft_items(8), config=config(num_train_steps=6), resume=True, **run)
     assert again == generated == straight_generated and result.steps == 6
-    torch.testing.assert_close(torch.tensor([r["loss"] for r in result.train_records()]),
-                               torch.tensor([r["loss"] for r in straight_result.train_records()]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in train_records(result)]),
+                               torch.tensor([r["loss"] for r in train_records(straight_result)]), atol=1e-5, rtol=0)
+
+
+def test_ids_outside_the_vocabulary_are_an_error_naming_the_item(seed_model, tmp_path):
+    items = [(torch.tensor([1, 2, 3]), torch.tensor(1)), (torch.tensor([1, 300, 3]), torch.tensor(1))]
+    with pytest.raises(SFTRecordError, match=r"SFT item 1 has token ids outside the model's vocabulary \[0, 256\)"):
+        SPINTrainer(seed_model, items, max_seq_len=8, checkpoint_folder=tmp_path)

@@ -112,3 +112,17 @@ def test_bad_arguments(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="returned"):
         generate_synthetic_dataset(tiny_model, ["a"], lambda p, r: [1.0], out=tmp_path / "x.jsonl", n=2,
                                    generation_config=CFG, progress=False)
+
+
+def test_reward_model_scorer_and_dataset_prompts(tiny_model, tmp_path):
+    from self_rewarding_lm_pytorch.data import create_mock_dataset
+    from self_rewarding_lm_pytorch.reward_model import RewardModel
+
+    torch.manual_seed(0)
+    rm = RewardModel(num_tokens=259, max_seq_len=64, dim=16, depth=1, heads=2)
+    out = tmp_path / "syn.jsonl"
+    generate_synthetic_dataset(tiny_model, create_mock_dataset(2, "mock prompt"), rm, out=out, n=3,
+                               generation_config=CFG, progress=False)
+    for rec in read_jsonl(out):
+        assert rec["score"] == pytest.approx(rm.score([rec["prompt"]], [rec["response"]]).item(), abs=1e-5)
+        assert rec["score"] >= max(rec["discarded_scores"])

@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 
 from ..data import ListDataset, atomic_write_bytes, collate_examples, encode_example
 from ..logprobs import sequence_logprobs
+from ..loop import TrainConfig, TrainResult, make_accelerator, train
 from ..losses import DPO_LOSS_TYPES, dpo_loss, sft_loss
-from ..tokenizer import ByteTokenizer, CallableTokenizer, as_tokenizer, to_id_list
+from ..tokenizer import ByteTokenizer, CallableTokenizer, as_tokenizer
 
 __all__ = [
     "DPO_LOSS_TYPES",
@@ -104,8 +105,13 @@ def _show(record, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def encode_pairs(records: Sequence | Dataset, tokenizer, *, max_seq_len: int | None = None) -> list[dict]:
-    """Each record as {"chosen": (ids, prompt_len), "rejected": (ids, prompt_len)}, checked early."""
+def encode_pairs(records: Sequence | Dataset, tokenizer, *, max_seq_len: int | None = None,
+                 num_tokens: int | None = None) -> list[dict]:
+    """Each record as {"chosen": (ids, prompt_len), "rejected": (ids, prompt_len)}, checked early.
+
+    `num_tokens` (the model's vocabulary) turns an out-of-range id into an error naming the record
+    instead of an index error deep inside the embedding.
+    """
     pairs = []
     for index in range(len(records)):  # by index: map-style Datasets need not be iterable
         prompt, chosen, rejected = normalize_preference(records[index], index)
@@ -118,6 +124,13 @@ def encode_pairs(records: Sequence | Dataset, tokenizer, *, max_seq_len: int | N
             )
         except (ValueError, TypeError) as e:
             raise PreferenceRecordError(f"preference record {index}: {e}") from None
+        for side in ("chosen", "rejected"):
+            ids, prompt_len = pairs[-1][side]
+            if len(ids) == prompt_len:
+                raise PreferenceRecordError(f"preference record {index}: the {side} response encodes to no tokens")
+            if num_tokens is not None and not 0 <= min(ids) <= max(ids) < num_tokens:
+                raise PreferenceRecordError(f"preference record {index}: {side} has token ids outside the model's "
+                                            f"vocabulary [0, {num_tokens}) (min {min(ids)}, max {max(ids)})")
         if pairs[-1]["chosen"][1] == 0:
             raise PreferenceRecordError(f"preference record {index}: the prompt is empty (the first response token "
                                         "would have nothing predicting it; start prompts with a BOS token)")
@@ -180,9 +193,13 @@ def _pairs_digest(pairs: Sequence[dict]) -> str:
 
 def load_or_compute_ref_logprobs(
     ref_model: nn.Module, splits: dict[str, list[dict]], *, run_dir: Path | None, resume: bool,
-    pad_id: int, batch_size: int, progress: bool, is_main_process: bool = True,
+    pad_id: int, batch_size: int, progress: bool, accelerator=None,
 ) -> dict[str, Tensor]:
-    """Reference log-probs per split, reused from `run_dir` on resume (the policy has moved since)."""
+    """Reference log-probs per split, reused from `run_dir` on resume (the policy has moved since).
+
+    With several processes each computes an interleaved share of the pairs and all of them gather
+    the whole table; only the main process writes the file.
+    """
     from safetensors.torch import load_file, save
 
     digest = hashlib.sha256("".join(_pairs_digest(splits[k]) + k for k in sorted(splits)).encode()).hexdigest()
@@ -195,10 +212,25 @@ def load_or_compute_ref_logprobs(
         if stored_digest != digest:
             raise ValueError(f"{path} was computed for different pairs; cannot resume this run with new data")
         return load_file(str(path))
-    out = {k: compute_ref_logprobs(ref_model, v, pad_id=pad_id, batch_size=batch_size, progress=progress)
-           for k, v in splits.items()}
-    if path is not None and is_main_process:
+    compute = partial(compute_ref_logprobs, ref_model, pad_id=pad_id, batch_size=batch_size, progress=progress)
+    out = {k: _sharded(compute, v, accelerator) for k, v in splits.items()}
+    if path is not None and (accelerator is None or accelerator.is_main_process):
         atomic_write_bytes(path, save(out, metadata={"digest": digest, "reduction": "sum"}))
+    return out
+
+
+def _sharded(compute: Callable, pairs: list[dict], accelerator) -> Tensor:
+    """compute(pairs) -> (N, 2), split over the processes: rank r takes pairs r, r + N, ... (balanced lengths)."""
+    world = 1 if accelerator is None else accelerator.num_processes
+    if world == 1:
+        return compute(pairs)
+    from accelerate.utils import gather_object
+
+    mine = list(range(accelerator.process_index, len(pairs), world))
+    values = compute([pairs[i] for i in mine]) if mine else torch.empty(0, 2)
+    out = torch.empty(len(pairs), 2, dtype=torch.float32)
+    for indices, rows in gather_object([(mine, values.tolist())]):  # python floats hold float32 exactly
+        out[indices] = torch.tensor(rows, dtype=torch.float32).reshape(-1, 2)
     return out
 
 
@@ -220,14 +252,16 @@ class PairTask:
         return collate_pairs(items, self.pad_id)
 
     def step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        policy_a, policy_b, logits = pair_logprobs(model, batch)
         if "ref_chosen" in batch:
             ref_a, ref_b = batch["ref_chosen"], batch["ref_rejected"]
         elif self.ref_model is not None:
+            # The reference runs first: its temporaries are freed before the policy's activations
+            # (kept for backward) pile up, so the step's peak memory is not the sum of both.
             with torch.no_grad():
                 ref_a, ref_b, _ = pair_logprobs(self.ref_model, batch)
         else:
             raise RuntimeError("PairTask has neither stored reference log-probs nor a reference model")
+        policy_a, policy_b, logits = pair_logprobs(model, batch)
         losses, rewards_a, rewards_b = self.pair_loss(policy_a, policy_b, ref_a.to(policy_a), ref_b.to(policy_a))
         loss = losses.mean()
         a, b = self.names
@@ -270,21 +304,20 @@ def train_pairs(
     model: nn.Module, pairs: list[dict], make_task: Callable[..., PairTask], *, pad_id: int, accelerator,
     run_dir, config, ref_model: nn.Module | None = None, precompute_ref_logprobs: bool = True,
     resume: bool = False, valid_pairs: list[dict] | None = None, desc: str = "dpo", saved_config: dict | None = None,
-):
+) -> TrainResult:
     """Train `model` in place on encoded pairs; the reference is `ref_model` or the policy as it is now.
 
     With precomputed reference log-probs the reference is only used before training (no copy of the
     policy is made when it is the policy itself); otherwise a frozen copy runs in every step.
     """
-    from ..loop import train
 
     splits = {"train": pairs} | ({"valid": valid_pairs} if valid_pairs else {})
     if precompute_ref_logprobs:
         ref = ref_model if ref_model is not None else model
         ref_logps = load_or_compute_ref_logprobs(
             ref.to(accelerator.device), splits, run_dir=run_dir, resume=resume, pad_id=pad_id,
-            batch_size=2 * config.batch_size, progress=config.progress,
-            is_main_process=accelerator.is_main_process,
+            batch_size=2 * config.batch_size, progress=config.progress and accelerator.is_main_process,
+            accelerator=accelerator,
         )
         splits = {k: [p | {"ref": tuple(r.tolist())} for p, r in zip(v, ref_logps[k])] for k, v in splits.items()}
         task = make_task(ref_model=None)
@@ -300,19 +333,20 @@ def train_pairs(
 
 @beartype
 def train_dpo(
-    model: nn.Module, records: Sequence | Dataset, *, tokenizer, accelerator, run_dir: str | Path | None, config,
+    model: nn.Module, records: Sequence | Dataset, *, tokenizer, accelerator, run_dir: str | Path | None, config: TrainConfig,
     beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0, sft_weight: float = 0.0,
     ref_model: nn.Module | None = None, precompute_ref_logprobs: bool = True, resume: bool = False,
     max_seq_len: int | None = None, valid_records: Sequence | Dataset | None = None,
-):
+) -> TrainResult:
     """DPO on preference records for the pipeline; the reference is the policy as it is on entry.
 
     Returns the loop's `TrainResult`. `model` is trained in place.
     """
     _check_dpo_args(beta, loss_type, label_smoothing, sft_weight)
     tokenizer = default_tokenizer(model, tokenizer)
-    pairs = encode_pairs(records, tokenizer, max_seq_len=max_seq_len)
-    valid_pairs = encode_pairs(valid_records, tokenizer, max_seq_len=max_seq_len) if valid_records else None
+    encode = partial(encode_pairs, tokenizer=tokenizer, **_limits(model, max_seq_len))
+    pairs = encode(records)
+    valid_pairs = encode(valid_records) if valid_records else None
     make_task = partial(DPOTask, pad_id=tokenizer.pad_id, beta=beta, loss_type=loss_type,
                         label_smoothing=label_smoothing, sft_weight=sft_weight)
     return train_pairs(model, pairs, make_task, pad_id=tokenizer.pad_id, accelerator=accelerator,
@@ -321,6 +355,12 @@ def train_dpo(
                        valid_pairs=valid_pairs, desc="dpo", saved_config=_dpo_record(
                            beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, sft_weight=sft_weight,
                            precompute_ref_logprobs=precompute_ref_logprobs, max_seq_len=max_seq_len))
+
+
+def _limits(model: nn.Module, max_seq_len: int | None) -> dict:
+    """Length and vocabulary limits of the model; sequences default to its max_seq_len (absolute positions)."""
+    return {"max_seq_len": max_seq_len if max_seq_len is not None else getattr(model, "max_seq_len", None),
+            "num_tokens": getattr(model, "num_tokens", None)}
 
 
 def _dpo_record(**settings) -> dict:
@@ -343,13 +383,12 @@ class DPOTrainer:
         valid_data: Sequence | Dataset | None = None, accelerator=None, accelerate_kwargs: dict | None = None,
         checkpoint_folder: str | Path | None = None, resume: bool = False, **train_config,
     ):
-        from ..loop import TrainConfig
-
         _check_dpo_args(beta, loss_type, label_smoothing, sft_weight)
         self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
         self.model, self.tokenizer = model, default_tokenizer(model, tokenizer)
-        self.pairs = encode_pairs(train_data, self.tokenizer, max_seq_len=max_seq_len)
-        self.valid_pairs = encode_pairs(valid_data, self.tokenizer, max_seq_len=max_seq_len) if valid_data else None
+        encode = partial(encode_pairs, tokenizer=self.tokenizer, **_limits(model, max_seq_len))
+        self.pairs = encode(train_data)
+        self.valid_pairs = encode(valid_data) if valid_data else None
         self.loss_kwargs = dict(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, sft_weight=sft_weight)
         self.precompute_ref_logprobs, self.resume, self.max_seq_len = precompute_ref_logprobs, resume, max_seq_len
         self.checkpoint_folder = None if checkpoint_folder is None else Path(checkpoint_folder)
@@ -359,9 +398,7 @@ class DPOTrainer:
         if not precompute_ref_logprobs and ref_model is None:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
 
-    def __call__(self):
-        from ..loop import make_accelerator
-
+    def __call__(self) -> TrainResult:
         if self.accelerator is None:
             self.accelerator = make_accelerator(self.accelerate_kwargs)
         make_task = partial(DPOTask, pad_id=self.tokenizer.pad_id, **self.loss_kwargs)

@@ -2,7 +2,8 @@
 and optimise the policy with `ppo.PPOTrainer` under a KL penalty to the policy as the stage found it.
 
 Files in the stage folder: `metrics.jsonl` (one record of PPO stats per step), `rollouts.jsonl`
-(step, prompt, response, score; score null when the reward could not score it), and
+(step, prompt, response, score; score null when the reward could not score it),
+`value_head.safetensors` at the end (the pipeline saves the policy itself), and
 `checkpoint/step-*/` (policy + value head, optimizer, PPO state) every `checkpoint_every` steps,
 from which a rerun resumes.
 
@@ -48,7 +49,8 @@ def _prompt_of(item: Any, index: int) -> Any:
 class PPOStageConfig:
     """PPO against a reward: `reward="self_judge"` (the policy judges its own responses with the run's
     `RewardConfig`), a `RewardModel` (anything with `as_reward_fn`), or a callable
-    `(prompts: list[str], responses: list[str]) -> scores`. Unscored rollouts (NaN) are dropped.
+    `(prompts: list[str], responses: list[str]) -> scores`. Unscored rollouts (NaN) are masked out
+    of the update (never scored 0); a step where none is scored trains nothing.
 
     Each of `num_ppo_steps` steps samples `ppo.batch_size` prompts (a seeded reshuffle per pass over
     the dataset) and makes one `PPOTrainer.step`. `ppo.seed` is replaced by the stage's seed.
@@ -174,7 +176,12 @@ class PPOStageConfig:
             for appender in (metrics, rollouts):
                 if appender is not None:
                     appender.close()
-        scored = [h for h in history if "ppo/mean_scores" in h]
+        if ctx.is_main:  # the pipeline saves the policy; the value head is kept for a later PPO stage
+            from ..checkpoint import save_model
+            from ..ppo_model import VALUE_HEAD_FILE
+
+            save_model(trainer.policy.value_head, ctx.stage_dir / VALUE_HEAD_FILE)
+        scored = [h for h in history if h["ppo/num_unscored"] < h["ppo/num_rollouts"]]
         return {
             "steps": self.num_ppo_steps,
             "resumed_from_step": start,
@@ -194,10 +201,8 @@ class PPOStageConfig:
         scores = [float(s) for s in torch.as_tensor(reward_fn(prompt_texts, response_texts), dtype=torch.float32).reshape(-1)]
         if len(scores) != len(batch):
             raise ValueError(f"the reward returned {len(scores)} scores for {len(batch)} responses")
-        keep = [i for i, s in enumerate(scores) if math.isfinite(s)]
-        stats = {"step": step + 1, "ppo/num_rollouts": len(batch), "ppo/num_unscored": len(batch) - len(keep)}
-        if keep:
-            stats.update(trainer.step([queries[i] for i in keep], [responses[i] for i in keep], [scores[i] for i in keep]))
+        # unscored (NaN) rollouts go to the step too: it masks them out, and every process keeps the same batch shape
+        stats = {"step": step + 1, "ppo/num_rollouts": len(batch), **trainer.step(queries, responses, scores)}
         if rollouts is not None:
             for p, r, s in zip(prompt_texts, response_texts, scores):
                 rollouts.write({"step": step + 1, "prompt": p, "response": r, "score": s if math.isfinite(s) else None})

@@ -19,6 +19,7 @@ import torch
 from accelerate import Accelerator
 from beartype import beartype
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ..data import ListDataset, collate_examples, encode_example
 from ..loop import TrainConfig, TrainResult, make_accelerator, train
@@ -81,7 +82,7 @@ def _encode_pair(tokenizer, prompt, response, max_seq_len):
 def prepare_sft_examples(dataset, tokenizer, max_seq_len: int | None = None, num_tokens: int | None = None) -> tuple[list, int]:
     """All items as `(ids, prompt_len)`, plus how many were skipped for leaving no response token."""
     examples, skipped = [], 0
-    for index in range(len(dataset)):
+    for index in tqdm(range(len(dataset)), desc="encode sft items", disable=len(dataset) < 10_000, leave=False):
         try:
             ids, prompt_len = to_sft_example(dataset[index], tokenizer, max_seq_len)
         except NoResponseTokens:

@@ -11,17 +11,20 @@ Shapes: b batch, n sequence (the tensors live in `stages.dpo` and `sampling`; th
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from beartype import beartype
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import Dataset
 
+from .. import sampling
+from ..checkpoint import load_model
 from ..data import atomic_write_json, read_jsonl, write_jsonl
+from ..loop import TrainConfig, make_accelerator
 from ..losses import spin_loss
 from .dpo import PairTask, default_tokenizer, train_pairs
 from .sft import NoResponseTokens, to_sft_example
@@ -39,7 +42,8 @@ class SFTRecordError(ValueError):
 
 
 @beartype
-def encode_sft_items(items: Sequence | Dataset, tokenizer, *, max_seq_len: int) -> list[tuple[list[int], list[int]]]:
+def encode_sft_items(items: Sequence | Dataset, tokenizer, *, max_seq_len: int,
+                     num_tokens: int | None = None) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, real response ids) per SFT item (the SFT stage's item forms), cut to `max_seq_len`.
 
     Items whose prompt leaves no room for a response within `max_seq_len` are skipped with a warning,
@@ -59,6 +63,9 @@ def encode_sft_items(items: Sequence | Dataset, tokenizer, *, max_seq_len: int) 
             continue
         if prompt_len == 0:
             raise SFTRecordError(f"SFT item {index}: the prompt is empty (nothing predicts the first response token)")
+        if num_tokens is not None and not 0 <= min(ids) <= max(ids) < num_tokens:
+            raise SFTRecordError(f"SFT item {index} has token ids outside the model's vocabulary [0, {num_tokens}) "
+                                 f"(min {min(ids)}, max {max(ids)})")
         out.append((ids[:prompt_len], ids[prompt_len:]))
     if skipped:
         log.warning("SPIN: skipped %d of %d SFT items whose prompt leaves no room within max_seq_len=%d",
@@ -93,12 +100,10 @@ def generate_synthetic(model: nn.Module, examples: Sequence[tuple[list[int], lis
     All prompts go to the sampler in one call (it batches and KV-caches); the budget is the longest
     prompt's room, and longer samples are cut back per prompt so real and generated share one limit.
     """
-    from ..sampling import sample
-
     device = next(model.parameters()).device
     budgets = [max_seq_len - len(p) for p, _ in examples]
     generator = torch.Generator().manual_seed(seed)  # the sampler draws one base key on the CPU
-    out = sample(model, [torch.tensor(p, dtype=torch.long, device=device) for p, _ in examples],
+    out = sampling.sample(model, [torch.tensor(p, dtype=torch.long, device=device) for p, _ in examples],
                  max_new_tokens=max(budgets), temperature=temperature, top_k=top_k, top_p=top_p,
                  eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=generator, batch_size=batch_size,
                  progress=progress)
@@ -131,7 +136,7 @@ def _load_or_generate(model, examples, run_dir, *, resume, is_main, tokenizer, *
 
 @beartype
 def train_spin_iteration(
-    model: nn.Module, sft_items: Sequence | Dataset, *, tokenizer, accelerator, run_dir: str | Path | None, config,
+    model: nn.Module, sft_items: Sequence | Dataset, *, tokenizer, accelerator, run_dir: str | Path | None, config: TrainConfig,
     max_seq_len: int, lambda_: float = 0.1, previous_synthetic: list | None = None, temperature: float = 0.7,
     top_p: float | None = 0.9, top_k: int | None = None, sample_batch_size: int | None = None,
     precompute_ref_logprobs: bool = True, resume: bool = False, seed: int = 0,
@@ -143,7 +148,7 @@ def train_spin_iteration(
     does from its second iteration. Returns (TrainResult, this iteration's synthetic responses).
     """
     tokenizer = default_tokenizer(model, tokenizer)
-    examples = encode_sft_items(sft_items, tokenizer, max_seq_len=max_seq_len)
+    examples = encode_sft_items(sft_items, tokenizer, max_seq_len=max_seq_len, num_tokens=getattr(model, "num_tokens", None))
     run_dir = None if run_dir is None else Path(run_dir)
     model.to(accelerator.device)
     generated = _load_or_generate(model, examples, run_dir, resume=resume, is_main=accelerator.is_main_process,
@@ -179,8 +184,6 @@ class SPINTrainer:
         accelerate_kwargs: dict | None = None, checkpoint_folder: str | Path | None = "./spin-checkpoints",
         resume: bool = False, **train_config,
     ):
-        from ..loop import TrainConfig
-
         if train_sft_dataset is None:
             raise TypeError("SPINTrainer needs train_sft_dataset")
         if num_iterations < 1:
@@ -192,7 +195,8 @@ class SPINTrainer:
         self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
         self.model, self.tokenizer = model, default_tokenizer(model, tokenizer)
         self.items = [train_sft_dataset[i] for i in range(len(train_sft_dataset))]  # mock datasets draw anew per index
-        encode_sft_items(self.items, self.tokenizer, max_seq_len=max_seq_len)  # bad items fail here, not mid-run
+        # bad items fail here, not mid-run
+        encode_sft_items(self.items, self.tokenizer, max_seq_len=max_seq_len, num_tokens=getattr(model, "num_tokens", None))
         self.max_seq_len, self.num_iterations, self.mix = max_seq_len, num_iterations, mix_previous_synthetic
         self.sample_kwargs = dict(temperature=temperature, top_p=top_p, top_k=top_k, sample_batch_size=sample_batch_size)
         self.precompute_ref_logprobs, self.resume = precompute_ref_logprobs, resume
@@ -204,9 +208,6 @@ class SPINTrainer:
 
     def __call__(self) -> list:
         """Run every iteration; returns the per-iteration `TrainResult`s (None for ones finished earlier)."""
-        from ..checkpoint import load_model
-        from ..loop import make_accelerator
-
         if self.accelerator is None:
             self.accelerator = make_accelerator(self.accelerate_kwargs)
         results, previous = [], None

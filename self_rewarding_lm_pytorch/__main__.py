@@ -1,0 +1,7 @@
+"""`python -m self_rewarding_lm_pytorch ...` is the `srlm` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

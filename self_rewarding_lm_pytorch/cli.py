@@ -1,0 +1,281 @@
+"""The `srlm` command (also `python -m self_rewarding_lm_pytorch`): thin front ends over the library.
+
+    srlm demo [--quick] [--out DIR] [--seed N] [--overwrite]
+    srlm run pipeline.toml [--resume | --overwrite] [--set KEY=VALUE ...] [--check]
+    srlm generate --model-config M.toml --checkpoint W.safetensors --prompts P.jsonl --out O.jsonl ...
+    srlm reward-model train --data ranked.jsonl --out DIR ...
+    srlm judge --model-config M.toml --checkpoint W.safetensors --data pairs.jsonl --out S.jsonl ...
+
+Works under `accelerate launch -m self_rewarding_lm_pytorch.cli run pipeline.toml` too.
+Errors in the inputs exit with status 2 and a one-line message, before any training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+class CLIError(Exception):
+    """A problem with the command line or its inputs, reported without a traceback."""
+
+
+def _cmd_demo(args) -> int:
+    from .demo.run import PRESETS, RunFolderExistsError, run_demo
+
+    preset = args.preset or ("quick" if args.quick else "default")
+    command = " ".join(["srlm", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("srlm") else "srlm demo" + (" --quick" if args.quick else "")
+    try:
+        run_demo(args.out, settings=PRESETS[preset], seed=args.seed, overwrite=args.overwrite, command=command)
+    except RunFolderExistsError as err:
+        raise CLIError(str(err)) from None
+    return 0
+
+
+def _load_model(model_config: str, checkpoint: str | None):
+    """(model, tokenizer, [judge] table or None) from a TOML file's [model]/tokenizer and a checkpoint."""
+    from .checkpoint import load_model
+    from .config_file import build_model, build_tokenizer, load_model_section
+
+    section = load_model_section(model_config)
+    tokenizer = build_tokenizer(section["tokenizer"])
+    model = build_model(section["model"], tokenizer)
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise CLIError(f"--checkpoint: no such file {checkpoint}")
+        load_model(model, checkpoint)
+    return model, tokenizer, section["judge"]
+
+
+def _cmd_run(args) -> int:
+    from .config_file import build_model, build_reward_config, build_stage_configs, build_tokenizer, load_pipeline_file
+    from .checkpoint import load_model
+    from .loop import make_accelerator
+    from .pipeline import SelfRewardingTrainer
+
+    if args.resume and args.overwrite:
+        raise CLIError("--resume and --overwrite contradict each other: pick one")
+    pipeline = load_pipeline_file(args.config, overrides=tuple(args.set or ()))
+    tokenizer = build_tokenizer(pipeline.tokenizer)
+    model = build_model(pipeline.model, tokenizer)
+    configs = build_stage_configs(pipeline)
+    reward_config = build_reward_config(pipeline.judge)
+    if pipeline.init_checkpoint is not None:
+        load_model(model, pipeline.init_checkpoint)
+    accelerator = make_accelerator(pipeline.accelerate)
+    # Every process reads the folder's state before any process writes to it (the barrier below).
+    existing = (pipeline.run_dir / "manifest.json").exists()
+    accelerator.wait_for_everyone()
+    if existing and not (args.resume or args.overwrite):
+        raise CLIError(f"{pipeline.run_dir} already holds a run: pass --resume to continue it or --overwrite to replace it")
+    if args.check:
+        accelerator.print(f"{args.config}: OK ({len(configs)} stages: {', '.join(k for k, _ in pipeline.stages)})")
+        return 0
+    trainer = SelfRewardingTrainer(
+        model, configs, tokenizer=tokenizer, self_reward_prompt_config=reward_config,
+        accelerate_kwargs=pipeline.accelerate, checkpoints_folder=pipeline.run_dir, seed=pipeline.seed,
+    )
+    summaries = trainer(overwrite_checkpoints=args.overwrite)
+    accelerator.print(f"done: {len(summaries)} stages in {pipeline.run_dir} (manifest.json lists them)")
+    return 0
+
+
+def _read_prompts(path: str) -> list[str]:
+    from .data import read_jsonl
+
+    if not Path(path).is_file():
+        raise CLIError(f"--prompts: no such file {path}")
+    prompts = []
+    for i, rec in enumerate(read_jsonl(path)):
+        prompt = rec.get("prompt") if isinstance(rec, dict) else rec
+        if not isinstance(prompt, str):
+            raise CLIError(f"{path}: line {i + 1} has no string 'prompt'")
+        prompts.append(prompt)
+    return prompts
+
+
+def _scorer(args, model, tokenizer):
+    from .config_file import import_object
+
+    if args.reward_model is not None:
+        from .reward_model import RewardModel
+
+        return RewardModel.from_pretrained(args.reward_model, tokenizer=tokenizer)
+    if args.scorer == "perplexity":
+        from .synthetic import PerplexityScorer
+
+        return PerplexityScorer(model, tokenizer)
+    return import_object(args.scorer, where="--scorer")
+
+
+def _cmd_generate(args) -> int:
+    from .best_of_n import GenerationConfig
+    from .synthetic import generate_synthetic_dataset
+
+    model, tokenizer, _ = _load_model(args.model_config, args.checkpoint)
+    prompts = _read_prompts(args.prompts)
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    stats = generate_synthetic_dataset(
+        model, prompts, _scorer(args, model, tokenizer), out=args.out, tokenizer=tokenizer, n=args.n,
+        keep=args.keep, generation_config=config, seed=args.seed,
+    )
+    print(f"{args.out}: {stats}")
+    return 0
+
+
+def _cmd_reward_model_train(args) -> int:
+    from .reward_model import RewardModel, RewardModelTrainer
+    from .tokenizer import ByteTokenizer
+
+    out = Path(args.out)
+    if (out / "reward_model.safetensors").exists() and not args.overwrite:
+        raise CLIError(f"{out} already holds reward_model.safetensors: pass --overwrite or choose another --out")
+    tokenizer = ByteTokenizer()
+    rm = RewardModel(num_tokens=tokenizer.vocab_size, max_seq_len=args.max_seq_len, dim=args.dim, depth=args.depth,
+                     heads=args.heads, encoder=args.encoder, tokenizer=tokenizer)
+    trainer = RewardModelTrainer(
+        rm, tokenizer, args.data, args.valid_data, max_ranks_per_batch=args.max_ranks_per_batch,
+        batch_size=args.batch_size, num_train_steps=args.num_train_steps, learning_rate=args.learning_rate,
+        valid_every=args.valid_every, seed=args.seed, accelerate_kwargs={"cpu": args.cpu} if args.cpu else None,
+        checkpoint_folder=out / "train",
+    )
+    trainer()
+    path = rm.save(out / "reward_model.safetensors")
+    print(f"reward model saved to {path} (load with RewardModel.from_pretrained, or srlm generate --reward-model)")
+    return 0
+
+
+def _judge_config(spec: str, table: dict | None):
+    from .config_file import build_reward_config, load_model_section
+    from .judge import DEFAULT_REWARD_CONFIG
+
+    if spec == "model-config":
+        return build_reward_config(table) if table is not None else DEFAULT_REWARD_CONFIG
+    if spec == "default":
+        return DEFAULT_REWARD_CONFIG
+    if spec == "demo":
+        from .demo.task import demo_reward_config
+
+        return demo_reward_config()
+    section = load_model_section(spec, require_model=False)
+    if section["judge"] is None:
+        raise CLIError(f"--judge {spec}: the file has no [judge] table")
+    return build_reward_config(section["judge"])
+
+
+def _cmd_judge(args) -> int:
+    import torch
+
+    from .data import read_jsonl, write_jsonl
+    from .judge import judge_scores
+
+    model, tokenizer, table = _load_model(args.model_config, args.checkpoint)
+    reward_config = _judge_config(args.judge, table)
+    if not Path(args.data).is_file():
+        raise CLIError(f"--data: no such file {args.data}")
+    records = read_jsonl(args.data)
+    for i, rec in enumerate(records):
+        if not (isinstance(rec, dict) and isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str)):
+            raise CLIError(f"{args.data}: line {i + 1} needs string 'prompt' and 'response'")
+    result = judge_scores(
+        model, tokenizer, reward_config, [r["prompt"] for r in records], [r["response"] for r in records],
+        num_judgments=args.num_judgments, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    out = [
+        {**rec, "score": None if s != s else float(s), "judgments": texts, "parsed": parsed}
+        for rec, s, texts, parsed in zip(records, result.scores.tolist(), result.texts, result.parsed)
+    ]
+    write_jsonl(args.out, out)
+    print(f"{args.out}: {len(out)} pairs judged, {result.num_failed} of {result.num_judgments} judgments unparsed, "
+          f"{result.num_skipped} too long to judge")
+    return 0
+
+
+def _add_model_args(p):
+    p.add_argument("--model-config", required=True, metavar="TOML",
+                   help="a TOML file with [model] (TransformerWrapper/Decoder kwargs) and tokenizer; a pipeline file works")
+    p.add_argument("--checkpoint", metavar="SAFETENSORS", help="model weights (e.g. a stage's model.safetensors)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="srlm", description="Self-rewarding language models: pipelines, demo and tools.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the paper's recipe on a tiny model and a verifiable task, and report")
+    p.add_argument("--quick", action="store_true", help="a smaller run (about a minute on an idle 2-core CPU)")
+    p.add_argument("--out", default="srlm-demo", help="the run folder (default: ./srlm-demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--preset", choices=["default", "quick", "tiny"], help=argparse.SUPPRESS)  # tests use "tiny"
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("run", help="run a pipeline from a TOML file")
+    p.add_argument("config", help="the pipeline TOML file")
+    p.add_argument("--resume", action="store_true", help="continue the run in the run folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in the run folder")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a value, e.g. stages.0.num_train_steps=10 or run_dir=runs/b (repeatable)")
+    p.add_argument("--check", action="store_true", help="validate the file and build everything, then stop")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("generate", help="best-of-N synthetic data: sample N, score, keep the best")
+    _add_model_args(p)
+    p.add_argument("--prompts", required=True, help="JSONL with a 'prompt' per line")
+    p.add_argument("--out", required=True, help="output JSONL (resumed if it exists)")
+    p.add_argument("--n", type=int, default=4, help="candidates per prompt (default 4)")
+    p.add_argument("--keep", type=int, default=1, help="best candidates kept per prompt (default 1)")
+    p.add_argument("--scorer", default="perplexity",
+                   help="'perplexity' (the model's own, lower is better) or package.module:function (prompts, responses) -> scores")
+    p.add_argument("--reward-model", help="a RewardModel saved by `srlm reward-model train` (overrides --scorer)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=None)
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("reward-model", help="train a ranked-list (multinomial) reward model")
+    rm_sub = p.add_subparsers(dest="rm_command", required=True, metavar="ACTION")
+    t = rm_sub.add_parser("train", help="train on {'prompt', 'ranked_outputs': [best, ..., worst]} records")
+    t.add_argument("--data", required=True, help=".jsonl or .json ranked records")
+    t.add_argument("--valid-data")
+    t.add_argument("--out", required=True, help="folder for reward_model.safetensors and train/ checkpoints")
+    t.add_argument("--overwrite", action="store_true")
+    for name, default in (("max-seq-len", 128), ("dim", 64), ("depth", 2), ("heads", 4), ("max-ranks-per-batch", 4),
+                          ("batch-size", 8), ("num-train-steps", 100), ("seed", 0)):
+        t.add_argument(f"--{name}", type=int, default=default, help=f"default {default}")
+    t.add_argument("--valid-every", type=int, default=None)
+    t.add_argument("--learning-rate", type=float, default=1e-4)
+    t.add_argument("--encoder", action="store_true", help="an encoder, mean-pooled (default: a decoder read at its last token)")
+    t.add_argument("--cpu", action="store_true", help="force CPU")
+    t.set_defaults(func=_cmd_reward_model_train)
+
+    p = sub.add_parser("judge", help="score a JSONL of prompt/response pairs with a model as judge")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="JSONL with 'prompt' and 'response' per line")
+    p.add_argument("--out", required=True, help="output JSONL: each record plus score, judgments, parsed")
+    p.add_argument("--judge", default="model-config",
+                   help="'model-config' (its [judge] table, else the default), 'default', 'demo', or a TOML file with [judge]")
+    p.add_argument("--num-judgments", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.set_defaults(func=_cmd_judge)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config_file import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CLIError, ConfigError) as err:
+        print(f"srlm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The demo: task and verifier, seed data, evaluation helpers, the report, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from self_rewarding_lm_pytorch.demo.evaluate import best_of_k, pairwise_accuracy
+from self_rewarding_lm_pytorch.demo.report import format_table, render_report, write_plot
+from self_rewarding_lm_pytorch.demo.task import (
+    AdditionTask,
+    demo_reward_config,
+    is_correct,
+    judge_target,
+    parse_prompt,
+    render_judge_prompt,
+    verifier_reward,
+)
+
+
+@pytest.mark.parametrize(
+    "prompt, response, expected",
+    [("12+34=", "46", True), ("12+34=", " 46 ", True), ("12+34=", "47", False), ("12+34=", "046", False),
+     ("99+1=", "100", True), ("0+0=", "0", True), ("5+5=", "", False), ("5+5=", "10 ", True), ("5+5=", "1 0", False)],
+)
+def test_verifier(prompt, response, expected):
+    assert is_correct(prompt, response) is expected
+
+
+def test_bad_prompt_is_a_clear_error():
+    with pytest.raises(ValueError, match="not an addition prompt"):
+        parse_prompt("12-3=")
+    assert verifier_reward(["1+2=", "1+2="], ["3", "4"]) == [1.0, 0.0]
+
+
+def test_wrong_answers_are_wrong_and_plausible():
+    task, rng = AdditionTask(max_digits=3), random.Random(0)
+    for prompt in task.sample_prompts(300, rng):
+        wrong = task.wrong_answer(prompt, rng)
+        assert wrong.isdigit() and not is_correct(prompt, wrong)
+    # the classic dropped carry is among the mistakes: 58+67 = 125, without carries 15
+    seen = {task.wrong_answer("58+67=", random.Random(s)) for s in range(200)}
+    assert "15" in seen and "125" not in seen
+
+
+def test_judge_prompt_matches_the_reward_config_and_targets_parse():
+    config = demo_reward_config()
+    assert config.render(prompt="12+34=", response="46") == render_judge_prompt("12+34=", "46") == "Judge: 12+34=46\n"
+    assert judge_target("12+34=", "46") == "46 ok. Score: 5" and config.parse(judge_target("12+34=", "46")) == 5.0
+    assert judge_target("12+34=", "45") == "46 no. Score: 1" and config.parse(judge_target("12+34=", "45")) == 1.0
+    assert config.parse("46 ok. Score: 9") is None  # out of the 1..5 range
+
+
+def test_seed_data_is_disjoint_balanced_and_reproducible():
+    task = AdditionTask(max_digits=2)
+    kwargs = dict(num_instruction=300, num_evaluation=400, num_self_reward_prompts=100, num_heldout=50, seed=3)
+    data = task.build(**kwargs, render=render_judge_prompt)
+    assert data == task.build(**kwargs, render=render_judge_prompt)
+    train = {r["prompt"] for r in data.instruction}
+    assert len(train) == 300 and not train & set(data.heldout_prompts)
+    assert not set(data.self_reward_prompts) & (train | set(data.heldout_prompts))
+    assert all(is_correct(r["prompt"], r["response"]) for r in data.instruction)
+    # every evaluation target states the true sum and a score that reflects correctness
+    for rec in data.evaluation:
+        body = rec["prompt"].removeprefix("Judge: ").removesuffix("\n")
+        prompt, response = body.split("=", 1)
+        assert rec["response"] == judge_target(prompt + "=", response)
+    correct = data.stats["num_evaluation_correct"]
+    assert 150 < correct < 250  # about half right, half deliberately wrong
+    assert len(data.sft) == 700
+
+
+def test_pairwise_accuracy_and_best_of_k():
+    """Hand-derived: pairs (5,1) win, (3,3) tie, (nan,1) loses (NaN ranks lowest) -> (1 + 0.5 + 0) / 3."""
+    assert pairwise_accuracy([5.0, 3.0, math.nan], [1.0, 3.0, 1.0]) == pytest.approx(0.5)
+    assert math.isnan(pairwise_accuracy([], []))
+    scores = torch.tensor([[1.0, math.nan, 4.0, 4.0], [math.nan, math.nan, math.nan, 2.0]])
+    assert best_of_k(scores).tolist() == [2, 3]  # ties go to the first; NaN never wins over a number
+
+
+ROWS = [
+    {"run": "self-reward", "stage": "M1", "accuracy": 0.25, "best_of_4_accuracy": 0.3, "oracle_best_of_4": 0.5,
+     "judge_pairwise_accuracy": 0.6, "judge_parse_failure_rate": 0.0, "pairs_made": None,
+     "mean_response_length": 2.0, "num_heldout": 40},
+    {"run": "self-reward", "stage": "M3", "accuracy": 0.35, "best_of_4_accuracy": 0.4, "oracle_best_of_4": 0.5,
+     "judge_pairwise_accuracy": math.nan, "judge_parse_failure_rate": 0.1, "pairs_made": 12,
+     "mean_response_length": 2.25, "num_heldout": 40},
+]
+
+
+def test_report_table_and_verdict():
+    table = format_table(ROWS)
+    assert "| self-reward | M1 | 25.0% | 30.0% | 50.0% | 60.0% | 0.0% | - | 2.0 |" in table
+    assert "| self-reward | M3 | 35.0% | 40.0% | 50.0% | - | 10.0% | 12 | 2.2 |" in table
+    text = render_report(ROWS, settings={"dim": 64}, seconds=90, command="srlm demo", plot_name=None)
+    assert "M3 beats M1 on greedy accuracy: 25.0% -> 35.0% (+10.0 points, on 40 held-out prompts)" in text
+    assert "| `dim` | 64 |" in text and "No plot" in text
+
+
+def test_plot_is_a_png_or_skipped_with_a_warning(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    path = write_plot(tmp_path / "m.png", ROWS)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.warns(UserWarning, match="matplotlib is not installed"):
+        assert write_plot(tmp_path / "n.png", ROWS) is None
+    assert not (tmp_path / "n.png").exists()
+
+
+def test_demo_end_to_end_tiny(tmp_path, capsys):
+    """`srlm demo` with the hidden test-only "tiny" preset (smaller than --quick): every stage runs,
+    and the run folder gets the report, the plot, the manifest and both pipeline runs."""
+    from self_rewarding_lm_pytorch.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--preset", "tiny", "--out", str(out), "--seed", "1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    labels = [(r["run"], r["stage"]) for r in manifest["rows"]]
+    assert labels == [("self-reward", "M1"), ("self-reward", "M2"), ("self-reward", "M3"),
+                      ("oracle", "M1"), ("oracle", "M2"), ("oracle", "M3")]
+    for row in manifest["rows"]:
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["judge_parse_failure_rate"] <= 1
+    report = (out / "report.md").read_text()
+    assert "| self-reward | M3 |" in report and "Wall time" in report
+    assert (out / "self-reward" / "manifest.json").exists() and (out / "oracle" / "manifest.json").exists()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 5  # oracle M1 is M1, not re-measured
+    try:
+        import matplotlib  # noqa: F401
+
+        assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    except ImportError:
+        assert "No plot" in report
+    assert "| run | model |" in capsys.readouterr().out
+    # the run folder is never overwritten silently
+    assert main(["demo", "--preset", "tiny", "--out", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err

@@ -1,0 +1,167 @@
+"""The staged pipeline: order, folders, manifest, resume after a crash, reproducibility, bad input."""
+
+import json
+
+import pytest
+import torch
+from x_transformers import Decoder, TransformerWrapper
+
+from self_rewarding_lm_pytorch import (
+    ByteTokenizer,
+    ExternalRewardDPOConfig,
+    RewardConfig,
+    RunMismatchError,
+    SelfRewardDPOConfig,
+    SelfRewardingTrainer,
+    SFTConfig,
+    create_default_paper_config,
+)
+
+PROMPTS = ["ab", "cd", "ef", "gh", "ij", "kl"]
+SFT_DATA = [{"prompt": p, "response": p.upper()} for p in PROMPTS]
+
+
+def make_model(seed=0, max_seq_len=48):
+    torch.manual_seed(seed)
+    return TransformerWrapper(num_tokens=259, max_seq_len=max_seq_len, attn_layers=Decoder(dim=16, depth=1, heads=2))
+
+
+def count_a(prompts, responses):
+    """A programmatic reward that rarely ties: how many 'a' bytes, minus a little for length."""
+    return [r.count("a") - 0.01 * len(r) for r in responses]
+
+
+def small_pipeline(**dpo_overrides):
+    dpo = dict(num_train_steps=4, batch_size=2, max_new_tokens=6, checkpoint_every=2, log_every=1, learning_rate=1e-3)
+    dpo.update(dpo_overrides)
+    return [
+        SFTConfig(SFT_DATA, num_train_steps=3, batch_size=2, learning_rate=1e-3),
+        ExternalRewardDPOConfig(count_a, PROMPTS, 6, **dpo),
+    ]
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a, b, atol=1e-5):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+def run(tmp_path, stages, name="run", seed=7, model=None, **kwargs):
+    model = model or make_model()
+    trainer = SelfRewardingTrainer(
+        model, stages, tokenizer=ByteTokenizer(), checkpoints_folder=tmp_path / name, seed=seed,
+        accelerate_kwargs=dict(cpu=True), progress=False, **kwargs,
+    )
+    return trainer, model
+
+
+def test_stages_run_in_order_each_in_its_folder(tmp_path):
+    trainer, model = run(tmp_path, small_pipeline())
+    summaries = trainer()
+    folder = tmp_path / "run"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [s["folder"] for s in manifest["finished"]] == ["01-sft", "02-external-reward-dpo"]
+    for name in ("01-sft", "02-external-reward-dpo"):
+        assert (folder / name / "model.safetensors").exists()
+        assert json.loads((folder / name / "config.json").read_text())["kind"] == name[3:]
+    assert (folder / "02-external-reward-dpo" / "pairs.jsonl").exists()
+    assert summaries[1]["trained"] and summaries[1]["num_pairs"] > 0
+
+
+def test_same_seed_same_weights_and_rerun_is_a_no_op(tmp_path):
+    trainer_a, model_a = run(tmp_path, small_pipeline(), name="a")
+    trainer_a()
+    trainer_b, model_b = run(tmp_path, small_pipeline(), name="b")
+    trainer_b()
+    assert_same_weights(weights(model_a), weights(model_b), atol=0)
+
+    # A finished run reruns as a no-op: it loads the last stage's model and trains nothing.
+    stamp = (tmp_path / "a" / "02-external-reward-dpo" / "model.safetensors").stat().st_mtime_ns
+    trainer_c, model_c = run(tmp_path, small_pipeline(), name="a", model=make_model(seed=123))
+    trainer_c()
+    assert_same_weights(weights(model_c), weights(model_a), atol=0)
+    assert (tmp_path / "a" / "02-external-reward-dpo" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_a_different_pipeline_never_silently_overwrites(tmp_path):
+    run(tmp_path, small_pipeline())[0]()
+    other, _ = run(tmp_path, small_pipeline(dpo_beta=0.5))
+    with pytest.raises(RunMismatchError, match="overwrite_checkpoints=True"):
+        other()
+    other(overwrite_checkpoints=True)  # the explicit request replaces the run
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert len(manifest["finished"]) == 2
+
+
+def test_crash_in_second_stage_then_rerun_matches_uninterrupted(tmp_path, monkeypatch):
+    """A crash after the stage's step-2 checkpoint; the rerun resumes inside stage 2 from it."""
+    reference, model_ref = run(tmp_path, small_pipeline(), name="straight")
+    reference()
+
+    from self_rewarding_lm_pytorch.stages import dpo
+
+    original_step, calls = dpo.PairTask.step, {"n": 0}
+
+    def crashing_step(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected crash")
+        return original_step(self, model, batch)
+
+    monkeypatch.setattr(dpo.PairTask, "step", crashing_step)
+    crashed, _ = run(tmp_path, small_pipeline(), name="crashed")
+    with pytest.raises(RuntimeError, match="injected crash"):
+        crashed()
+    monkeypatch.setattr(dpo.PairTask, "step", original_step)
+    manifest = json.loads((tmp_path / "crashed" / "manifest.json").read_text())
+    assert [s["folder"] for s in manifest["finished"]] == ["01-sft"]
+
+    resumed, model_resumed = run(tmp_path, small_pipeline(), name="crashed", model=make_model(seed=99))
+    resumed()
+    assert_same_weights(weights(model_resumed), weights(model_ref))
+
+
+def test_garbage_judge_makes_no_pairs_and_the_pipeline_goes_on(tmp_path):
+    """A judge whose text never parses: the stage trains nothing, says so, still checkpoints."""
+    never = RewardConfig("Rate {{ prompt }} / {{ response }}. Score:", "Rating: {{ reward }} of 10")
+    stages = [
+        SelfRewardDPOConfig(PROMPTS[:3], 2, num_train_steps=2, batch_size=2, max_new_tokens=4,
+                            judge_max_new_tokens=4, num_sampled_reward_responses=1),
+        SFTConfig(SFT_DATA, num_train_steps=2, batch_size=2),
+    ]
+    trainer, _ = run(tmp_path, stages, self_reward_prompt_config=never)
+    with pytest.warns(UserWarning, match="no preference pairs"):
+        summaries = trainer()
+    assert summaries[0]["trained"] is False and summaries[0]["num_pairs"] == 0
+    assert summaries[0]["preferences"]["parse_failure_rate"] == 1.0
+    assert (tmp_path / "run" / "01-self-reward-dpo" / "model.safetensors").exists()
+    assert (tmp_path / "run" / "02-sft" / "model.safetensors").exists()
+
+
+def test_dict_configs_mean_the_paper_recipe():
+    stages = create_default_paper_config(train_sft_dataset=SFT_DATA, self_reward_prompt_dataset=PROMPTS,
+                                         dpo_num_train_steps=5)
+    assert [type(s).kind for s in stages] == ["sft", "self-reward-dpo", "self-reward-dpo"]
+    assert [s.num_generated_preference_pairs for s in stages[1:]] == [3964, 6942]
+    assert all(s.num_train_steps == 5 and s.dpo_beta == 0.1 for s in stages[1:])
+    assert stages[1].num_candidate_responses == 4 and stages[1].num_sampled_reward_responses == 3
+    assert stages[1].gen_temperature == 0.7 and stages[1].gen_top_p == 0.9
+
+
+def test_bad_configs_fail_at_construction():
+    with pytest.raises(TypeError, match="not a stage config"):
+        SelfRewardingTrainer(make_model(), [SFTConfig(SFT_DATA), "sft"])
+    with pytest.raises(ValueError, match="empty"):
+        SelfRewardingTrainer(make_model(), [])
+    with pytest.raises(ValueError, match="batch_size"):
+        SFTConfig(SFT_DATA, batch_size=0)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        SFTConfig(SFT_DATA, not_a_field=1)
+    with pytest.raises(ValueError, match="num_candidate_responses"):
+        SelfRewardDPOConfig(PROMPTS, 4, num_candidate_responses=1)
+    with pytest.raises(TypeError, match="reward_model"):
+        ExternalRewardDPOConfig(42, PROMPTS, 4)
