@@ -35,6 +35,15 @@ import torch
 import torch.nn.functional as F
 
 MODES = ("floor", "floor_ce", "precomputed", "live")
+HOW = """How: every mode runs on the same pre-collated batch, without the optimizer step (the loop's, the
+same for all). Modes are interleaved round by round (1 warm-up round, then `--rounds` rounds of
+`--steps` steps) and each reports its median CPU time per step (`time.process_time`, one torch
+thread): on a machine shared with other jobs wall time also counts waiting for a core, so the wall
+ratio is shown only for reference. Memory: each mode runs in a fresh subprocess; after the setup all
+modes share (imports, policy, batch) the peak-RSS mark is reset (`/proc/self/clear_refs`), and the
+peak (`VmHWM`) after the mode's own setup and steps, minus the RSS at the reset, is what the mode
+adds (activations kept for backward, gradients, and for "live" the reference copy and its forward).
+`ru_maxrss` is not used: Linux carries it over from the parent process across exec."""
 
 
 def build(args):
@@ -190,7 +199,7 @@ def main():
                 f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259; "
                 f"{args.batch} pairs = {2 * args.batch} rows of {args.prompt_len + args.response_len} tokens; "
                 f"CPU, 1 thread, torch {torch.__version__}.\n\nMachine load during the run (`uptime`): `{load}`\n\n"
-                f"{table}\n")
+                f"{table}\n\n{HOW}\n")
         args.write.parent.mkdir(parents=True, exist_ok=True)
         args.write.write_text(text)
 

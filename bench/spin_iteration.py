@@ -25,6 +25,14 @@ from pathlib import Path
 import torch
 
 
+HOW = """How: one real `train_spin_iteration` (sampling, reference pass, loop with its checkpoint files)
+runs end to end; `sampling.sample` and `compute_ref_logprobs` are wrapped with timers. Times are CPU
+seconds of the process (one torch thread), robust to other jobs on the machine; the wall clock is
+shown beside. "Without generation" keeps everything else, the reference pass included; the last
+row also counts the once-per-iteration reference pass as overhead. The ratio falls as epochs per
+iteration grow (generation is paid once per iteration, training steps once per batch per epoch)."""
+
+
 def timed(module, name, bucket):
     """Wrap module.name so each call's wall time is added to bucket[name]."""
     inner = getattr(module, name)
@@ -114,7 +122,7 @@ def main():
                 f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259; "
                 f"prompts of {args.prompt_len} tokens, up to {args.response_len} generated (temperature 0.7, "
                 f"top-p 0.9); CPU, 1 thread, torch {torch.__version__}.\n\n"
-                f"Machine load during the run (`uptime`): `{load}`\n\n{table}\n")
+                f"Machine load during the run (`uptime`): `{load}`\n\n{table}\n\n{HOW}\n")
         args.write.parent.mkdir(parents=True, exist_ok=True)
         args.write.write_text(text)
 

@@ -37,9 +37,9 @@ if __name__ == "__main__":
                 SFTConfig(sft_data, **train),
                 SelfPlayConfig(sft_data, max_seq_len=16, **train),
                 ExternalRewardDPOConfig(verifier_reward, prompts, **prefs),  # any (prompts, responses) -> scores
-                SelfRewardDPOConfig(prompts, judge_max_new_tokens=16, **prefs),
+                SelfRewardDPOConfig(prompts, judge_max_new_tokens=34, **prefs),
                 SelfPlayConfig(sft_data, max_seq_len=16, **train),
-                SelfRewardDPOConfig(prompts, judge_max_new_tokens=16, **prefs),
+                SelfRewardDPOConfig(prompts, judge_max_new_tokens=34, **prefs),
             ],
             self_reward_prompt_config=demo_reward_config(),  # a judge template short enough for 64 tokens
             accelerate_kwargs=dict(cpu=True),

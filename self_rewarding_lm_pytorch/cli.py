@@ -27,7 +27,7 @@ def _cmd_demo(args) -> int:
     from .demo.run import PRESETS, RunFolderExistsError, run_demo
 
     preset = args.preset or ("quick" if args.quick else "default")
-    command = " ".join(["srlm", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("srlm") else "srlm demo" + (" --quick" if args.quick else "")
+    command = " ".join(["srlm", *args.argv])
     try:
         run_demo(args.out, settings=PRESETS[preset], seed=args.seed, overwrite=args.overwrite, command=command)
     except RunFolderExistsError as err:
@@ -35,9 +35,17 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _load_weights(model, path, what: str):
+    from .checkpoint import load_model
+
+    try:
+        load_model(model, path)
+    except (RuntimeError, KeyError, ValueError) as err:  # missing/unexpected keys, shape mismatches
+        raise CLIError(f"{what} {path} does not fit the [model] kwargs: {str(err).splitlines()[0][:300]}") from None
+
+
 def _load_model(model_config: str, checkpoint: str | None):
     """(model, tokenizer, [judge] table or None) from a TOML file's [model]/tokenizer and a checkpoint."""
-    from .checkpoint import load_model
     from .config_file import build_model, build_tokenizer, load_model_section
 
     section = load_model_section(model_config)
@@ -46,13 +54,12 @@ def _load_model(model_config: str, checkpoint: str | None):
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise CLIError(f"--checkpoint: no such file {checkpoint}")
-        load_model(model, checkpoint)
+        _load_weights(model, checkpoint, "--checkpoint")
     return model, tokenizer, section["judge"]
 
 
 def _cmd_run(args) -> int:
     from .config_file import build_model, build_reward_config, build_stage_configs, build_tokenizer, load_pipeline_file
-    from .checkpoint import load_model
     from .loop import make_accelerator
     from .pipeline import SelfRewardingTrainer
 
@@ -64,16 +71,20 @@ def _cmd_run(args) -> int:
     configs = build_stage_configs(pipeline)
     reward_config = build_reward_config(pipeline.judge)
     if pipeline.init_checkpoint is not None:
-        load_model(model, pipeline.init_checkpoint)
-    accelerator = make_accelerator(pipeline.accelerate)
+        _load_weights(model, pipeline.init_checkpoint, "init_checkpoint")
+    try:
+        accelerator = make_accelerator(pipeline.accelerate)
+    except (TypeError, ValueError) as err:
+        raise CLIError(f"{args.config}: [accelerate]: {err}") from None
     # Every process reads the folder's state before any process writes to it (the barrier below).
     existing = (pipeline.run_dir / "manifest.json").exists()
     accelerator.wait_for_everyone()
+    if args.check:
+        note = " (the run folder holds a run: running needs --resume or --overwrite)" if existing else ""
+        accelerator.print(f"{args.config}: OK ({len(configs)} stages: {', '.join(k for k, _ in pipeline.stages)}){note}")
+        return 0
     if existing and not (args.resume or args.overwrite):
         raise CLIError(f"{pipeline.run_dir} already holds a run: pass --resume to continue it or --overwrite to replace it")
-    if args.check:
-        accelerator.print(f"{args.config}: OK ({len(configs)} stages: {', '.join(k for k, _ in pipeline.stages)})")
-        return 0
     trainer = SelfRewardingTrainer(
         model, configs, tokenizer=tokenizer, self_reward_prompt_config=reward_config,
         accelerate_kwargs=pipeline.accelerate, checkpoints_folder=pipeline.run_dir, seed=pipeline.seed,
@@ -223,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="validate the file and build everything, then stop")
     p.set_defaults(func=_cmd_run)
 
+    _add_tool_parsers(sub)
+    return parser
+
+
+def _add_tool_parsers(sub):
     p = sub.add_parser("generate", help="best-of-N synthetic data: sample N, score, keep the best")
     _add_model_args(p)
     p.add_argument("--prompts", required=True, help="JSONL with a 'prompt' per line")
@@ -263,13 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.7)
     p.set_defaults(func=_cmd_judge)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from .config_file import ConfigError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (CLIError, ConfigError) as err:

@@ -29,7 +29,8 @@ from x_transformers.x_transformers import (
     RMSNorm, ScaleNorm, SimpleRMSNorm, TokenEmbedding, TransformerWrapper, always, softclamp,
 )
 
-__all__ = ["FastDecoder", "XCacheStepper", "FullStepper", "UnsupportedModelError", "fast_decode_support"]
+__all__ = ["FastDecoder", "XCacheStepper", "FullStepper", "UnsupportedModelError", "fast_decode_support",
+           "xcache_support"]
 
 _PER_TOKEN_NORMS = (LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm, DynamicTanh)
 
@@ -133,7 +134,7 @@ def _structure_problem(model) -> str | None:
     return None
 
 
-_PROBED: "weakref.WeakKeyDictionary[nn.Module, str | None]" = weakref.WeakKeyDictionary()
+_PROBED: "weakref.WeakKeyDictionary[nn.Module, dict[str, str | None]]" = weakref.WeakKeyDictionary()
 
 
 def fast_decode_support(model: nn.Module) -> str | None:
@@ -144,37 +145,55 @@ def fast_decode_support(model: nn.Module) -> str | None:
     logits against the model's own full forward, so a flag the whitelist misses still falls back.
     """
     problem = _structure_problem(model)
-    if problem is not None:
-        return problem
-    if model not in _PROBED:
+    return problem if problem is not None else _probed(model, "fast")
+
+
+def xcache_support(model: nn.Module) -> str | None:
+    """None if x-transformers' own `cache=` path reproduces the model's full forward, else why not.
+
+    `can_cache_kv` alone is not enough: e.g. token shifting passes x-transformers' check but its
+    cached decode differs from the full forward, which the probe catches.
+    """
+    if not isinstance(model, TransformerWrapper) or not model.can_cache_kv:
+        return "not a TransformerWrapper that can cache key/values"
+    if model.looped or any(getattr(m, "hybrid_module", None) is not None for m in model.modules()):
+        # Their cache holds recurrent state or needs one-row decoding; per-row expansion breaks it.
+        return "looped depth or hybrid attention modules"
+    return _probed(model, "xtransformers")
+
+
+def _probed(model, kind: str) -> str | None:
+    results = _PROBED.setdefault(model, {})
+    if kind not in results:
         modes = training_modes(model)
         model.eval()
         try:
             with torch.inference_mode():
-                _PROBED[model] = _probe_problem(model)
+                results[kind] = _probe_problem(model, kind)
         except (RuntimeError, IndexError, ValueError, AssertionError) as error:
             # A configuration the decoder cannot even run is unsupported, not a crash: fall back.
-            _PROBED[model] = f"numerical probe failed: {type(error).__name__}: {error}"
+            results[kind] = f"numerical probe failed: {type(error).__name__}: {error}"
         finally:
             restore_training_modes(modes)
-    return _PROBED[model]
+    return results[kind]
 
 
-def _probe_problem(model) -> str | None:
+def _probe_problem(model, kind: str) -> str | None:
     gen = torch.Generator().manual_seed(0)
-    device = model.token_emb.emb.weight.device
-    lengths = (2, 4) if model.max_seq_len == 0 or model.max_seq_len >= 7 else (1, 2)
-    prompts = [torch.randint(model.num_tokens, (n,), generator=gen).to(device) for n in lengths]
-    follow = torch.randint(model.num_tokens, (2, 2), generator=gen).to(device)
-    decoder = FastDecoder(model, prompts, [1, 1], max_new_tokens=3)
-    got = [decoder.prefill()] + [decoder.step(follow[:, s]) for s in range(2)]
-    got = torch.stack(got, dim=1).float()
+    weight = next(model.parameters())
+    short = model.max_seq_len != 0 and model.max_seq_len < 7
+    # The fast decoder is probed with padding (unequal lengths); the fallback never pads.
+    lengths = {"fast": (1, 2) if short else (2, 4), "xtransformers": (2, 2) if short else (4, 4)}[kind]
+    prompts = [torch.randint(model.num_tokens, (n,), generator=gen).to(weight.device) for n in lengths]
+    follow = torch.randint(model.num_tokens, (2, 2), generator=gen).to(weight.device)
+    stepper = (FastDecoder if kind == "fast" else XCacheStepper)(model, prompts, [1, 1], max_new_tokens=3)
+    got = torch.stack([stepper.prefill()] + [stepper.step(follow[:, s]) for s in range(2)], dim=1).float()
     for row, prompt in enumerate(prompts):
         want = model(torch.cat((prompt, follow[row]))[None])[0, -3:].float()
-        precise = model.token_emb.emb.weight.dtype in (torch.float32, torch.float64)
+        precise = weight.dtype in (torch.float32, torch.float64)
         tolerance = (1e-4 if precise else 5e-2) * max(1.0, want.abs().max().item())
         if not torch.allclose(got[row], want, rtol=0, atol=tolerance):
-            return "numerical probe: decoded logits differ from the model's own forward"
+            return f"numerical probe: {kind} decoding differs from the model's own forward"
     return None
 
 
@@ -218,7 +237,7 @@ class FastDecoder:
             dtype = attn.to_k.weight.dtype
             self.caches.append((torch.empty(rows, attn.kv_heads, num_slots, dk, device=device, dtype=dtype),
                                 torch.empty(rows, attn.kv_heads, num_slots, dv, device=device, dtype=dtype)))
-            # One matmul instead of three: the step is small, so per-call overhead dominates.
+            # One matmul instead of three per layer and step (concatenated once per call, not per step).
             projections = (attn.to_q, attn.to_k, attn.to_v)
             bias = None
             if any(p.bias is not None for p in projections):

@@ -25,11 +25,11 @@ from x_transformers import AutoregressiveWrapper, TransformerWrapper
 
 from .kv_decode import (
     FastDecoder, FullStepper, UnsupportedModelError, XCacheStepper, fast_decode_support,
-    restore_training_modes, training_modes,
+    restore_training_modes, training_modes, xcache_support,
 )
 
 __all__ = ["sample", "SampleOutput", "filter_logits", "sample_from_logits", "fast_decode_support",
-           "UnsupportedModelError", "BACKENDS"]
+           "xcache_support", "UnsupportedModelError", "BACKENDS"]
 
 BACKENDS = ("auto", "fast", "xtransformers", "full")
 _GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment (the golden ratio in 64 bits)
@@ -41,7 +41,7 @@ class SampleOutput:
 
     response_ids: Tensor  # (b, m) long, pad_id after a row's end
     response_mask: Tensor  # (b, m) bool, True for generated tokens including the EOS token itself
-    logprobs: Tensor | None  # (b, m) float: log p(token) under the raw model (temperature 1, unfiltered), 0 where masked
+    logprobs: Tensor | None  # (b, m) float: log p(token), raw model (temperature 1, unfiltered); 0 where masked
     prompt_index: Tensor  # (b,) long
     eos_id: int | None = None
     backend: str = "auto"  # the backend that actually ran: "fast", "xtransformers" or "full"
@@ -194,28 +194,30 @@ def _resolve_backend(net, backend: str, use_cache: bool) -> str:
         if backend in ("fast", "xtransformers"):
             raise ValueError(f"use_cache=False contradicts backend={backend!r}")
         return "full"
-    # Hybrid modules keep recurrent state in the cache and looped models decode one row at a time:
-    # neither survives the per-row cache expansion and selection, so they take the full forward.
-    x_cache_ok = isinstance(net, TransformerWrapper) and net.can_cache_kv and not net.looped and all(
-        getattr(m, "hybrid_module", None) is None for m in net.modules())
-    if backend == "xtransformers" and not x_cache_ok:
-        raise UnsupportedModelError("backend='xtransformers' needs a TransformerWrapper that can cache kv")
     if backend in ("fast", "auto"):
         problem = fast_decode_support(net)
         if problem is None:
             return "fast"
         if backend == "fast":
             raise UnsupportedModelError(f"the fast decoder cannot run this model: {problem}")
-        return "xtransformers" if x_cache_ok else "full"
-    return backend
+    problem = xcache_support(net)
+    if problem is None:
+        return "xtransformers"
+    if backend == "xtransformers":
+        raise UnsupportedModelError(f"x-transformers' cache cannot run this model: {problem}")
+    return "full"
+
+
+def _as_ids(prompt: Tensor, i: int) -> Tensor:
+    # Whole-number floats are accepted: the seed README's encoder returns a float tensor.
+    if prompt.ndim != 1 or len(prompt) == 0 or prompt.dtype == torch.bool or prompt.is_complex():
+        raise ValueError(f"prompt {i} must be a non-empty 1-D integer tensor, got {prompt.dtype} {tuple(prompt.shape)}")
+    if prompt.is_floating_point() and not torch.equal(prompt, prompt.round()):
+        raise ValueError(f"prompt {i} holds non-integral token ids")
+    return prompt.long()
 
 
 def _check_prompts(net, prompts: list[Tensor], max_new_tokens: int) -> list[int]:
-    if not prompts:
-        raise ValueError("prompts is empty")
-    for i, p in enumerate(prompts):
-        if p.ndim != 1 or len(p) == 0 or p.is_floating_point() or p.dtype == torch.bool:
-            raise ValueError(f"prompt {i} must be a non-empty 1-D integer tensor, got {p.dtype} {tuple(p.shape)}")
     lengths = [len(p) for p in prompts]
     if isinstance(net, TransformerWrapper):
         low, high = min(int(p.min()) for p in prompts), max(int(p.max()) for p in prompts)
@@ -262,9 +264,12 @@ def sample(model: nn.Module, prompts: list[Tensor], *, max_new_tokens: int, num_
     settings = _Settings(max_new_tokens, float(temperature), top_k, None if top_p is None else float(top_p),
                          None if min_p is None else float(min_p), eos_id, pad_id, return_logprobs)
     _check_settings(settings, num_samples, batch_size)
-    net = model.net if isinstance(model, AutoregressiveWrapper) else model
+    net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    net = net.net if isinstance(net, AutoregressiveWrapper) else net
     device = next(itertools.chain(net.parameters(), net.buffers())).device
-    prompts = [p.to(device=device, dtype=torch.long) if not p.is_floating_point() else p for p in prompts]
+    if not prompts:
+        raise ValueError("prompts is empty")
+    prompts = [_as_ids(p, i).to(device) for i, p in enumerate(prompts)]
     lengths = _check_prompts(net, prompts, max_new_tokens)
     chosen = _resolve_backend(net, backend, use_cache)
     rng_device = generator.device if generator is not None else "cpu"

@@ -126,3 +126,18 @@ def test_tools_judge_generate_reward_model(tmp_path, capsys):
 
     code, _, err = run(["judge", *model, "--data", tmp_path / "nope.jsonl", "--out", tmp_path / "x.jsonl"], capsys)
     assert code == 2 and "--data: no such file" in err
+    # a checkpoint of another shape is a clear error, not a traceback
+    code, _, err = run(["judge", "--model-config", EXAMPLES / "model.toml", "--checkpoint",
+                        tmp_path / "rm" / "reward_model.safetensors", "--data", EXAMPLES / "data" / "judge_pairs.jsonl",
+                        "--out", tmp_path / "y.jsonl"], capsys)
+    assert code == 2 and "does not fit the [model] kwargs" in err
+
+
+@pytest.mark.parametrize("script", ["readme_custom_reward_config.py", "readme_interleaved.py", "readme_spin.py"])
+def test_readme_example_scripts_run(script, tmp_path, monkeypatch, capsys):
+    """The seed README's examples as scripts (readme_paper_recipe.py, ~30 s, is left to manual runs)."""
+    import runpy
+
+    monkeypatch.chdir(tmp_path)  # they write only to temporary folders; make sure of it
+    runpy.run_path(str(EXAMPLES / script), run_name="__main__")
+    assert list(tmp_path.iterdir()) == []

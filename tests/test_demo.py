@@ -50,9 +50,9 @@ def test_wrong_answers_are_wrong_and_plausible():
 def test_judge_prompt_matches_the_reward_config_and_targets_parse():
     config = demo_reward_config()
     assert config.render(prompt="12+34=", response="46") == render_judge_prompt("12+34=", "46") == "Judge: 12+34=46\n"
-    assert judge_target("12+34=", "46") == "46 ok. Score: 5" and config.parse(judge_target("12+34=", "46")) == 5.0
-    assert judge_target("12+34=", "45") == "46 no. Score: 1" and config.parse(judge_target("12+34=", "45")) == 1.0
-    assert config.parse("46 ok. Score: 9") is None  # out of the 1..5 range
+    assert judge_target("12+34=", "46") == "12+34=46 vs 46: ok. Score: 5" and config.parse(judge_target("12+34=", "46")) == 5.0
+    assert judge_target("12+34=", "45") == "12+34=46 vs 45: no. Score: 1" and config.parse(judge_target("12+34=", "45")) == 1.0
+    assert config.parse("12+34=46 vs 46: ok. Score: 9") is None  # out of the 1..5 range
 
 
 def test_seed_data_is_disjoint_balanced_and_reproducible():
@@ -69,6 +69,7 @@ def test_seed_data_is_disjoint_balanced_and_reproducible():
         body = rec["prompt"].removeprefix("Judge: ").removesuffix("\n")
         prompt, response = body.split("=", 1)
         assert rec["response"] == judge_target(prompt + "=", response)
+        assert prompt + "=" not in train | set(data.heldout_prompts)  # EFT prompts are their own
     correct = data.stats["num_evaluation_correct"]
     assert 150 < correct < 250  # about half right, half deliberately wrong
     assert len(data.sft) == 700

@@ -165,3 +165,20 @@ def test_bad_configs_fail_at_construction():
         SelfRewardDPOConfig(PROMPTS, 4, num_candidate_responses=1)
     with pytest.raises(TypeError, match="reward_model"):
         ExternalRewardDPOConfig(42, PROMPTS, 4)
+
+
+def test_a_reward_model_plugs_into_the_external_reward_stage(tmp_path):
+    """The stage scores with RewardModel.score; pairs.jsonl agrees with the model's own scores."""
+    from self_rewarding_lm_pytorch import RewardModel
+
+    torch.manual_seed(3)
+    rm = RewardModel(num_tokens=259, max_seq_len=48, dim=16, depth=1, heads=2)
+    stages = [ExternalRewardDPOConfig(rm, PROMPTS, 4, num_train_steps=2, batch_size=2, max_new_tokens=6)]
+    trainer, _ = run(tmp_path, stages)
+    summaries = trainer()
+    assert summaries[0]["num_pairs"] > 0
+    pairs = [json.loads(line) for line in (tmp_path / "run" / "01-external-reward-dpo" / "pairs.jsonl").open()]
+    for pair in pairs:
+        chosen, rejected = rm.score([pair["prompt"]] * 2, [pair["chosen"], pair["rejected"]]).tolist()
+        assert chosen > rejected
+        assert chosen == pytest.approx(pair["chosen_score"], abs=1e-4)

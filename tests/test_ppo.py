@@ -307,8 +307,9 @@ def exact_kl(trainer, n=64):
 
 
 def test_mean_reward_rises_with_bounded_kl():
-    """kl_coef 0.1 fixed. Scores lie in [0, 1], so the KL-regularised optimum has KL <= (1 - 0) / 0.1 = 10
-    (log E_ref[exp(r / beta)] - E_pi*[r] / beta <= range / beta): the run must stay under that bound."""
+    """kl_coef 0.1 fixed. Scores lie in [0, 1], so the KL-regularised optimum pi* = ref exp(r / beta) / Z has
+    KL = E_pi*[r] / beta - log E_ref[exp(r / beta)] <= (E_pi*[r] - E_ref[r]) / beta <= (1 - 0) / 0.1 = 10
+    (Jensen on log Z): the run must stay under that bound while the reward rises."""
     config = PPOConfig(batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3, init_kl_coef=0.1, adap_kl_ctrl=False)
     trainer, history = run_toy(config, steps=30)
     start, end = mean_of(history, "ppo/mean_scores", slice(0, 3)), mean_of(history, "ppo/mean_scores", slice(-3, None))

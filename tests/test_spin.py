@@ -228,3 +228,19 @@ def test_ids_outside_the_vocabulary_are_an_error_naming_the_item(seed_model, tmp
     items = [(torch.tensor([1, 2, 3]), torch.tensor(1)), (torch.tensor([1, 300, 3]), torch.tensor(1))]
     with pytest.raises(SFTRecordError, match=r"SFT item 1 has token ids outside the model's vocabulary \[0, 256\)"):
         SPINTrainer(seed_model, items, max_seq_len=8, checkpoint_folder=tmp_path)
+
+
+def test_validation_items_are_sampled_in_the_same_call_and_validated(tiny_model, tmp_path, monkeypatch):
+    from self_rewarding_lm_pytorch import sampling
+
+    calls = []
+    real_sample = sampling.sample
+    monkeypatch.setattr(sampling, "sample", lambda *a, **k: calls.append(len(a[1])) or real_sample(*a, **k))
+    items = sft_items(8)
+    trainer = SPINTrainer(tiny_model, items[:6], valid_sft_dataset=items[6:], max_seq_len=16, checkpoint_folder=tmp_path,
+                          num_train_steps=4, valid_every=2, batch_size=2, progress=False)
+    [result] = trainer()
+    assert calls == [8]
+    assert [r["step"] for r in result.history if "valid/rewards/accuracies" in r] == [2, 4]
+    records = read_jsonl(tmp_path / "iteration-1" / "synthetic.jsonl")
+    assert [r["split"] for r in records] == ["train"] * 6 + ["valid"] * 2

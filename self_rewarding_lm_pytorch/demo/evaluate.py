@@ -70,6 +70,18 @@ def _sample_texts(model, tokenizer, prompts, *, num_samples, temperature, max_ne
     return out.texts(tokenizer)
 
 
+def _mixed_pairs(correct: Tensor, scores: Tensor) -> tuple[list[float], list[float]]:
+    """Scores of every (correct, wrong) pair of candidates of the same prompt: (p, k), (p, k)."""
+    good, bad = [], []
+    for row_ok, row_scores in zip(correct.tolist(), scores.tolist()):
+        for a, a_ok in enumerate(row_ok):
+            for b, b_ok in enumerate(row_ok):
+                if a_ok and not b_ok:
+                    good.append(row_scores[a])
+                    bad.append(row_scores[b])
+    return good, bad
+
+
 @beartype
 @torch.no_grad()
 def evaluate_model(
@@ -112,14 +124,7 @@ def evaluate_model(
     best = best_of_k(sample_scores)
     best_correct = correct.gather(1, best[:, None])[:, 0]
 
-    good, bad = [], []  # (correct, wrong) pairs among the model's own samples
-    for i in range(n):
-        for a in range(num_candidates):
-            for b in range(num_candidates):
-                if correct[i, a] and not correct[i, b]:
-                    good.append(float(sample_scores[i, a]))
-                    bad.append(float(sample_scores[i, b]))
-
+    good, bad = _mixed_pairs(correct, sample_scores)
     num_judgments_made = max(result.num_judgments, 1)
     return {
         "accuracy": sum(is_correct(p, r) for p, r in zip(prompts, greedy)) / n,

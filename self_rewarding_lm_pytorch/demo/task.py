@@ -1,12 +1,13 @@
 """The demo's built-in verifiable task: multi-digit addition, with seed data for the paper's recipe.
 
-A prompt is `"37+485="`, the answer `"522"`. Quality is measured exactly by `is_correct`.
+A prompt is `"37+485="`, the answer `"522"` (the demo uses up to two digits by default). Quality is measured exactly by `is_correct`.
 
 The seed data follows Yuan et al. (2024): instruction-following examples (prompt -> correct answer)
 and evaluation-fine-tuning examples (a judge prompt rendered with `DEMO_JUDGE_TEMPLATE` -> a short
 justification and `Score: <n>`), built from correct and deliberately wrong answers. The
-justification first restates the true sum, so the judge learns to compute and then compare: the
-model can only judge as well as it can add, which is the honest setting for a self-judge.
+justification first restates the problem with its true sum, so the judge learns to compute and
+then compare: the model can only judge as well as it can add, which is the honest setting for a
+self-judge.
 """
 
 from __future__ import annotations
@@ -68,11 +69,17 @@ def render_judge_prompt(prompt: str, response: str) -> str:
 
 
 def judge_target(prompt: str, response: str) -> str:
-    """The evaluation-fine-tuning target: the true sum, a verdict, and the score."""
+    """The evaluation-fine-tuning target: the problem restated with its true sum, the judged answer
+    copied beside it, a verdict, the score: `"12+34=46 vs 45: no. Score: 1"`.
+
+    Restating `a+b=` lets the judge compute the sum in the format it learned from the instruction
+    data; copying the judged answer right after it turns the comparison into one at a fixed
+    distance. Two earlier formats judged at chance or barely above (58% and 49% pairwise accuracy,
+    see bench/results/demo.md): the model copied the judged answer instead of comparing.
+    """
     a, b = parse_prompt(prompt)
-    if is_correct(prompt, response):
-        return f"{a + b} ok. Score: {CORRECT_SCORE}"
-    return f"{a + b} no. Score: {WRONG_SCORE}"
+    verdict = f"ok. Score: {CORRECT_SCORE}" if is_correct(prompt, response) else f"no. Score: {WRONG_SCORE}"
+    return f"{a}+{b}={a + b} vs {response.strip()}: {verdict}"
 
 
 def demo_reward_config():
@@ -196,9 +203,9 @@ class AdditionTask:
         train = self.sample_prompts(num_instruction, rng, used)
         used |= set(train)
         self_reward = self.sample_prompts(num_self_reward_prompts, rng, used)
-        # Evaluation examples may reuse instruction prompts (the paper's EFT data is separate data,
-        # but here it only has to teach the judging format and the compute-then-compare habit).
-        judged = [rng.choice(train) for _ in range(num_evaluation)]
+        # Evaluation examples get prompts of their own, as the paper's EFT data is separate data: when
+        # they reused instruction prompts, the judge memorised verdicts instead of learning to compare.
+        judged = self.sample_prompts(num_evaluation, rng, used | set(self_reward))
         evaluation = self.evaluation_examples(judged, rng, render)
         stats = {
             "num_instruction": len(train),

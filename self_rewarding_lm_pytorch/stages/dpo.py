@@ -14,13 +14,17 @@ import copy
 import hashlib
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from accelerate.utils import gather_object
 from beartype import beartype
 from einops import rearrange
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -31,21 +35,9 @@ from ..loop import TrainConfig, TrainResult, make_accelerator, train
 from ..losses import DPO_LOSS_TYPES, dpo_loss, sft_loss
 from ..tokenizer import ByteTokenizer, CallableTokenizer, as_tokenizer
 
-__all__ = [
-    "DPO_LOSS_TYPES",
-    "PreferenceRecordError",
-    "normalize_preference",
-    "encode_pairs",
-    "collate_pairs",
-    "pair_logprobs",
-    "compute_ref_logprobs",
-    "PairTask",
-    "DPOTask",
-    "train_pairs",
-    "train_dpo",
-    "DPOTrainer",
-    "default_tokenizer",
-]
+__all__ = ["DPO_LOSS_TYPES", "PreferenceRecordError", "normalize_preference", "encode_pairs", "collate_pairs",
+           "pair_logprobs", "compute_ref_logprobs", "load_or_compute_ref_logprobs", "PairTask", "DPOTask",
+           "train_pairs", "train_dpo", "DPOTrainer", "default_tokenizer"]
 
 REF_LOGPROBS_FILE = "ref_logprobs.safetensors"
 
@@ -200,20 +192,17 @@ def load_or_compute_ref_logprobs(
     With several processes each computes an interleaved share of the pairs and all of them gather
     the whole table; only the main process writes the file.
     """
-    from safetensors.torch import load_file, save
-
     digest = hashlib.sha256("".join(_pairs_digest(splits[k]) + k for k in sorted(splits)).encode()).hexdigest()
     path = None if run_dir is None else Path(run_dir) / REF_LOGPROBS_FILE
     if resume and path is not None and path.exists():
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             stored_digest = (f.metadata() or {}).get("digest")
         if stored_digest != digest:
             raise ValueError(f"{path} was computed for different pairs; cannot resume this run with new data")
         return load_file(str(path))
     compute = partial(compute_ref_logprobs, ref_model, pad_id=pad_id, batch_size=batch_size, progress=progress)
-    out = {k: _sharded(compute, v, accelerator) for k, v in splits.items()}
+    with nullcontext() if accelerator is None else accelerator.autocast():  # the policy's precision
+        out = {k: _sharded(compute, v, accelerator) for k, v in splits.items()}
     if path is not None and (accelerator is None or accelerator.is_main_process):
         atomic_write_bytes(path, save(out, metadata={"digest": digest, "reduction": "sum"}))
     return out
@@ -224,8 +213,6 @@ def _sharded(compute: Callable, pairs: list[dict], accelerator) -> Tensor:
     world = 1 if accelerator is None else accelerator.num_processes
     if world == 1:
         return compute(pairs)
-    from accelerate.utils import gather_object
-
     mine = list(range(accelerator.process_index, len(pairs), world))
     values = compute([pairs[i] for i in mine]) if mine else torch.empty(0, 2)
     out = torch.empty(len(pairs), 2, dtype=torch.float32)
@@ -244,9 +231,13 @@ class PairTask:
     key_metric = "rewards/accuracies"
 
     def __init__(self, pair_loss: Callable, *, pad_id: int, ref_model: nn.Module | None = None,
-                 sft_weight: float = 0.0, names: tuple[str, str] = ("chosen", "rejected")):
+                 sft_weight: float = 0.0, names: tuple[str, str] = ("chosen", "rejected"),
+                 autocast: Callable = nullcontext):
         self.pair_loss, self.pad_id, self.ref_model = pair_loss, pad_id, ref_model
         self.sft_weight, self.names = sft_weight, names
+        # The prepared policy runs under the accelerator's mixed precision; the unprepared reference
+        # must too, or the implicit rewards start off zero from precision alone.
+        self.autocast = autocast
 
     def collate(self, items: list) -> dict[str, Tensor]:
         return collate_pairs(items, self.pad_id)
@@ -257,7 +248,7 @@ class PairTask:
         elif self.ref_model is not None:
             # The reference runs first: its temporaries are freed before the policy's activations
             # (kept for backward) pile up, so the step's peak memory is not the sum of both.
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 ref_a, ref_b, _ = pair_logprobs(self.ref_model, batch)
         else:
             raise RuntimeError("PairTask has neither stored reference log-probs nor a reference model")
@@ -286,10 +277,10 @@ class DPOTask(PairTask):
     """The DPO task (Rafailov et al. 2023): a `PairTask` with `losses.dpo_loss`."""
 
     def __init__(self, *, pad_id: int, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-                 sft_weight: float = 0.0, ref_model: nn.Module | None = None):
+                 sft_weight: float = 0.0, ref_model: nn.Module | None = None, autocast: Callable = nullcontext):
         _check_dpo_args(beta, loss_type, label_smoothing, sft_weight)
         pair_loss = partial(dpo_loss, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
-        super().__init__(pair_loss, pad_id=pad_id, ref_model=ref_model, sft_weight=sft_weight)
+        super().__init__(pair_loss, pad_id=pad_id, ref_model=ref_model, sft_weight=sft_weight, autocast=autocast)
 
 
 def _check_dpo_args(beta, loss_type, label_smoothing, sft_weight):
@@ -320,12 +311,12 @@ def train_pairs(
             accelerator=accelerator,
         )
         splits = {k: [p | {"ref": tuple(r.tolist())} for p, r in zip(v, ref_logps[k])] for k, v in splits.items()}
-        task = make_task(ref_model=None)
+        task = make_task(ref_model=None, autocast=accelerator.autocast)
     else:
         # A given reference is frozen in place (no second copy); otherwise the policy is copied now.
         frozen = ref_model if ref_model is not None else copy.deepcopy(model)
         frozen.eval().requires_grad_(False)
-        task = make_task(ref_model=frozen.to(accelerator.device))
+        task = make_task(ref_model=frozen.to(accelerator.device), autocast=accelerator.autocast)
     valid = ListDataset(splits["valid"]) if "valid" in splits else None
     return train(model, task, ListDataset(splits["train"]), config, accelerator=accelerator,
                  run_dir=run_dir, valid_dataset=valid, resume=resume, desc=desc, saved_config=saved_config)

@@ -135,10 +135,11 @@ class SelfRewardDPOConfig(_PreferenceDPOFields):
         )
 
 
-def reward_fn_of(reward_model: Any, tokenizer: Any = None) -> Callable[[list[str], list[str]], Any]:
-    """`(prompts, responses) -> scores` from a callable or a RewardModel (scored with `tokenizer`)."""
+def reward_fn_of(reward_model: Any) -> Callable[[list[str], list[str]], Any]:
+    """`(prompts, responses) -> scores` from a callable or a RewardModel (which scores with the
+    tokenizer it was trained with, not the policy's)."""
     if callable(getattr(reward_model, "as_reward_fn", None)):
-        return reward_model.as_reward_fn(tokenizer)
+        return reward_model.as_reward_fn()
     if callable(reward_model):
         return reward_model
     raise TypeError(
@@ -161,5 +162,5 @@ class ExternalRewardDPOConfig(_PreferenceDPOFields):
         reward_fn_of(self.reward_model)
 
     def _scoring_kwargs(self, ctx: StageContext) -> dict:
-        return dict(reward_fn=reward_fn_of(self.reward_model, ctx.tokenizer))
+        return dict(reward_fn=reward_fn_of(self.reward_model))
 

@@ -71,7 +71,8 @@ def encode_sft_items(items: Sequence | Dataset, tokenizer, *, max_seq_len: int,
         log.warning("SPIN: skipped %d of %d SFT items whose prompt leaves no room within max_seq_len=%d",
                     skipped, len(items), max_seq_len)
     if not out:
-        raise SFTRecordError(f"no SFT item has room for a response within max_seq_len={max_seq_len}")
+        raise SFTRecordError("no SFT items" if not len(items) else
+                             f"no SFT item has room for a response within max_seq_len={max_seq_len}")
     return out
 
 
@@ -103,10 +104,10 @@ def generate_synthetic(model: nn.Module, examples: Sequence[tuple[list[int], lis
     device = next(model.parameters()).device
     budgets = [max_seq_len - len(p) for p, _ in examples]
     generator = torch.Generator().manual_seed(seed)  # the sampler draws one base key on the CPU
-    out = sampling.sample(model, [torch.tensor(p, dtype=torch.long, device=device) for p, _ in examples],
-                 max_new_tokens=max(budgets), temperature=temperature, top_k=top_k, top_p=top_p,
-                 eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=generator, batch_size=batch_size,
-                 progress=progress)
+    prompts = [torch.tensor(p, dtype=torch.long, device=device) for p, _ in examples]
+    out = sampling.sample(model, prompts, max_new_tokens=max(budgets), temperature=temperature, top_k=top_k,
+                          top_p=top_p, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=generator,
+                          batch_size=batch_size, progress=progress)
     responses = []
     for row, budget in enumerate(budgets):
         ids = out.response_ids[row][out.response_mask[row]].tolist()
@@ -118,8 +119,11 @@ def _pairs(examples, generated) -> list[dict]:
     return [{"chosen": (p + real, len(p)), "rejected": (p + gen, len(p))} for (p, real), gen in zip(examples, generated)]
 
 
-def _load_or_generate(model, examples, run_dir, *, resume, is_main, tokenizer, **sample_kwargs) -> list[list[int]]:
-    """This iteration's synthetic responses, reused from `run_dir` on resume (the policy has moved since)."""
+def _load_or_generate(model, examples, run_dir, *, resume, is_main, tokenizer, num_train, **sample_kwargs):
+    """This iteration's synthetic responses, reused from `run_dir` on resume (the policy has moved since).
+
+    `examples` are the training items then the validation items (one sampler call for both).
+    """
     path = None if run_dir is None else Path(run_dir) / SYNTHETIC_FILE
     if resume and path is not None and path.exists():
         records = read_jsonl(path)
@@ -128,8 +132,8 @@ def _load_or_generate(model, examples, run_dir, *, resume, is_main, tokenizer, *
         raise ValueError(f"{path} holds samples for other prompts; cannot resume this SPIN run with new data")
     generated = generate_synthetic(model, examples, tokenizer=tokenizer, **sample_kwargs)
     if path is not None and is_main:
-        write_jsonl(path, ({"index": i, "prompt": p, "real": real, "generated": gen,
-                            "generated_text": tokenizer.decode(gen)}
+        write_jsonl(path, ({"index": i, "split": "train" if i < num_train else "valid", "prompt": p, "real": real,
+                            "generated": gen, "generated_text": tokenizer.decode(gen)}
                            for i, ((p, real), gen) in enumerate(zip(examples, generated))))
     return generated
 
@@ -140,6 +144,7 @@ def train_spin_iteration(
     max_seq_len: int, lambda_: float = 0.1, previous_synthetic: list | None = None, temperature: float = 0.7,
     top_p: float | None = 0.9, top_k: int | None = None, sample_batch_size: int | None = None,
     precompute_ref_logprobs: bool = True, resume: bool = False, seed: int = 0,
+    valid_sft_items: Sequence | Dataset | None = None,
 ):
     """One SPIN iteration on `model` in place: sample once from it, then train against those samples.
 
@@ -148,13 +153,17 @@ def train_spin_iteration(
     does from its second iteration. Returns (TrainResult, this iteration's synthetic responses).
     """
     tokenizer = default_tokenizer(model, tokenizer)
-    examples = encode_sft_items(sft_items, tokenizer, max_seq_len=max_seq_len, num_tokens=getattr(model, "num_tokens", None))
+    encode = partial(encode_sft_items, tokenizer=tokenizer, max_seq_len=max_seq_len,
+                     num_tokens=getattr(model, "num_tokens", None))
+    examples = encode(sft_items)
+    valid_examples = encode(valid_sft_items) if valid_sft_items is not None else []
     run_dir = None if run_dir is None else Path(run_dir)
     model.to(accelerator.device)
-    generated = _load_or_generate(model, examples, run_dir, resume=resume, is_main=accelerator.is_main_process,
-                                  tokenizer=tokenizer, max_seq_len=max_seq_len, temperature=temperature,
-                                  top_p=top_p, top_k=top_k, batch_size=sample_batch_size, seed=seed,
-                                  progress=config.progress)
+    everything = _load_or_generate(model, examples + valid_examples, run_dir, resume=resume, num_train=len(examples),
+                                   is_main=accelerator.is_main_process, tokenizer=tokenizer, max_seq_len=max_seq_len,
+                                   temperature=temperature, top_p=top_p, top_k=top_k, batch_size=sample_batch_size,
+                                   seed=seed, progress=config.progress)
+    generated = everything[:len(examples)]
     pairs = _pairs(examples, generated)
     if previous_synthetic is not None:
         if len(previous_synthetic) != len(examples):
@@ -163,7 +172,8 @@ def train_spin_iteration(
     make_task = partial(PairTask, partial(spin_loss, lambda_=lambda_), pad_id=tokenizer.pad_id,
                         names=("real", "generated"))
     result = train_pairs(model, pairs, make_task, pad_id=tokenizer.pad_id, accelerator=accelerator, run_dir=run_dir,
-                         config=config, precompute_ref_logprobs=precompute_ref_logprobs, resume=resume, desc="spin")
+                         config=config, precompute_ref_logprobs=precompute_ref_logprobs, resume=resume, desc="spin",
+                         valid_pairs=_pairs(valid_examples, everything[len(examples):]) or None)
     return result, generated
 
 
@@ -178,6 +188,7 @@ class SPINTrainer:
     @beartype
     def __init__(
         self, model: nn.Module, train_sft_dataset: Any = None, *, max_seq_len: int, num_iterations: int = 1,
+        valid_sft_dataset: Any = None,
         spin_kwargs: dict | None = None, tokenizer=None, mix_previous_synthetic: bool = False,
         temperature: float = 0.7, top_p: float | None = 0.9, top_k: int | None = None,
         sample_batch_size: int | None = None, precompute_ref_logprobs: bool = True, accelerator=None,
@@ -194,9 +205,11 @@ class SPINTrainer:
         self.spin = resolve_spin_kwargs({"λ": 0.1} if spin_kwargs is None else spin_kwargs)
         self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
         self.model, self.tokenizer = model, default_tokenizer(model, tokenizer)
-        self.items = [train_sft_dataset[i] for i in range(len(train_sft_dataset))]  # mock datasets draw anew per index
-        # bad items fail here, not mid-run
-        encode_sft_items(self.items, self.tokenizer, max_seq_len=max_seq_len, num_tokens=getattr(model, "num_tokens", None))
+        # Fixed once: mock datasets draw anew per index. Bad items fail here, not mid-run.
+        self.items, self.valid_items = (None if d is None else [d[i] for i in range(len(d))]
+                                        for d in (train_sft_dataset, valid_sft_dataset))
+        for items in (x for x in (self.items, self.valid_items) if x is not None):
+            encode_sft_items(items, self.tokenizer, max_seq_len=max_seq_len, num_tokens=getattr(model, "num_tokens", None))
         self.max_seq_len, self.num_iterations, self.mix = max_seq_len, num_iterations, mix_previous_synthetic
         self.sample_kwargs = dict(temperature=temperature, top_p=top_p, top_k=top_k, sample_batch_size=sample_batch_size)
         self.precompute_ref_logprobs, self.resume = precompute_ref_logprobs, resume
@@ -215,14 +228,14 @@ class SPINTrainer:
             run_dir = self._iteration_dir(k)
             if self.resume and run_dir is not None and (run_dir / DONE_FILE).exists():
                 load_model(self.model, run_dir / "model.safetensors")  # this iteration finished in an earlier run
-                previous = [r["generated"] for r in read_jsonl(run_dir / SYNTHETIC_FILE)]
+                previous = [r["generated"] for r in read_jsonl(run_dir / SYNTHETIC_FILE) if r["split"] == "train"]
                 results.append(None)
                 continue
             result, generated = train_spin_iteration(
                 self.model, self.items, tokenizer=self.tokenizer, accelerator=self.accelerator, run_dir=run_dir,
                 config=self.config, max_seq_len=self.max_seq_len, previous_synthetic=previous if self.mix else None,
                 precompute_ref_logprobs=self.precompute_ref_logprobs, resume=self.resume,
-                seed=self.config.seed + k, **self.spin, **self.sample_kwargs,
+                seed=self.config.seed + k, valid_sft_items=self.valid_items, **self.spin, **self.sample_kwargs,
             )
             if run_dir is not None and self.accelerator.is_main_process:
                 atomic_write_json(run_dir / DONE_FILE, {"iteration": k, "num_items": len(self.items)})
