@@ -70,6 +70,8 @@ def test_stages_run_in_order_each_in_its_folder(tmp_path):
         assert json.loads((folder / name / "config.json").read_text())["kind"] == name[3:]
     assert (folder / "02-external-reward-dpo" / "pairs.jsonl").exists()
     assert summaries[1]["trained"] and summaries[1]["num_pairs"] > 0
+    # The stage's num_train_steps reaches its trainer (the reference package dropped it).
+    assert summaries[0]["train_steps"] == 3 and summaries[1]["train_steps"] == 4
 
 
 def test_same_seed_same_weights_and_rerun_is_a_no_op(tmp_path):
