@@ -31,107 +31,13 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .data import JsonlAppender
+from .metrics import MetricWindow, as_metric
+from .schedule import DataStream, epoch_permutation, lr_multiplier
+from .train_config import TrainConfig
 
 __all__ = ["TrainConfig", "TrainResult", "train", "make_accelerator", "lr_multiplier", "epoch_permutation"]
 
 log = logging.getLogger(__name__)
-LR_SCHEDULES = ("constant", "linear", "cosine")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything the loop needs; defaults live here only. Neither steps nor epochs -> one epoch."""
-
-    num_train_steps: int | None = None
-    num_epochs: float | None = None
-    batch_size: int = 8
-    grad_accum_steps: int = 1
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"
-    max_grad_norm: float | None = 1.0
-    log_every: int = 10
-    valid_every: int | None = None
-    early_stopping_patience: int | None = None
-    early_stopping_metric: str = "loss"
-    early_stopping_mode: str = "min"
-    checkpoint_every: int | None = None
-    seed: int = 0
-    progress: bool = True
-    tensorboard: bool = False
-
-    def __post_init__(self):
-        def check(ok: bool, message: str):
-            if not ok:
-                raise ValueError(f"TrainConfig: {message}")
-
-        for name in ("batch_size", "grad_accum_steps", "log_every"):
-            check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be an int >= 1")
-        for name in ("num_train_steps", "valid_every", "checkpoint_every", "early_stopping_patience"):
-            value = getattr(self, name)
-            check(value is None or (_is_int(value) and value >= 1), f"{name} must be None or an int >= 1, got {value!r}")
-        check(self.num_train_steps is None or self.num_epochs is None, "give num_train_steps or num_epochs, not both")
-        check(self.num_epochs is None or self.num_epochs > 0, f"num_epochs must be > 0, got {self.num_epochs}")
-        check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps must be an int >= 0")
-        check(self.learning_rate > 0 and self.weight_decay >= 0, "learning_rate must be > 0 and weight_decay >= 0")
-        check(self.max_grad_norm is None or self.max_grad_norm >= 0, "max_grad_norm must be None or >= 0")
-        check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        check(self.early_stopping_mode in ("min", "max"), "early_stopping_mode must be 'min' or 'max'")
-        check(_is_int(self.seed) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}")
-        check(self.early_stopping_patience is None or self.valid_every is not None,
-              "early_stopping_patience needs valid_every (how often to validate)")
-
-    def total_steps(self, num_items: int) -> int:
-        """Optimizer steps for a dataset of `num_items`: num_train_steps, or epochs rounded up."""
-        if self.num_train_steps is not None:
-            return self.num_train_steps
-        epochs = 1 if self.num_epochs is None else self.num_epochs
-        return max(1, math.ceil(epochs * num_items / (self.batch_size * self.grad_accum_steps)))
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str) -> float:
-    """LR factor for 0-based optimizer step `step`: warmup (step+1)/warmup_steps, then constant,
-    or linear / cosine decay by progress p = (step - warmup) / (total - warmup): 1 - p, (1 + cos(pi p)) / 2.
-
-    Warmup starts at lr/warmup (not 0, which would waste a step); decay reaches 0 only after the last step.
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if schedule == "linear":
-        return 1.0 - progress
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown lr_schedule {schedule!r}; expected one of {LR_SCHEDULES}")
-
-
-def epoch_permutation(seed: int, epoch: int, n: int) -> Tensor:
-    """The item order of one epoch: a function of (seed, epoch) only, so resume needs no generator state."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator)
-
-
-class _DataStream:
-    """Stream position k -> item index: epoch k // n, position k % n of that epoch's permutation."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self._epoch, self._order = n, seed, -1, []
-
-    def take(self, start: int, count: int) -> list[int]:
-        out = []
-        for position in range(start, start + count):
-            epoch, i = divmod(position, self.n)
-            if epoch != self._epoch:
-                self._epoch, self._order = epoch, epoch_permutation(self.seed, epoch, self.n).tolist()
-            out.append(self._order[i])
-        return out
 
 
 @dataclass
@@ -190,43 +96,6 @@ def _build_optimizer(model: nn.Module, config: TrainConfig):
     return optimizer, params
 
 
-def _as_metric(name: str, value, device) -> Tensor:
-    if isinstance(value, (int, float)):
-        return torch.tensor(float(value), device=device)
-    if not isinstance(value, Tensor) or value.numel() != 1:
-        raise ValueError(f"metric {name!r} must be a scalar tensor or number, got {type(value).__name__}")
-    return value.detach().float().reshape(())
-
-
-class _MetricWindow:
-    """Sums of scalar metric tensors on device; one stacked cross-process reduce per flush."""
-
-    def __init__(self):
-        self.sums: dict[str, Tensor] = {}
-        self.steps = 0
-        self.names: tuple[str, ...] | None = None
-
-    def add(self, metrics: dict[str, Tensor]):
-        """One optimizer step's metrics."""
-        names = tuple(sorted(metrics))
-        if self.names is not None and names != self.names:
-            # Every process must reduce the same names in the same order, or the collective hangs.
-            raise ValueError(f"a task must return the same metric names every step: {self.names} then {names}")
-        self.names = names
-        for name, value in metrics.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-        self.steps += 1
-
-    def flush(self, accelerator: Accelerator) -> dict[str, float]:
-        if not self.steps:
-            return {}
-        names = sorted(self.sums)
-        stacked = torch.stack([self.sums[n] for n in names]) / self.steps
-        values = accelerator.reduce(stacked, reduction="mean").tolist()  # the one host sync per log
-        self.sums, self.steps = {}, 0
-        return dict(zip(names, values))
-
-
 @beartype
 def train(
     model: nn.Module,
@@ -276,7 +145,7 @@ class _Run:
         self.saved_config, self.desc, self.is_main = saved_config or {}, desc, accelerator.is_main_process
         self.items_per_step = config.batch_size * config.grad_accum_steps
         self.total_steps = config.total_steps(len(train_dataset))
-        self.stream, self.window = _DataStream(len(train_dataset), config.seed), _MetricWindow()
+        self.stream, self.window = DataStream(len(train_dataset), config.seed), MetricWindow()
         self.s, self.last_saved = ckpt.RunState(last_lr=config.learning_rate), None
         self.appender = self.tb = self.bar = None
 
@@ -390,7 +259,7 @@ class _Run:
                     raise ValueError(f"task.step must return a scalar loss tensor, got {type(loss).__name__}")
                 # Equal-sized micro-batches: the mean of their mean losses is the full batch's mean loss.
                 acc.backward(loss.reshape(()) / cfg.grad_accum_steps)
-            values = {k: _as_metric(k, v, loss.device) for k, v in metrics.items()}
+            values = {k: as_metric(k, v, loss.device) for k, v in metrics.items()}
             values["loss"] = loss.detach().float().reshape(())
             for k, v in values.items():
                 step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum_steps
@@ -453,7 +322,7 @@ class _Run:
             for items in self._valid_shards():
                 metrics = self._valid_step(self.core, send_to_device(self.task.collate(items), device))
                 for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + _as_metric(k, v, device) * len(items)
+                    sums[k] = sums.get(k, 0.0) + as_metric(k, v, device) * len(items)
                 count += len(items)
         self.core.train(was_training)
         names = sorted(sums)

@@ -133,9 +133,11 @@ def test_tools_judge_generate_reward_model(tmp_path, capsys):
     assert code == 2 and "does not fit the [model] kwargs" in err
 
 
-@pytest.mark.parametrize("script", ["readme_custom_reward_config.py", "readme_interleaved.py", "readme_spin.py"])
+@pytest.mark.parametrize(
+    "script", ["readme_paper_recipe.py", "readme_custom_reward_config.py", "readme_interleaved.py", "readme_spin.py"]
+)
 def test_readme_example_scripts_run(script, tmp_path, monkeypatch, capsys):
-    """The seed README's examples as scripts (readme_paper_recipe.py, ~30 s, is left to manual runs)."""
+    """The seed README's examples as scripts, each end to end on a tiny model."""
     import runpy
 
     monkeypatch.chdir(tmp_path)  # they write only to temporary folders; make sure of it

@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import Accelerator
 from beartype import beartype
 from torch import Tensor, nn

@@ -1,0 +1,69 @@
+"""`TrainConfig`: every setting of the training loop, validated at construction.
+
+Stage configs inherit these fields (see `stages.base.TrainingFields`), so the defaults live here only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .schedule import LR_SCHEDULES
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything the loop needs; defaults live here only. Neither steps nor epochs -> one epoch."""
+
+    num_train_steps: int | None = None
+    num_epochs: float | None = None
+    batch_size: int = 8
+    grad_accum_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    max_grad_norm: float | None = 1.0
+    log_every: int = 10
+    valid_every: int | None = None
+    early_stopping_patience: int | None = None
+    early_stopping_metric: str = "loss"
+    early_stopping_mode: str = "min"
+    checkpoint_every: int | None = None
+    seed: int = 0
+    progress: bool = True
+    tensorboard: bool = False
+
+    def __post_init__(self):
+        def check(ok: bool, message: str):
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+
+        for name in ("batch_size", "grad_accum_steps", "log_every"):
+            check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be an int >= 1")
+        for name in ("num_train_steps", "valid_every", "checkpoint_every", "early_stopping_patience"):
+            value = getattr(self, name)
+            check(value is None or (_is_int(value) and value >= 1), f"{name} must be None or an int >= 1, got {value!r}")
+        check(self.num_train_steps is None or self.num_epochs is None, "give num_train_steps or num_epochs, not both")
+        check(self.num_epochs is None or self.num_epochs > 0, f"num_epochs must be > 0, got {self.num_epochs}")
+        check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps must be an int >= 0")
+        check(self.learning_rate > 0 and self.weight_decay >= 0, "learning_rate must be > 0 and weight_decay >= 0")
+        check(self.max_grad_norm is None or self.max_grad_norm >= 0, "max_grad_norm must be None or >= 0")
+        check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        check(self.early_stopping_mode in ("min", "max"), "early_stopping_mode must be 'min' or 'max'")
+        check(_is_int(self.seed) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}")
+        check(self.early_stopping_patience is None or self.valid_every is not None,
+              "early_stopping_patience needs valid_every (how often to validate)")
+
+    def total_steps(self, num_items: int) -> int:
+        """Optimizer steps for a dataset of `num_items`: num_train_steps, or epochs rounded up."""
+        if self.num_train_steps is not None:
+            return self.num_train_steps
+        epochs = 1 if self.num_epochs is None else self.num_epochs
+        return max(1, math.ceil(epochs * num_items / (self.batch_size * self.grad_accum_steps)))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
