@@ -11,8 +11,8 @@ log n - (n-1)/n, and its win rate over a single base sample at most n/(n+1).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from beartype import beartype

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import random
 import shutil
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch

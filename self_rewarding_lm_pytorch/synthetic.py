@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from beartype import beartype
@@ -22,7 +23,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .best_of_n import GenerationConfig, rank_candidates, sample_responses
-from .data import JsonlAppender, collate_examples, encode_example, read_jsonl, write_jsonl
+from .data import (
+    JsonlAppender,
+    collate_examples,
+    encode_example,
+    read_jsonl,
+    write_jsonl,
+)
 from .tokenizer import as_tokenizer
 
 __all__ = ["PerplexityScorer", "generate_synthetic_dataset"]

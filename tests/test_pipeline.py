@@ -136,7 +136,7 @@ def test_garbage_judge_makes_no_pairs_and_the_pipeline_goes_on(tmp_path):
         SFTConfig(SFT_DATA, num_train_steps=2, batch_size=2),
     ]
     trainer, _ = run(tmp_path, stages, self_reward_prompt_config=never)
-    with pytest.warns(UserWarning, match="no preference pairs"):
+    with pytest.warns(UserWarning, match="no preference pairs were made"):
         summaries = trainer()
     assert summaries[0]["trained"] is False and summaries[0]["num_pairs"] == 0
     assert summaries[0]["preferences"]["parse_failure_rate"] == 1.0

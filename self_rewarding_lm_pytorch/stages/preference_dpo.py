@@ -8,9 +8,8 @@ the start of the stage (M_t is the reference for M_t+1).
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .base import StageContext, TrainingFields, resolve_dataset, train_config_of
@@ -80,11 +79,9 @@ class _PreferenceDPOFields(TrainingFields):
         )
         summary = {"preferences": result.stats, "num_pairs": len(result.records)}
         if not result.records:
-            # Nothing to learn from is a finding, not a crash: the stage ends, the pipeline goes on.
-            warnings.warn(
-                f"{type(self).kind}: no preference pairs were made ({result.stats}); this stage trains nothing",
-                stacklevel=2,
-            )
+            # Nothing to learn from is a finding, not a crash (generate_preferences has warned why):
+            # the stage ends, the pipeline checkpoints it and goes on.
+            ctx.accelerator.print(f"{type(self).kind}: no preference pairs, so this stage trains nothing")
             return summary | {"trained": False, "train_steps": 0}
         train_result = train_dpo(
             ctx.model,
