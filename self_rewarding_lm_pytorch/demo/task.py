@@ -4,10 +4,12 @@ A prompt is `"37+485="`, the answer `"522"` (the demo uses up to two digits by d
 
 The seed data follows Yuan et al. (2024): instruction-following examples (prompt -> correct answer)
 and evaluation-fine-tuning examples (a judge prompt rendered with `DEMO_JUDGE_TEMPLATE` -> a short
-justification and `Score: <n>`), built from correct and deliberately wrong answers. The
-justification first restates the problem with its true sum, so the judge learns to compute and
-then compare: the model can only judge as well as it can add, which is the honest setting for a
-self-judge.
+justification and `Score: <n>`), built from correct and deliberately wrong answers. The judge
+prompt puts the judged answer first and ends with the problem (`"Judge 45 ? 12+34="`), so the
+judge recomputes the sum right after `a+b=`, as the solver does, instead of right after the judged
+answer (where copying it was the easy way out, see bench/results/demo.md); then it lines the two
+numbers up digit by digit with a mark per digit (`"46 44= 65! Score: 1"`), so each step of the
+comparison is local and the verdict only has to spot a `!`.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ __all__ = [
     "parse_prompt",
     "render_judge_prompt",
     "judge_target",
+    "digit_marks",
     "verifier_reward",
 ]
 
 # Compact on purpose: the judge prompt, the candidate and the judgment must fit a ~128-token
 # byte-level context (the reference package's default judge prompt alone is ~2,700 bytes).
-DEMO_JUDGE_TEMPLATE = "Judge: {{ prompt }}{{ response }}\n"
+DEMO_JUDGE_TEMPLATE = "Judge {{ response }} ? {{ prompt }}"
 DEMO_JUDGE_REGEX = "Score: {{ reward }}"
 CORRECT_SCORE = 5
 WRONG_SCORE = 1
@@ -65,29 +68,36 @@ def verifier_reward(prompts: list[str], responses: list[str]) -> list[float]:
 
 def render_judge_prompt(prompt: str, response: str) -> str:
     """What `demo_reward_config().render` produces, without jinja2 (used to cross-check it in tests)."""
-    return f"Judge: {prompt}{response}\n"
+    return f"Judge {response} ? {prompt}"
+
+
+def digit_marks(expected: str, judged: str) -> str:
+    """The two numbers lined up from the left, one `<expected digit><judged digit><mark>` group per
+    position, `=` where they agree and `!` where not; `_` pads the shorter: `("46", "45") -> "44= 65!"`."""
+    width = max(len(expected), len(judged))
+    pairs = zip(expected.ljust(width, "_"), judged.ljust(width, "_"))
+    return " ".join(f"{x}{y}{'=' if x == y else '!'}" for x, y in pairs)
 
 
 def judge_target(prompt: str, response: str) -> str:
-    """The evaluation-fine-tuning target: the problem restated with its true sum, the judged answer
-    copied beside it, a verdict, the score: `"12+34=46 vs 45: no. Score: 1"`.
+    """The evaluation-fine-tuning target: the true sum, the digit-by-digit comparison with the judged
+    answer, the score: `"46 44= 65! Score: 1"` for `12+34=` judged `45`.
 
-    Restating `a+b=` lets the judge compute the sum in the format it learned from the instruction
-    data; copying the judged answer right after it turns the comparison into one at a fixed
-    distance. Two earlier formats judged at chance or barely above (58% and 49% pairwise accuracy,
-    see bench/results/demo.md): the model copied the judged answer instead of comparing.
+    Each mark depends only on the two characters just before it, and the verdict only on whether a
+    `!` occurred: a tiny model learns these local steps, where a single verdict after
+    `"12+34=46 vs 45:"` stayed near chance (bench/results/demo.md, attempts 1-7).
     """
     a, b = parse_prompt(prompt)
-    verdict = f"ok. Score: {CORRECT_SCORE}" if is_correct(prompt, response) else f"no. Score: {WRONG_SCORE}"
-    return f"{a}+{b}={a + b} vs {response.strip()}: {verdict}"
+    expected, judged = str(a + b), response.strip()
+    score = CORRECT_SCORE if expected == judged else WRONG_SCORE
+    return f"{expected} {digit_marks(expected, judged)} Score: {score}"
 
 
 def demo_reward_config():
     """The judge `RewardConfig` the demo's model is trained to follow and judged with."""
     from ..judge import RewardConfig
 
-    # auto_dedent off: it would strip the template's final newline, which separates the judged
-    # answer from the judge's own recomputed sum.
+    # auto_dedent off: the template is one line and must render byte for byte as the EFT data was.
     return RewardConfig(
         prompt_template=DEMO_JUDGE_TEMPLATE,
         reward_regex_template=DEMO_JUDGE_REGEX,
