@@ -290,15 +290,19 @@ def parse_pipeline(raw: dict, *, path: Path, stage_kinds: dict[str, type] | None
     return PipelineFile(path, run_dir, seed, tokenizer, model, init, judge, accelerate, stages)
 
 
-def load_pipeline_file(path: str | os.PathLike, *, overrides: tuple[str, ...] = (), stage_kinds=None) -> PipelineFile:
-    """Read, override (`KEY=VALUE` strings) and validate a pipeline TOML file."""
-    path = Path(path)
+def _read_toml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"no such config file: {path}")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
+
+
+def load_pipeline_file(path: str | os.PathLike, *, overrides: tuple[str, ...] = (), stage_kinds=None) -> PipelineFile:
+    """Read, override (`KEY=VALUE` strings) and validate a pipeline TOML file."""
+    path = Path(path)
+    raw = _read_toml(path)
     for assignment in overrides:
         apply_override(raw, assignment)
     return parse_pipeline(raw, path=path, stage_kinds=stage_kinds)
@@ -370,12 +374,7 @@ def build_reward_config(judge: dict | None) -> Any:
 def load_model_section(path: str | os.PathLike, *, require_model: bool = True) -> dict:
     """`{"model", "tokenizer", "judge"}` from a TOML file (a pipeline file or one with just these)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"no such config file: {path}")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    raw = _read_toml(path)
     unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "read_json_if_exists",
     "write_jsonl",
     "read_jsonl",
+    "iter_jsonl",
     "JsonlAppender",
     "pad_right",
     "encode_example",
@@ -121,11 +122,11 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
     return atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
-def read_jsonl(path: str | os.PathLike, *, ignore_partial_last_line: bool = False) -> list[dict]:
-    """Records of a JSONL file; a bad line is an error naming the file and line number.
+def iter_jsonl(path: str | os.PathLike, *, ignore_partial_last_line: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, record) for each non-blank line; a bad line is an error naming the file and line.
 
-    `ignore_partial_last_line` drops an unterminated final line (a writer killed mid-line), which
-    is how streamed files resume.
+    `ignore_partial_last_line` skips an unterminated final line (a writer killed mid-line), which is
+    how streamed files resume.
     """
     path = Path(path)
     if not path.exists():
@@ -134,15 +135,19 @@ def read_jsonl(path: str | os.PathLike, *, ignore_partial_last_line: bool = Fals
     lines = text.split("\n")
     if ignore_partial_last_line and not text.endswith("\n"):
         lines = lines[:-1]
-    out = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    return out
+        yield lineno, record
+
+
+def read_jsonl(path: str | os.PathLike, *, ignore_partial_last_line: bool = False) -> list[Any]:
+    """The records of a JSONL file (see `iter_jsonl`)."""
+    return [record for _, record in iter_jsonl(path, ignore_partial_last_line=ignore_partial_last_line)]
 
 
 class JsonlAppender:

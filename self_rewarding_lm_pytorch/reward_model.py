@@ -25,7 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from .data import ListDataset, atomic_write_bytes, collate_examples, encode_example
+from .data import ListDataset, atomic_write_bytes, collate_examples, encode_example, iter_jsonl
 from .tokenizer import ByteTokenizer
 
 __all__ = ["RewardModel", "RewardModelTrainer", "RankingTask", "load_ranked_records", "pairwise_metrics"]
@@ -199,16 +199,8 @@ def _read_records(path: Path) -> tuple[list, list[str]]:
         if not isinstance(records, list):
             raise ValueError(f"{path}: a .json ranking file must hold a list of records")
         return records, [f"{path}, list item {i}" for i in range(len(records))]
-    records, where = [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        where.append(f"{path}:{lineno}")
-    return records, where
+    numbered = list(iter_jsonl(path))
+    return [record for _, record in numbered], [f"{path}:{lineno}" for lineno, _ in numbered]
 
 
 def _check_record(rec, loc: str):

@@ -14,6 +14,7 @@ from self_rewarding_lm_pytorch.demo.report import format_table, render_report, w
 from self_rewarding_lm_pytorch.demo.task import (
     AdditionTask,
     demo_reward_config,
+    digit_marks,
     is_correct,
     judge_target,
     parse_prompt,
@@ -49,10 +50,22 @@ def test_wrong_answers_are_wrong_and_plausible():
 
 def test_judge_prompt_matches_the_reward_config_and_targets_parse():
     config = demo_reward_config()
-    assert config.render(prompt="12+34=", response="46") == render_judge_prompt("12+34=", "46") == "Judge: 12+34=46\n"
-    assert judge_target("12+34=", "46") == "12+34=46 vs 46: ok. Score: 5" and config.parse(judge_target("12+34=", "46")) == 5.0
-    assert judge_target("12+34=", "45") == "12+34=46 vs 45: no. Score: 1" and config.parse(judge_target("12+34=", "45")) == 1.0
-    assert config.parse("12+34=46 vs 46: ok. Score: 9") is None  # out of the 1..5 range
+    assert config.render(prompt="12+34=", response="46") == render_judge_prompt("12+34=", "46") == "Judge 46 ? 12+34="
+    assert judge_target("12+34=", "46") == "46 44= 66= Score: 5" and config.parse(judge_target("12+34=", "46")) == 5.0
+    assert judge_target("12+34=", "45") == "46 44= 65! Score: 1" and config.parse(judge_target("12+34=", "45")) == 1.0
+    assert config.parse("46 44= 66= Score: 9") is None  # out of the 1..5 range
+
+
+def test_digit_marks_line_up_from_the_left_and_pad():
+    """Hand-derived: 100 vs 10 -> (1,1)= (0,0)= (0,_)!; 7 vs 17 -> (7,1)! (_,7)!; equal -> all `=`."""
+    assert digit_marks("100", "10") == "11= 00= 0_!"
+    assert digit_marks("7", "17") == "71! _7!"
+    assert digit_marks("85", "85") == "88= 55="
+    # a wrong answer always gets at least one `!`, a right one never does
+    task, rng = AdditionTask(max_digits=2), random.Random(1)
+    for prompt in task.sample_prompts(200, rng):
+        right, wrong = task.answer(prompt), task.wrong_answer(prompt, rng)
+        assert "!" not in judge_target(prompt, right) and "!" in judge_target(prompt, wrong)
 
 
 def test_seed_data_is_disjoint_balanced_and_reproducible():
@@ -66,10 +79,9 @@ def test_seed_data_is_disjoint_balanced_and_reproducible():
     assert all(is_correct(r["prompt"], r["response"]) for r in data.instruction)
     # every evaluation target states the true sum and a score that reflects correctness
     for rec in data.evaluation:
-        body = rec["prompt"].removeprefix("Judge: ").removesuffix("\n")
-        prompt, response = body.split("=", 1)
-        assert rec["response"] == judge_target(prompt + "=", response)
-        assert prompt + "=" not in train | set(data.heldout_prompts)  # EFT prompts are their own
+        response, prompt = rec["prompt"].removeprefix("Judge ").split(" ? ")
+        assert rec["response"] == judge_target(prompt, response)
+        assert prompt not in train | set(data.heldout_prompts)  # EFT prompts are their own
     correct = data.stats["num_evaluation_correct"]
     assert 150 < correct < 250  # about half right, half deliberately wrong
     assert len(data.sft) == 700
