@@ -1,6 +1,8 @@
 """The staged pipeline: order, folders, manifest, resume after a crash, reproducibility, bad input."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,3 +186,28 @@ def test_a_reward_model_plugs_into_the_external_reward_stage(tmp_path):
         chosen, rejected = rm.score([pair["prompt"]] * 2, [pair["chosen"], pair["rejected"]]).tolist()
         assert chosen > rejected
         assert chosen == pytest.approx(pair["chosen_score"], abs=1e-4)
+
+
+def test_two_processes_run_the_pipeline_to_the_weights_of_one(tmp_path):
+    """`accelerate launch` with 2 processes (gloo): both end with the single-process weights, and the
+    run folder they share is complete (its files are written by the main process only)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+    from test_two_process import free_port
+
+    script = str(Path(__file__).parent / "scripts" / "two_process_pipeline.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, script, str(one)], check=True, env=env, capture_output=True, timeout=180)
+    launch = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
+              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()), script, str(two)]
+    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    expected = load_file(str(one / "weights-rank0.safetensors"))
+    for rank in (0, 1):
+        assert_same_weights(load_file(str(two / f"weights-rank{rank}.safetensors")), expected)
+    manifest = json.loads((two / "run" / "manifest.json").read_text())
+    assert [s["folder"] for s in manifest["finished"]] == ["01-sft", "02-external-reward-dpo"]
