@@ -24,10 +24,10 @@ import torch
 from beartype import beartype
 from einops import rearrange
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .judge import DEFAULT_REWARD_CONFIG, RewardConfig, judge_scores
 from .pairs import best_vs_worst
+from .preference_chunks import Shard, resume_chunks, run_chunks
 
 __all__ = ["Budgets", "BudgetError", "resolve_budgets", "PreferenceResult", "generate_preferences"]
 
@@ -248,27 +248,6 @@ def _pair_record(rec: dict) -> dict:
             "prompt_index": rec["prompt_index"], "pass": rec["pass"]}
 
 
-def _resume_chunks(
-    path: Path, chunk_prompts: dict[tuple[int, int], list[int]], texts: list
-) -> dict[tuple[int, int], list[dict]]:
-    """Complete chunks already in candidates.jsonl (the file is rewritten without a partial chunk)."""
-    from .data import read_jsonl, write_jsonl
-
-    if not path.exists():
-        return {}
-    by_chunk: dict[tuple[int, int], list[dict]] = {}
-    for rec in read_jsonl(path, ignore_partial_last_line=True):
-        by_chunk.setdefault((rec["pass"], rec["chunk"]), []).append(rec)
-    done = {}
-    for key, recs in by_chunk.items():
-        if [r["prompt_index"] for r in recs] == chunk_prompts.get(key):
-            if any(texts[r["prompt_index"]] != r["prompt"] for r in recs):
-                raise ValueError(f"{path} was made from different prompts; cannot resume it (delete it to start over)")
-            done[key] = recs
-    write_jsonl(path, [r for key in sorted(done) for r in done[key]])
-    return done
-
-
 def _stats(records: list[dict], pair_records: list[dict], counts: Counter, **extra) -> dict:
     def mean(key):
         values = [r[key] for r in pair_records if r[key] is not None]
@@ -317,6 +296,7 @@ def generate_preferences(
     num_pairs: int | None = None, pair_policy: Callable = best_vs_worst, out_dir: str | Path | None = None,
     generator: torch.Generator | None = None, seed: int | None = None, max_passes: int = 1, chunk_size: int = 16,
     batch_size: int | None = None, use_cache: bool = True, resume: bool = False, progress: bool = True,
+    accelerator=None,
 ) -> PreferenceResult:
     """Self-rewarding preference pairs (Yuan et al. 2024): `num_candidates` samples per prompt from
     `model`, each judged `num_judgments` times by `judge_model` (default: `model` itself) with
@@ -326,7 +306,9 @@ def generate_preferences(
     ("prompts_exhausted"). Budgets not given are derived from the models' `max_seq_len`; ones that
     cannot fit raise `BudgetError` before any generation. Too-long, empty and unreadable prompts are
     skipped and counted. With `seed`, each chunk draws from its own generator, so `resume=True` after
-    a crash continues `out_dir/candidates.jsonl` exactly as an uninterrupted run would.
+    a crash continues `out_dir/candidates.jsonl` exactly as an uninterrupted run would, and with an
+    `accelerator` of several processes each process generates its share of the chunks (the result
+    is the same as one process's).
     """
     if num_candidates < 2 or num_judgments < 1 or max_passes < 1 or chunk_size < 1:
         raise ValueError(f"need num_candidates >= 2, num_judgments, max_passes, chunk_size >= 1; got "
@@ -348,10 +330,18 @@ def generate_preferences(
                judge_temperature=judge_temperature, judge_top_p=judge_top_p, budgets=budgets, pair_policy=pair_policy,
                batch_size=batch_size, use_cache=use_cache)
     cand_path = Path(out_dir) / "candidates.jsonl" if out_dir is not None else None
+    shard = Shard.of(accelerator) if seed is not None else Shard()
     done = {}
     if resume and cand_path is not None:
-        done = _resume_chunks(cand_path, {key: [i for i, _, _ in items] for key, items in plan}, [t for t, _, _ in encoded])
-    records, counts = _run_plan(ctx, plan, done, cand_path, num_pairs, generator, seed, progress)
+        done = resume_chunks(cand_path, {key: [i for i, _, _ in items] for key, items in plan}, [t for t, _, _ in encoded])
+    done = shard.from_main(done)
+
+    def process(key, items):
+        chunk_counts = Counter()
+        return _process_chunk(ctx, items, _chunk_generator(generator, seed, *key), chunk_counts), chunk_counts
+
+    records, counts = run_chunks(plan, process, done=done, cand_path=cand_path, num_pairs=num_pairs,
+                                 shard=shard, progress=progress)
     pair_records = [_pair_record(r) for r in records if r["pair"]][:num_pairs]
     enough = num_pairs is not None and len(pair_records) >= num_pairs
     stats = _stats(records + dropped, pair_records, counts, num_pairs_requested=num_pairs,
@@ -365,43 +355,6 @@ def generate_preferences(
         atomic_write_json(Path(out_dir) / "preference_stats.json", stats)
     _report(stats)
     return PreferenceResult(records=pair_records, stats=stats)
-
-
-def _run_plan(ctx, plan, done, cand_path, num_pairs, generator, seed, progress) -> tuple[list[dict], Counter]:
-    """Process chunks in order until enough pairs exist, streaming each finished chunk to disk."""
-    from .data import JsonlAppender, atomic_write_text
-
-    if cand_path is not None and not done:
-        atomic_write_text(cand_path, "")  # a fresh run never appends to an old file
-    appender = JsonlAppender(cand_path) if cand_path is not None else None
-    records, counts, made = [], Counter(), 0
-    bar = tqdm(total=sum(len(items) for _, items in plan), desc="preferences", disable=not progress, unit="prompt")
-    try:
-        for (pass_idx, chunk_idx), items in plan:
-            if num_pairs is not None and made >= num_pairs:
-                break
-            if (pass_idx, chunk_idx) in done:
-                chunk_records = done[(pass_idx, chunk_idx)]
-                counts.update({k: v for r in chunk_records for k, v in r.get("counts", {}).items()})
-            else:
-                chunk_counts = Counter()
-                g = _chunk_generator(generator, seed, pass_idx, chunk_idx)
-                chunk_records = _process_chunk(ctx, items, g, chunk_counts)
-                counts.update(chunk_counts)
-                for i, rec in enumerate(chunk_records):
-                    # chunk counts ride on the chunk's first record so a resumed run can restore them
-                    rec.update({"pass": pass_idx, "chunk": chunk_idx} | ({"counts": dict(chunk_counts)} if i == 0 else {}))
-                    if appender is not None:
-                        appender.write(rec)
-            records.extend(chunk_records)
-            made += sum(r["pair"] is not None for r in chunk_records)
-            bar.update(len(items))
-            bar.set_postfix(pairs=made)
-    finally:
-        bar.close()
-        if appender is not None:
-            appender.close()
-    return records, counts
 
 
 def _report(stats: dict):

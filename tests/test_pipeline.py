@@ -189,8 +189,8 @@ def test_a_reward_model_plugs_into_the_external_reward_stage(tmp_path):
 
 
 def test_two_processes_run_the_pipeline_to_the_weights_of_one(tmp_path):
-    """`accelerate launch` with 2 processes (gloo): both end with the single-process weights, and the
-    run folder they share is complete (its files are written by the main process only)."""
+    """`accelerate launch` with 2 processes (gloo): they split preference generation, make the same
+    pairs as one process, and both end with the single-process weights."""
     import subprocess
     import sys
 
@@ -211,3 +211,5 @@ def test_two_processes_run_the_pipeline_to_the_weights_of_one(tmp_path):
         assert_same_weights(load_file(str(two / f"weights-rank{rank}.safetensors")), expected)
     manifest = json.loads((two / "run" / "manifest.json").read_text())
     assert [s["folder"] for s in manifest["finished"]] == ["01-sft", "02-external-reward-dpo"]
+    # Each process generated a share of the preference chunks; together they made one process's pairs.
+    assert (two / "pairs.jsonl").read_text() == (one / "pairs.jsonl").read_text()

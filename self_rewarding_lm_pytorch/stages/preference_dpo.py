@@ -75,6 +75,7 @@ class _PreferenceDPOFields(TrainingFields):
             chunk_size=self.generation_chunk_size,
             resume=ctx.resume,
             progress=ctx.progress and ctx.is_main,
+            accelerator=ctx.accelerator,
             **self._scoring_kwargs(ctx),
         )
         summary = {"preferences": result.stats, "num_pairs": len(result.records)}

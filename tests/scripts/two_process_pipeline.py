@@ -28,12 +28,18 @@ def main(out: Path):
     model = TransformerWrapper(num_tokens=259, max_seq_len=48, attn_layers=Decoder(dim=16, depth=1, heads=2))
     stages = [
         SFTConfig([{"prompt": p, "response": p.upper()} for p in PROMPTS], num_train_steps=3, batch_size=2),
-        ExternalRewardDPOConfig(count_a, PROMPTS, 6, num_train_steps=4, batch_size=2, max_new_tokens=6),
+        # chunks of 2 prompts: 3 chunks, so the two processes each generate a share
+        ExternalRewardDPOConfig(count_a, PROMPTS, 6, num_train_steps=4, batch_size=2, max_new_tokens=6,
+                                generation_chunk_size=2),
     ]
     trainer = SelfRewardingTrainer(model, stages, tokenizer=ByteTokenizer(), checkpoints_folder=out / "run",
                                    seed=7, accelerate_kwargs=dict(cpu=True), progress=False)
     trainer()
-    rank = PartialState().process_index
+    state = PartialState()
+    rank = state.process_index
+    if state.is_main_process:  # what the pairs were made from, to compare with one process's
+        pairs = (out / "run" / "02-external-reward-dpo" / "pairs.jsonl").read_text()
+        (out / "pairs.jsonl").write_text(pairs)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / f"weights-rank{rank}.safetensors"))
 
 
