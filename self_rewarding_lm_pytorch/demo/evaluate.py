@@ -3,7 +3,8 @@
 Metrics (all on held-out prompts never trained on):
 - `accuracy`: greedy decoding, exact answer.
 - `best_of_4_accuracy`: 4 samples (temperature 0.7, top-p 0.9), ranked by the model's own judge
-  (mean of `num_judgments` judgments; unparsed -> ranked last); the top one is checked.
+  (mean of `num_judgments` judgments at `judge_temperature`, as the self-reward stages judge;
+  unparsed -> ranked last); the top one is checked.
 - `oracle_best_of_4`: the share of prompts where at least one of those 4 samples is right (the
   ceiling any judge could reach on those samples).
 - `judge_pairwise_accuracy`: for each prompt, the correct answer vs a deliberately wrong one
@@ -94,6 +95,7 @@ def evaluate_model(
     num_judgments: int = 3,
     max_new_tokens: int = 8,
     judge_max_new_tokens: int = 20,
+    judge_temperature: float = 0.7,
     seed: int = 0,
 ) -> dict:
     """The metrics in the module docstring, as plain floats."""
@@ -113,7 +115,8 @@ def evaluate_model(
     judged_responses = samples + right + wrong
     result = judge_scores(model, tokenizer, reward_config, judged_prompts, judged_responses,
                           num_judgments=num_judgments, max_new_tokens=judge_max_new_tokens,
-                          temperature=0.7, top_p=0.9, generator=generator)
+                          temperature=judge_temperature, top_p=0.9 if judge_temperature > 0 else None,
+                          generator=generator)
     n_samples, n = len(samples), len(prompts)
     sample_scores = rearrange(result.scores[:n_samples], "(p k) -> p k", k=num_candidates)
     right_scores = result.scores[n_samples : n_samples + n].tolist()

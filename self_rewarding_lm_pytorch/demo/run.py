@@ -45,6 +45,7 @@ class DemoSettings:
     max_seq_len: int = 64
     num_instruction: int = 4000
     num_evaluation: int = 4000
+    eval_correct_fraction: float = 0.5
     num_self_reward_prompts: int = 600
     num_heldout: int = 200
     sft_steps: int = 1200
@@ -59,10 +60,13 @@ class DemoSettings:
     # DPO (lr 2e-4) lowered greedy accuracy even on verifier-chosen pairs (87.5% -> 45.5%).
     dpo_sft_weight: float = 1.0
     num_candidates: int = 4
-    num_sampled_reward_responses: int = 3
-    eval_num_judgments: int = 3
+    # One greedy judgment per candidate: the judge's verdict is deterministic, so a candidate's score
+    # is what the judge believes, not sampling noise (at temperature 0.7 three samples were needed).
+    num_sampled_reward_responses: int = 1
+    judge_temperature: float = 0.0
+    eval_num_judgments: int = 1
     max_new_tokens: int = 6
-    judge_max_new_tokens: int = 34
+    judge_max_new_tokens: int = 40
     oracle: bool = True
 
 
@@ -112,7 +116,8 @@ def _stage_configs(s: DemoSettings, data_dir: Path, *, oracle: bool) -> list:
     )
     return [sft] + [
         SelfRewardDPOConfig(prompts, n, num_sampled_reward_responses=s.num_sampled_reward_responses,
-                            judge_max_new_tokens=s.judge_max_new_tokens, **common)
+                            judge_max_new_tokens=s.judge_max_new_tokens, eval_temperature=s.judge_temperature,
+                            eval_top_p=0.9 if s.judge_temperature > 0 else None, **common)
         for n in s.dpo_pairs
     ]
 
@@ -128,7 +133,7 @@ def _prepare_out(out: Path, overwrite: bool):
 def _write_data(s: DemoSettings, seed: int, data_dir: Path, reward_config) -> dict:
     data = AdditionTask(s.max_digits).build(
         num_instruction=s.num_instruction, num_evaluation=s.num_evaluation,
-        num_self_reward_prompts=s.num_self_reward_prompts, num_heldout=s.num_heldout, seed=seed,
+        num_self_reward_prompts=s.num_self_reward_prompts, num_heldout=s.num_heldout, seed=seed, correct_fraction=s.eval_correct_fraction,
         render=lambda p, r: reward_config.render(prompt=p, response=r),
     )
     write_jsonl(data_dir / "sft.jsonl", data.sft)
@@ -161,7 +166,7 @@ class _Evaluator:
             metrics = evaluate_model(
                 info.model, self.tokenizer, self.reward_config, self.heldout, num_candidates=4,
                 num_judgments=s.eval_num_judgments, max_new_tokens=s.max_new_tokens,
-                judge_max_new_tokens=s.judge_max_new_tokens, seed=self.seed,
+                judge_max_new_tokens=s.judge_max_new_tokens, judge_temperature=s.judge_temperature, seed=self.seed,
             )
             row = {"run": run, "stage": label, "pairs_made": info.summary.get("num_pairs"), **metrics}
             self.rows.append(row)

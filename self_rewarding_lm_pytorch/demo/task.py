@@ -182,11 +182,14 @@ class AdditionTask:
     def instruction_examples(self, prompts: list[str]) -> list[dict]:
         return [{"prompt": p, "response": self.answer(p)} for p in prompts]
 
-    def evaluation_examples(self, prompts: list[str], rng: random.Random, render=render_judge_prompt) -> list[dict]:
-        """One judged answer per prompt, correct or deliberately wrong with equal probability."""
+    def evaluation_examples(self, prompts: list[str], rng: random.Random, render=render_judge_prompt,
+                            correct_fraction: float = 0.5) -> list[dict]:
+        """One judged answer per prompt: correct with probability `correct_fraction`, else deliberately wrong."""
+        if not 0.0 <= correct_fraction <= 1.0:
+            raise ValueError(f"correct_fraction must be in [0, 1], got {correct_fraction}")
         records = []
         for p in prompts:
-            response = self.answer(p) if rng.random() < 0.5 else self.wrong_answer(p, rng)
+            response = self.answer(p) if rng.random() < correct_fraction else self.wrong_answer(p, rng)
             records.append({"prompt": render(p, response), "response": judge_target(p, response)})
         return records
 
@@ -199,6 +202,7 @@ class AdditionTask:
         num_heldout: int,
         seed: int = 0,
         render=None,
+        correct_fraction: float = 0.5,
     ) -> DemoData:
         """Disjoint prompt sets; held-out prompts are drawn first so they never leak into training.
 
@@ -216,7 +220,7 @@ class AdditionTask:
         # Evaluation examples get prompts of their own, as the paper's EFT data is separate data: when
         # they reused instruction prompts, the judge memorised verdicts instead of learning to compare.
         judged = self.sample_prompts(num_evaluation, rng, used | set(self_reward))
-        evaluation = self.evaluation_examples(judged, rng, render)
+        evaluation = self.evaluation_examples(judged, rng, render, correct_fraction)
         stats = {
             "num_instruction": len(train),
             "num_evaluation": len(evaluation),
