@@ -337,6 +337,6 @@ def seed_everything(seed: int):
     try:
         import numpy as np
 
-        np.random.seed(seed)
+        np.random.seed(seed % 2**32)  # numpy takes seeds below 2**32 only
     except ImportError:
         pass

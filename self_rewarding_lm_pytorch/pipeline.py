@@ -1,43 +1,36 @@
 """`SelfRewardingTrainer`: runs an ordered list of stage configs, each in its own folder, resumably.
 
 Layout of a run folder:
-    manifest.json              seed, the planned stages (kind + config hash), the finished ones
+    manifest.json              seed, the planned stages (kind + config hash), the one in progress,
+                               the finished ones (see manifest.py)
+    initial-model.safetensors  the weights the run started from
     01-sft/                    model.safetensors, config.json, and whatever the stage wrote
     02-self-reward-dpo/        candidates.jsonl, pairs.jsonl, train/ (step checkpoints), ...
 
 A rerun on the same folder skips the finished stages (after checking they are the same stages),
-loads the last finished model and resumes the unfinished stage from its step checkpoints.
+loads the last finished model and resumes the unfinished stage from what it had written.
 """
 
 from __future__ import annotations
 
 import random
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from beartype import beartype
 from torch import nn
 
-from .checkpoint import load_model, save_model
-from .data import atomic_write_json
-from .stages.base import StageContext, StageEnd, config_hash, describe_config
+from .checkpoint import load_model, save_model, seed_everything
+from .data import atomic_write_json, read_json_if_exists
+from .manifest import INITIAL_MODEL, MANIFEST, RunMismatchError, clear_run, continue_run, stage_folder_name
+from .stages.base import StageContext, StageEnd, describe_config
 from .tokenizer import as_tokenizer
 
 __all__ = ["SelfRewardingTrainer", "RunMismatchError", "stage_folder_name"]
 
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
-
-
-class RunMismatchError(RuntimeError):
-    """The checkpoints folder holds a different run than the one asked for."""
-
-
-def stage_folder_name(index: int, config: Any) -> str:
-    return f"{index + 1:02d}-{type(config).kind}"
+# Stage seeds are run seed + 1000 * stage number; keep them inside numpy's and torch's seed range.
+MAX_SEED = 2**31
 
 
 def _check_stage(config: Any, index: int):
@@ -46,17 +39,6 @@ def _check_stage(config: Any, index: int):
             f"finetune_configs[{index}] is a {type(config).__name__}, not a stage config "
             "(SFTConfig, SelfPlayConfig, ExternalRewardDPOConfig, SelfRewardDPOConfig, PPOStageConfig)"
         )
-
-
-def seed_everything(seed: int):
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:
-        pass
 
 
 class SelfRewardingTrainer:
@@ -84,6 +66,8 @@ class SelfRewardingTrainer:
             from .recipes import create_default_paper_config
 
             finetune_configs = create_default_paper_config(**finetune_configs)
+        if seed is not None and not 0 <= seed < MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2**31), got {seed}")
         if len(finetune_configs) == 0:
             raise ValueError("finetune_configs is empty: give at least one stage")
         for i, config in enumerate(finetune_configs):
@@ -100,46 +84,42 @@ class SelfRewardingTrainer:
         self.seed = seed
         self.on_stage_end = on_stage_end
         self.progress = progress
+        self.run_seed: int | None = None  # the seed in use, known once the run starts (also in the manifest)
 
     # --- the manifest: what this run is, and how far it got ---
 
-    def _plan(self, seed: int) -> dict:
-        return {
-            "version": MANIFEST_VERSION,
-            "seed": seed,
-            "stages": [
-                {"folder": stage_folder_name(i, c), "kind": type(c).kind, "config_hash": config_hash(c)}
-                for i, c in enumerate(self.stages)
-            ],
-            "finished": [],
-        }
+    def _agree_on_manifest(self, accelerator, overwrite: bool) -> dict:
+        """The main process reads (or creates) the manifest; every process then runs with that one.
 
-    def _load_manifest(self, overwrite: bool) -> dict:
-        from .data import read_json_if_exists
+        One decision for all processes: with `seed=None` each would otherwise draw its own seed.
+        An error on the main process reaches the others too, so none waits forever.
+        """
+        decision = None
+        if accelerator.is_main_process:
+            try:
+                if overwrite:
+                    clear_run(self.folder)
+                existing = read_json_if_exists(self.folder / MANIFEST)
+                fresh_seed = random.SystemRandom().randrange(MAX_SEED)
+                decision = continue_run(self.folder, existing, self.stages, self.reward_config, self.seed, fresh_seed)
+                self.folder.mkdir(parents=True, exist_ok=True)
+                if not decision["finished"] and decision["started"] is None:
+                    save_model(self.model, self.folder / INITIAL_MODEL)  # what a retry starts from
+                atomic_write_json(self.folder / MANIFEST, decision)
+            except (RunMismatchError, ValueError, OSError) as error:
+                decision = error
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
 
-        existing = read_json_if_exists(self.folder / MANIFEST)
-        if existing is None or overwrite:
-            seed = self.seed if self.seed is not None else random.SystemRandom().randrange(2**31)
-            return self._plan(seed)
-        if self.seed is not None and existing["seed"] != self.seed:
-            raise RunMismatchError(
-                f"{self.folder} holds a run with seed {existing['seed']}, not {self.seed}: "
-                "pass overwrite_checkpoints=True or use another checkpoints_folder"
-            )
-        planned = self._plan(existing["seed"])
-        for i, done in enumerate(existing["finished"]):
-            want = planned["stages"][i] if i < len(planned["stages"]) else None
-            if want is None or want["kind"] != done["kind"] or want["config_hash"] != done["config_hash"]:
-                raise RunMismatchError(
-                    f"{self.folder} holds a run whose stage {i + 1} ({done['folder']}) differs from the "
-                    "stage asked for now: pass overwrite_checkpoints=True or use another checkpoints_folder"
-                )
-        planned["finished"] = existing["finished"]
-        return planned
+            decision = broadcast_object_list([decision], from_process=0)[0]
+        if isinstance(decision, BaseException):
+            raise decision
+        return decision
 
     def _write_manifest(self, manifest: dict, accelerator):
         if accelerator.is_main_process:
             atomic_write_json(self.folder / MANIFEST, manifest)
+        accelerator.wait_for_everyone()
 
     # --- running ---
 
@@ -148,34 +128,42 @@ class SelfRewardingTrainer:
         from .loop import make_accelerator
 
         accelerator = make_accelerator(self.accelerate_kwargs)
-        if overwrite_checkpoints and accelerator.is_main_process and self.folder.exists():
-            shutil.rmtree(self.folder)
-        accelerator.wait_for_everyone()
-        manifest = self._load_manifest(overwrite_checkpoints)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._write_manifest(manifest, accelerator)
-
+        self.model.to(accelerator.device)
+        manifest = self._agree_on_manifest(accelerator, overwrite_checkpoints)
+        self.run_seed = manifest["seed"]
         finished = manifest["finished"]
-        if finished:
-            load_model(self.model, self.folder / finished[-1]["folder"] / "model.safetensors")
+        # A retry starts from the weights the interrupted attempt started from, not from whatever
+        # the model in memory holds now (it may be half-trained, or freshly initialised).
+        start = self.folder / finished[-1]["folder"] / "model.safetensors" if finished else self.folder / INITIAL_MODEL
+        load_model(self.model, start)
+        if finished or manifest["started"]:
             accelerator.print(f"resuming {self.folder}: {len(finished)} of {len(self.stages)} stages done")
 
         for index in range(len(finished), len(self.stages)):
-            summary = self._run_stage(index, manifest, accelerator)
-            manifest["finished"].append({**manifest["stages"][index], "summary": summary})
+            folder = manifest["stages"][index]["folder"]
+            resume = manifest["started"] == folder
+            manifest["started"] = folder
             self._write_manifest(manifest, accelerator)
+            summary = self._run_stage(index, manifest["seed"], resume, accelerator)
+            manifest["finished"].append({**manifest["stages"][index], "summary": summary})
+            manifest["started"] = None
+            self._write_manifest(manifest, accelerator)
+            if self.on_stage_end is not None:
+                config = self.stages[index]
+                self.on_stage_end(StageEnd(index, config, self.model, self.folder / folder, summary))
         return [entry.get("summary", {}) for entry in manifest["finished"]]
 
-    def _run_stage(self, index: int, manifest: dict, accelerator) -> dict:
+    def _run_stage(self, index: int, run_seed: int, resume: bool, accelerator) -> dict:
         config = self.stages[index]
         stage_dir = self.folder / stage_folder_name(index, config)
-        resume = stage_dir.exists()
-        stage_dir.mkdir(parents=True, exist_ok=True)
+        if accelerator.is_main_process:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
         accelerator.print(f"stage {index + 1}/{len(self.stages)}: {type(config).kind} -> {stage_dir}")
 
         # Each stage re-seeds from (run seed, stage index), so a resumed stage sees the same
         # randomness as an uninterrupted run, whatever ran before it in this process.
-        stage_seed = manifest["seed"] + 1000 * (index + 1)
+        stage_seed = run_seed + 1000 * (index + 1)
         seed_everything(stage_seed)
         ctx = StageContext(
             model=self.model,
@@ -192,6 +180,4 @@ class SelfRewardingTrainer:
         if accelerator.is_main_process:
             save_model(self.model, stage_dir / "model.safetensors")
             atomic_write_json(stage_dir / "config.json", describe_config(config))
-        if self.on_stage_end is not None:
-            self.on_stage_end(StageEnd(index, config, self.model, stage_dir, summary))
         return summary

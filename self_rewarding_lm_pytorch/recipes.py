@@ -31,14 +31,12 @@ def create_default_paper_config(
     """
     if len(num_generated_preference_pairs) == 0:
         raise ValueError("num_generated_preference_pairs needs one entry per self-reward iteration")
+    dpo_config = dict(self_reward_config or {})
+    if dpo_num_train_steps is not None:
+        if "num_train_steps" in dpo_config:
+            raise ValueError("give dpo_num_train_steps or self_reward_config['num_train_steps'], not both")
+        dpo_config["num_train_steps"] = dpo_num_train_steps
     stages: list = [SFTConfig(train_sft_dataset, valid_dataset=valid_sft_dataset, **(sft_config or {}))]
     for num_pairs in num_generated_preference_pairs:
-        stages.append(
-            SelfRewardDPOConfig(
-                self_reward_prompt_dataset,
-                num_pairs,
-                num_train_steps=dpo_num_train_steps,
-                **(self_reward_config or {}),
-            )
-        )
+        stages.append(SelfRewardDPOConfig(self_reward_prompt_dataset, num_pairs, **dpo_config))
     return stages

@@ -87,6 +87,15 @@ def test_seed_data_is_disjoint_balanced_and_reproducible():
     assert len(data.sft) == 700
 
 
+def test_settings_that_need_more_prompts_than_exist_fail_early():
+    from self_rewarding_lm_pytorch.demo.run import DemoSettings
+
+    with pytest.raises(ValueError, match="only 10000"):  # 2-digit operands 0..99: 100 * 100 prompts
+        DemoSettings(num_instruction=4000, num_evaluation=6000)
+    with pytest.raises(ValueError, match="correct_fraction"):
+        AdditionTask().evaluation_examples(["1+2="], random.Random(0), correct_fraction=1.5)
+
+
 def test_pairwise_accuracy_and_best_of_k():
     """Hand-derived: pairs (5,1) win, (3,3) tie, (nan,1) loses (NaN ranks lowest) -> (1 + 0.5 + 0) / 3."""
     assert pairwise_accuracy([5.0, 3.0, math.nan], [1.0, 3.0, 1.0]) == pytest.approx(0.5)

@@ -188,24 +188,32 @@ def test_a_reward_model_plugs_into_the_external_reward_stage(tmp_path):
         assert chosen == pytest.approx(pair["chosen_score"], abs=1e-4)
 
 
-def test_two_processes_run_the_pipeline_to_the_weights_of_one(tmp_path):
-    """`accelerate launch` with 2 processes (gloo): they split preference generation, make the same
-    pairs as one process, and both end with the single-process weights."""
+def launch_pipeline(out, *, processes, seed="7"):
     import subprocess
     import sys
 
-    from safetensors.torch import load_file
     from test_two_process import free_port
 
     script = str(Path(__file__).parent / "scripts" / "two_process_pipeline.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, script, str(one)], check=True, env=env, capture_output=True, timeout=180)
-    launch = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
-              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(free_port()), script, str(two)]
-    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    if processes == 1:
+        command = [sys.executable, script, str(out), seed]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
+                   "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+                   "--dynamo_backend", "no", "--main_process_port", str(free_port()), script, str(out), seed]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
+
+
+def test_two_processes_run_the_pipeline_to_the_weights_of_one(tmp_path):
+    """`accelerate launch` with 2 processes (gloo): they split preference generation, make the same
+    pairs as one process, and both end with the single-process weights."""
+    from safetensors.torch import load_file
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    launch_pipeline(one, processes=1)
+    launch_pipeline(two, processes=2)
     expected = load_file(str(one / "weights-rank0.safetensors"))
     for rank in (0, 1):
         assert_same_weights(load_file(str(two / f"weights-rank{rank}.safetensors")), expected)
@@ -213,3 +221,111 @@ def test_two_processes_run_the_pipeline_to_the_weights_of_one(tmp_path):
     assert [s["folder"] for s in manifest["finished"]] == ["01-sft", "02-external-reward-dpo"]
     # Each process generated a share of the preference chunks; together they made one process's pairs.
     assert (two / "pairs.jsonl").read_text() == (one / "pairs.jsonl").read_text()
+
+
+def test_two_processes_without_a_seed_agree_on_one(tmp_path):
+    """seed=None: the main process draws the seed and every process runs with it (each drawing its
+    own would give every rank different samples and data order, which DDP would hide)."""
+    launch_pipeline(tmp_path, processes=2, seed="none")
+    seeds = {(tmp_path / f"seed-rank{rank}.txt").read_text() for rank in (0, 1)}
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert seeds == {str(manifest["seed"])}
+
+
+# --- what a rerun may continue, and what it must refuse ---
+
+
+def crash_dpo_at_step(monkeypatch, n):
+    from self_rewarding_lm_pytorch.stages import dpo
+
+    original, calls = dpo.PairTask.step, {"n": 0}
+
+    def crashing_step(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("injected crash")
+        return original(self, model, batch)
+
+    monkeypatch.setattr(dpo.PairTask, "step", crashing_step)
+    return lambda: monkeypatch.setattr(dpo.PairTask, "step", original)
+
+
+def test_an_unfinished_stage_with_a_changed_config_is_refused(tmp_path, monkeypatch):
+    """Its candidates were sampled with the old settings; reusing them silently would be wrong."""
+    undo = crash_dpo_at_step(monkeypatch, 3)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        run(tmp_path, small_pipeline())[0]()
+    undo()
+    with pytest.raises(RunMismatchError, match="02-external-reward-dpo was started with another config"):
+        run(tmp_path, small_pipeline(gen_temperature=1.5))[0]()
+
+
+def test_a_retry_before_any_checkpoint_starts_from_the_initial_weights(tmp_path, monkeypatch):
+    """A crash inside the first stage leaves a half-trained model in memory; the retry, even with a
+    freshly initialised model, must start where the interrupted attempt started."""
+    straight, model_straight = run(tmp_path, small_pipeline(), name="straight")
+    straight()
+
+    from self_rewarding_lm_pytorch.stages import sft
+
+    original, calls = sft.SFTTask.step, {"n": 0}
+
+    def crashing_step(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected crash")
+        return original(self, model, batch)
+
+    monkeypatch.setattr(sft.SFTTask, "step", crashing_step)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        run(tmp_path, small_pipeline(), name="crashed")[0]()
+    monkeypatch.setattr(sft.SFTTask, "step", original)
+    retry, model_retry = run(tmp_path, small_pipeline(), name="crashed", model=make_model(seed=5))
+    retry()
+    assert_same_weights(weights(model_retry), weights(model_straight))
+
+
+def test_foreign_folders_and_manifests_are_refused(tmp_path):
+    (tmp_path / "run" / "01-sft").mkdir(parents=True)  # stage folders with no manifest
+    with pytest.raises(RunMismatchError, match="no manifest.json"):
+        run(tmp_path, small_pipeline())[0]()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "manifest.json").write_text('{"something": "else"}')
+    with pytest.raises(RunMismatchError, match="not a manifest"):
+        run(tmp_path, small_pipeline(), name="other")[0]()
+
+
+def test_overwrite_removes_only_what_a_run_wrote(tmp_path):
+    folder = tmp_path / "run"
+    run(tmp_path, small_pipeline())[0]()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "sft").mkdir()  # e.g. an SFTTrainer's default folder under ./checkpoints
+    run(tmp_path, small_pipeline(dpo_beta=0.3))[0](overwrite_checkpoints=True)
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "sft").is_dir()
+    assert json.loads((folder / "manifest.json").read_text())["finished"][1]["kind"] == "external-reward-dpo"
+
+
+def test_what_a_stage_hash_sees(tmp_path):
+    """Data contents and the judge template change a stage; how often it logs does not."""
+    from self_rewarding_lm_pytorch.manifest import stage_hash
+    from self_rewarding_lm_pytorch.judge import DEFAULT_REWARD_CONFIG
+
+    other_judge = RewardConfig("Rate {{ prompt }} / {{ response }}.", "Rating: {{ reward }}")
+    prompts = [f"p{i}" for i in range(40)]
+    base = SelfRewardDPOConfig(prompts, 4)
+    h = stage_hash(base, DEFAULT_REWARD_CONFIG)
+    assert h == stage_hash(SelfRewardDPOConfig(list(prompts), 4, log_every=1, checkpoint_every=5), DEFAULT_REWARD_CONFIG)
+    assert h != stage_hash(SelfRewardDPOConfig(prompts[:-1] + ["changed"], 4), DEFAULT_REWARD_CONFIG)
+    assert h != stage_hash(base, other_judge)
+    sft = SFTConfig(SFT_DATA)
+    assert stage_hash(sft, DEFAULT_REWARD_CONFIG) == stage_hash(sft, other_judge)  # SFT does not judge
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('"a"\n')
+    h_file = stage_hash(SelfRewardDPOConfig(str(data), 4), DEFAULT_REWARD_CONFIG)
+    data.write_text('"b"\n')
+    assert h_file != stage_hash(SelfRewardDPOConfig(str(data), 4), DEFAULT_REWARD_CONFIG)
+
+
+def test_a_seed_out_of_range_is_refused_at_construction():
+    with pytest.raises(ValueError, match="seed"):
+        SelfRewardingTrainer(make_model(), small_pipeline(), seed=2**40)

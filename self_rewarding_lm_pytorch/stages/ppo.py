@@ -73,6 +73,11 @@ class PPOStageConfig:
     judge_top_p: float | None = 0.9
     checkpoint_every: int | None = 10
 
+    @property
+    def uses_judge(self) -> bool:
+        """Whether the run's judge template decides this stage's rewards (part of its identity on resume)."""
+        return isinstance(self.reward, str) and self.reward == SELF_JUDGE
+
     def __post_init__(self):
         if isinstance(self.ppo, dict):  # from a config file: unknown keys are a TypeError from PPOConfig itself
             object.__setattr__(self, "ppo", PPOConfig(**self.ppo))

@@ -108,6 +108,7 @@ class SelfRewardDPOConfig(_PreferenceDPOFields):
     `RewardConfig` (`num_sampled_reward_responses` judgments each, averaged), or `judge_model` does (OAIF)."""
 
     kind: ClassVar[str] = "self-reward-dpo"
+    uses_judge: ClassVar[bool] = True  # the judge template is part of what this stage's results depend on
 
     prompt_dataset: Any
     num_generated_preference_pairs: int

@@ -71,7 +71,9 @@ class SelfPlayConfig(TrainingFields):
 
         items = resolve_dataset(self.train_dataset, name="train_dataset")
         items = [items[i] for i in range(len(items))]  # mock datasets draw anew per index: fix them once
-        max_seq_len = self.max_seq_len or ctx.model.max_seq_len
+        max_seq_len = self.max_seq_len or getattr(ctx.model, "max_seq_len", None)
+        if max_seq_len is None:
+            raise ValueError("SelfPlayConfig needs max_seq_len: the model has no max_seq_len attribute")
         previous, steps = None, []
         for k in range(self.num_iterations):
             result, generated = train_spin_iteration(
