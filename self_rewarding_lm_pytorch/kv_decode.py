@@ -279,11 +279,8 @@ class FastDecoder:
         gqa = attn.kv_heads < attn.heads
         if gqa:  # x-transformers pairs query head i with kv head i % g; SDPA pairs it with i // (h / g)
             q = rearrange(q, "b (r g) n d -> b (g r) n d", g=attn.kv_heads)
-        if causal:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                                 scale=attn.attend.scale, enable_gqa=gqa)
-        else:
-            out = _decode_attention(q, k, v, mask, attn.attend.scale)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                             scale=attn.attend.scale, enable_gqa=gqa)
         if gqa:
             out = rearrange(out, "b (g r) n d -> b (r g) n d", g=attn.kv_heads)
         return attn.to_out(rearrange(out, "b h n d -> b n (h d)"))
@@ -392,19 +389,3 @@ class XCacheStepper(_SequenceStepper):
     def select(self, keep: Tensor) -> None:
         self.seq = self.seq[keep]
         self._map_cache(lambda t: t[keep])
-
-
-def _decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """Attention of one new query per row over the filled part of the cache.
-
-    Two plain matmuls instead of SDPA: on CPU, SDPA copies the non-contiguous cache slice on every
-    step (a cost that grows with length), while matmul reads the strided view as it is.
-    Query heads (b, g*r, 1, d) are grouped onto their g kv heads (b, g, n, d).
-    """
-    g = k.shape[1]
-    q = rearrange(q, "b (g r) 1 d -> b g r d", g=g)
-    scores = (q @ k.transpose(-1, -2)) * scale  # (b, g, r, n)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    out = scores.softmax(dim=-1) @ v  # (b, g, r, d)
-    return rearrange(out, "b g r d -> b (g r) 1 d")
