@@ -17,6 +17,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -235,6 +236,12 @@ def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator
     return records
 
 
+def _make_chunk(ctx: dict, generator, seed, key: tuple[int, int], items: list) -> tuple[list[dict], Counter]:
+    """One chunk's records and counts, its randomness drawn from its key (see `_chunk_generator`)."""
+    counts = Counter()
+    return _process_chunk(ctx, items, _chunk_generator(generator, seed, *key), counts), counts
+
+
 def _json_float(x) -> float | None:
     x = float(x)
     return None if math.isnan(x) else x
@@ -335,13 +342,8 @@ def generate_preferences(
     if resume and cand_path is not None:
         done = resume_chunks(cand_path, {key: [i for i, _, _ in items] for key, items in plan}, [t for t, _, _ in encoded])
     done = shard.from_main(done)
-
-    def process(key, items):
-        chunk_counts = Counter()
-        return _process_chunk(ctx, items, _chunk_generator(generator, seed, *key), chunk_counts), chunk_counts
-
-    records, counts = run_chunks(plan, process, done=done, cand_path=cand_path, num_pairs=num_pairs,
-                                 shard=shard, progress=progress)
+    records, counts = run_chunks(plan, partial(_make_chunk, ctx, generator, seed), done=done, cand_path=cand_path,
+                                 num_pairs=num_pairs, shard=shard, progress=progress)
     pair_records = [_pair_record(r) for r in records if r["pair"]][:num_pairs]
     enough = num_pairs is not None and len(pair_records) >= num_pairs
     stats = _stats(records + dropped, pair_records, counts, num_pairs_requested=num_pairs,
