@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,8 +166,6 @@ def train_config_of(config: Any, **overrides):
     values.update(overrides)
     return TrainConfig(**values)
 
-
-StageRunner = Callable[[StageContext], dict]
 
 
 def _training_fields():
