@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from report import benchmark_parser, write_report
 
 MODES = ("floor", "floor_ce", "precomputed", "live")
 HOW = """How: every mode runs on the same pre-collated batch, without the optimizer step (the loop's, the
@@ -168,10 +169,7 @@ def report(args, timing, memory, params) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--batch", type=int, default=8, help="pairs per step (2x rows)")
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--response-len", type=int, default=96)
@@ -179,7 +177,6 @@ def main():
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--memory-mode", choices=MODES, help=argparse.SUPPRESS)
-    parser.add_argument("--write", type=Path, help="also write the markdown report here")
     args = parser.parse_args()
     if args.memory_mode:
         return memory_child(args)
@@ -190,17 +187,10 @@ def main():
     table = report(args, timing, memory, sum(p.numel() for p in model.parameters()))
     print(table)
     if args.write:
-        import os
-
-        command = "python bench/dpo_step.py " + " ".join(sys.argv[1:])
-        load = os.popen("uptime").read().strip()
-        text = (f"# DPO step vs the forward+backward floor\n\nCommand: `{command}`\n\n"
-                f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259; "
-                f"{args.batch} pairs = {2 * args.batch} rows of {args.prompt_len + args.response_len} tokens; "
-                f"CPU, 1 thread, torch {torch.__version__}.\n\nMachine load during the run (`uptime`): `{load}`\n\n"
-                f"{table}\n\n{HOW}\n")
-        args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(text)
+        write_report(args.write, "DPO step vs the forward+backward floor",
+                     f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259; "
+                     f"{args.batch} pairs = {2 * args.batch} rows of {args.prompt_len + args.response_len} tokens; "
+                     f"CPU, 1 thread, torch {torch.__version__}.", f"{table}\n\n{HOW}")
 
 
 if __name__ == "__main__":

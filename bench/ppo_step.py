@@ -16,15 +16,12 @@ CPU, one thread; the same fixed random batch (no EOS, full-length responses) eve
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
+from report import benchmark_parser, write_report
 
 
 def build(args):
@@ -120,10 +117,7 @@ def report(result) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--batch", type=int, default=16, help="rollouts per PPO step")
     parser.add_argument("--mini-batch", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=4)
@@ -131,25 +125,18 @@ def main():
     parser.add_argument("--response-len", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--write", type=Path, help="also write the markdown report here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     result = run(args)
     table = report(result)
     print(table)
     if args.write:
-        from self_rewarding_lm_pytorch.data import atomic_write_text
-
-        command = "python bench/ppo_step.py " + " ".join(sys.argv[1:])
-        load = os.popen("uptime").read().strip()
-        text = (f"# PPO step vs its own forward and backward passes\n\nCommand: `{command}`\n\n"
-                f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259, "
-                f"with a value head; {args.batch} rollouts of {args.query_len} + {args.response_len} tokens, "
-                f"minibatches of {args.mini_batch}, {args.epochs} PPO epochs ({result['updates']} updates per step); "
-                f"CPU, 1 thread, torch {torch.__version__}. Medians over {args.rounds} rounds after {args.warmup} warm-up.\n\n"
-                f"Machine load during the run (`uptime`, a 2-core machine shared by several agents): `{load}`\n\n"
-                f"{table}\n")
-        atomic_write_text(args.write, text)
+        write_report(args.write, "PPO step vs its own forward and backward passes",
+                     f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259, "
+                     f"with a value head; {args.batch} rollouts of {args.query_len} + {args.response_len} tokens, "
+                     f"minibatches of {args.mini_batch}, {args.epochs} PPO epochs ({result['updates']} updates per step); "
+                     f"CPU, 1 thread, torch {torch.__version__}. Medians over {args.rounds} rounds after {args.warmup} warm-up.",
+                     table)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,11 @@ For context it also times the same generation without the KV cache (`use_cache=F
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
-
+from report import benchmark_parser, write_report
 
 HOW = """How: one real `train_spin_iteration` (sampling, reference pass, loop with its checkpoint files)
 runs end to end; `sampling.sample` and `compute_ref_logprobs` are wrapped with timers. Times are CPU
@@ -54,7 +50,10 @@ def run(args) -> dict:
     from self_rewarding_lm_pytorch import sampling
     from self_rewarding_lm_pytorch.loop import TrainConfig, make_accelerator
     from self_rewarding_lm_pytorch.stages import dpo
-    from self_rewarding_lm_pytorch.stages.spin import encode_sft_items, train_spin_iteration
+    from self_rewarding_lm_pytorch.stages.spin import (
+        encode_sft_items,
+        train_spin_iteration,
+    )
     from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
 
     torch.manual_seed(0)
@@ -101,30 +100,21 @@ def report(args, r) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--items", type=int, default=64, help="SFT items (prompts sampled per iteration)")
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--response-len", type=int, default=96)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
     table = report(args, run(args))
     print(table)
     if args.write:
-        command = "python bench/spin_iteration.py " + " ".join(sys.argv[1:])
-        load = os.popen("uptime").read().strip()
-        text = (f"# SPIN: generation once per iteration, amortised over the training steps\n\nCommand: `{command}`\n\n"
-                f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259; "
-                f"prompts of {args.prompt_len} tokens, up to {args.response_len} generated (temperature 0.7, "
-                f"top-p 0.9); CPU, 1 thread, torch {torch.__version__}.\n\n"
-                f"Machine load during the run (`uptime`): `{load}`\n\n{table}\n\n{HOW}\n")
-        args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(text)
+        write_report(args.write, "SPIN: generation once per iteration, amortised over the training steps",
+                     f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259; "
+                     f"prompts of {args.prompt_len} tokens, up to {args.response_len} generated (temperature 0.7, "
+                     f"top-p 0.9); CPU, 1 thread, torch {torch.__version__}.", f"{table}\n\n{HOW}")
 
 
 if __name__ == "__main__":
