@@ -26,6 +26,7 @@ __all__ = [
     "write_jsonl",
     "read_jsonl",
     "iter_jsonl",
+    "read_records",
     "JsonlAppender",
     "pad_right",
     "encode_example",
@@ -143,6 +144,21 @@ def iter_jsonl(path: str | os.PathLike, *, ignore_partial_last_line: bool = Fals
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
         yield lineno, record
+
+
+def read_records(path: str | os.PathLike) -> tuple[list[Any], list[str]]:
+    """The records of a `.json` file (a list) or a JSONL file, and where each came from
+    (`"file, list item i"` or `"file:line"`), for error messages that name the record."""
+    path = Path(path)
+    if path.suffix != ".json":
+        numbered = list(iter_jsonl(path))
+        return [record for _, record in numbered], [f"{path}:{lineno}" for lineno, _ in numbered]
+    if not path.exists():
+        raise FileNotFoundError(f"no such JSON file: {path}")
+    records = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: a .json data file must hold a list of records")
+    return records, [f"{path}, list item {i}" for i in range(len(records))]
 
 
 def read_jsonl(path: str | os.PathLike, *, ignore_partial_last_line: bool = False) -> list[Any]:

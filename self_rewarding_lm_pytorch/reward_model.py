@@ -25,7 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from .data import ListDataset, atomic_write_bytes, collate_examples, encode_example, iter_jsonl
+from .data import ListDataset, atomic_write_bytes, collate_examples, encode_example, read_records
 from .tokenizer import ByteTokenizer
 
 __all__ = ["RewardModel", "RewardModelTrainer", "RankingTask", "load_ranked_records", "pairwise_metrics"]
@@ -182,25 +182,15 @@ def load_ranked_records(data) -> list[dict]:
     is not a string) is a ValueError naming its index (and file line): never silently dropped.
     """
     if isinstance(data, (str, os.PathLike)):
-        records, where = _read_records(Path(data))
+        if not Path(data).exists():
+            raise FileNotFoundError(f"no such ranking data file: {data}")
+        records, where = read_records(data)
     else:
         records, where = list(data), None
     for i, rec in enumerate(records):
         loc = f"record {i}" + (f" ({where[i]})" if where else "")
         _check_record(rec, loc)
     return records
-
-
-def _read_records(path: Path) -> tuple[list, list[str]]:
-    if not path.exists():
-        raise FileNotFoundError(f"no such ranking data file: {path}")
-    if path.suffix == ".json":
-        records = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(records, list):
-            raise ValueError(f"{path}: a .json ranking file must hold a list of records")
-        return records, [f"{path}, list item {i}" for i in range(len(records))]
-    numbered = list(iter_jsonl(path))
-    return [record for _, record in numbered], [f"{path}:{lineno}" for lineno, _ in numbered]
 
 
 def _check_record(rec, loc: str):

@@ -106,21 +106,11 @@ def test_crash_in_second_stage_then_rerun_matches_uninterrupted(tmp_path, monkey
     reference, model_ref = run(tmp_path, small_pipeline(), name="straight")
     reference()
 
-    from self_rewarding_lm_pytorch.stages import dpo
-
-    original_step, calls = dpo.PairTask.step, {"n": 0}
-
-    def crashing_step(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("injected crash")
-        return original_step(self, model, batch)
-
-    monkeypatch.setattr(dpo.PairTask, "step", crashing_step)
+    undo = crash_at_call(monkeypatch, "dpo", 3)
     crashed, _ = run(tmp_path, small_pipeline(), name="crashed")
     with pytest.raises(RuntimeError, match="injected crash"):
         crashed()
-    monkeypatch.setattr(dpo.PairTask, "step", original_step)
+    undo()
     manifest = json.loads((tmp_path / "crashed" / "manifest.json").read_text())
     assert [s["folder"] for s in manifest["finished"]] == ["01-sft"]
 
@@ -235,10 +225,12 @@ def test_two_processes_without_a_seed_agree_on_one(tmp_path):
 # --- what a rerun may continue, and what it must refuse ---
 
 
-def crash_dpo_at_step(monkeypatch, n):
-    from self_rewarding_lm_pytorch.stages import dpo
+def crash_at_call(monkeypatch, stage: str, n: int):
+    """Make the n-th training step of the DPO ("dpo") or SFT ("sft") task raise; returns an undo."""
+    from self_rewarding_lm_pytorch.stages import dpo, sft
 
-    original, calls = dpo.PairTask.step, {"n": 0}
+    task = {"dpo": dpo.PairTask, "sft": sft.SFTTask}[stage]
+    original, calls = task.step, {"n": 0}
 
     def crashing_step(self, model, batch):
         calls["n"] += 1
@@ -246,13 +238,13 @@ def crash_dpo_at_step(monkeypatch, n):
             raise RuntimeError("injected crash")
         return original(self, model, batch)
 
-    monkeypatch.setattr(dpo.PairTask, "step", crashing_step)
-    return lambda: monkeypatch.setattr(dpo.PairTask, "step", original)
+    monkeypatch.setattr(task, "step", crashing_step)
+    return lambda: monkeypatch.setattr(task, "step", original)
 
 
 def test_an_unfinished_stage_with_a_changed_config_is_refused(tmp_path, monkeypatch):
     """Its candidates were sampled with the old settings; reusing them silently would be wrong."""
-    undo = crash_dpo_at_step(monkeypatch, 3)
+    undo = crash_at_call(monkeypatch, "dpo", 3)
     with pytest.raises(RuntimeError, match="injected crash"):
         run(tmp_path, small_pipeline())[0]()
     undo()
@@ -266,20 +258,10 @@ def test_a_retry_before_any_checkpoint_starts_from_the_initial_weights(tmp_path,
     straight, model_straight = run(tmp_path, small_pipeline(), name="straight")
     straight()
 
-    from self_rewarding_lm_pytorch.stages import sft
-
-    original, calls = sft.SFTTask.step, {"n": 0}
-
-    def crashing_step(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("injected crash")
-        return original(self, model, batch)
-
-    monkeypatch.setattr(sft.SFTTask, "step", crashing_step)
+    undo = crash_at_call(monkeypatch, "sft", 3)
     with pytest.raises(RuntimeError, match="injected crash"):
         run(tmp_path, small_pipeline(), name="crashed")[0]()
-    monkeypatch.setattr(sft.SFTTask, "step", original)
+    undo()
     retry, model_retry = run(tmp_path, small_pipeline(), name="crashed", model=make_model(seed=5))
     retry()
     assert_same_weights(weights(model_retry), weights(model_straight))

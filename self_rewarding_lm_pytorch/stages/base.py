@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..data import ListDataset, read_jsonl
+from ..data import ListDataset, read_records
 
 __all__ = [
     "StageContext",
@@ -67,12 +66,7 @@ def resolve_dataset(data: Any, *, name: str = "dataset") -> Dataset:
         path = Path(data)
         if not path.exists():
             raise FileNotFoundError(f"{name}: no such file {path}")
-        if path.suffix == ".json":
-            items = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(items, list):
-                raise ValueError(f"{name}: {path} must hold a JSON list of records")
-            return ListDataset(items)
-        return ListDataset(read_jsonl(path))
+        return ListDataset(read_records(path)[0])
     if isinstance(data, (list, tuple)):
         return ListDataset(data)
     if isinstance(data, Dataset) or (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
