@@ -26,18 +26,20 @@ from pathlib import Path
 import torch
 from x_transformers import Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch.best_of_n import BestOfNSampler, GenerationConfig, rank_candidates
-from self_rewarding_lm_pytorch.data import atomic_write_text
-from self_rewarding_lm_pytorch.reward_model import RewardModel
-from self_rewarding_lm_pytorch.sampling import sample
-from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.core.files import atomic_write_text
+from self_rewarding_lm_pytorch.core.sampling import sample
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.generation.best_of_n import BestOfNSampler, GenerationConfig, rank_candidates
+from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
 
 TOK = ByteTokenizer()
 
 
 def build(dim: int, depth: int):
     torch.manual_seed(0)
-    policy = TransformerWrapper(num_tokens=259, max_seq_len=256, attn_layers=Decoder(dim=dim, depth=depth, heads=4)).eval()
+    policy = TransformerWrapper(
+        num_tokens=259, max_seq_len=256, attn_layers=Decoder(dim=dim, depth=depth, heads=4)
+    ).eval()
     rm = RewardModel(num_tokens=259, max_seq_len=256, dim=64, depth=1, heads=4).eval()
     return policy, rm
 
@@ -111,18 +113,27 @@ def main():
         med = statistics.median(ts)
         lines.append(f"| {name} | {med:.2f} | {candidates / med:.1f} | {med / base:.2f}x |")
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    report = "\n".join([
-        f"{args.queries} queries x N={args.n}, {args.max_new_tokens} new tokens, policy dim {args.dim} depth {args.depth}, "
-        f"reward model dim 64 depth 1, {args.repeats} interleaved repeats, torch threads {args.threads}.", "",
-        *lines, "", f"uptime at the end: `{uptime}`"])
+    report = "\n".join(
+        [
+            f"{args.queries} queries x N={args.n}, {args.max_new_tokens} new tokens, policy dim {args.dim} depth {args.depth}, "
+            f"reward model dim 64 depth 1, {args.repeats} interleaved repeats, torch threads {args.threads}.",
+            "",
+            *lines,
+            "",
+            f"uptime at the end: `{uptime}`",
+        ]
+    )
     print(report)
     if not args.quick:
         cmd = "python " + " ".join(sys.argv)
-        atomic_write_text(Path(args.out), f"# Best-of-N throughput\n\nCommand: `{cmd}`\n\n{report}\n\n"
-                          "The batched sampler generates all queries and samples in one KV-cached call and "
-                          "scores all candidates in one reward-model call; the others use the same sampler "
-                          "and reward model query by query (TRL's shape: the query repeated N times) or "
-                          "sample by sample. Ratios are measured side by side in one run.\n")
+        atomic_write_text(
+            Path(args.out),
+            f"# Best-of-N throughput\n\nCommand: `{cmd}`\n\n{report}\n\n"
+            "The batched sampler generates all queries and samples in one KV-cached call and "
+            "scores all candidates in one reward-model call; the others use the same sampler "
+            "and reward model query by query (TRL's shape: the query repeated N times) or "
+            "sample by sample. Ratios are measured side by side in one run.\n",
+        )
 
 
 if __name__ == "__main__":

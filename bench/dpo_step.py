@@ -49,19 +49,27 @@ adds (activations kept for backward, gradients, and for "live" the reference cop
 def build(args):
     from x_transformers import Decoder, TransformerWrapper
 
-    from self_rewarding_lm_pytorch.stages.dpo import DPOTask, collate_pairs
+    from self_rewarding_lm_pytorch.trainers.dpo import DPOTask, collate_pairs
 
     torch.manual_seed(0)
-    model = TransformerWrapper(num_tokens=259, max_seq_len=args.prompt_len + args.response_len,
-                               attn_layers=Decoder(dim=args.dim, depth=args.depth, heads=args.heads))
+    model = TransformerWrapper(
+        num_tokens=259,
+        max_seq_len=args.prompt_len + args.response_len,
+        attn_layers=Decoder(dim=args.dim, depth=args.depth, heads=args.heads),
+    )
     g = torch.Generator().manual_seed(0)
     pairs = []
     for _ in range(args.batch):
         prompt = torch.randint(0, 256, (args.prompt_len,), generator=g).tolist()
         chosen = torch.randint(0, 256, (args.response_len,), generator=g).tolist()
         rejected = torch.randint(0, 256, (args.response_len,), generator=g).tolist()
-        pairs.append({"chosen": (prompt + chosen, args.prompt_len), "rejected": (prompt + rejected, args.prompt_len),
-                      "ref": (-500.0, -510.0)})
+        pairs.append(
+            {
+                "chosen": (prompt + chosen, args.prompt_len),
+                "rejected": (prompt + rejected, args.prompt_len),
+                "ref": (-500.0, -510.0),
+            }
+        )
     batch = collate_pairs(pairs, pad_id=256)
     return model, pairs, batch, DPOTask
 
@@ -106,9 +114,12 @@ def time_modes(args) -> dict:
     for _ in range(20):
         task.collate(pairs)
     collate = (time.process_time() - c0) / 20
-    return {"cpu": {m: statistics.median(t) for m, t in cpu.items()},
-            "cpu_spread": {m: (min(t), max(t)) for m, t in cpu.items()},
-            "wall": {m: statistics.median(t) for m, t in wall.items()}, "collate_s": collate}
+    return {
+        "cpu": {m: statistics.median(t) for m, t in cpu.items()},
+        "cpu_spread": {m: (min(t), max(t)) for m, t in cpu.items()},
+        "wall": {m: statistics.median(t) for m, t in wall.items()},
+        "collate_s": collate,
+    }
 
 
 def _status_kib(field: str) -> int:
@@ -146,25 +157,40 @@ def memory_modes(args) -> dict:
 
 
 def shape_args(args) -> list[str]:
-    return [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-            ("dim", "depth", "heads", "batch", "prompt_len", "response_len", "steps")]
+    return [
+        f"--{k.replace('_', '-')}={getattr(args, k)}"
+        for k in ("dim", "depth", "heads", "batch", "prompt_len", "response_len", "steps")
+    ]
 
 
 def report(args, timing, memory, params) -> str:
     cpu, wall = timing["cpu"], timing["wall"]
-    names = {"floor": "floor: forward + backward of `logits.mean()`", "floor_ce": "floor with a plain LM cross-entropy",
-             "precomputed": "DPO step, precomputed reference", "live": "DPO step, live reference copy"}
-    lines = ["| step | CPU ms (median) | CPU min-max ms | **ratio to floor (CPU medians)** | ratio (CPU minima) "
-             "| ratio (wall medians) | peak RSS added (MiB) |", "|---|---|---|---|---|---|---|"]
+    names = {
+        "floor": "floor: forward + backward of `logits.mean()`",
+        "floor_ce": "floor with a plain LM cross-entropy",
+        "precomputed": "DPO step, precomputed reference",
+        "live": "DPO step, live reference copy",
+    }
+    lines = [
+        "| step | CPU ms (median) | CPU min-max ms | **ratio to floor (CPU medians)** | ratio (CPU minima) "
+        "| ratio (wall medians) | peak RSS added (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     floor_min = timing["cpu_spread"]["floor"][0]
     for m in MODES:
         lo, hi = timing["cpu_spread"][m]
         added = (memory[m]["peak_kib"] - memory[m]["base_kib"]) / 1024
-        lines.append(f"| {names[m]} | {cpu[m] * 1e3:.1f} | {lo * 1e3:.1f}-{hi * 1e3:.1f} | "
-                     f"**{cpu[m] / cpu['floor']:.3f}x** | {lo / floor_min:.3f}x | {wall[m] / wall['floor']:.3f}x | {added:.1f} |")
-    lines.append(f"\nCollating the batch (the loop does it once per step, outside `step`): {timing['collate_s'] * 1e3:.2f} ms CPU.")
-    lines.append(f"Policy parameters: {params / 1e6:.2f} M ({params * 4 / 2**20:.1f} MiB fp32); the live mode's "
-                 f"reference copy adds the same again.")
+        lines.append(
+            f"| {names[m]} | {cpu[m] * 1e3:.1f} | {lo * 1e3:.1f}-{hi * 1e3:.1f} | "
+            f"**{cpu[m] / cpu['floor']:.3f}x** | {lo / floor_min:.3f}x | {wall[m] / wall['floor']:.3f}x | {added:.1f} |"
+        )
+    lines.append(
+        f"\nCollating the batch (the loop does it once per step, outside `step`): {timing['collate_s'] * 1e3:.2f} ms CPU."
+    )
+    lines.append(
+        f"Policy parameters: {params / 1e6:.2f} M ({params * 4 / 2**20:.1f} MiB fp32); the live mode's "
+        f"reference copy adds the same again."
+    )
     return "\n".join(lines)
 
 
@@ -187,10 +213,14 @@ def main():
     table = report(args, timing, memory, sum(p.numel() for p in model.parameters()))
     print(table)
     if args.write:
-        write_report(args.write, "DPO step vs the forward+backward floor",
-                     f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259; "
-                     f"{args.batch} pairs = {2 * args.batch} rows of {args.prompt_len + args.response_len} tokens; "
-                     f"CPU, 1 thread, torch {torch.__version__}.", f"{table}\n\n{HOW}")
+        write_report(
+            args.write,
+            "DPO step vs the forward+backward floor",
+            f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259; "
+            f"{args.batch} pairs = {2 * args.batch} rows of {args.prompt_len + args.response_len} tokens; "
+            f"CPU, 1 thread, torch {torch.__version__}.",
+            f"{table}\n\n{HOW}",
+        )
 
 
 if __name__ == "__main__":

@@ -27,13 +27,18 @@ from report import benchmark_parser, write_report
 def build(args):
     from x_transformers import Decoder, TransformerWrapper
 
-    from self_rewarding_lm_pytorch.ppo import PPOConfig, PPOTrainer
-    from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
+    from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+    from self_rewarding_lm_pytorch.rl.ppo import PPOConfig, PPOTrainer
 
     torch.manual_seed(0)
-    model = TransformerWrapper(num_tokens=259, max_seq_len=args.query_len + args.response_len,
-                               attn_layers=Decoder(dim=args.dim, depth=args.depth, heads=args.heads))
-    config = PPOConfig(batch_size=args.batch, mini_batch_size=args.mini_batch, ppo_epochs=args.epochs, learning_rate=1e-5)
+    model = TransformerWrapper(
+        num_tokens=259,
+        max_seq_len=args.query_len + args.response_len,
+        attn_layers=Decoder(dim=args.dim, depth=args.depth, heads=args.heads),
+    )
+    config = PPOConfig(
+        batch_size=args.batch, mini_batch_size=args.mini_batch, ppo_epochs=args.epochs, learning_rate=1e-5
+    )
     trainer = PPOTrainer(model, config=config, tokenizer=ByteTokenizer())
     g = torch.Generator().manual_seed(0)
     queries = [torch.randint(0, 256, (args.query_len,), generator=g) for _ in range(args.batch)]
@@ -61,7 +66,7 @@ def components(trainer, queries, responses, args):
 
     def forward_backwards():
         for u in range(updates):
-            rows = ids[(u * args.mini_batch) % args.batch:][: args.mini_batch]
+            rows = ids[(u * args.mini_batch) % args.batch :][: args.mini_batch]
             opt.zero_grad(set_to_none=True)
             logits, values = model(rows)
             (logits.mean() + values.mean()).backward()
@@ -80,15 +85,24 @@ def run(args) -> dict:
     for round_ in range(args.warmup + args.rounds):
         stats = {}
         step_time = timed(lambda: stats.update(trainer.step(queries, responses, scores)))
-        times = {"step": step_time, "rollout": timed(rollout_forwards), "fwd_bwd": timed(forward_backwards), "adam": timed(adam_steps),
-                 "t_forward": stats["time/ppo/forward_pass"], "t_rewards": stats["time/ppo/compute_rewards"],
-                 "t_optimize": stats["time/ppo/optimize_step"]}
+        times = {
+            "step": step_time,
+            "rollout": timed(rollout_forwards),
+            "fwd_bwd": timed(forward_backwards),
+            "adam": timed(adam_steps),
+            "t_forward": stats["time/ppo/forward_pass"],
+            "t_rewards": stats["time/ppo/compute_rewards"],
+            "t_optimize": stats["time/ppo/optimize_step"],
+        }
         if round_ >= args.warmup:
             for k, v in times.items():
                 rows[k].append(v)
-    return {"updates": updates, "median": {k: statistics.median(v) for k, v in rows.items()},
-            "spread": {k: (min(v), max(v)) for k, v in rows.items()},
-            "params": sum(p.numel() for p in trainer.model.parameters())}
+    return {
+        "updates": updates,
+        "median": {k: statistics.median(v) for k, v in rows.items()},
+        "spread": {k: (min(v), max(v)) for k, v in rows.items()},
+        "params": sum(p.numel() for p in trainer.model.parameters()),
+    }
 
 
 def report(result) -> str:
@@ -110,9 +124,11 @@ def report(result) -> str:
     row("  of which `time/ppo/forward_pass`", "t_forward")
     row("  of which `time/ppo/compute_rewards` (KL, rewards, GAE, whitening)", "t_rewards")
     row("  of which `time/ppo/optimize_step` (all minibatch updates)", "t_optimize")
-    lines.append(f"\nStep / floor: **{med['step'] / floor:.2f}x**; step / (floor + Adam): "
-                 f"**{med['step'] / (floor + med['adam']):.2f}x**. Parameters (policy + value head): "
-                 f"{result['params'] / 1e6:.2f} M; the reference copy adds the policy's again.")
+    lines.append(
+        f"\nStep / floor: **{med['step'] / floor:.2f}x**; step / (floor + Adam): "
+        f"**{med['step'] / (floor + med['adam']):.2f}x**. Parameters (policy + value head): "
+        f"{result['params'] / 1e6:.2f} M; the reference copy adds the policy's again."
+    )
     return "\n".join(lines)
 
 
@@ -131,12 +147,15 @@ def main():
     table = report(result)
     print(table)
     if args.write:
-        write_report(args.write, "PPO step vs its own forward and backward passes",
-                     f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259, "
-                     f"with a value head; {args.batch} rollouts of {args.query_len} + {args.response_len} tokens, "
-                     f"minibatches of {args.mini_batch}, {args.epochs} PPO epochs ({result['updates']} updates per step); "
-                     f"CPU, 1 thread, torch {torch.__version__}. Medians over {args.rounds} rounds after {args.warmup} warm-up.",
-                     table)
+        write_report(
+            args.write,
+            "PPO step vs its own forward and backward passes",
+            f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259, "
+            f"with a value head; {args.batch} rollouts of {args.query_len} + {args.response_len} tokens, "
+            f"minibatches of {args.mini_batch}, {args.epochs} PPO epochs ({result['updates']} updates per step); "
+            f"CPU, 1 thread, torch {torch.__version__}. Medians over {args.rounds} rounds after {args.warmup} warm-up.",
+            table,
+        )
 
 
 if __name__ == "__main__":

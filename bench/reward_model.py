@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from self_rewarding_lm_pytorch.data import atomic_write_text
-from self_rewarding_lm_pytorch.reward_model import RewardModel, RewardModelTrainer
-from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.core.files import atomic_write_text
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel, RewardModelTrainer
 
 
 def ranked_records(prompts: int, k: int) -> list[dict]:
@@ -39,8 +39,11 @@ def ranked_records(prompts: int, k: int) -> list[dict]:
 
 
 def pair_records(records: list[dict]) -> list[dict]:
-    return [{"prompt": r["prompt"], "ranked_outputs": [a, b]}
-            for r in records for a, b in itertools.combinations(r["ranked_outputs"], 2)]
+    return [
+        {"prompt": r["prompt"], "ranked_outputs": [a, b]}
+        for r in records
+        for a, b in itertools.combinations(r["ranked_outputs"], 2)
+    ]
 
 
 def run(records, batch_size: int, steps: int, max_ranks: int, dim: int) -> tuple[list[int], float]:
@@ -49,9 +52,18 @@ def run(records, batch_size: int, steps: int, max_ranks: int, dim: int) -> tuple
     rows: list[int] = []
     rm.net.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = RewardModelTrainer(rm, ByteTokenizer(), records, max_ranks_per_batch=max_ranks, batch_size=batch_size,
-                                     num_train_steps=steps, progress=False, log_every=steps,
-                                     accelerate_kwargs=dict(cpu=True), checkpoint_folder=tmp)
+        trainer = RewardModelTrainer(
+            rm,
+            ByteTokenizer(),
+            records,
+            max_ranks_per_batch=max_ranks,
+            batch_size=batch_size,
+            num_train_steps=steps,
+            progress=False,
+            log_every=steps,
+            accelerate_kwargs=dict(cpu=True),
+            checkpoint_folder=tmp,
+        )
         t0 = time.perf_counter()
         trainer()
         return rows, (time.perf_counter() - t0) / steps
@@ -77,15 +89,22 @@ def main():
     outputs, pairs = args.batch_size * args.k, args.batch_size * pairs_per_prompt
     assert set(multi_rows) == {outputs}, multi_rows  # each output once per step, one forward per step
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    report = "\n".join([
-        f"{args.batch_size} prompts per step, K={args.k} ranked outputs each ({outputs} outputs, {pairs} pairs), "
-        f"reward model dim {args.dim} depth 2, {args.steps} steps, 1 torch thread.", "",
-        "| training | outputs/step | pairs/step | rows encoded/step (hook) | s/step |", "|---|---|---|---|---|",
-        f"| multinomial (rank-major) | {outputs} | {pairs} | {multi_rows[0]} | {multi_s:.3f} |",
-        f"| pairwise expansion | {outputs} | {pairs} | {pair_rows[0]} | {pair_s:.3f} |", "",
-        f"Rows: multinomial encodes {multi_rows[0]} = outputs; pairwise {pair_rows[0]} = 2 x pairs "
-        f"({pair_rows[0] / multi_rows[0]:.1f}x the rows, {pair_s / multi_s:.1f}x the time per step).", "",
-        f"uptime at the end: `{uptime}`"])
+    report = "\n".join(
+        [
+            f"{args.batch_size} prompts per step, K={args.k} ranked outputs each ({outputs} outputs, {pairs} pairs), "
+            f"reward model dim {args.dim} depth 2, {args.steps} steps, 1 torch thread.",
+            "",
+            "| training | outputs/step | pairs/step | rows encoded/step (hook) | s/step |",
+            "|---|---|---|---|---|",
+            f"| multinomial (rank-major) | {outputs} | {pairs} | {multi_rows[0]} | {multi_s:.3f} |",
+            f"| pairwise expansion | {outputs} | {pairs} | {pair_rows[0]} | {pair_s:.3f} |",
+            "",
+            f"Rows: multinomial encodes {multi_rows[0]} = outputs; pairwise {pair_rows[0]} = 2 x pairs "
+            f"({pair_rows[0] / multi_rows[0]:.1f}x the rows, {pair_s / multi_s:.1f}x the time per step).",
+            "",
+            f"uptime at the end: `{uptime}`",
+        ]
+    )
     print(report)
     if not args.quick:
         cmd = "python " + " ".join(sys.argv)

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch.data import atomic_write_text
-from self_rewarding_lm_pytorch.sampling import sample
+from self_rewarding_lm_pytorch.core.files import atomic_write_text
+from self_rewarding_lm_pytorch.core.sampling import sample
 
 PROMPT_LEN = 32
 NOTE = (
@@ -53,8 +53,15 @@ def contenders(model, wrapper, prompts: torch.Tensor):
     # Sampling at temperature 1 with top-k 26 everywhere: x-transformers' default filter keeps 10% of 256.
 
     def ours(backend):
-        return lambda new: sample(model, prompt_list, backend=backend, max_new_tokens=new, temperature=1.0,
-                                  top_k=26, generator=torch.Generator().manual_seed(0))
+        return lambda new: sample(
+            model,
+            prompt_list,
+            backend=backend,
+            max_new_tokens=new,
+            temperature=1.0,
+            top_k=26,
+            generator=torch.Generator().manual_seed(0),
+        )
 
     def theirs(cache):
         return lambda new: wrapper.generate(prompts, new, temperature=1.0, filter_kwargs=dict(k=26), cache_kv=cache)
@@ -101,8 +108,10 @@ def measure(batch: int, news: list[int], repeats: int, no_cache_max_new: int) ->
 
 
 def format_table(results: dict[tuple[int, int], dict[str, float]]) -> str:
-    lines = ["| batch | new tokens | contender | tokens/s | vs x-t cache | vs ceiling |",
-             "|---:|---:|---|---:|---:|---:|"]
+    lines = [
+        "| batch | new tokens | contender | tokens/s | vs x-t cache | vs ceiling |",
+        "|---:|---:|---|---:|---:|---:|",
+    ]
     for (batch, new), row in results.items():
         ref, ceil = row["x-transformers generate, cache"], row["ceiling: teacher-forced forward"]
         for name, tps in row.items():
@@ -131,14 +140,18 @@ def target_lines(results) -> list[str]:
     lines = []
     for new in news:
         row = results[(32, new)]
-        checks = ((f"{new} new tokens: ours / x-transformers cached generate", row[ours] / row[ref], 1.0),
-                  (f"{new} new tokens: ours / ceiling", row[ours] / row[ceil], 0.4))
+        checks = (
+            (f"{new} new tokens: ours / x-transformers cached generate", row[ours] / row[ref], 1.0),
+            (f"{new} new tokens: ours / ceiling", row[ours] / row[ceil], 0.4),
+        )
         for label, value, goal in checks:
             lines.append(f"- {label} = {value:.2f} (target >= {goal}: {'met' if value >= goal else 'MISSED'})")
     if len(news) >= 2:
         growth = results[(32, news[-1])][ours] / results[(32, news[0])][ours]
-        lines.append(f"- tokens/s at {news[-1]} / at {news[0]} new tokens = {growth:.2f} "
-                     f"(target >= 1.0: {'met' if growth >= 1.0 else 'MISSED'})")
+        lines.append(
+            f"- tokens/s at {news[-1]} / at {news[0]} new tokens = {growth:.2f} "
+            f"(target >= 1.0: {'met' if growth >= 1.0 else 'MISSED'})"
+        )
     return lines
 
 
@@ -147,8 +160,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short smoke run; does not write the results file")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = steadier on a shared machine)")
-    parser.add_argument("--no-cache-max-new", type=int, default=128,
-                        help="run x-transformers generate without cache only up to this many new tokens (quadratic)")
+    parser.add_argument(
+        "--no-cache-max-new",
+        type=int,
+        default=128,
+        help="run x-transformers generate without cache only up to this many new tokens (quadratic)",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "sampling.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -159,8 +176,10 @@ def main() -> None:
     for batch in batches:
         for new, row in measure(batch, news, repeats, args.no_cache_max_new).items():
             results[(batch, new)] = row
-            print(f"batch {batch}, {new} new tokens: " + ", ".join(
-                f"{k} {v:,.0f} tok/s" for k, v in row.items()), flush=True)
+            print(
+                f"batch {batch}, {new} new tokens: " + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in row.items()),
+                flush=True,
+            )
     load_after = os.getloadavg()
     table = format_table(results)
     growth = growth_lines(results)
@@ -171,39 +190,41 @@ def main() -> None:
         return
     command = "python bench/sampling.py " + " ".join(sys.argv[1:])
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    report = "\n".join([
-        "# Sampling throughput",
-        "",
-        f"Command: `{command.strip()}`",
-        "",
-        f"Model: dim 256, depth 4, heads 8, vocab 256, absolute positions; prompt length {PROMPT_LEN};",
-        f"temperature 1, top-k 26; median of {repeats} interleaved repeats (x-transformers without cache: one run,"
-        f" and only up to {args.no_cache_max_new} new tokens); torch {torch.__version__},",
-        f"x-transformers {importlib.metadata.version('x-transformers')}, {args.threads} thread(s),"
-        f" {platform.processor() or platform.machine()}, CPU only.",
-        f"Machine load (1/5/15 min) before: {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f},"
-        f" after: {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} (`{uptime}`);"
-        " the machine has 2 cores shared with other jobs, so read the ratios, not the absolute numbers.",
-        "",
-        table,
-        "",
-        "tokens/s = generated tokens (batch x new tokens) / wall time of the whole call, prompt encoding"
-        " included. Ceiling = one teacher-forced forward of the model over the same batch of (prompt + new)"
-        " tokens, divided into the same generated-token count. \"ours via x-transformers cache\" is"
-        " `sample(..., backend=\"xtransformers\")`, the fallback for models the fast decoder rejects.",
-        "",
-        "Targets at batch 32 (from the issue):",
-        "",
-        *targets,
-        "",
-        "Growth from the shorter to the longer generation, measured interleaved in the same repeats"
-        " (>= 1.0 means no slowdown as the cache grows):",
-        "",
-        *growth,
-        "",
-        NOTE,
-        "",
-    ])
+    report = "\n".join(
+        [
+            "# Sampling throughput",
+            "",
+            f"Command: `{command.strip()}`",
+            "",
+            f"Model: dim 256, depth 4, heads 8, vocab 256, absolute positions; prompt length {PROMPT_LEN};",
+            f"temperature 1, top-k 26; median of {repeats} interleaved repeats (x-transformers without cache: one run,"
+            f" and only up to {args.no_cache_max_new} new tokens); torch {torch.__version__},",
+            f"x-transformers {importlib.metadata.version('x-transformers')}, {args.threads} thread(s),"
+            f" {platform.processor() or platform.machine()}, CPU only.",
+            f"Machine load (1/5/15 min) before: {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f},"
+            f" after: {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} (`{uptime}`);"
+            " the machine has 2 cores shared with other jobs, so read the ratios, not the absolute numbers.",
+            "",
+            table,
+            "",
+            "tokens/s = generated tokens (batch x new tokens) / wall time of the whole call, prompt encoding"
+            " included. Ceiling = one teacher-forced forward of the model over the same batch of (prompt + new)"
+            ' tokens, divided into the same generated-token count. "ours via x-transformers cache" is'
+            ' `sample(..., backend="xtransformers")`, the fallback for models the fast decoder rejects.',
+            "",
+            "Targets at batch 32 (from the issue):",
+            "",
+            *targets,
+            "",
+            "Growth from the shorter to the longer generation, measured interleaved in the same repeats"
+            " (>= 1.0 means no slowdown as the cache grows):",
+            "",
+            *growth,
+            "",
+            NOTE,
+            "",
+        ]
+    )
     atomic_write_text(args.out, report)
     print(f"wrote {args.out}")
 

@@ -47,44 +47,68 @@ def timed(module, name, bucket):
 def run(args) -> dict:
     from x_transformers import Decoder, TransformerWrapper
 
-    from self_rewarding_lm_pytorch import sampling
-    from self_rewarding_lm_pytorch.loop import TrainConfig, make_accelerator
-    from self_rewarding_lm_pytorch.stages import dpo
-    from self_rewarding_lm_pytorch.stages.spin import (
-        encode_sft_items,
-        train_spin_iteration,
-    )
-    from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
+    from self_rewarding_lm_pytorch.core import sampling
+    from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+    from self_rewarding_lm_pytorch.trainers import dpo
+    from self_rewarding_lm_pytorch.trainers.spin import encode_sft_items, train_spin_iteration
+    from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
 
     torch.manual_seed(0)
     max_seq_len = args.prompt_len + args.response_len
-    model = TransformerWrapper(num_tokens=259, max_seq_len=max_seq_len,
-                               attn_layers=Decoder(dim=args.dim, depth=args.depth, heads=args.heads))
+    model = TransformerWrapper(
+        num_tokens=259, max_seq_len=max_seq_len, attn_layers=Decoder(dim=args.dim, depth=args.depth, heads=args.heads)
+    )
     g = torch.Generator().manual_seed(0)
-    items = [(torch.randint(0, 256, (max_seq_len,), generator=g), torch.tensor(args.prompt_len)) for _ in range(args.items)]
+    items = [
+        (torch.randint(0, 256, (max_seq_len,), generator=g), torch.tensor(args.prompt_len)) for _ in range(args.items)
+    ]
     config = TrainConfig(num_epochs=args.epochs, batch_size=args.batch, progress=False, log_every=10)
     bucket: dict[str, float] = {}
     real_sample = timed(sampling, "sample", bucket)
     timed(dpo, "compute_ref_logprobs", bucket)
     with tempfile.TemporaryDirectory() as tmp:
         start, wall_start = time.process_time(), time.perf_counter()
-        result, generated = train_spin_iteration(model, items, tokenizer=ByteTokenizer(), accelerator=make_accelerator(),
-                                                 run_dir=tmp, config=config, max_seq_len=max_seq_len)
+        result, generated = train_spin_iteration(
+            model,
+            items,
+            tokenizer=ByteTokenizer(),
+            accelerator=make_accelerator(),
+            run_dir=tmp,
+            config=config,
+            max_seq_len=max_seq_len,
+        )
         wall, real_wall = time.process_time() - start, time.perf_counter() - wall_start
     examples = encode_sft_items(items, ByteTokenizer(), max_seq_len=max_seq_len)
     prompts = [torch.tensor(p) for p, _ in examples]
     start = time.process_time()
-    real_sample(model, prompts, max_new_tokens=args.response_len, temperature=0.7, top_p=0.9, eos_id=258, pad_id=256,
-                generator=torch.Generator().manual_seed(0), use_cache=False)
+    real_sample(
+        model,
+        prompts,
+        max_new_tokens=args.response_len,
+        temperature=0.7,
+        top_p=0.9,
+        eos_id=258,
+        pad_id=256,
+        generator=torch.Generator().manual_seed(0),
+        use_cache=False,
+    )
     no_cache = time.process_time() - start
-    return {"wall": wall, "gen": bucket["sample"], "ref": bucket["compute_ref_logprobs"], "steps": result.steps,
-            "gen_tokens": sum(len(x) for x in generated), "gen_no_cache": no_cache, "real_wall": real_wall}
+    return {
+        "wall": wall,
+        "gen": bucket["sample"],
+        "ref": bucket["compute_ref_logprobs"],
+        "steps": result.steps,
+        "gen_tokens": sum(len(x) for x in generated),
+        "gen_no_cache": no_cache,
+        "real_wall": real_wall,
+    }
 
 
 def report(args, r) -> str:
     w, g, ref, t = r["wall"], r["gen"], r["ref"], r["steps"]
     lines = [
-        "| quantity | value |", "|---|---|",
+        "| quantity | value |",
+        "|---|---|",
         f"| SFT prompts sampled (once, one batched call) | {args.items} ({r['gen_tokens']} tokens generated) |",
         f"| training steps in the iteration | {t} ({args.epochs} epochs, batch {args.batch}) |",
         f"| iteration CPU time W (wall clock: {r['real_wall']:.2f} s) | {w:.2f} s |",
@@ -111,10 +135,14 @@ def main():
     table = report(args, run(args))
     print(table)
     if args.write:
-        write_report(args.write, "SPIN: generation once per iteration, amortised over the training steps",
-                     f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259; "
-                     f"prompts of {args.prompt_len} tokens, up to {args.response_len} generated (temperature 0.7, "
-                     f"top-p 0.9); CPU, 1 thread, torch {torch.__version__}.", f"{table}\n\n{HOW}")
+        write_report(
+            args.write,
+            "SPIN: generation once per iteration, amortised over the training steps",
+            f"Model: x-transformers decoder dim {args.dim}, depth {args.depth}, heads {args.heads}, vocab 259; "
+            f"prompts of {args.prompt_len} tokens, up to {args.response_len} generated (temperature 0.7, "
+            f"top-p 0.9); CPU, 1 thread, torch {torch.__version__}.",
+            f"{table}\n\n{HOW}",
+        )
 
 
 if __name__ == "__main__":

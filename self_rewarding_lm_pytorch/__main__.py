@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from self_rewarding_lm_pytorch.cli import main
 
 sys.exit(main())

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 class CLIError(Exception):
@@ -24,7 +24,7 @@ class CLIError(Exception):
 
 
 def _cmd_demo(args) -> int:
-    from .demo.run import PRESETS, RunFolderExistsError, run_demo
+    from self_rewarding_lm_pytorch.demo.run import PRESETS, RunFolderExistsError, run_demo
 
     preset = args.preset or ("quick" if args.quick else "default")
     command = " ".join(["srlm", *args.argv])
@@ -36,7 +36,7 @@ def _cmd_demo(args) -> int:
 
 
 def _load_weights(model, path, what: str):
-    from .checkpoint import load_model
+    from self_rewarding_lm_pytorch.training.checkpoint import load_model
 
     try:
         load_model(model, path)
@@ -46,7 +46,7 @@ def _load_weights(model, path, what: str):
 
 def _load_model(model_config: str, checkpoint: str | None):
     """(model, tokenizer, [judge] table or None) from a TOML file's [model]/tokenizer and a checkpoint."""
-    from .config_file import build_model, build_tokenizer, load_model_section
+    from self_rewarding_lm_pytorch.config_file import build_model, build_tokenizer, load_model_section
 
     section = load_model_section(model_config)
     tokenizer = build_tokenizer(section["tokenizer"])
@@ -59,9 +59,15 @@ def _load_model(model_config: str, checkpoint: str | None):
 
 
 def _cmd_run(args) -> int:
-    from .config_file import build_model, build_reward_config, build_stage_configs, build_tokenizer, load_pipeline_file
-    from .loop import make_accelerator
-    from .pipeline import SelfRewardingTrainer
+    from self_rewarding_lm_pytorch.config_file import (
+        build_model,
+        build_reward_config,
+        build_stage_configs,
+        build_tokenizer,
+        load_pipeline_file,
+    )
+    from self_rewarding_lm_pytorch.pipeline import SelfRewardingTrainer
+    from self_rewarding_lm_pytorch.training.loop import make_accelerator
 
     if args.resume and args.overwrite:
         raise CLIError("--resume and --overwrite contradict each other: pick one")
@@ -81,13 +87,22 @@ def _cmd_run(args) -> int:
     accelerator.wait_for_everyone()
     if args.check:
         note = " (the run folder holds a run: running needs --resume or --overwrite)" if existing else ""
-        accelerator.print(f"{args.config}: OK ({len(configs)} stages: {', '.join(k for k, _ in pipeline.stages)}){note}")
+        accelerator.print(
+            f"{args.config}: OK ({len(configs)} stages: {', '.join(k for k, _ in pipeline.stages)}){note}"
+        )
         return 0
     if existing and not (args.resume or args.overwrite):
-        raise CLIError(f"{pipeline.run_dir} already holds a run: pass --resume to continue it or --overwrite to replace it")
+        raise CLIError(
+            f"{pipeline.run_dir} already holds a run: pass --resume to continue it or --overwrite to replace it"
+        )
     trainer = SelfRewardingTrainer(
-        model, configs, tokenizer=tokenizer, self_reward_prompt_config=reward_config,
-        accelerate_kwargs=pipeline.accelerate, checkpoints_folder=pipeline.run_dir, seed=pipeline.seed,
+        model,
+        configs,
+        tokenizer=tokenizer,
+        self_reward_prompt_config=reward_config,
+        accelerate_kwargs=pipeline.accelerate,
+        checkpoints_folder=pipeline.run_dir,
+        seed=pipeline.seed,
     )
     summaries = trainer(overwrite_checkpoints=args.overwrite)
     accelerator.print(f"done: {len(summaries)} stages in {pipeline.run_dir} (manifest.json lists them)")
@@ -95,7 +110,7 @@ def _cmd_run(args) -> int:
 
 
 def _read_prompts(path: str) -> list[str]:
-    from .data import read_jsonl
+    from self_rewarding_lm_pytorch.core.files import read_jsonl
 
     if not Path(path).is_file():
         raise CLIError(f"--prompts: no such file {path}")
@@ -109,48 +124,70 @@ def _read_prompts(path: str) -> list[str]:
 
 
 def _scorer(args, model, tokenizer):
-    from .config_file import import_object
+    from self_rewarding_lm_pytorch.config_file import import_object
 
     if args.reward_model is not None:
-        from .reward_model import RewardModel
+        from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
 
         return RewardModel.from_pretrained(args.reward_model, tokenizer=tokenizer)
     if args.scorer == "perplexity":
-        from .synthetic import PerplexityScorer
+        from self_rewarding_lm_pytorch.generation.synthetic import PerplexityScorer
 
         return PerplexityScorer(model, tokenizer)
     return import_object(args.scorer, where="--scorer")
 
 
 def _cmd_generate(args) -> int:
-    from .best_of_n import GenerationConfig
-    from .synthetic import generate_synthetic_dataset
+    from self_rewarding_lm_pytorch.generation.best_of_n import GenerationConfig
+    from self_rewarding_lm_pytorch.generation.synthetic import generate_synthetic_dataset
 
     model, tokenizer, _ = _load_model(args.model_config, args.checkpoint)
     prompts = _read_prompts(args.prompts)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     stats = generate_synthetic_dataset(
-        model, prompts, _scorer(args, model, tokenizer), out=args.out, tokenizer=tokenizer, n=args.n,
-        keep=args.keep, generation_config=config, seed=args.seed,
+        model,
+        prompts,
+        _scorer(args, model, tokenizer),
+        out=args.out,
+        tokenizer=tokenizer,
+        n=args.n,
+        keep=args.keep,
+        generation_config=config,
+        seed=args.seed,
     )
     print(f"{args.out}: {stats}")
     return 0
 
 
 def _cmd_reward_model_train(args) -> int:
-    from .reward_model import RewardModel, RewardModelTrainer
-    from .tokenizer import ByteTokenizer
+    from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+    from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel, RewardModelTrainer
 
     out = Path(args.out)
     if (out / "reward_model.safetensors").exists() and not args.overwrite:
         raise CLIError(f"{out} already holds reward_model.safetensors: pass --overwrite or choose another --out")
     tokenizer = ByteTokenizer()
-    rm = RewardModel(num_tokens=tokenizer.vocab_size, max_seq_len=args.max_seq_len, dim=args.dim, depth=args.depth,
-                     heads=args.heads, encoder=args.encoder, tokenizer=tokenizer)
+    rm = RewardModel(
+        num_tokens=tokenizer.vocab_size,
+        max_seq_len=args.max_seq_len,
+        dim=args.dim,
+        depth=args.depth,
+        heads=args.heads,
+        encoder=args.encoder,
+        tokenizer=tokenizer,
+    )
     trainer = RewardModelTrainer(
-        rm, tokenizer, args.data, args.valid_data, max_ranks_per_batch=args.max_ranks_per_batch,
-        batch_size=args.batch_size, num_train_steps=args.num_train_steps, learning_rate=args.learning_rate,
-        valid_every=args.valid_every, seed=args.seed, accelerate_kwargs={"cpu": args.cpu} if args.cpu else None,
+        rm,
+        tokenizer,
+        args.data,
+        args.valid_data,
+        max_ranks_per_batch=args.max_ranks_per_batch,
+        batch_size=args.batch_size,
+        num_train_steps=args.num_train_steps,
+        learning_rate=args.learning_rate,
+        valid_every=args.valid_every,
+        seed=args.seed,
+        accelerate_kwargs={"cpu": args.cpu} if args.cpu else None,
         checkpoint_folder=out / "train",
     )
     trainer()
@@ -160,15 +197,15 @@ def _cmd_reward_model_train(args) -> int:
 
 
 def _judge_config(spec: str, table: dict | None):
-    from .config_file import build_reward_config, load_model_section
-    from .judge import DEFAULT_REWARD_CONFIG
+    from self_rewarding_lm_pytorch.config_file import build_reward_config, load_model_section
+    from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG
 
     if spec == "model-config":
         return build_reward_config(table) if table is not None else DEFAULT_REWARD_CONFIG
     if spec == "default":
         return DEFAULT_REWARD_CONFIG
     if spec == "demo":
-        from .demo.task import demo_reward_config
+        from self_rewarding_lm_pytorch.demo.task import demo_reward_config
 
         return demo_reward_config()
     section = load_model_section(spec, require_model=False)
@@ -180,8 +217,8 @@ def _judge_config(spec: str, table: dict | None):
 def _cmd_judge(args) -> int:
     import torch
 
-    from .data import read_jsonl, write_jsonl
-    from .judge import judge_scores
+    from self_rewarding_lm_pytorch.core.files import read_jsonl, write_jsonl
+    from self_rewarding_lm_pytorch.self_reward.judge import judge_scores
 
     model, tokenizer, table = _load_model(args.model_config, args.checkpoint)
     reward_config = _judge_config(args.judge, table)
@@ -192,8 +229,14 @@ def _cmd_judge(args) -> int:
         if not (isinstance(rec, dict) and isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str)):
             raise CLIError(f"{args.data}: line {i + 1} needs string 'prompt' and 'response'")
     result = judge_scores(
-        model, tokenizer, reward_config, [r["prompt"] for r in records], [r["response"] for r in records],
-        num_judgments=args.num_judgments, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        model,
+        tokenizer,
+        reward_config,
+        [r["prompt"] for r in records],
+        [r["response"] for r in records],
+        num_judgments=args.num_judgments,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
         generator=torch.Generator().manual_seed(args.seed),
     )
     out = [
@@ -201,20 +244,28 @@ def _cmd_judge(args) -> int:
         for rec, s, texts, parsed in zip(records, result.scores.tolist(), result.texts, result.parsed)
     ]
     write_jsonl(args.out, out)
-    print(f"{args.out}: {len(out)} pairs judged, {result.num_failed} of {result.num_judgments} judgments unparsed, "
-          f"{result.num_skipped} too long to judge")
+    print(
+        f"{args.out}: {len(out)} pairs judged, {result.num_failed} of {result.num_judgments} judgments unparsed, "
+        f"{result.num_skipped} too long to judge"
+    )
     return 0
 
 
 def _add_model_args(p):
-    p.add_argument("--model-config", required=True, metavar="TOML",
-                   help="a TOML file with [model] (TransformerWrapper/Decoder kwargs) and tokenizer; a pipeline file works")
+    p.add_argument(
+        "--model-config",
+        required=True,
+        metavar="TOML",
+        help="a TOML file with [model] (TransformerWrapper/Decoder kwargs) and tokenizer; a pipeline file works",
+    )
     p.add_argument("--checkpoint", metavar="SAFETENSORS", help="model weights (e.g. a stage's model.safetensors)")
     p.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="srlm", description="Self-rewarding language models: pipelines, demo and tools.")
+    parser = argparse.ArgumentParser(
+        prog="srlm", description="Self-rewarding language models: pipelines, demo and tools."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run the paper's recipe on a tiny model and a verifiable task, and report")
@@ -229,8 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="the pipeline TOML file")
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder")
     p.add_argument("--overwrite", action="store_true", help="replace the run in the run folder")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a value, e.g. stages.0.num_train_steps=10 or run_dir=runs/b (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a value, e.g. stages.0.num_train_steps=10 or run_dir=runs/b (repeatable)",
+    )
     p.add_argument("--check", action="store_true", help="validate the file and build everything, then stop")
     p.set_defaults(func=_cmd_run)
 
@@ -245,8 +300,11 @@ def _add_tool_parsers(sub):
     p.add_argument("--out", required=True, help="output JSONL (resumed if it exists)")
     p.add_argument("--n", type=int, default=4, help="candidates per prompt (default 4)")
     p.add_argument("--keep", type=int, default=1, help="best candidates kept per prompt (default 1)")
-    p.add_argument("--scorer", default="perplexity",
-                   help="'perplexity' (the model's own, lower is better) or package.module:function (prompts, responses) -> scores")
+    p.add_argument(
+        "--scorer",
+        default="perplexity",
+        help="'perplexity' (the model's own, lower is better) or package.module:function (prompts, responses) -> scores",
+    )
     p.add_argument("--reward-model", help="a RewardModel saved by `srlm reward-model train` (overrides --scorer)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -260,12 +318,22 @@ def _add_tool_parsers(sub):
     t.add_argument("--valid-data")
     t.add_argument("--out", required=True, help="folder for reward_model.safetensors and train/ checkpoints")
     t.add_argument("--overwrite", action="store_true")
-    for name, default in (("max-seq-len", 128), ("dim", 64), ("depth", 2), ("heads", 4), ("max-ranks-per-batch", 4),
-                          ("batch-size", 8), ("num-train-steps", 100), ("seed", 0)):
+    for name, default in (
+        ("max-seq-len", 128),
+        ("dim", 64),
+        ("depth", 2),
+        ("heads", 4),
+        ("max-ranks-per-batch", 4),
+        ("batch-size", 8),
+        ("num-train-steps", 100),
+        ("seed", 0),
+    ):
         t.add_argument(f"--{name}", type=int, default=default, help=f"default {default}")
     t.add_argument("--valid-every", type=int, default=None)
     t.add_argument("--learning-rate", type=float, default=1e-4)
-    t.add_argument("--encoder", action="store_true", help="an encoder, mean-pooled (default: a decoder read at its last token)")
+    t.add_argument(
+        "--encoder", action="store_true", help="an encoder, mean-pooled (default: a decoder read at its last token)"
+    )
     t.add_argument("--cpu", action="store_true", help="force CPU")
     t.set_defaults(func=_cmd_reward_model_train)
 
@@ -273,8 +341,11 @@ def _add_tool_parsers(sub):
     _add_model_args(p)
     p.add_argument("--data", required=True, help="JSONL with 'prompt' and 'response' per line")
     p.add_argument("--out", required=True, help="output JSONL: each record plus score, judgments, parsed")
-    p.add_argument("--judge", default="model-config",
-                   help="'model-config' (its [judge] table, else the default), 'default', 'demo', or a TOML file with [judge]")
+    p.add_argument(
+        "--judge",
+        default="model-config",
+        help="'model-config' (its [judge] table, else the default), 'default', 'demo', or a TOML file with [judge]",
+    )
     p.add_argument("--num-judgments", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.7)
@@ -282,7 +353,7 @@ def _add_tool_parsers(sub):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config_file import ConfigError
+    from self_rewarding_lm_pytorch.config_file import ConfigError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)

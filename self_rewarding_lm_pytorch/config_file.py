@@ -26,26 +26,27 @@ import collections.abc
 import dataclasses
 import importlib
 import os
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import tomllib
+
 __all__ = [
     "ConfigError",
     "PipelineFile",
+    "apply_override",
+    "build_model",
+    "build_reward_config",
+    "build_stage_configs",
+    "build_tokenizer",
+    "import_object",
+    "load_model_section",
     "load_pipeline_file",
     "parse_pipeline",
-    "apply_override",
     "validate_stage",
-    "import_object",
-    "build_tokenizer",
-    "build_model",
-    "build_stage_configs",
-    "build_reward_config",
-    "load_model_section",
 ]
 
 TOP_LEVEL_KEYS = {"run_dir", "seed", "tokenizer", "init_checkpoint", "model", "judge", "accelerate", "stages"}
@@ -72,9 +73,9 @@ class PipelineFile:
 
 def _stage_kinds() -> dict[str, type]:
     try:
-        from .pipeline import STAGE_KINDS
+        from self_rewarding_lm_pytorch.pipeline import STAGE_KINDS
     except ImportError:  # the registry itself, should pipeline.py not re-export it
-        from .stages.registry import STAGE_KINDS
+        from self_rewarding_lm_pytorch.stages.registry import STAGE_KINDS
     return STAGE_KINDS
 
 
@@ -169,10 +170,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp in (Path, os.PathLike) or (isinstance(tp, type) and issubclass(tp, os.PathLike)):
+    elif tp is str or tp in (Path, os.PathLike) or (isinstance(tp, type) and issubclass(tp, os.PathLike)):
         if isinstance(value, str):
             return value
     elif tp is type(None):
@@ -229,11 +227,14 @@ def validate_stage(kind: str, table: dict, stage_kinds: dict[str, type], *, base
             f"({cls.__name__}); its fields are: {', '.join(fields)}"
         )
     required = [
-        n for n, f in fields.items()
+        n
+        for n, f in fields.items()
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in table
     ]
     if required:
-        raise ConfigError(f"{where}: missing required field{'s' if len(required) > 1 else ''} {', '.join(required)} for a {kind!r} stage")
+        raise ConfigError(
+            f"{where}: missing required field{'s' if len(required) > 1 else ''} {', '.join(required)} for a {kind!r} stage"
+        )
     hints = _field_types(cls)
     return {
         name: _resolve_value(name, value, hints.get(name, Any), f"{where}.{name}", base_dir)
@@ -254,7 +255,9 @@ def parse_pipeline(raw: dict, *, path: Path, stage_kinds: dict[str, type] | None
     where, base_dir = str(path), path.parent
     unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
     if unknown:
-        raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+        raise ConfigError(
+            f"{where}: unknown top-level key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_LEVEL_KEYS))}"
+        )
     if "run_dir" not in raw:
         raise ConfigError(f"{where}: missing run_dir (the run folder)")
     run_dir = Path(_convert(raw["run_dir"], str, f"{where}: run_dir"))
@@ -262,7 +265,7 @@ def parse_pipeline(raw: dict, *, path: Path, stage_kinds: dict[str, type] | None
     tokenizer = _convert(raw.get("tokenizer", "byte"), str, f"{where}: tokenizer")
     if tokenizer != "byte" and ":" not in tokenizer:
         raise ConfigError(
-            f"{where}: tokenizer {tokenizer!r}: use \"byte\" or \"package.module:factory\" "
+            f'{where}: tokenizer {tokenizer!r}: use "byte" or "package.module:factory" '
             "(a Tokenizer object or a zero-argument callable returning one); tokenizer files are not read directly"
         )
     init = raw.get("init_checkpoint")
@@ -313,7 +316,7 @@ def load_pipeline_file(path: str | os.PathLike, *, overrides: tuple[str, ...] = 
 
 def build_tokenizer(spec: str):
     """`"byte"` -> ByteTokenizer; `"package.module:name"` -> that Tokenizer, or what calling it returns."""
-    from .tokenizer import ByteTokenizer, as_tokenizer
+    from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, as_tokenizer
 
     if spec == "byte":
         return ByteTokenizer()
@@ -362,7 +365,7 @@ def build_reward_config(judge: dict | None) -> Any:
     """The self-judge `RewardConfig` from the [judge] table, or None for the library default."""
     if judge is None:
         return None
-    from .judge import RewardConfig
+    from self_rewarding_lm_pytorch.self_reward.judge import RewardConfig
 
     judge = {k: tuple(v) if isinstance(v, list) else v for k, v in judge.items()}  # score_range
     try:

@@ -17,10 +17,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .stages.base import fingerprint
+from self_rewarding_lm_pytorch.stages.fingerprint import fingerprint
 
-__all__ = ["RunMismatchError", "MANIFEST", "INITIAL_MODEL", "stage_folder_name", "stage_hash", "plan_run",
-           "continue_run", "clear_run"]
+__all__ = [
+    "INITIAL_MODEL",
+    "MANIFEST",
+    "RunMismatchError",
+    "clear_run",
+    "continue_run",
+    "plan_run",
+    "stage_folder_name",
+    "stage_hash",
+]
 
 MANIFEST = "manifest.json"
 INITIAL_MODEL = "initial-model.safetensors"
@@ -66,15 +74,20 @@ def _same(a: dict | None, b: dict | None) -> bool:
     return a is not None and b is not None and (a["kind"], a["config_hash"]) == (b["kind"], b["config_hash"])
 
 
-def continue_run(folder: Path, existing: dict | None, stages: list, judge: Any, seed: int | None, new_seed: int) -> dict:
+def continue_run(
+    folder: Path, existing: dict | None, stages: list, judge: Any, seed: int | None, new_seed: int
+) -> dict:
     """The manifest to run with: a fresh plan, or the existing run's, checked against the stages asked for."""
     leftovers = sorted(p.name for p in folder.glob("*") if p.is_dir() and _STAGE_FOLDER.match(p.name))
     if existing is None:
         if leftovers:
             raise RunMismatchError(f"{folder} has stage folders {leftovers} but no {MANIFEST}: {_HINT}")
         return plan_run(stages, judge, seed if seed is not None else new_seed)
-    if not isinstance(existing, dict) or existing.get("version") != VERSION or \
-            not {"seed", "stages", "finished"} <= set(existing):
+    if (
+        not isinstance(existing, dict)
+        or existing.get("version") != VERSION
+        or not {"seed", "stages", "finished"} <= set(existing)
+    ):
         raise RunMismatchError(f"{folder / MANIFEST} is not a manifest this version wrote: {_HINT}")
     if seed is not None and existing["seed"] != seed:
         raise RunMismatchError(f"{folder} holds a run with seed {existing['seed']}, not {seed}: {_HINT}")
@@ -82,12 +95,18 @@ def continue_run(folder: Path, existing: dict | None, stages: list, judge: Any, 
     done = list(existing["finished"])
     for i, entry in enumerate(done):
         if i >= len(planned["stages"]) or not _same(entry, planned["stages"][i]):
-            raise RunMismatchError(f"{folder}: finished stage {entry['folder']} differs from stage {i + 1} asked for now: {_HINT}")
+            raise RunMismatchError(
+                f"{folder}: finished stage {entry['folder']} differs from stage {i + 1} asked for now: {_HINT}"
+            )
     started = existing.get("started")
     if started is not None:
         i = len(done)
         before = next((s for s in existing["stages"] if s["folder"] == started), None)
-        if i >= len(planned["stages"]) or planned["stages"][i]["folder"] != started or not _same(before, planned["stages"][i]):
+        if (
+            i >= len(planned["stages"])
+            or planned["stages"][i]["folder"] != started
+            or not _same(before, planned["stages"][i])
+        ):
             raise RunMismatchError(
                 f"{folder}: stage {started} was started with another config than the one asked for now "
                 f"(its partial results would be reused): {_HINT}"

@@ -21,13 +21,21 @@ from typing import Any
 from beartype import beartype
 from torch import nn
 
-from .checkpoint import load_model, save_model, seed_everything
-from .data import atomic_write_json, read_json_if_exists
-from .manifest import INITIAL_MODEL, MANIFEST, RunMismatchError, clear_run, continue_run, stage_folder_name
-from .stages.base import StageContext, StageEnd, describe_config
-from .tokenizer import as_tokenizer
+from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_json_if_exists
+from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer
+from self_rewarding_lm_pytorch.manifest import (
+    INITIAL_MODEL,
+    MANIFEST,
+    RunMismatchError,
+    clear_run,
+    continue_run,
+    stage_folder_name,
+)
+from self_rewarding_lm_pytorch.stages.context import StageContext, StageEnd
+from self_rewarding_lm_pytorch.stages.fields import describe_config
+from self_rewarding_lm_pytorch.training.checkpoint import load_model, save_model, seed_everything
 
-__all__ = ["SelfRewardingTrainer", "RunMismatchError", "stage_folder_name"]
+__all__ = ["RunMismatchError", "SelfRewardingTrainer", "stage_folder_name"]
 
 # Stage seeds are run seed + 1000 * stage number; keep them inside numpy's and torch's seed range.
 MAX_SEED = 2**31
@@ -60,10 +68,10 @@ class SelfRewardingTrainer:
         on_stage_end: Callable[[StageEnd], Any] | None = None,
         progress: bool = True,
     ):
-        from .judge import DEFAULT_REWARD_CONFIG, RewardConfig
+        from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG, RewardConfig
 
         if isinstance(finetune_configs, dict):
-            from .recipes import create_default_paper_config
+            from self_rewarding_lm_pytorch.recipes import create_default_paper_config
 
             finetune_configs = create_default_paper_config(**finetune_configs)
         if seed is not None and not 0 <= seed < MAX_SEED:
@@ -125,7 +133,7 @@ class SelfRewardingTrainer:
 
     @beartype
     def __call__(self, overwrite_checkpoints: bool = False) -> list[dict]:
-        from .loop import make_accelerator
+        from self_rewarding_lm_pytorch.training.loop import make_accelerator
 
         accelerator = make_accelerator(self.accelerate_kwargs)
         self.model.to(accelerator.device)

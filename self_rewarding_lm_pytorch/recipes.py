@@ -6,8 +6,8 @@ from typing import Any
 
 from beartype import beartype
 
-from .stages.preference_dpo import SelfRewardDPOConfig
-from .stages.supervised import SFTConfig
+from self_rewarding_lm_pytorch.stages.self_reward_dpo import SelfRewardDPOConfig
+from self_rewarding_lm_pytorch.stages.sft import SFTConfig
 
 __all__ = ["create_default_paper_config"]
 

@@ -3,10 +3,15 @@ import math
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch import sampling
-from self_rewarding_lm_pytorch.best_of_n import BestOfNSampler, GenerationConfig, LengthSampler, rank_candidates
-from self_rewarding_lm_pytorch.reward_model import RewardModel
-from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.core import sampling
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.generation.best_of_n import (
+    BestOfNSampler,
+    GenerationConfig,
+    LengthSampler,
+    rank_candidates,
+)
+from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
 
 QUERIES = ["Hello", "The cat", "1 + 1 ="]
 CFG = GenerationConfig(max_new_tokens=6, temperature=1.0)
@@ -39,7 +44,7 @@ def test_returns_the_candidate_the_scorer_prefers(tiny_model):
     assert len(out) == 3 and all(len(o) == 1 for o in out)
     assert scorer.calls == 1 and len(scorer.seen) == 3 * 8  # one scorer call for all queries
     for i, q in enumerate(QUERIES):
-        group = scorer.seen[i * 8:(i + 1) * 8]  # prompt-major: query i's 8 samples are contiguous
+        group = scorer.seen[i * 8 : (i + 1) * 8]  # prompt-major: query i's 8 samples are contiguous
         assert all(t.startswith(q) for t in group)
         best = max(group, key=ascii_share)
         assert out[i][0] == best
@@ -48,9 +53,11 @@ def test_returns_the_candidate_the_scorer_prefers(tiny_model):
 
 def test_two_candidates_in_score_order(tiny_model):
     scorer = RecordingScorer()
-    texts, scores = make(tiny_model, scorer, sample_size=6, n_candidates=2, seed=1).generate(QUERIES, return_scores=True)
+    texts, scores = make(tiny_model, scorer, sample_size=6, n_candidates=2, seed=1).generate(
+        QUERIES, return_scores=True
+    )
     for i in range(len(QUERIES)):
-        group = scorer.seen[i * 6:(i + 1) * 6]
+        group = scorer.seen[i * 6 : (i + 1) * 6]
         top2 = sorted(range(6), key=lambda j: -ascii_share(group[j]))[:2]  # stable: ties keep sample order
         assert texts[i] == [group[j] for j in top2]
         assert scores[i][0] >= scores[i][1]
@@ -59,8 +66,9 @@ def test_two_candidates_in_score_order(tiny_model):
 
 def test_sample_size_one(tiny_model):
     scorer = RecordingScorer()
-    out, scores = make(tiny_model, scorer, sample_size=1, seed=2).generate(torch.tensor(ByteTokenizer().encode("Hi")),
-                                                                         return_scores=True)
+    out, scores = make(tiny_model, scorer, sample_size=1, seed=2).generate(
+        torch.tensor(ByteTokenizer().encode("Hi")), return_scores=True
+    )
     assert out == [[scorer.seen[0]]] and len(scorer.seen) == 1 and len(scores[0]) == 1
 
 
@@ -77,8 +85,9 @@ def test_same_seed_same_output_and_one_sampler_call(tiny_model, monkeypatch):
 
 def test_score_completion_only_and_length_sampler(tiny_model):
     scorer = RecordingScorer(key=len)
-    sampler = make(tiny_model, scorer, sample_size=4, seed=3, score_completion_only=True,
-                   length_sampler=LengthSampler(2, 4))
+    sampler = make(
+        tiny_model, scorer, sample_size=4, seed=3, score_completion_only=True, length_sampler=LengthSampler(2, 4)
+    )
     out = sampler.generate(QUERIES)
     # responses alone reach the scorer; each is at most 3 tokens (decoding never adds characters)
     assert not any(t.startswith(q) for t, q in zip(scorer.seen[::4], QUERIES))
@@ -91,7 +100,7 @@ def test_reward_model_as_scorer(tiny_model):
     rm = RewardModel(num_tokens=259, max_seq_len=64, dim=16, depth=1, heads=2)
     texts, scores = make(tiny_model, rm, sample_size=4, seed=4).generate(QUERIES, return_scores=True)
     for (text,), (score,), q in zip(texts, scores, QUERIES):
-        assert score == pytest.approx(rm.score([q], [text[len(q):]]).item(), abs=1e-5)
+        assert score == pytest.approx(rm.score([q], [text[len(q) :]]).item(), abs=1e-5)
 
 
 def test_rank_candidates_nan_last_ties_stable():
@@ -135,4 +144,4 @@ def test_lower_is_better_scorer(tiny_model):
     scorer.higher_is_better = False
     out = make(tiny_model, scorer, sample_size=6, seed=10).generate(QUERIES)
     for i in range(len(QUERIES)):
-        assert out[i][0] == min(scorer.seen[i * 6:(i + 1) * 6], key=ascii_share)
+        assert out[i][0] == min(scorer.seen[i * 6 : (i + 1) * 6], key=ascii_share)

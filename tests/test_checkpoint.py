@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from self_rewarding_lm_pytorch import checkpoint as ckpt
-from self_rewarding_lm_pytorch.checkpoint import (
+from self_rewarding_lm_pytorch.training import checkpoint as ckpt
+from self_rewarding_lm_pytorch.training.checkpoint import (
     get_rng_state,
     latest_checkpoint,
     load_model,
@@ -43,8 +43,9 @@ def small(seed=0):
 
 def save_step(root, step, model, value=0.0):
     optimizer = torch.optim.AdamW(model.parameters())
-    return save_training_state(root, step, model=model, optimizer=optimizer, state={"step": step, "value": value},
-                               config={"step": step})
+    return save_training_state(
+        root, step, model=model, optimizer=optimizer, state={"step": step, "value": value}, config={"step": step}
+    )
 
 
 def test_tied_weights_round_trip(tmp_path):
@@ -151,7 +152,13 @@ def test_state_file_loads_with_weights_only(tmp_path):
     """RNG states and histories are plain tensors/lists/dicts, so torch.load(weights_only=True) reads them."""
     root = tmp_path / ckpt.CHECKPOINT_DIR
     model = small()
-    save_training_state(root, 1, model=model, optimizer=torch.optim.AdamW(model.parameters()),
-                        state={"rng": [get_rng_state()], "history": [{"step": 1, "loss": 0.5}]}, config={})
+    save_training_state(
+        root,
+        1,
+        model=model,
+        optimizer=torch.optim.AdamW(model.parameters()),
+        state={"rng": [get_rng_state()], "history": [{"step": 1, "loss": 0.5}]},
+        config={},
+    )
     state = torch.load(root / "step-00000001" / "state.pt", weights_only=True)
     assert state["history"] == [{"step": 1, "loss": 0.5}]

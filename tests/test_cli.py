@@ -10,17 +10,24 @@ from pathlib import Path
 import pytest
 
 from self_rewarding_lm_pytorch.cli import main
-from self_rewarding_lm_pytorch.data import read_jsonl
+from self_rewarding_lm_pytorch.core.files import read_jsonl
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # Each example with its stages cut to a step or two (the files themselves run in ~10 s each).
 REDUCED = {
     "sft.toml": ["stages.0.num_train_steps=2"],
-    "self_reward_dpo.toml": ["stages.0.num_train_steps=2", "stages.1.num_generated_preference_pairs=2",
-                             "stages.1.num_train_steps=1", "stages.1.num_sampled_reward_responses=1"],
-    "external_reward_dpo.toml": ["stages.0.num_train_steps=2", "stages.1.num_generated_preference_pairs=2",
-                                 "stages.1.num_train_steps=1"],
+    "self_reward_dpo.toml": [
+        "stages.0.num_train_steps=2",
+        "stages.1.num_generated_preference_pairs=2",
+        "stages.1.num_train_steps=1",
+        "stages.1.num_sampled_reward_responses=1",
+    ],
+    "external_reward_dpo.toml": [
+        "stages.0.num_train_steps=2",
+        "stages.1.num_generated_preference_pairs=2",
+        "stages.1.num_train_steps=1",
+    ],
     "spin.toml": ["stages.0.num_train_steps=2", "stages.1.num_iterations=1", "stages.1.num_train_steps=1"],
     "ppo.toml": ["stages.0.num_train_steps=2", "stages.1.num_ppo_steps=1"],
 }
@@ -33,7 +40,9 @@ def run(args, capsys):
 
 
 def test_module_help_lists_the_commands():
-    out = subprocess.run([sys.executable, "-m", "self_rewarding_lm_pytorch", "--help"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "self_rewarding_lm_pytorch", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0
     for command in ("demo", "run", "generate", "reward-model", "judge"):
         assert command in out.stdout
@@ -56,7 +65,9 @@ def test_every_stage_kind_has_an_example():
 
     kinds = set()
     for name in REDUCED:
-        kinds |= {line.split('"')[1] for line in (EXAMPLES / name).read_text().splitlines() if line.startswith("kind = ")}
+        kinds |= {
+            line.split('"')[1] for line in (EXAMPLES / name).read_text().splitlines() if line.startswith("kind = ")
+        }
     assert kinds == set(_stage_kinds())
 
 
@@ -66,7 +77,11 @@ def test_every_stage_kind_has_an_example():
         ("num_train_steps = 20", "num_train_stepz = 20", "unknown key num_train_stepz for a 'sft' stage (SFTConfig)"),
         ("num_train_steps = 20", 'num_train_steps = "20"', "stages[0].num_train_steps: expected"),
         ('"data/sft.jsonl"', '"data/missing.jsonl"', "stages[0].train_dataset: no such file"),
-        ('kind = "sft"', 'kind = "rlhf"', "unknown stage kind 'rlhf'; known kinds: external-reward-dpo, ppo, self-reward-dpo, sft, spin"),
+        (
+            'kind = "sft"',
+            'kind = "rlhf"',
+            "unknown stage kind 'rlhf'; known kinds: external-reward-dpo, ppo, self-reward-dpo, sft, spin",
+        ),
         ("[accelerate]", "[acceleration]", "unknown top-level key(s) acceleration"),
         ("dim = 32", "dim = 32\nwidth = 3", "x-transformers rejected the model kwargs"),
     ],
@@ -77,7 +92,9 @@ def test_bad_configs_fail_before_training(old, new, message, tmp_path, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "sft.jsonl").write_text((EXAMPLES / "data" / "sft.jsonl").read_text())
     path = tmp_path / "bad.toml"
-    path.write_text(text.replace(old, new, 1).replace('run_dir = "runs/example-sft"', f'run_dir = "{tmp_path / "run"}"'))
+    path.write_text(
+        text.replace(old, new, 1).replace('run_dir = "runs/example-sft"', f'run_dir = "{tmp_path / "run"}"')
+    )
     code, _, err = run(["run", path], capsys)
     assert code == 2 and message in err
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
@@ -102,34 +119,106 @@ def test_tools_judge_generate_reward_model(tmp_path, capsys):
     ckpt = tmp_path / "run" / "01-sft" / "model.safetensors"
     model = ["--model-config", EXAMPLES / "model.toml", "--checkpoint", ckpt]
 
-    code, out, err = run(["judge", *model, "--data", EXAMPLES / "data" / "judge_pairs.jsonl",
-                          "--out", tmp_path / "scores.jsonl", "--num-judgments", "2", "--max-new-tokens", "18"], capsys)
+    code, out, err = run(
+        [
+            "judge",
+            *model,
+            "--data",
+            EXAMPLES / "data" / "judge_pairs.jsonl",
+            "--out",
+            tmp_path / "scores.jsonl",
+            "--num-judgments",
+            "2",
+            "--max-new-tokens",
+            "18",
+        ],
+        capsys,
+    )
     assert code == 0, err
     scored = read_jsonl(tmp_path / "scores.jsonl")
     assert len(scored) == 8 and all(len(r["judgments"]) == 2 and "score" in r for r in scored)
 
-    code, out, err = run(["generate", *model, "--prompts", EXAMPLES / "data" / "prompts.jsonl", "--out",
-                          tmp_path / "best.jsonl", "--n", "3", "--max-new-tokens", "6"], capsys)
+    code, out, err = run(
+        [
+            "generate",
+            *model,
+            "--prompts",
+            EXAMPLES / "data" / "prompts.jsonl",
+            "--out",
+            tmp_path / "best.jsonl",
+            "--n",
+            "3",
+            "--max-new-tokens",
+            "6",
+        ],
+        capsys,
+    )
     assert code == 0, err
     best = read_jsonl(tmp_path / "best.jsonl")
     assert {r["prompt_index"] for r in best} == set(range(16)) and all(len(r["discarded_scores"]) == 2 for r in best)
 
-    code, out, err = run(["reward-model", "train", "--data", EXAMPLES / "data" / "ranked.jsonl", "--out",
-                          tmp_path / "rm", "--dim", "16", "--depth", "1", "--heads", "2", "--max-seq-len", "32",
-                          "--num-train-steps", "2", "--batch-size", "4", "--cpu"], capsys)
+    code, out, err = run(
+        [
+            "reward-model",
+            "train",
+            "--data",
+            EXAMPLES / "data" / "ranked.jsonl",
+            "--out",
+            tmp_path / "rm",
+            "--dim",
+            "16",
+            "--depth",
+            "1",
+            "--heads",
+            "2",
+            "--max-seq-len",
+            "32",
+            "--num-train-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
-    code, out, err = run(["generate", *model, "--prompts", EXAMPLES / "data" / "prompts.jsonl", "--out",
-                          tmp_path / "best_rm.jsonl", "--n", "2", "--max-new-tokens", "6",
-                          "--reward-model", tmp_path / "rm" / "reward_model.safetensors"], capsys)
+    code, out, err = run(
+        [
+            "generate",
+            *model,
+            "--prompts",
+            EXAMPLES / "data" / "prompts.jsonl",
+            "--out",
+            tmp_path / "best_rm.jsonl",
+            "--n",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--reward-model",
+            tmp_path / "rm" / "reward_model.safetensors",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert len(read_jsonl(tmp_path / "best_rm.jsonl")) == 16
 
     code, _, err = run(["judge", *model, "--data", tmp_path / "nope.jsonl", "--out", tmp_path / "x.jsonl"], capsys)
     assert code == 2 and "--data: no such file" in err
     # a checkpoint of another shape is a clear error, not a traceback
-    code, _, err = run(["judge", "--model-config", EXAMPLES / "model.toml", "--checkpoint",
-                        tmp_path / "rm" / "reward_model.safetensors", "--data", EXAMPLES / "data" / "judge_pairs.jsonl",
-                        "--out", tmp_path / "y.jsonl"], capsys)
+    code, _, err = run(
+        [
+            "judge",
+            "--model-config",
+            EXAMPLES / "model.toml",
+            "--checkpoint",
+            tmp_path / "rm" / "reward_model.safetensors",
+            "--data",
+            EXAMPLES / "data" / "judge_pairs.jsonl",
+            "--out",
+            tmp_path / "y.jsonl",
+        ],
+        capsys,
+    )
     assert code == 2 and "does not fit the [model] kwargs" in err
 
 

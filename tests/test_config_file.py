@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -98,8 +99,8 @@ def test_good_file_is_parsed_and_resolved(tmp_path):
         (("num_generated_preference_pairs = 4\n", ""), "missing required field num_generated_preference_pairs"),
         (("learning_rate = 1", 'lr_schedule = "step"'), "expected one of 'constant', 'linear', 'cosine'"),
         (("pair_sizes = [3, 4]", 'pair_sizes = [3, "a"]'), "pair_sizes[1]: expected int"),
-        (('seed = 3', 'seeds = 3'), "unknown top-level key(s) seeds"),
-        (('run_dir = "runs/x"', ''), "missing run_dir"),
+        (("seed = 3", "seeds = 3"), "unknown top-level key(s) seeds"),
+        (('run_dir = "runs/x"', ""), "missing run_dir"),
         (("verifier_reward", "no_such_name"), "has no attribute 'no_such_name'"),
         (('run_dir = "runs/x"', 'run_dir = "runs/x"\ntokenizer = "tok.json"'), "tokenizer files are not read directly"),
     ],
@@ -125,7 +126,9 @@ def test_missing_kind_and_no_stages(tmp_path):
 
 def test_overrides_reduce_a_run_and_are_validated(tmp_path):
     path = write(tmp_path, GOOD)
-    pf = load_pipeline_file(path, overrides=("stages.0.num_train_steps=1", "run_dir=other", "seed=9"), stage_kinds=KINDS)
+    pf = load_pipeline_file(
+        path, overrides=("stages.0.num_train_steps=1", "run_dir=other", "seed=9"), stage_kinds=KINDS
+    )
     assert pf.stages[0][1]["num_train_steps"] == 1 and pf.run_dir == Path("other") and pf.seed == 9
     with pytest.raises(ConfigError, match="unknown key bogus"):
         load_pipeline_file(path, overrides=("stages.1.bogus=1",), stage_kinds=KINDS)
@@ -152,4 +155,4 @@ def test_build_model_and_tokenizer():
         build_model({"max_seq_len": 16, "attn_layers": {"dim": 8, "depth": 1, "bogus_kw": 1}}, tok)
     with pytest.raises(ConfigError, match="missing dim"):
         build_model({"max_seq_len": 16}, tok)
-    assert build_tokenizer("self_rewarding_lm_pytorch.tokenizer:ByteTokenizer").vocab_size == 259
+    assert build_tokenizer("self_rewarding_lm_pytorch.core.tokenizer:ByteTokenizer").vocab_size == 259

@@ -25,8 +25,17 @@ from self_rewarding_lm_pytorch.demo.task import (
 
 @pytest.mark.parametrize(
     "prompt, response, expected",
-    [("12+34=", "46", True), ("12+34=", " 46 ", True), ("12+34=", "47", False), ("12+34=", "046", False),
-     ("99+1=", "100", True), ("0+0=", "0", True), ("5+5=", "", False), ("5+5=", "10 ", True), ("5+5=", "1 0", False)],
+    [
+        ("12+34=", "46", True),
+        ("12+34=", " 46 ", True),
+        ("12+34=", "47", False),
+        ("12+34=", "046", False),
+        ("99+1=", "100", True),
+        ("0+0=", "0", True),
+        ("5+5=", "", False),
+        ("5+5=", "10 ", True),
+        ("5+5=", "1 0", False),
+    ],
 )
 def test_verifier(prompt, response, expected):
     assert is_correct(prompt, response) is expected
@@ -105,12 +114,30 @@ def test_pairwise_accuracy_and_best_of_k():
 
 
 ROWS = [
-    {"run": "self-reward", "stage": "M1", "accuracy": 0.25, "best_of_4_accuracy": 0.3, "oracle_best_of_4": 0.5,
-     "judge_pairwise_accuracy": 0.6, "judge_parse_failure_rate": 0.0, "pairs_made": None,
-     "mean_response_length": 2.0, "num_heldout": 40},
-    {"run": "self-reward", "stage": "M3", "accuracy": 0.35, "best_of_4_accuracy": 0.4, "oracle_best_of_4": 0.5,
-     "judge_pairwise_accuracy": math.nan, "judge_parse_failure_rate": 0.1, "pairs_made": 12,
-     "mean_response_length": 2.25, "num_heldout": 40},
+    {
+        "run": "self-reward",
+        "stage": "M1",
+        "accuracy": 0.25,
+        "best_of_4_accuracy": 0.3,
+        "oracle_best_of_4": 0.5,
+        "judge_pairwise_accuracy": 0.6,
+        "judge_parse_failure_rate": 0.0,
+        "pairs_made": None,
+        "mean_response_length": 2.0,
+        "num_heldout": 40,
+    },
+    {
+        "run": "self-reward",
+        "stage": "M3",
+        "accuracy": 0.35,
+        "best_of_4_accuracy": 0.4,
+        "oracle_best_of_4": 0.5,
+        "judge_pairwise_accuracy": math.nan,
+        "judge_parse_failure_rate": 0.1,
+        "pairs_made": 12,
+        "mean_response_length": 2.25,
+        "num_heldout": 40,
+    },
 ]
 
 
@@ -151,8 +178,14 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     assert main(["demo", "--preset", "tiny", "--out", str(out), "--seed", "1"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     labels = [(r["run"], r["stage"]) for r in manifest["rows"]]
-    assert labels == [("self-reward", "M1"), ("self-reward", "M2"), ("self-reward", "M3"),
-                      ("oracle", "M1"), ("oracle", "M2"), ("oracle", "M3")]
+    assert labels == [
+        ("self-reward", "M1"),
+        ("self-reward", "M2"),
+        ("self-reward", "M3"),
+        ("oracle", "M1"),
+        ("oracle", "M2"),
+        ("oracle", "M3"),
+    ]
     for row in manifest["rows"]:
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["judge_parse_failure_rate"] <= 1
     report = (out / "report.md").read_text()

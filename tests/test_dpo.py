@@ -5,10 +5,12 @@ import copy
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch.data import collate_examples, read_jsonl
-from self_rewarding_lm_pytorch.logprobs import model_sequence_logprobs
-from self_rewarding_lm_pytorch.losses import dpo_loss
-from self_rewarding_lm_pytorch.stages.dpo import (
+from self_rewarding_lm_pytorch.core.batching import collate_examples
+from self_rewarding_lm_pytorch.core.files import read_jsonl
+from self_rewarding_lm_pytorch.core.logprobs import model_sequence_logprobs
+from self_rewarding_lm_pytorch.core.losses import dpo_loss
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.trainers.dpo import (
     REF_LOGPROBS_FILE,
     DPOTask,
     DPOTrainer,
@@ -18,7 +20,6 @@ from self_rewarding_lm_pytorch.stages.dpo import (
     encode_pairs,
     pair_logprobs,
 )
-from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
 
@@ -32,7 +33,11 @@ def preference_records(n=16):
     """A learnable set: the chosen answer repeats the prompt's letter, the rejected one does not."""
     letters = "abcdefghijklmnop"
     return [
-        {"prompt": f"{letters[i % 16]}?", "chosen": letters[i % 16] * 3, "rejected": letters[(i + 5) % 16] * (2 + i % 3)}
+        {
+            "prompt": f"{letters[i % 16]}?",
+            "chosen": letters[i % 16] * 3,
+            "rejected": letters[(i + 5) % 16] * (2 + i % 3),
+        }
         for i in range(n)
     ]
 
@@ -110,16 +115,26 @@ def test_task_step_with_stored_and_live_reference_agree(tiny_model):
     live_loss, live_metrics = live_task.step(tiny_model, live_task.collate(pairs))
     stored_loss, stored_metrics = stored_task.step(tiny_model, stored_task.collate(items))
     torch.testing.assert_close(live_loss, stored_loss, atol=1e-6, rtol=0)
-    assert live_metrics.keys() == stored_metrics.keys() == {
-        "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"
-    }
+    assert (
+        live_metrics.keys()
+        == stored_metrics.keys()
+        == {
+            "loss",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "rewards/accuracies",
+            "logps/chosen",
+            "logps/rejected",
+        }
+    )
     for k in live_metrics:
         torch.testing.assert_close(live_metrics[k], stored_metrics[k], atol=1e-6, rtol=0)
 
 
 def test_sft_term_adds_weighted_chosen_cross_entropy(tiny_model):
     """loss = mean DPO loss + w * mean token NLL of the chosen responses (the first b rows)."""
-    from self_rewarding_lm_pytorch.losses import sft_loss
+    from self_rewarding_lm_pytorch.core.losses import sft_loss
 
     pairs = encode_pairs(preference_records(4), TOK)
     items = [p | {"ref": (-30.0, -31.0)} for p in pairs]
@@ -163,8 +178,9 @@ def train_kwargs(**overrides):
 
 def test_live_reference_never_changes_and_every_policy_param_moves(tiny_model, tmp_path):
     initial = copy.deepcopy(tiny_model)
-    trainer = DPOTrainer(tiny_model, preference_records(8), precompute_ref_logprobs=False,
-                         checkpoint_folder=tmp_path, **train_kwargs())
+    trainer = DPOTrainer(
+        tiny_model, preference_records(8), precompute_ref_logprobs=False, checkpoint_folder=tmp_path, **train_kwargs()
+    )
     ref = trainer.ref_model
     assert ref is not tiny_model and all_params_equal(ref, initial)
     trainer()
@@ -178,13 +194,19 @@ def test_precomputed_reference_is_the_policy_at_entry(tiny_model, tmp_path):
     """train_dpo's stored log-probs equal a fresh computation from the policy as it was on entry."""
     from safetensors.torch import load_file
 
-    from self_rewarding_lm_pytorch.loop import TrainConfig, make_accelerator
-    from self_rewarding_lm_pytorch.stages.dpo import train_dpo
+    from self_rewarding_lm_pytorch.trainers.dpo import train_dpo
+    from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
 
     records = preference_records(8)
     initial = copy.deepcopy(tiny_model)
-    result = train_dpo(tiny_model, records, tokenizer=TOK, accelerator=make_accelerator(), run_dir=tmp_path,
-                       config=TrainConfig(**train_kwargs()))
+    result = train_dpo(
+        tiny_model,
+        records,
+        tokenizer=TOK,
+        accelerator=make_accelerator(),
+        run_dir=tmp_path,
+        config=TrainConfig(**train_kwargs()),
+    )
     assert result.steps == 6
     stored = load_file(str(tmp_path / REF_LOGPROBS_FILE))["train"]
     fresh = compute_ref_logprobs(initial, encode_pairs(records, TOK), pad_id=TOK.pad_id, progress=False)
@@ -196,8 +218,9 @@ def test_precomputed_reference_is_the_policy_at_entry(tiny_model, tmp_path):
 
 
 def test_accuracies_rise_to_near_one_on_a_learnable_set(tiny_model, tmp_path):
-    trainer = DPOTrainer(tiny_model, preference_records(16), checkpoint_folder=tmp_path,
-                         **train_kwargs(num_train_steps=40, batch_size=8))
+    trainer = DPOTrainer(
+        tiny_model, preference_records(16), checkpoint_folder=tmp_path, **train_kwargs(num_train_steps=40, batch_size=8)
+    )
     history = train_records(trainer())
     assert len(history) == 40
     first, last = history[0], history[-5:]
@@ -211,8 +234,13 @@ def test_precomputed_and_live_reference_give_the_same_per_step_losses(tiny_model
     runs = {}
     for precompute in (True, False):
         model = copy.deepcopy(tiny_model)
-        trainer = DPOTrainer(model, preference_records(8), precompute_ref_logprobs=precompute,
-                             checkpoint_folder=tmp_path / str(precompute), **train_kwargs(num_train_steps=10))
+        trainer = DPOTrainer(
+            model,
+            preference_records(8),
+            precompute_ref_logprobs=precompute,
+            checkpoint_folder=tmp_path / str(precompute),
+            **train_kwargs(num_train_steps=10),
+        )
         runs[precompute] = ([r["loss"] for r in train_records(trainer())], model)
     (stored_losses, stored_model), (live_losses, live_model) = runs[True], runs[False]
     assert len(stored_losses) == 10
@@ -222,11 +250,13 @@ def test_precomputed_and_live_reference_give_the_same_per_step_losses(tiny_model
 
 
 def test_resume_reuses_the_stored_reference_and_matches_a_straight_run(tiny_model, tmp_path, monkeypatch):
-    from self_rewarding_lm_pytorch.stages import dpo
+    from self_rewarding_lm_pytorch.trainers import dpo
 
     records = preference_records(8)
     straight = copy.deepcopy(tiny_model)
-    straight_run = DPOTrainer(straight, records, checkpoint_folder=tmp_path / "straight", **train_kwargs(num_train_steps=8))
+    straight_run = DPOTrainer(
+        straight, records, checkpoint_folder=tmp_path / "straight", **train_kwargs(num_train_steps=8)
+    )
     losses = [r["loss"] for r in train_records(straight_run())]
     DPOTrainer(tiny_model, records, checkpoint_folder=tmp_path / "split", **train_kwargs(num_train_steps=4))()
 
@@ -235,8 +265,9 @@ def test_resume_reuses_the_stored_reference_and_matches_a_straight_run(tiny_mode
 
     monkeypatch.setattr(dpo, "compute_ref_logprobs", must_not_recompute)
     # The moved policy is passed in on purpose: only the stored file knows the reference now.
-    resumed = DPOTrainer(tiny_model, records, checkpoint_folder=tmp_path / "split", resume=True,
-                         **train_kwargs(num_train_steps=8))()
+    resumed = DPOTrainer(
+        tiny_model, records, checkpoint_folder=tmp_path / "split", resume=True, **train_kwargs(num_train_steps=8)
+    )()
     assert resumed.steps == 8
     resumed_losses = [r["loss"] for r in train_records(resumed)]
     torch.testing.assert_close(torch.tensor(resumed_losses), torch.tensor(losses), atol=1e-5, rtol=0)
@@ -246,18 +277,26 @@ def test_resume_reuses_the_stored_reference_and_matches_a_straight_run(tiny_mode
         DPOTrainer(tiny_model, records[:6], checkpoint_folder=tmp_path / "split", resume=True, **train_kwargs())()
 
 
-@pytest.mark.parametrize("loss_type, label_smoothing", [("sigmoid", 0.1), ("robust", 0.2), ("ipo", 0.0), ("hinge", 0.0)])
+@pytest.mark.parametrize(
+    "loss_type, label_smoothing", [("sigmoid", 0.1), ("robust", 0.2), ("ipo", 0.0), ("hinge", 0.0)]
+)
 def test_every_loss_type_trains(tiny_model, loss_type, label_smoothing):
     before = copy.deepcopy(tiny_model)
-    trainer = DPOTrainer(tiny_model, preference_records(4), loss_type=loss_type, label_smoothing=label_smoothing,
-                         checkpoint_folder=None, **train_kwargs(num_train_steps=2))
+    trainer = DPOTrainer(
+        tiny_model,
+        preference_records(4),
+        loss_type=loss_type,
+        label_smoothing=label_smoothing,
+        checkpoint_folder=None,
+        **train_kwargs(num_train_steps=2),
+    )
     history = train_records(trainer())
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
     assert not all_params_equal(tiny_model, before)
 
 
 def test_a_response_that_encodes_to_nothing_is_an_error():
-    from self_rewarding_lm_pytorch.tokenizer import CallableTokenizer
+    from self_rewarding_lm_pytorch.core.tokenizer import CallableTokenizer
 
     drops_x = CallableTokenizer(lambda s: [ord(c) for c in s if c != "x"], lambda ids: "", pad_id=0)
     with pytest.raises(PreferenceRecordError, match="record 0: the rejected response encodes to no tokens"):
@@ -268,8 +307,13 @@ def test_validation_pairs_get_their_own_reference(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
     records = preference_records(12)
-    result = DPOTrainer(tiny_model, records[:8], valid_data=records[8:], checkpoint_folder=tmp_path,
-                        **train_kwargs(num_train_steps=4, valid_every=2))()
+    result = DPOTrainer(
+        tiny_model,
+        records[:8],
+        valid_data=records[8:],
+        checkpoint_folder=tmp_path,
+        **train_kwargs(num_train_steps=4, valid_every=2),
+    )()
     valid = [r for r in result.history if "valid/rewards/accuracies" in r]
     assert [r["step"] for r in valid] == [2, 4]
     assert load_file(str(tmp_path / REF_LOGPROBS_FILE))["valid"].shape == (4, 2)
@@ -282,14 +326,14 @@ def test_ids_outside_the_vocabulary_and_default_length_limit(tiny_model):
     assert len(trainer.pairs[0]["chosen"][0]) == 64
 
 
-TWO_PROCESS_SCRIPT = '''
+TWO_PROCESS_SCRIPT = """
 import json, sys, torch
 from pathlib import Path
 from x_transformers import Decoder, TransformerWrapper
 from safetensors.torch import load_file
-from self_rewarding_lm_pytorch.loop import TrainConfig, make_accelerator
-from self_rewarding_lm_pytorch.stages import dpo
-from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
+from self_rewarding_lm_pytorch.trainers import dpo
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
 
 torch.set_num_threads(1)
 out, acc, tok = Path(sys.argv[1]), make_accelerator(dict(cpu=True)), ByteTokenizer()
@@ -307,7 +351,7 @@ stored = load_file(str(out / dpo.REF_LOGPROBS_FILE))["train"]
 report = {"world": acc.num_processes, "calls": calls, "diff": float((stored - fresh).abs().max()),
           "sums": [float(p.detach().double().sum()) for p in model.parameters()]}
 (out / f"rank{acc.process_index}.json").write_text(json.dumps(report))
-'''
+"""
 
 
 def test_two_processes_split_the_reference_pass(tmp_path):
@@ -325,9 +369,25 @@ def test_two_processes_split_the_reference_pass(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-           str(script), str(tmp_path / "run")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.accelerate_cli",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        str(script),
+        str(tmp_path / "run"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

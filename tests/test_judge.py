@@ -6,14 +6,14 @@ import pickle
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch.judge import (
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.self_reward.judge import (
     DEFAULT_JUDGE_PROMPT,
     DEFAULT_REWARD_CONFIG,
     RewardConfig,
     RewardTemplateError,
     judge_scores,
 )
-from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
 
 
 class ScriptedModel(torch.nn.Module):
@@ -39,7 +39,9 @@ class ScriptedModel(torch.nn.Module):
         prefix, generated = context[: cut + 1], context[cut + 1 :]
         answers = self.script(prefix)
         answers = [answers] if isinstance(answers, str) else answers
-        nexts = {self.tok.eos_id if a == generated else ord(a[len(generated)]) for a in answers if a.startswith(generated)}
+        nexts = {
+            self.tok.eos_id if a == generated else ord(a[len(generated)]) for a in answers if a.startswith(generated)
+        }
         return nexts or {self.tok.eos_id}
 
     def forward(self, ids, **kwargs):
@@ -96,7 +98,9 @@ def seed_readme_config():
 def test_seed_readme_custom_config():
     config = seed_readme_config()
     text = config.render(prompt="What is 2+2?", response="4")
-    assert text.startswith("Pretty please rate the following user prompt and response\nUser: What is 2+2?\nResponse: 4\n")
+    assert text.startswith(
+        "Pretty please rate the following user prompt and response\nUser: What is 2+2?\nResponse: 4\n"
+    )
     assert text.endswith("Rating: <rating as integer from 0 - 10>")
     assert config.parse("I think... Rating: 8") == 8.0
     assert config.parse("Rating: <rating as integer from 0 - 10>") is None  # the echoed instruction
@@ -147,13 +151,21 @@ def test_regex_special_characters_are_literal_and_suffix_is_matched():
 
 def test_custom_parse_reward_goes_through_range():
     config = RewardConfig(
-        "{{ prompt }}{{ response }}", "Score: {{ reward }}", score_range=(0, 5), parse_reward=lambda t: float(t.split("=")[-1])
+        "{{ prompt }}{{ response }}",
+        "Score: {{ reward }}",
+        score_range=(0, 5),
+        parse_reward=lambda t: float(t.split("=")[-1]),
     )
     assert config.parse("x=3") == 3.0
     assert config.parse("x=9") is None  # out of range
     assert config.parse("no number") is None  # the parser's ValueError counts as unparsed
-    assert RewardConfig("{{ prompt }}{{ response }}", "S {{ reward }}", parse_reward=lambda t: math.nan).parse("S 1") is None
-    assert RewardConfig("{{ prompt }}{{ response }}", "S {{ reward }}", parse_reward=lambda t: "high").parse("S 1") is None
+    assert (
+        RewardConfig("{{ prompt }}{{ response }}", "S {{ reward }}", parse_reward=lambda t: math.nan).parse("S 1")
+        is None
+    )
+    assert (
+        RewardConfig("{{ prompt }}{{ response }}", "S {{ reward }}", parse_reward=lambda t: "high").parse("S 1") is None
+    )
 
 
 def test_default_prompt_is_short_and_renders():
@@ -182,8 +194,15 @@ def test_judge_scores_with_a_scripted_judge():
     config = RewardConfig("J {{ prompt }}|{{ response }}|", "Score: {{ reward }}", score_range=(0, 5))
     judge = ScriptedModel(tok, lambda text: "zzz" if "?" in text else f"Score: {text.count('!')}", max_seq_len=128)
     result = judge_scores(
-        judge, tok, config, ["a", "b", "c"], ["x!", "y!!!", "?"], num_judgments=3, max_new_tokens=12,
-        generator=torch.Generator().manual_seed(0), use_cache=False,
+        judge,
+        tok,
+        config,
+        ["a", "b", "c"],
+        ["x!", "y!!!", "?"],
+        num_judgments=3,
+        max_new_tokens=12,
+        generator=torch.Generator().manual_seed(0),
+        use_cache=False,
     )
     assert result.scores[:2].tolist() == [1.0, 3.0] and math.isnan(result.scores[2])
     assert result.texts[0] == ["Score: 1"] * 3 and result.texts[2] == ["zzz"] * 3
@@ -196,6 +215,8 @@ def test_judge_scores_skips_prompts_that_do_not_fit():
     tok = ByteTokenizer()
     config = RewardConfig("J {{ prompt }}|{{ response }}|", "Score: {{ reward }}")
     judge = ScriptedModel(tok, lambda text: "Score: 2", max_seq_len=40)
-    result = judge_scores(judge, tok, config, ["a", "b" * 30], ["x", "y"], num_judgments=2, max_new_tokens=12, use_cache=False)
+    result = judge_scores(
+        judge, tok, config, ["a", "b" * 30], ["x", "y"], num_judgments=2, max_new_tokens=12, use_cache=False
+    )
     assert result.scores[0].item() == 2.0 and math.isnan(result.scores[1])
     assert result.num_skipped == 1 and result.texts[1] == [] and result.num_failed == 0

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch import logprobs as lp_module
-from self_rewarding_lm_pytorch.data import collate_examples
-from self_rewarding_lm_pytorch.logprobs import model_sequence_logprobs, sequence_logprobs, token_logprobs
+from self_rewarding_lm_pytorch.core import logprobs as lp_module
+from self_rewarding_lm_pytorch.core.batching import collate_examples
+from self_rewarding_lm_pytorch.core.logprobs import model_sequence_logprobs, sequence_logprobs, token_logprobs
 
 LOG2 = math.log(2.0)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from self_rewarding_lm_pytorch.loop import (
+from self_rewarding_lm_pytorch.training.loop import (
     TrainConfig,
     epoch_permutation,
     lr_multiplier,
@@ -73,8 +73,18 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-RESUME_CONFIG = dict(num_train_steps=20, batch_size=4, grad_accum_steps=2, learning_rate=3e-3, weight_decay=0.1,
-                     warmup_steps=3, lr_schedule="cosine", log_every=1, checkpoint_every=5, progress=False)
+RESUME_CONFIG = dict(
+    num_train_steps=20,
+    batch_size=4,
+    grad_accum_steps=2,
+    learning_rate=3e-3,
+    weight_decay=0.1,
+    warmup_steps=3,
+    lr_schedule="cosine",
+    log_every=1,
+    checkpoint_every=5,
+    progress=False,
+)
 
 
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, accelerator):
@@ -88,14 +98,27 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, accelerator):
     crashed = make_model(dropout=0.2)
     # 2 micro-steps per optimizer step: call 21 is the first micro-step of step 11.
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(crashed, RegressionTask(noise=0.1, crash_at_call=21), make_data(), config, accelerator=accelerator,
-              run_dir=tmp_path / "b")
+        train(
+            crashed,
+            RegressionTask(noise=0.1, crash_at_call=21),
+            make_data(),
+            config,
+            accelerator=accelerator,
+            run_dir=tmp_path / "b",
+        )
     assert read_metrics(tmp_path / "b")[-1]["step"] == 10
 
     resumed = make_model(dropout=0.2, seed=99)  # different init: everything must come from the checkpoint
     torch.manual_seed(12345)  # and a different global RNG
-    result = train(resumed, RegressionTask(noise=0.1), make_data(), config, accelerator=accelerator,
-                   run_dir=tmp_path / "b", resume=True)
+    result = train(
+        resumed,
+        RegressionTask(noise=0.1),
+        make_data(),
+        config,
+        accelerator=accelerator,
+        run_dir=tmp_path / "b",
+        resume=True,
+    )
 
     assert result.steps == 20
     losses_a = [r["loss"] for r in read_metrics(tmp_path / "a")]
@@ -127,16 +150,30 @@ def test_resume_of_finished_run_does_nothing_more(tmp_path, accelerator):
 
 
 def test_resume_with_changed_batch_size_is_an_error(tmp_path, accelerator):
-    train(make_model(), RegressionTask(), make_data(), TrainConfig(num_train_steps=2, batch_size=4, progress=False),
-          accelerator=accelerator, run_dir=tmp_path)
+    train(
+        make_model(),
+        RegressionTask(),
+        make_data(),
+        TrainConfig(num_train_steps=2, batch_size=4, progress=False),
+        accelerator=accelerator,
+        run_dir=tmp_path,
+    )
     with pytest.raises(ValueError, match="batch_size: 4 -> 8"):
-        train(make_model(), RegressionTask(), make_data(), TrainConfig(num_train_steps=4, batch_size=8, progress=False),
-              accelerator=accelerator, run_dir=tmp_path, resume=True)
+        train(
+            make_model(),
+            RegressionTask(),
+            make_data(),
+            TrainConfig(num_train_steps=4, batch_size=8, progress=False),
+            accelerator=accelerator,
+            run_dir=tmp_path,
+            resume=True,
+        )
 
 
 def test_lr_schedules_against_hand_values():
     """warmup 2, total 6: warmup gives (s+1)/2 = 0.5, 1.0; then p = (s-2)/4 for s = 2..5 is 0, .25, .5, .75;
     linear 1-p = 1, .75, .5, .25; cosine (1+cos(pi p))/2 = 1, .853553, .5, .146447; constant 1."""
+
     def values(schedule):
         return [lr_multiplier(s, warmup_steps=2, total_steps=6, schedule=schedule) for s in range(6)]
 
@@ -148,8 +185,15 @@ def test_lr_schedules_against_hand_values():
 
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
 def test_loop_applies_the_schedule(schedule, accelerator):
-    config = TrainConfig(num_train_steps=6, batch_size=4, warmup_steps=2, lr_schedule=schedule, learning_rate=0.1,
-                         log_every=1, progress=False)
+    config = TrainConfig(
+        num_train_steps=6,
+        batch_size=4,
+        warmup_steps=2,
+        lr_schedule=schedule,
+        learning_rate=0.1,
+        log_every=1,
+        progress=False,
+    )
     result = train(make_model(), RegressionTask(), make_data(), config, accelerator=accelerator)
     expected = [0.1 * lr_multiplier(s, warmup_steps=2, total_steps=6, schedule=schedule) for s in range(6)]
     assert [r["lr"] for r in result.history] == pytest.approx(expected)
@@ -161,7 +205,9 @@ def test_grad_accumulation_equals_the_full_batch(accelerator):
     base = dict(num_train_steps=6, learning_rate=1e-2, log_every=1, progress=False, max_grad_norm=0.5)
     a, b = make_model(), make_model()
     ra = train(a, RegressionTask(), make_data(), TrainConfig(batch_size=8, **base), accelerator=accelerator)
-    rb = train(b, RegressionTask(), make_data(), TrainConfig(batch_size=4, grad_accum_steps=2, **base), accelerator=accelerator)
+    rb = train(
+        b, RegressionTask(), make_data(), TrainConfig(batch_size=4, grad_accum_steps=2, **base), accelerator=accelerator
+    )
     assert [r["loss"] for r in ra.history] == pytest.approx([r["loss"] for r in rb.history], abs=1e-5)
     assert [r["grad_norm"] for r in ra.history] == pytest.approx([r["grad_norm"] for r in rb.history], abs=1e-5)
     assert_same_weights(weights(a), weights(b))
@@ -170,21 +216,40 @@ def test_grad_accumulation_equals_the_full_batch(accelerator):
 def test_early_stopping_restores_the_best_weights(tmp_path, accelerator):
     """Validation targets are the negated training targets, so validation loss only rises after the first
     check (step 2): with patience 2 training stops at step 6 and the weights are those of step 2."""
-    config = TrainConfig(num_train_steps=50, batch_size=4, learning_rate=3e-2, valid_every=2, early_stopping_patience=2,
-                         log_every=2, progress=False)
+    config = TrainConfig(
+        num_train_steps=50,
+        batch_size=4,
+        learning_rate=3e-2,
+        valid_every=2,
+        early_stopping_patience=2,
+        log_every=2,
+        progress=False,
+    )
     model = make_model()
-    result = train(model, RegressionTask(), make_data(), config, accelerator=accelerator, run_dir=tmp_path,
-                   valid_dataset=make_data(8, sign=-1.0, seed=1))
+    result = train(
+        model,
+        RegressionTask(),
+        make_data(),
+        config,
+        accelerator=accelerator,
+        run_dir=tmp_path,
+        valid_dataset=make_data(8, sign=-1.0, seed=1),
+    )
     valid = [r["valid/loss"] for r in result.history if "valid/loss" in r]
     assert valid == sorted(valid) and len(valid) == 3  # rising: the premise of the test
     assert result.stopped_early and result.steps == 6 and result.best_step == 2
     assert result.best_metrics["loss"] == pytest.approx(valid[0])
 
     reference = make_model()
-    train(reference, RegressionTask(), make_data(), TrainConfig(num_train_steps=2, batch_size=4, learning_rate=3e-2,
-          progress=False), accelerator=accelerator)
+    train(
+        reference,
+        RegressionTask(),
+        make_data(),
+        TrainConfig(num_train_steps=2, batch_size=4, learning_rate=3e-2, progress=False),
+        accelerator=accelerator,
+    )
     assert_same_weights(weights(model), weights(reference))
-    from self_rewarding_lm_pytorch.checkpoint import load_model
+    from self_rewarding_lm_pytorch.training.checkpoint import load_model
 
     saved = make_model(seed=3)
     load_model(saved, tmp_path / "model.safetensors")
@@ -194,10 +259,22 @@ def test_early_stopping_restores_the_best_weights(tmp_path, accelerator):
 def test_metrics_jsonl_content(tmp_path, accelerator):
     """log_every 3 over 7 steps logs steps 3, 6 and the last (7); each record averages its window."""
     config = TrainConfig(num_train_steps=7, batch_size=4, log_every=3, valid_every=5, progress=False)
-    every = train(make_model(), RegressionTask(), make_data(), TrainConfig(num_train_steps=7, batch_size=4, log_every=1,
-                  progress=False), accelerator=accelerator)
-    result = train(make_model(), RegressionTask(), make_data(), config, accelerator=accelerator, run_dir=tmp_path,
-                   valid_dataset=make_data(6, seed=2))
+    every = train(
+        make_model(),
+        RegressionTask(),
+        make_data(),
+        TrainConfig(num_train_steps=7, batch_size=4, log_every=1, progress=False),
+        accelerator=accelerator,
+    )
+    result = train(
+        make_model(),
+        RegressionTask(),
+        make_data(),
+        config,
+        accelerator=accelerator,
+        run_dir=tmp_path,
+        valid_dataset=make_data(6, seed=2),
+    )
     records = read_metrics(tmp_path)
     assert records == json.loads(json.dumps(result.history))
     train_records = [r for r in records if "loss" in r]
@@ -214,8 +291,13 @@ def test_metrics_jsonl_content(tmp_path, accelerator):
 
 def test_each_epoch_visits_every_item_once(accelerator):
     task = RegressionTask()
-    result = train(make_model(), task, make_data(12), TrainConfig(num_epochs=2, batch_size=4, progress=False),
-                   accelerator=accelerator)
+    result = train(
+        make_model(),
+        task,
+        make_data(12),
+        TrainConfig(num_epochs=2, batch_size=4, progress=False),
+        accelerator=accelerator,
+    )
     assert result.steps == 6  # ceil(2 epochs * 12 items / 4 per step)
     assert sorted(task.seen[:12]) == list(range(12)) and sorted(task.seen[12:]) == list(range(12))
     assert task.seen[:12] != task.seen[12:]  # a fresh permutation per epoch
@@ -226,21 +308,29 @@ def test_only_trainable_parameters_change(accelerator):
     model = make_model()
     model[0].requires_grad_(False)
     before = weights(model)
-    train(model, RegressionTask(), make_data(), TrainConfig(num_train_steps=3, batch_size=4, weight_decay=0.5,
-          learning_rate=1e-2, progress=False), accelerator=accelerator)
+    train(
+        model,
+        RegressionTask(),
+        make_data(),
+        TrainConfig(num_train_steps=3, batch_size=4, weight_decay=0.5, learning_rate=1e-2, progress=False),
+        accelerator=accelerator,
+    )
     after = weights(model)
     assert torch.equal(before["0.weight"], after["0.weight"]) and torch.equal(before["0.bias"], after["0.bias"])
     assert not torch.equal(before["3.weight"], after["3.weight"])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(batch_size=0), "batch_size"),
-    (dict(lr_schedule="step"), "lr_schedule"),
-    (dict(num_train_steps=3, num_epochs=1), "not both"),
-    (dict(early_stopping_patience=2), "needs valid_every"),
-    (dict(early_stopping_mode="up"), "early_stopping_mode"),
-    (dict(learning_rate=0.0), "learning_rate"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(lr_schedule="step"), "lr_schedule"),
+        (dict(num_train_steps=3, num_epochs=1), "not both"),
+        (dict(early_stopping_patience=2), "needs valid_every"),
+        (dict(early_stopping_mode="up"), "early_stopping_mode"),
+        (dict(learning_rate=0.0), "learning_rate"),
+    ],
+)
 def test_bad_config_is_rejected_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
@@ -248,7 +338,9 @@ def test_bad_config_is_rejected_at_construction(kwargs, message):
 
 def test_bad_task_and_metrics_are_typed_errors(accelerator):
     with pytest.raises(TypeError, match="collate"):
-        train(make_model(), object(), make_data(), TrainConfig(num_train_steps=1, progress=False), accelerator=accelerator)
+        train(
+            make_model(), object(), make_data(), TrainConfig(num_train_steps=1, progress=False), accelerator=accelerator
+        )
 
     class VectorMetric(RegressionTask):
         def step(self, model, batch):
@@ -256,7 +348,13 @@ def test_bad_task_and_metrics_are_typed_errors(accelerator):
             return loss, {"per_row": torch.zeros(3)}
 
     with pytest.raises(ValueError, match="per_row"):
-        train(make_model(), VectorMetric(), make_data(), TrainConfig(num_train_steps=1, progress=False), accelerator=accelerator)
+        train(
+            make_model(),
+            VectorMetric(),
+            make_data(),
+            TrainConfig(num_train_steps=1, progress=False),
+            accelerator=accelerator,
+        )
 
 
 def test_make_accelerator_reuses_and_refuses_accumulation():
@@ -278,6 +376,7 @@ def test_tensorboard_requested_but_missing_still_logs_jsonl(tmp_path, accelerato
     """tensorboard is not installed here: asking for it warns and metrics.jsonl is still written."""
     try:
         import torch.utils.tensorboard  # noqa: F401
+
         pytest.skip("tensorboard is installed; the fallback path is not reachable")
     except ImportError:
         pass

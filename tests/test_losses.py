@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from self_rewarding_lm_pytorch import losses
-from self_rewarding_lm_pytorch.losses import (
+from self_rewarding_lm_pytorch.core import losses
+from self_rewarding_lm_pytorch.core.losses import (
     AdaptiveKLController,
     FixedKLController,
     dpo_loss,
@@ -168,7 +168,13 @@ def test_gae_hand_computation():
 
 def test_gae_lam1_gamma1_is_reward_to_go_minus_value():
     """With gamma = lam = 1, A_t = sum_{s >= t} r_s - V_t: rewards [1, 2, 3], V = 0 -> [6, 5, 3]."""
-    adv, ret = gae_advantages(t(1.0, 2.0, 3.0)[None], torch.zeros(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.bool), gamma=1.0, lam=1.0)
+    adv, ret = gae_advantages(
+        t(1.0, 2.0, 3.0)[None],
+        torch.zeros(1, 3, dtype=torch.float64),
+        torch.ones(1, 3, dtype=torch.bool),
+        gamma=1.0,
+        lam=1.0,
+    )
     torch.testing.assert_close(adv, t(6.0, 5.0, 3.0)[None])
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch.pairs import Pair, best_vs_worst, length_controlled, make_pair_policy
+from self_rewarding_lm_pytorch.self_reward.pairs import Pair, best_vs_worst, length_controlled, make_pair_policy
 
 NAN = math.nan
 

@@ -55,8 +55,14 @@ def assert_same_weights(a, b, atol=1e-5):
 def run(tmp_path, stages, name="run", seed=7, model=None, **kwargs):
     model = model or make_model()
     trainer = SelfRewardingTrainer(
-        model, stages, tokenizer=ByteTokenizer(), checkpoints_folder=tmp_path / name, seed=seed,
-        accelerate_kwargs=dict(cpu=True), progress=False, **kwargs,
+        model,
+        stages,
+        tokenizer=ByteTokenizer(),
+        checkpoints_folder=tmp_path / name,
+        seed=seed,
+        accelerate_kwargs=dict(cpu=True),
+        progress=False,
+        **kwargs,
     )
     return trainer, model
 
@@ -123,8 +129,15 @@ def test_garbage_judge_makes_no_pairs_and_the_pipeline_goes_on(tmp_path):
     """A judge whose text never parses: the stage trains nothing, says so, still checkpoints."""
     never = RewardConfig("Rate {{ prompt }} / {{ response }}. Score:", "Rating: {{ reward }} of 10")
     stages = [
-        SelfRewardDPOConfig(PROMPTS[:3], 2, num_train_steps=2, batch_size=2, max_new_tokens=4,
-                            judge_max_new_tokens=4, num_sampled_reward_responses=1),
+        SelfRewardDPOConfig(
+            PROMPTS[:3],
+            2,
+            num_train_steps=2,
+            batch_size=2,
+            max_new_tokens=4,
+            judge_max_new_tokens=4,
+            num_sampled_reward_responses=1,
+        ),
         SFTConfig(SFT_DATA, num_train_steps=2, batch_size=2),
     ]
     trainer, _ = run(tmp_path, stages, self_reward_prompt_config=never)
@@ -137,8 +150,9 @@ def test_garbage_judge_makes_no_pairs_and_the_pipeline_goes_on(tmp_path):
 
 
 def test_dict_configs_mean_the_paper_recipe():
-    stages = create_default_paper_config(train_sft_dataset=SFT_DATA, self_reward_prompt_dataset=PROMPTS,
-                                         dpo_num_train_steps=5)
+    stages = create_default_paper_config(
+        train_sft_dataset=SFT_DATA, self_reward_prompt_dataset=PROMPTS, dpo_num_train_steps=5
+    )
     assert [type(s).kind for s in stages] == ["sft", "self-reward-dpo", "self-reward-dpo"]
     assert [s.num_generated_preference_pairs for s in stages[1:]] == [3964, 6942]
     assert all(s.num_train_steps == 5 and s.dpo_beta == 0.1 for s in stages[1:])
@@ -189,9 +203,26 @@ def launch_pipeline(out, *, processes, seed="7"):
     if processes == 1:
         command = [sys.executable, script, str(out), seed]
     else:
-        command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
-                   "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-                   "--dynamo_backend", "no", "--main_process_port", str(free_port()), script, str(out), seed]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.accelerate_cli",
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            script,
+            str(out),
+            seed,
+        ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
 
@@ -227,7 +258,7 @@ def test_two_processes_without_a_seed_agree_on_one(tmp_path):
 
 def crash_at_call(monkeypatch, stage: str, n: int):
     """Make the n-th training step of the DPO ("dpo") or SFT ("sft") task raise; returns an undo."""
-    from self_rewarding_lm_pytorch.stages import dpo, sft
+    from self_rewarding_lm_pytorch.trainers import dpo, sft
 
     task = {"dpo": dpo.PairTask, "sft": sft.SFTTask}[stage]
     original, calls = task.step, {"n": 0}
@@ -290,13 +321,15 @@ def test_overwrite_removes_only_what_a_run_wrote(tmp_path):
 def test_what_a_stage_hash_sees(tmp_path):
     """Data contents and the judge template change a stage; how often it logs does not."""
     from self_rewarding_lm_pytorch.manifest import stage_hash
-    from self_rewarding_lm_pytorch.judge import DEFAULT_REWARD_CONFIG
+    from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG
 
     other_judge = RewardConfig("Rate {{ prompt }} / {{ response }}.", "Rating: {{ reward }}")
     prompts = [f"p{i}" for i in range(40)]
     base = SelfRewardDPOConfig(prompts, 4)
     h = stage_hash(base, DEFAULT_REWARD_CONFIG)
-    assert h == stage_hash(SelfRewardDPOConfig(list(prompts), 4, log_every=1, checkpoint_every=5), DEFAULT_REWARD_CONFIG)
+    assert h == stage_hash(
+        SelfRewardDPOConfig(list(prompts), 4, log_every=1, checkpoint_every=5), DEFAULT_REWARD_CONFIG
+    )
     assert h != stage_hash(SelfRewardDPOConfig(prompts[:-1] + ["changed"], 4), DEFAULT_REWARD_CONFIG)
     assert h != stage_hash(base, other_judge)
     sft = SFTConfig(SFT_DATA)

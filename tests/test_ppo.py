@@ -7,16 +7,22 @@ import pytest
 import torch
 from x_transformers import Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch.checkpoint import load_model
-from self_rewarding_lm_pytorch.data import read_jsonl
-from self_rewarding_lm_pytorch.judge import RewardConfig
-from self_rewarding_lm_pytorch.loop import make_accelerator
-from self_rewarding_lm_pytorch.ppo import PPOConfig, PPOTrainer
-from self_rewarding_lm_pytorch.ppo_model import RunningMoments, ValueHeadModel, assemble_rollouts, per_token_rewards, token_entropy
-from self_rewarding_lm_pytorch.reward_model import RewardModel
-from self_rewarding_lm_pytorch.stages.base import StageContext
+from self_rewarding_lm_pytorch.core.files import read_jsonl
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, CallableTokenizer
+from self_rewarding_lm_pytorch.rl.ppo import PPOConfig, PPOTrainer
+from self_rewarding_lm_pytorch.rl.value_head import (
+    RunningMoments,
+    ValueHeadModel,
+    assemble_rollouts,
+    per_token_rewards,
+    token_entropy,
+)
+from self_rewarding_lm_pytorch.self_reward.judge import RewardConfig
+from self_rewarding_lm_pytorch.stages.context import StageContext
 from self_rewarding_lm_pytorch.stages.ppo import PPOStageConfig
-from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer, CallableTokenizer
+from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
+from self_rewarding_lm_pytorch.training.checkpoint import load_model
+from self_rewarding_lm_pytorch.training.loop import make_accelerator
 
 # The toy task: a 6-token vocabulary, queries of one token, and a reward that is the fraction of
 # token 3 in the response (an untrained policy scores about 0.2-0.35).
@@ -29,7 +35,9 @@ def toy_model(seed=0):
 
 
 def toy_tokenizer():
-    return CallableTokenizer(lambda s: [int(c) for c in s], lambda ids: "".join(map(str, ids.tolist())), pad_id=0, eos_id=None)
+    return CallableTokenizer(
+        lambda s: [int(c) for c in s], lambda ids: "".join(map(str, ids.tolist())), pad_id=0, eos_id=None
+    )
 
 
 def toy_reward(response):
@@ -160,7 +168,6 @@ def test_value_head_save_loads_into_plain_transformer(tiny_model, tmp_path):
     model.save(tmp_path)
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "value_head.safetensors").exists()
 
-
     torch.manual_seed(123)
     plain = TransformerWrapper(num_tokens=259, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2))
     load_model(plain, tmp_path / "model.safetensors")
@@ -168,7 +175,9 @@ def test_value_head_save_loads_into_plain_transformer(tiny_model, tmp_path):
     torch.testing.assert_close(plain(ids), tiny_model(ids))
 
     torch.manual_seed(321)
-    fresh = ValueHeadModel(TransformerWrapper(num_tokens=259, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2)))
+    fresh = ValueHeadModel(
+        TransformerWrapper(num_tokens=259, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2))
+    )
     fresh.load(tmp_path)
     for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
@@ -211,7 +220,11 @@ def test_padding_after_eos_changes_nothing():
     padded = [torch.tensor([3, 5, 0, 0, 0]), torch.tensor([4, 4, 3, 5, 0])]  # pad id 0 after each EOS (5)
     states = []
     for responses in (trimmed, padded):
-        trainer = PPOTrainer(toy_model(), config=PPOConfig(batch_size=2, mini_batch_size=1, ppo_epochs=2, learning_rate=1e-3), tokenizer=tok)
+        trainer = PPOTrainer(
+            toy_model(),
+            config=PPOConfig(batch_size=2, mini_batch_size=1, ppo_epochs=2, learning_rate=1e-3),
+            tokenizer=tok,
+        )
         stats = trainer.step(queries, responses, [1.0, -1.0])
         states.append((trainer.policy.state_dict(), stats["tokens/responses_len_mean"]))
     assert states[0][1] == states[1][1] == 3.0
@@ -225,7 +238,11 @@ def test_unscored_rollout_is_masked_out():
     responses = [torch.tensor([3, 3, 2]), torch.tensor([4, 5]), torch.tensor([1, 2, 3, 4, 5, 1])]
     runs = []
     for n, scores in ((3, [1.0, -0.5, float("nan")]), (2, [1.0, -0.5])):
-        trainer = PPOTrainer(toy_model(), config=PPOConfig(batch_size=n, mini_batch_size=n, ppo_epochs=2, learning_rate=1e-3), tokenizer=toy_tokenizer())
+        trainer = PPOTrainer(
+            toy_model(),
+            config=PPOConfig(batch_size=n, mini_batch_size=n, ppo_epochs=2, learning_rate=1e-3),
+            tokenizer=toy_tokenizer(),
+        )
         runs.append((trainer.step(queries[:n], responses[:n], scores), trainer.policy.state_dict()))
     (with_nan, weights_nan), (without, weights) = runs
     assert with_nan["ppo/num_unscored"] == 1 and without["ppo/num_unscored"] == 0
@@ -236,7 +253,15 @@ def test_unscored_rollout_is_masked_out():
 
 
 def test_k3_kl_estimate_is_never_negative():
-    config = PPOConfig(batch_size=8, mini_batch_size=4, ppo_epochs=2, learning_rate=3e-3, kl_estimator="k3", init_kl_coef=0.01, adap_kl_ctrl=False)
+    config = PPOConfig(
+        batch_size=8,
+        mini_batch_size=4,
+        ppo_epochs=2,
+        learning_rate=3e-3,
+        kl_estimator="k3",
+        init_kl_coef=0.01,
+        adap_kl_ctrl=False,
+    )
     _, history = run_toy(config, steps=5)
     assert all(h["objective/kl"] >= 0 for h in history) and history[-1]["objective/kl"] > 0
 
@@ -255,7 +280,14 @@ def test_trl_quick_start_runs_as_written(tiny_model):
     tok = ByteTokenizer()
     ppo_trainer = PPOTrainer(tiny_model, None, PPOConfig(**{"mini_batch_size": 1, "batch_size": 1}), tok)
     query_tensor = torch.tensor([tok.encode("This morning I went to the ")])
-    generation_kwargs = {"min_length": -1, "top_k": 0.0, "top_p": 1.0, "do_sample": True, "pad_token_id": tok.eos_id, "max_new_tokens": 20}
+    generation_kwargs = {
+        "min_length": -1,
+        "top_k": 0.0,
+        "top_p": 1.0,
+        "do_sample": True,
+        "pad_token_id": tok.eos_id,
+        "max_new_tokens": 20,
+    }
     response_tensor = ppo_trainer.generate([item for item in query_tensor], return_prompt=False, **generation_kwargs)
     assert 1 <= len(response_tensor[0]) <= 20 and isinstance(tok.decode(response_tensor[0]), str)
     train_stats = ppo_trainer.step([query_tensor[0]], [response_tensor[0]], [torch.tensor(1.0)])
@@ -266,8 +298,18 @@ def test_value_loss_falls_on_a_fixed_batch():
     """kl_coef 0, gamma = lam = 1: every return is the rollout's score, whatever the values, so the
     value head has a fixed regression target (each row has its own first token, so it is learnable)
     and its loss must fall."""
-    config = PPOConfig(batch_size=4, mini_batch_size=4, ppo_epochs=4, learning_rate=3e-3, init_kl_coef=0.0, adap_kl_ctrl=False,
-                       gamma=1.0, lam=1.0, vf_coef=1.0, cliprange_value=10.0)
+    config = PPOConfig(
+        batch_size=4,
+        mini_batch_size=4,
+        ppo_epochs=4,
+        learning_rate=3e-3,
+        init_kl_coef=0.0,
+        adap_kl_ctrl=False,
+        gamma=1.0,
+        lam=1.0,
+        vf_coef=1.0,
+        cliprange_value=10.0,
+    )
     trainer = PPOTrainer(toy_model(), config=config, tokenizer=toy_tokenizer())
     queries = [torch.tensor([q]) for q in (1, 2, 4, 5)]
     responses = [torch.tensor([3, 3, 2]), torch.tensor([4, 5]), torch.tensor([3, 1, 1, 1]), torch.tensor([2])]
@@ -286,9 +328,20 @@ def test_reference_is_frozen_and_policy_moves():
     assert all(torch.equal(v, trainer.ref_model.state_dict()[k]) for k, v in ref_before.items())
     assert any(not torch.equal(v, trainer.policy.transformer.state_dict()[k]) for k, v in policy_before.items())
     assert trainer.ref_model is not trainer.policy.transformer
-    for name in ("objective/kl", "objective/kl_coef", "objective/entropy", "ppo/mean_scores", "ppo/policy/clipfrac",
-                 "ppo/policy/approxkl", "ppo/loss/policy", "ppo/loss/value", "ppo/loss/total", "ppo/val/clipfrac",
-                 "ppo/returns/mean", "ppo/learning_rate"):
+    for name in (
+        "objective/kl",
+        "objective/kl_coef",
+        "objective/entropy",
+        "ppo/mean_scores",
+        "ppo/policy/clipfrac",
+        "ppo/policy/approxkl",
+        "ppo/loss/policy",
+        "ppo/loss/value",
+        "ppo/loss/total",
+        "ppo/val/clipfrac",
+        "ppo/returns/mean",
+        "ppo/learning_rate",
+    ):
         assert math.isfinite(stats[name]), name
     # the first step's rewards use the initial coefficient; the adaptive controller then moves it
     assert stats["objective/kl_coef"] == pytest.approx(0.2)
@@ -310,7 +363,9 @@ def test_mean_reward_rises_with_bounded_kl():
     """kl_coef 0.1 fixed. Scores lie in [0, 1], so the KL-regularised optimum pi* = ref exp(r / beta) / Z has
     KL = E_pi*[r] / beta - log E_ref[exp(r / beta)] <= (E_pi*[r] - E_ref[r]) / beta <= (1 - 0) / 0.1 = 10
     (Jensen on log Z): the run must stay under that bound while the reward rises."""
-    config = PPOConfig(batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3, init_kl_coef=0.1, adap_kl_ctrl=False)
+    config = PPOConfig(
+        batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3, init_kl_coef=0.1, adap_kl_ctrl=False
+    )
     trainer, history = run_toy(config, steps=30)
     start, end = mean_of(history, "ppo/mean_scores", slice(0, 3)), mean_of(history, "ppo/mean_scores", slice(-3, None))
     assert end > start + 0.15, (start, end)
@@ -323,7 +378,9 @@ def test_large_kl_coef_keeps_policy_near_reference():
     with it the policy stays within a small exact KL of the reference and the reward does not rise."""
     runs = {}
     for coef in (0.0, 20.0):
-        config = PPOConfig(batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=1e-3, init_kl_coef=coef, adap_kl_ctrl=False)
+        config = PPOConfig(
+            batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=1e-3, init_kl_coef=coef, adap_kl_ctrl=False
+        )
         trainer, history = run_toy(config, steps=12)
         runs[coef] = (exact_kl(trainer), mean_of(history, "ppo/mean_scores", slice(-4, None)))
     (free_kl, free_score), (held_kl, held_score) = runs[0.0], runs[20.0]
@@ -334,8 +391,16 @@ def test_large_kl_coef_keeps_policy_near_reference():
 def test_adaptive_kl_coef_follows_the_target():
     """target_kl far below the KL the policy reaches -> the adaptive coefficient grows; the stats report
     the coefficient each step's rewards used."""
-    config = PPOConfig(batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3, init_kl_coef=0.1,
-                       adap_kl_ctrl=True, target_kl=0.01, horizon=100)
+    config = PPOConfig(
+        batch_size=16,
+        mini_batch_size=8,
+        ppo_epochs=2,
+        learning_rate=3e-3,
+        init_kl_coef=0.1,
+        adap_kl_ctrl=True,
+        target_kl=0.01,
+        horizon=100,
+    )
     trainer, history = run_toy(config, steps=6)
     coefs = [h["objective/kl_coef"] for h in history]
     assert coefs[0] == pytest.approx(0.1) and coefs[-1] > coefs[0] and trainer.kl_ctl.value > coefs[-1]
@@ -346,8 +411,16 @@ def test_adaptive_kl_coef_follows_the_target():
 
 def stage_context(model, tmp_path, *, resume=False, reward_config=None):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    return StageContext(model=model, tokenizer=ByteTokenizer(), accelerator=make_accelerator(), stage_dir=tmp_path,
-                        seed=7, resume=resume, reward_config=reward_config, progress=False)
+    return StageContext(
+        model=model,
+        tokenizer=ByteTokenizer(),
+        accelerator=make_accelerator(),
+        stage_dir=tmp_path,
+        seed=7,
+        resume=resume,
+        reward_config=reward_config,
+        progress=False,
+    )
 
 
 def fraction_ascii(prompts, responses):
@@ -359,7 +432,9 @@ STAGE_PPO = PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, learning_ra
 
 
 def test_stage_config_validation():
-    assert PPOStageConfig(["x"], ppo={"batch_size": 2, "mini_batch_size": 1}).ppo == PPOConfig(batch_size=2, mini_batch_size=1)
+    assert PPOStageConfig(["x"], ppo={"batch_size": 2, "mini_batch_size": 1}).ppo == PPOConfig(
+        batch_size=2, mini_batch_size=1
+    )
     with pytest.raises(TypeError, match="unexpected keyword"):
         PPOStageConfig(["x"], ppo={"batchsize": 2})
     with pytest.raises(TypeError, match="reward must be"):
@@ -370,7 +445,9 @@ def test_stage_config_validation():
 
 def test_stage_with_callable_reward_trains_in_place_and_logs(tiny_model, tmp_path):
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
-    stage = PPOStageConfig(["ab", "cd", {"prompt": "ef"}], num_ppo_steps=3, reward=fraction_ascii, ppo=STAGE_PPO, max_new_tokens=6)
+    stage = PPOStageConfig(
+        ["ab", "cd", {"prompt": "ef"}], num_ppo_steps=3, reward=fraction_ascii, ppo=STAGE_PPO, max_new_tokens=6
+    )
     summary = stage.run(stage_context(tiny_model, tmp_path))
     assert summary["steps"] == 3 and math.isfinite(summary["kl_last"])
     assert any(not torch.equal(v, tiny_model.state_dict()[k]) for k, v in before.items())
@@ -386,8 +463,12 @@ def test_stage_self_judge_scores_and_drops_unparsed(tiny_model, tmp_path):
     """The self-judge path: the policy judges its own rollouts via `judge_scores`. A judgment that
     parses scores the rollout; when none parses, every rollout is unscored (null), none trains."""
 
-    stage = PPOStageConfig(["ab", "cd"], num_ppo_steps=1, ppo=STAGE_PPO, max_new_tokens=4, num_judgments=2, judge_max_new_tokens=3)
-    judge = RewardConfig("J: {{ prompt }}|{{ response }}\n", "Score: {{ reward }}", parse_reward=lambda text: float(len(text)))
+    stage = PPOStageConfig(
+        ["ab", "cd"], num_ppo_steps=1, ppo=STAGE_PPO, max_new_tokens=4, num_judgments=2, judge_max_new_tokens=3
+    )
+    judge = RewardConfig(
+        "J: {{ prompt }}|{{ response }}\n", "Score: {{ reward }}", parse_reward=lambda text: float(len(text))
+    )
     stage.run(stage_context(tiny_model, tmp_path / "scored", reward_config=judge))
     (record,) = read_jsonl(tmp_path / "scored" / "metrics.jsonl")
     assert record["ppo/num_unscored"] == 0 and "ppo/loss/total" in record
@@ -430,7 +511,9 @@ def test_stage_resume_matches_uninterrupted(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         PPOStageConfig(["ab", "cd", "ef"], reward=CrashAfter(3), **common).run(stage_context(crashed, tmp_path / "b"))
     resumed = model()  # the pipeline reloads the stage's starting weights before resuming
-    summary = PPOStageConfig(["ab", "cd", "ef"], reward=fraction_ascii, **common).run(stage_context(resumed, tmp_path / "b", resume=True))
+    summary = PPOStageConfig(["ab", "cd", "ef"], reward=fraction_ascii, **common).run(
+        stage_context(resumed, tmp_path / "b", resume=True)
+    )
     assert summary["resumed_from_step"] == 2
     for k, v in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v, rtol=1e-5, atol=1e-5, msg=k)
@@ -445,7 +528,9 @@ def test_stage_resume_matches_uninterrupted(tmp_path):
 def test_stage_with_reward_model_scores_through_it(tiny_model, tmp_path):
     torch.manual_seed(1)
     reward_model = RewardModel(num_tokens=259, max_seq_len=64, dim=16, depth=1, heads=2, tokenizer=ByteTokenizer())
-    PPOStageConfig(["ab", "cd"], num_ppo_steps=1, reward=reward_model, ppo=STAGE_PPO, max_new_tokens=4).run(stage_context(tiny_model, tmp_path))
+    PPOStageConfig(["ab", "cd"], num_ppo_steps=1, reward=reward_model, ppo=STAGE_PPO, max_new_tokens=4).run(
+        stage_context(tiny_model, tmp_path)
+    )
     rollouts = read_jsonl(tmp_path / "rollouts.jsonl")
     expected = reward_model.score([r["prompt"] for r in rollouts], [r["response"] for r in rollouts]).tolist()
     assert [r["score"] for r in rollouts] == pytest.approx(expected, abs=1e-5)

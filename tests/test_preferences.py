@@ -7,11 +7,11 @@ import torch
 from test_judge import ScriptedModel  # tests/ is on sys.path (rootdir conftest, no package)
 from x_transformers import Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch.data import read_jsonl
-from self_rewarding_lm_pytorch.judge import DEFAULT_REWARD_CONFIG, RewardConfig
-from self_rewarding_lm_pytorch.pairs import length_controlled
-from self_rewarding_lm_pytorch.preferences import BudgetError, generate_preferences, resolve_budgets
-from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.core.files import read_jsonl
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG, RewardConfig
+from self_rewarding_lm_pytorch.self_reward.pairs import length_controlled
+from self_rewarding_lm_pytorch.self_reward.preferences import BudgetError, generate_preferences, resolve_budgets
 
 TOK = ByteTokenizer()
 SCORE_OF = {"A": 1, "BB": 2, "CCC": 3, "DDDD": 4}
@@ -59,7 +59,11 @@ def test_scripted_judge_gives_exactly_the_expected_pairs(tmp_path):
         for cand in rec["candidates"]:
             assert cand["response"] in SCORE_OF and len(cand["judgments"]) == 3
             if rec["prompt"] == "garbage|":
-                assert cand["judgments"] == ["no idea, sorry"] * 3 and cand["parsed"] == [None] * 3 and cand["score"] is None
+                assert (
+                    cand["judgments"] == ["no idea, sorry"] * 3
+                    and cand["parsed"] == [None] * 3
+                    and cand["score"] is None
+                )
             else:
                 want = 3.0 if rec["prompt"] == "tie|" else float(SCORE_OF[cand["response"]])
                 assert cand["parsed"] == [want] * 3 and cand["score"] == want
@@ -90,7 +94,9 @@ def test_garbage_judge_gives_zero_pairs_without_crashing(tmp_path):
 
 def test_empty_candidates_are_not_judged_nor_paired(tmp_path):
     """Candidates '', 'A' or 'DDDD': an empty one (EOS at once) gets no judgments and no score."""
-    model = ScriptedModel(TOK, lambda prefix: script(prefix) if prefix.startswith("J ") else ["", "A", "DDDD"], max_seq_len=64)
+    model = ScriptedModel(
+        TOK, lambda prefix: script(prefix) if prefix.startswith("J ") else ["", "A", "DDDD"], max_seq_len=64
+    )
     result = run([f"p{i}|" for i in range(4)], tmp_path, model=model)
     cands = [c for rec in read_jsonl(tmp_path / "candidates.jsonl") for c in rec["candidates"]]
     empty = [c for c in cands if c["response"] == ""]
@@ -115,6 +121,7 @@ def test_more_passes_only_when_asked(tmp_path):
 
 def test_external_reward_fn_needs_no_judge(tmp_path):
     """Reward = response length: chosen is the longest letter string sampled, rejected the shortest."""
+
     def no_judging(prefix):
         assert not prefix.startswith("J "), "the model must not be asked to judge"
         return list(SCORE_OF)
@@ -143,8 +150,11 @@ def test_pair_policy_is_pluggable(tmp_path):
     with pytest.warns(UserWarning, match="no preference pairs"):
         result = run(["p0|", "p1|"], tmp_path, pair_policy=functools.partial(length_controlled, rho=1.0))
     assert result.records == []
-    assert result.stats["prompts_dropped"].get("rejected_by_pair_policy", 0) + result.stats["prompts_dropped"].get(
-        "tied_scores", 0) == 2
+    assert (
+        result.stats["prompts_dropped"].get("rejected_by_pair_policy", 0)
+        + result.stats["prompts_dropped"].get("tied_scores", 0)
+        == 2
+    )
 
     def bad_policy(scores, lengths):
         return [(0, 1, 1)]
@@ -217,7 +227,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
             raise RuntimeError("injected crash in the second chunk")
         return full_policy(scores, lengths)
 
-    from self_rewarding_lm_pytorch.pairs import best_vs_worst as full_policy
+    from self_rewarding_lm_pytorch.self_reward.pairs import best_vs_worst as full_policy
 
     with pytest.raises(RuntimeError, match="injected"):
         run(prompts, tmp_path / "crash", chunk_size=2, pair_policy=crashing_policy)
@@ -239,8 +249,15 @@ def test_real_tiny_model_with_default_judge_runs_to_the_end(tmp_path):
     model = TransformerWrapper(num_tokens=259, max_seq_len=512, attn_layers=Decoder(dim=16, depth=1, heads=2))
     with pytest.warns(UserWarning):
         result = generate_preferences(
-            model, TOK, ["Say hi.", "Name a colour."], num_candidates=2, num_judgments=1, num_pairs=5,
-            out_dir=tmp_path, seed=0, progress=False,
+            model,
+            TOK,
+            ["Say hi.", "Name a colour."],
+            num_candidates=2,
+            num_judgments=1,
+            num_pairs=5,
+            out_dir=tmp_path,
+            seed=0,
+            progress=False,
         )
     budgets = result.stats["budgets"]
     template = len(TOK.encode(DEFAULT_REWARD_CONFIG.render(prompt="", response="")))

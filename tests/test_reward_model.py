@@ -4,15 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from self_rewarding_lm_pytorch.data import encode_example
-from self_rewarding_lm_pytorch.reward_model import (
+from self_rewarding_lm_pytorch.core.batching import encode_example
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.trainers.reward_model import (
     RankingTask,
     RewardModel,
     RewardModelTrainer,
     load_ranked_records,
     pairwise_metrics,
 )
-from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
 
 
 def tiny_rm(encoder=False, seed=0):
@@ -99,8 +99,12 @@ def test_bad_records_name_the_record(record, message):
 
 def test_bad_record_in_jsonl_names_the_line(tmp_path):
     path = tmp_path / "r.jsonl"
-    path.write_text(json.dumps({"prompt": "p", "ranked_outputs": ["x", "y"]}) + "\n\n"
-                    + json.dumps({"prompt": "p", "ranked_outputs": ["x", "x"]}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "p", "ranked_outputs": ["x", "y"]})
+        + "\n\n"
+        + json.dumps({"prompt": "p", "ranked_outputs": ["x", "x"]})
+        + "\n"
+    )
     with pytest.raises(ValueError, match=r"record 1 \(.*r\.jsonl:3\): duplicate"):
         load_ranked_records(path)
     jpath = tmp_path / "r.json"
@@ -110,8 +114,9 @@ def test_bad_record_in_jsonl_names_the_line(tmp_path):
 
 def test_collate_is_rank_major_with_missing_ranks_masked():
     task = RankingTask(ByteTokenizer(), max_ranks_per_batch=4)
-    batch = task.collate([{"prompt": "P", "ranked_outputs": ["a1", "a2", "a3"]},
-                          {"prompt": "Q", "ranked_outputs": ["b1", "b2"]}])
+    batch = task.collate(
+        [{"prompt": "P", "ranked_outputs": ["a1", "a2", "a3"]}, {"prompt": "Q", "ranked_outputs": ["b1", "b2"]}]
+    )
     tok = ByteTokenizer()
     decoded = [tok.decode(row[:n]) for row, n in zip(batch["input_ids"].tolist(), batch["lengths"].tolist())]
     # rank 0 of both records, then rank 1 of both, then rank 2 of the first only: 5 rows, not 3 pairs + 1
@@ -152,25 +157,40 @@ def test_each_output_encoded_once_per_step():
     rows = []
     rm.net.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
     task = RankingTask(ByteTokenizer(), max_ranks_per_batch=4)
-    recs = [{"prompt": "p", "ranked_outputs": ["a", "b", "c", "d"]},
-            {"prompt": "q", "ranked_outputs": ["e", "f", "g"]},
-            {"prompt": "r", "ranked_outputs": ["h", "i"]}]
+    recs = [
+        {"prompt": "p", "ranked_outputs": ["a", "b", "c", "d"]},
+        {"prompt": "q", "ranked_outputs": ["e", "f", "g"]},
+        {"prompt": "r", "ranked_outputs": ["h", "i"]},
+    ]
     loss, _ = task.step(rm, task.collate(recs))
     loss.backward()
     assert rows == [4 + 3 + 2]  # one forward, one row per output; the pairs would be 6 + 3 + 1 = 10
 
 
 def test_trainer_encodes_each_output_once_per_step(tmp_path):
-    pytest.importorskip("self_rewarding_lm_pytorch.loop")
+    pytest.importorskip("self_rewarding_lm_pytorch.training.loop")
     rm = tiny_rm()
     rows = []
     rm.net.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
-    recs = [{"prompt": "p", "ranked_outputs": ["a", "b", "c", "d"]},   # K=4 > max_ranks 3: 3 rows
-            {"prompt": "q", "ranked_outputs": ["e", "f", "g"]},
-            {"prompt": "r", "ranked_outputs": ["h", "i"]}]
-    result = RewardModelTrainer(rm, None, recs, valid_data=recs, max_ranks_per_batch=3, batch_size=3,
-                                num_train_steps=2, valid_every=2, log_every=1, progress=False,
-                                accelerate_kwargs=dict(cpu=True), checkpoint_folder=tmp_path)()
+    recs = [
+        {"prompt": "p", "ranked_outputs": ["a", "b", "c", "d"]},  # K=4 > max_ranks 3: 3 rows
+        {"prompt": "q", "ranked_outputs": ["e", "f", "g"]},
+        {"prompt": "r", "ranked_outputs": ["h", "i"]},
+    ]
+    result = RewardModelTrainer(
+        rm,
+        None,
+        recs,
+        valid_data=recs,
+        max_ranks_per_batch=3,
+        batch_size=3,
+        num_train_steps=2,
+        valid_every=2,
+        log_every=1,
+        progress=False,
+        accelerate_kwargs=dict(cpu=True),
+        checkpoint_folder=tmp_path,
+    )()
     assert rows[:2] == [3 + 3 + 2] * 2  # training steps; validation follows
     valid = [r for r in result.history if "valid/rewards/accuracies" in r]
     assert valid and "valid/rewards/margins" in valid[0]
@@ -205,14 +225,24 @@ def _ranking_records(n, seed):
 
 
 def test_learns_a_ranking_rule_held_out(tmp_path):
-    pytest.importorskip("self_rewarding_lm_pytorch.loop")
+    pytest.importorskip("self_rewarding_lm_pytorch.training.loop")
     rm = tiny_rm(seed=3)
     train_path = tmp_path / "train.jsonl"
     train_path.write_text("".join(json.dumps(r) + "\n" for r in _ranking_records(256, seed=0)))
     valid = _ranking_records(64, seed=1)
-    trainer = RewardModelTrainer(rm, ByteTokenizer(), train_path, valid_data=valid, batch_size=16,
-                                 num_train_steps=150, learning_rate=3e-3, valid_every=150, progress=False,
-                                 accelerate_kwargs=dict(cpu=True), checkpoint_folder=tmp_path / "run")
+    trainer = RewardModelTrainer(
+        rm,
+        ByteTokenizer(),
+        train_path,
+        valid_data=valid,
+        batch_size=16,
+        num_train_steps=150,
+        learning_rate=3e-3,
+        valid_every=150,
+        progress=False,
+        accelerate_kwargs=dict(cpu=True),
+        checkpoint_folder=tmp_path / "run",
+    )
     before = pairwise_metrics(*_score_grid(rm, valid))[0].item()
     trainer()
     after = pairwise_metrics(*_score_grid(rm, valid))[0].item()
@@ -233,7 +263,7 @@ def _score_grid(rm, records):
 
 def test_trainer_rejects_unknown_arguments_and_bad_data():
     rm = tiny_rm()
-    pytest.importorskip("self_rewarding_lm_pytorch.loop")
+    pytest.importorskip("self_rewarding_lm_pytorch.training.loop")
     with pytest.raises(TypeError, match="unknown"):
         RewardModelTrainer(rm, None, [{"prompt": "p", "ranked_outputs": ["a", "b"]}], num_steps=3)
     with pytest.raises(ValueError, match="record 0"):

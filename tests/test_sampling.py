@@ -7,12 +7,18 @@ import torch
 from einops.layers.torch import Rearrange
 from x_transformers import Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch.kv_decode import FastDecoder, FullStepper, XCacheStepper
-from self_rewarding_lm_pytorch.sampling import (
-    UnsupportedModelError, _uniforms, fast_decode_support, filter_logits, sample, sample_from_logits, splitmix64,
+from self_rewarding_lm_pytorch.core.kv_decode import FastDecoder, FullStepper, XCacheStepper
+from self_rewarding_lm_pytorch.core.sampling import (
+    UnsupportedModelError,
+    _uniforms,
+    fast_decode_support,
+    filter_logits,
+    sample,
+    sample_from_logits,
+    splitmix64,
     xcache_support,
 )
-from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
 
 V = 48
 NEG = float("-inf")
@@ -28,8 +34,11 @@ CONFIGS = {
 
 def make_model(max_seq_len=64, depth=2, **kwargs):
     torch.manual_seed(0)
-    return TransformerWrapper(num_tokens=V, max_seq_len=max_seq_len,
-                              attn_layers=Decoder(dim=32, depth=depth, heads=4, attn_dim_head=8, **kwargs))
+    return TransformerWrapper(
+        num_tokens=V,
+        max_seq_len=max_seq_len,
+        attn_layers=Decoder(dim=32, depth=depth, heads=4, attn_dim_head=8, **kwargs),
+    )
 
 
 def make_prompts(lengths=(3, 7, 1, 5), seed=1):
@@ -43,7 +52,7 @@ def reference_greedy(model, prompt, steps):
     with torch.no_grad():
         for _ in range(steps):
             seq = torch.cat((seq, model(seq[None])[0, -1].argmax()[None]))
-    return seq[len(prompt):]
+    return seq[len(prompt) :]
 
 
 def probs_to_logits(probs):
@@ -51,6 +60,7 @@ def probs_to_logits(probs):
 
 
 # ---- pure functions, exact values ----------------------------------------------------------------
+
 
 def test_top_k_keeps_the_k_largest():
     out = filter_logits(torch.tensor([[1.0, 3.0, 2.0, 0.0]]), top_k=2)
@@ -90,12 +100,16 @@ def test_inverse_cdf_draw_by_hand():
     logits = probs_to_logits([0.25, 0.0, 0.75])
     u = torch.tensor([0.0, 0.1, 0.3, 0.9], dtype=torch.float64)
     assert sample_from_logits(logits.expand(4, 3), u).tolist() == [0, 0, 2, 2]
-    sweep = torch.cat((torch.linspace(0, 1 - 2 ** -53, 20001, dtype=torch.float64),
-                       torch.tensor([0.25, 0.25 - 2 ** -54, 0.25 + 2 ** -54], dtype=torch.float64)))
+    sweep = torch.cat(
+        (
+            torch.linspace(0, 1 - 2**-53, 20001, dtype=torch.float64),
+            torch.tensor([0.25, 0.25 - 2**-54, 0.25 + 2**-54], dtype=torch.float64),
+        )
+    )
     drawn = sample_from_logits(logits.expand(len(sweep), 3), sweep)
     assert 1 not in drawn.tolist() and {0, 2} == set(drawn.tolist())
     last_empty = probs_to_logits([0.4, 0.6, 0.0])
-    assert sample_from_logits(last_empty, torch.tensor([1 - 2 ** -53], dtype=torch.float64)).tolist() == [1]
+    assert sample_from_logits(last_empty, torch.tensor([1 - 2**-53], dtype=torch.float64)).tolist() == [1]
 
 
 def test_splitmix64_matches_python_reference():
@@ -107,7 +121,7 @@ def test_splitmix64_matches_python_reference():
         z ^= z >> 31
         return z - (1 << 64) if z >= 1 << 63 else z
 
-    inputs = [0, 1, 12345, -1, -(2 ** 63), 2 ** 63 - 1]
+    inputs = [0, 1, 12345, -1, -(2**63), 2**63 - 1]
     assert splitmix64(torch.tensor(inputs)).tolist() == [reference(x & ((1 << 64) - 1)) for x in inputs]
 
 
@@ -121,6 +135,7 @@ def test_draw_frequencies_match_probabilities():
 
 
 # ---- backends agree ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_fast_decoder_logits_match_full_forward(name):
@@ -140,15 +155,17 @@ def test_fast_decoder_logits_match_full_forward(name):
 def test_greedy_identical_across_backends_and_reference(name):
     model = make_model(**CONFIGS.get(name, dict(alibi_pos_bias=True)))
     prompts = make_prompts()
-    outs = {b: sample(model, prompts, max_new_tokens=6, temperature=0, backend=b)
-            for b in ("auto", "xtransformers", "full")}
+    outs = {
+        b: sample(model, prompts, max_new_tokens=6, temperature=0, backend=b) for b in ("auto", "xtransformers", "full")
+    }
     assert outs["auto"].backend == ("xtransformers" if name == "alibi_fallback" else "fast")
     for out in outs.values():
         assert out.response_mask.all() and out.response_ids.device.type == "cpu"
         for row, prompt in enumerate(prompts):
             assert out.response_ids[row].tolist() == reference_greedy(model, prompt, 6).tolist()
-    assert torch.equal(sample(model, prompts, max_new_tokens=6, temperature=0, use_cache=False).response_ids,
-                       outs["auto"].response_ids)
+    assert torch.equal(
+        sample(model, prompts, max_new_tokens=6, temperature=0, use_cache=False).response_ids, outs["auto"].response_ids
+    )
 
 
 @pytest.mark.parametrize("backend", ["fast", "xtransformers", "full"])
@@ -187,11 +204,20 @@ def test_wrong_x_transformers_cache_is_detected():
 
 # ---- randomness -------------------------------------------------------------------------------
 
+
 def test_same_seed_same_samples_and_independent_of_batching_and_backend():
     model = make_model(rotary_pos_emb=True)
     prompts = make_prompts()
-    run = lambda seed, **kw: sample(model, prompts, max_new_tokens=6, num_samples=3, top_p=0.95,
-                                    generator=torch.Generator().manual_seed(seed), return_logprobs=True, **kw)
+    run = lambda seed, **kw: sample(
+        model,
+        prompts,
+        max_new_tokens=6,
+        num_samples=3,
+        top_p=0.95,
+        generator=torch.Generator().manual_seed(seed),
+        return_logprobs=True,
+        **kw,
+    )
     first = run(0)
     assert torch.equal(first.response_ids, run(0).response_ids)
     assert not torch.equal(first.response_ids, run(1).response_ids)
@@ -212,8 +238,15 @@ def test_sampled_tokens_stay_inside_the_filtered_set():
         logits = model(prompt[0][None])[0, -1] / 0.7
     for kwargs in (dict(top_k=3), dict(top_p=0.5), dict(min_p=0.3), dict(top_k=5, top_p=0.6)):
         allowed = set(torch.isfinite(filter_logits(logits[None], **kwargs))[0].nonzero()[:, 0].tolist())
-        out = sample(model, prompt, max_new_tokens=1, num_samples=300, temperature=0.7,
-                     generator=torch.Generator().manual_seed(0), **kwargs)
+        out = sample(
+            model,
+            prompt,
+            max_new_tokens=1,
+            num_samples=300,
+            temperature=0.7,
+            generator=torch.Generator().manual_seed(0),
+            **kwargs,
+        )
         drawn = set(out.response_ids[:, 0].tolist())
         assert drawn <= allowed, kwargs
         if len(allowed) > 1:
@@ -223,17 +256,25 @@ def test_sampled_tokens_stay_inside_the_filtered_set():
 def test_logprobs_are_the_raw_model_log_probabilities():
     model = make_model()
     prompts = make_prompts((2, 5))
-    out = sample(model, prompts, max_new_tokens=4, temperature=1.3, top_k=10, return_logprobs=True,
-                 generator=torch.Generator().manual_seed(3))
+    out = sample(
+        model,
+        prompts,
+        max_new_tokens=4,
+        temperature=1.3,
+        top_k=10,
+        return_logprobs=True,
+        generator=torch.Generator().manual_seed(3),
+    )
     with torch.no_grad():
         for row, prompt in enumerate(prompts):
             seq = torch.cat((prompt, out.response_ids[row]))
-            logp = model(seq[None])[0].log_softmax(-1)[len(prompt) - 1:-1]
+            logp = model(seq[None])[0].log_softmax(-1)[len(prompt) - 1 : -1]
             want = logp.gather(-1, out.response_ids[row][:, None])[:, 0]
             torch.testing.assert_close(out.logprobs[row], want, rtol=0, atol=1e-5)
 
 
 # ---- EOS, layout, modes, validation -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend", ["fast", "xtransformers", "full"])
 def test_eos_stops_rows_independently_and_keeps_the_prefix(backend):
@@ -288,7 +329,7 @@ def test_loop_ends_when_all_rows_finished():
     out = sample(model, prompt, max_new_tokens=10, num_samples=4, temperature=0, eos_id=eos)
     assert out.response_ids.shape == (4, end) and out.response_mask.all()
     assert len(calls) == end  # prefill + (end - 1) steps
-    assert out.texts(ByteTokenizer()) == [ByteTokenizer().decode(greedy[:end - 1])] * 4
+    assert out.texts(ByteTokenizer()) == [ByteTokenizer().decode(greedy[: end - 1])] * 4
 
 
 def test_prompt_major_rows_and_prompt_encoded_once():
@@ -326,12 +367,25 @@ def test_max_seq_len_is_respected():
     assert torch.equal(fast.response_ids, full.response_ids)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(prompts=[]), dict(prompts=[torch.zeros(2, 3, dtype=torch.long)]), dict(prompts=[torch.tensor([V])]),
-    dict(prompts=[torch.tensor([1.5, 2.0])]), dict(prompts=[torch.tensor([], dtype=torch.long)]),
-    dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=0), dict(min_p=1.5), dict(max_new_tokens=0),
-    dict(num_samples=0), dict(batch_size=0), dict(backend="magic"), dict(use_cache=False, backend="fast"),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(prompts=[]),
+        dict(prompts=[torch.zeros(2, 3, dtype=torch.long)]),
+        dict(prompts=[torch.tensor([V])]),
+        dict(prompts=[torch.tensor([1.5, 2.0])]),
+        dict(prompts=[torch.tensor([], dtype=torch.long)]),
+        dict(temperature=-1.0),
+        dict(top_p=0.0),
+        dict(top_k=0),
+        dict(min_p=1.5),
+        dict(max_new_tokens=0),
+        dict(num_samples=0),
+        dict(batch_size=0),
+        dict(backend="magic"),
+        dict(use_cache=False, backend="fast"),
+    ],
+)
 def test_bad_arguments_raise_value_error(kwargs):
     args = {"prompts": make_prompts((3,)), "max_new_tokens": 2, **kwargs}
     with pytest.raises(ValueError):

@@ -4,17 +4,19 @@ import pytest
 import torch
 from torch import nn
 
-from self_rewarding_lm_pytorch.data import create_mock_dataset
-from self_rewarding_lm_pytorch.loop import TrainConfig, make_accelerator
-from self_rewarding_lm_pytorch.stages.sft import SFTTask, SFTTrainer, prepare_sft_examples, to_sft_example, train_sft
-from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.core.batching import create_mock_dataset
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.trainers.sft import SFTTask, SFTTrainer, prepare_sft_examples, to_sft_example, train_sft
+from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
 
 
 def tiny_lm(num_tokens=259, max_seq_len=32, seed=0):
     from x_transformers import Decoder, TransformerWrapper
 
     torch.manual_seed(seed)
-    return TransformerWrapper(num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=Decoder(dim=32, depth=1, heads=2))
+    return TransformerWrapper(
+        num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=Decoder(dim=32, depth=1, heads=2)
+    )
 
 
 def test_item_forms():
@@ -76,9 +78,17 @@ def test_tiny_model_learns_a_fixed_mapping():
     words = ["cat", "dog", "sun", "sky", "red", "top", "map", "jam"]
     data = [(f"{i}:", w) for i, w in enumerate(words)]
     model = tiny_lm()
-    config = TrainConfig(num_train_steps=60, batch_size=8, learning_rate=1e-2, warmup_steps=5, log_every=5, progress=False)
-    result = train_sft(model, data, tokenizer=ByteTokenizer(), accelerator=make_accelerator(dict(cpu=True)),
-                       run_dir=None, config=config)
+    config = TrainConfig(
+        num_train_steps=60, batch_size=8, learning_rate=1e-2, warmup_steps=5, log_every=5, progress=False
+    )
+    result = train_sft(
+        model,
+        data,
+        tokenizer=ByteTokenizer(),
+        accelerator=make_accelerator(dict(cpu=True)),
+        run_dir=None,
+        config=config,
+    )
     losses = [r["loss"] for r in result.history]
     assert losses[-1] < 0.2 * losses[0], losses
     # greedy continuation of a prompt now reproduces its answer
@@ -96,8 +106,15 @@ def test_seed_readme_mock_dataset_and_trainer(tmp_path):
     sft_dataset = create_mock_dataset(10, lambda: (torch.randint(0, 256, (40,)), torch.tensor(1)))
     model = tiny_lm(num_tokens=256, max_seq_len=32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = SFTTrainer(model, sft_dataset, num_train_steps=3, batch_size=2, checkpoint_folder=tmp_path, progress=False,
-                         accelerate_kwargs=dict(cpu=True))
+    trainer = SFTTrainer(
+        model,
+        sft_dataset,
+        num_train_steps=3,
+        batch_size=2,
+        checkpoint_folder=tmp_path,
+        progress=False,
+        accelerate_kwargs=dict(cpu=True),
+    )
     result = trainer()
     assert result.steps == 3 and result.info["num_skipped"] == 0
     assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items() if v.is_floating_point())

@@ -5,14 +5,10 @@ import copy
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch.data import create_mock_dataset, read_jsonl
-from self_rewarding_lm_pytorch.stages.spin import (
-    SFTRecordError,
-    SPINTrainer,
-    encode_sft_items,
-    resolve_spin_kwargs,
-)
-from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.core.batching import create_mock_dataset
+from self_rewarding_lm_pytorch.core.files import read_jsonl
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.trainers.spin import SFTRecordError, SPINTrainer, encode_sft_items, resolve_spin_kwargs
 
 TOK = ByteTokenizer()
 
@@ -68,7 +64,11 @@ def test_sft_items_in_every_form():
         ("ab", "c"),
         {"prompt": [97], "response": [98, 99]},
     ]
-    assert encode_sft_items(items, TOK, max_seq_len=16) == [([5], [6, 7, 8]), ([97, 98], [99, 258]), ([97], [98, 99, 258])]
+    assert encode_sft_items(items, TOK, max_seq_len=16) == [
+        ([5], [6, 7, 8]),
+        ([97, 98], [99, 258]),
+        ([97], [98, 99, 258]),
+    ]
     # cut to max_seq_len = 3 tokens in all: the response loses its end
     assert encode_sft_items(items[:1], TOK, max_seq_len=3) == [([5], [6, 7])]
 
@@ -87,14 +87,16 @@ def test_bad_sft_items_name_the_item(caplog):
 
 
 def config(**overrides):
-    from self_rewarding_lm_pytorch.loop import TrainConfig
+    from self_rewarding_lm_pytorch.training.loop import TrainConfig
 
-    return TrainConfig(**(dict(num_train_steps=12, batch_size=8, learning_rate=3e-3, log_every=1, progress=False) | overrides))
+    return TrainConfig(
+        **(dict(num_train_steps=12, batch_size=8, learning_rate=3e-3, log_every=1, progress=False) | overrides)
+    )
 
 
 def margins(model, examples, generated):
     """(N,) log p(real response) - log p(own sample) under `model`, per SFT item."""
-    from self_rewarding_lm_pytorch.stages.dpo import compute_ref_logprobs
+    from self_rewarding_lm_pytorch.trainers.dpo import compute_ref_logprobs
 
     pairs = [{"chosen": (p + r, len(p)), "rejected": (p + g, len(p))} for (p, r), g in zip(examples, generated)]
     logps = compute_ref_logprobs(model, pairs, pad_id=TOK.pad_id, progress=False)
@@ -102,13 +104,21 @@ def margins(model, examples, generated):
 
 
 def test_an_iteration_raises_real_over_generated_likelihood(tiny_model, tmp_path):
-    from self_rewarding_lm_pytorch.loop import make_accelerator
-    from self_rewarding_lm_pytorch.stages.spin import train_spin_iteration
+    from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration
+    from self_rewarding_lm_pytorch.training.loop import make_accelerator
 
     initial = copy.deepcopy(tiny_model)
     items = sft_items(8)
-    result, generated = train_spin_iteration(tiny_model, items, tokenizer=TOK, accelerator=make_accelerator(),
-                                             run_dir=tmp_path, config=config(), max_seq_len=16, lambda_=0.1)
+    result, generated = train_spin_iteration(
+        tiny_model,
+        items,
+        tokenizer=TOK,
+        accelerator=make_accelerator(),
+        run_dir=tmp_path,
+        config=config(),
+        max_seq_len=16,
+        lambda_=0.1,
+    )
     examples = encode_sft_items(items, TOK, max_seq_len=16)
     assert len(generated) == 8 and all(1 <= len(g) <= 16 - len(p) for g, (p, _) in zip(generated, examples))
     before, after = margins(initial, examples, generated), margins(tiny_model, examples, generated)
@@ -122,9 +132,18 @@ def test_an_iteration_raises_real_over_generated_likelihood(tiny_model, tmp_path
 
 def seed_readme_trainer(model, folder, dataset, **kwargs):
     """The seed README call, plus test-sized TrainConfig fields."""
-    return SPINTrainer(model, max_seq_len=16, train_sft_dataset=dataset, checkpoint_every=100,
-                       spin_kwargs=dict(λ=0.1), checkpoint_folder=folder, batch_size=4, learning_rate=3e-3,
-                       progress=False, **kwargs)
+    return SPINTrainer(
+        model,
+        max_seq_len=16,
+        train_sft_dataset=dataset,
+        checkpoint_every=100,
+        spin_kwargs=dict(λ=0.1),
+        checkpoint_folder=folder,
+        batch_size=4,
+        learning_rate=3e-3,
+        progress=False,
+        **kwargs,
+    )
 
 
 @pytest.fixture
@@ -137,10 +156,11 @@ def seed_model():
 
 
 def test_seed_readme_api_samples_once_per_iteration_and_mixes_previous(seed_model, tmp_path, monkeypatch):
-    from self_rewarding_lm_pytorch import sampling
-    from self_rewarding_lm_pytorch.checkpoint import load_model
-    from self_rewarding_lm_pytorch.stages.dpo import REF_LOGPROBS_FILE
     from safetensors.torch import load_file
+
+    from self_rewarding_lm_pytorch.core import sampling
+    from self_rewarding_lm_pytorch.trainers.dpo import REF_LOGPROBS_FILE
+    from self_rewarding_lm_pytorch.training.checkpoint import load_model
 
     calls = []
     real_sample = sampling.sample
@@ -161,14 +181,16 @@ def test_seed_readme_api_samples_once_per_iteration_and_mixes_previous(seed_mode
     generated = [r["generated"] for r in read_jsonl(tmp_path / "iteration-2" / "synthetic.jsonl")]
     previous = [r["generated"] for r in read_jsonl(tmp_path / "iteration-1" / "synthetic.jsonl")]
     stored = load_file(str(tmp_path / "iteration-2" / REF_LOGPROBS_FILE))["train"]
-    from self_rewarding_lm_pytorch.stages.dpo import compute_ref_logprobs
+    from self_rewarding_lm_pytorch.trainers.dpo import compute_ref_logprobs
 
     pairs = [{"chosen": (p + r, 1), "rejected": (p + g, 1)} for (p, r), g in zip(examples * 2, generated + previous)]
-    torch.testing.assert_close(stored, compute_ref_logprobs(iterate_1, pairs, pad_id=0, progress=False), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        stored, compute_ref_logprobs(iterate_1, pairs, pad_id=0, progress=False), atol=1e-5, rtol=0
+    )
 
 
 def test_resume_after_a_finished_iteration_matches_a_straight_run(seed_model, tmp_path, monkeypatch):
-    from self_rewarding_lm_pytorch import sampling
+    from self_rewarding_lm_pytorch.core import sampling
 
     torch.manual_seed(1)
     dataset = [(torch.randint(0, 256, (20,)), torch.tensor(2)) for _ in range(8)]
@@ -191,37 +213,51 @@ def test_resume_after_a_finished_iteration_matches_a_straight_run(seed_model, tm
 
 
 def test_live_reference_spin_matches_precomputed(tiny_model, tmp_path):
-    from self_rewarding_lm_pytorch.loop import make_accelerator
-    from self_rewarding_lm_pytorch.stages.spin import train_spin_iteration
+    from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration
+    from self_rewarding_lm_pytorch.training.loop import make_accelerator
 
     losses = {}
     for precompute in (True, False):
         model = copy.deepcopy(tiny_model)
-        result, _ = train_spin_iteration(model, sft_items(8), tokenizer=TOK, accelerator=make_accelerator(),
-                                         run_dir=tmp_path / str(precompute), config=config(num_train_steps=5),
-                                         max_seq_len=16, precompute_ref_logprobs=precompute)
+        result, _ = train_spin_iteration(
+            model,
+            sft_items(8),
+            tokenizer=TOK,
+            accelerator=make_accelerator(),
+            run_dir=tmp_path / str(precompute),
+            config=config(num_train_steps=5),
+            max_seq_len=16,
+            precompute_ref_logprobs=precompute,
+        )
         losses[precompute] = torch.tensor([r["loss"] for r in train_records(result)])
     torch.testing.assert_close(losses[True], losses[False], atol=1e-5, rtol=0)
 
 
 def test_resume_mid_iteration_reuses_samples_and_reference(tiny_model, tmp_path, monkeypatch):
     """A crash after sampling: the rerun must not sample again from (or take as reference) a moved policy."""
-    from self_rewarding_lm_pytorch import sampling
-    from self_rewarding_lm_pytorch.loop import make_accelerator
-    from self_rewarding_lm_pytorch.stages import dpo
-    from self_rewarding_lm_pytorch.stages.spin import train_spin_iteration
+    from self_rewarding_lm_pytorch.core import sampling
+    from self_rewarding_lm_pytorch.trainers import dpo
+    from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration
+    from self_rewarding_lm_pytorch.training.loop import make_accelerator
 
     run = dict(tokenizer=TOK, accelerator=make_accelerator(), run_dir=tmp_path, max_seq_len=16)
     straight = copy.deepcopy(tiny_model)
-    straight_result, straight_generated = train_spin_iteration(straight, sft_items(8), config=config(num_train_steps=6),
-                                                               **run | {"run_dir": tmp_path / "straight"})
-    _, generated = train_spin_iteration(tiny_model, sft_items(8), config=config(num_train_steps=3, checkpoint_every=3), **run)
+    straight_result, straight_generated = train_spin_iteration(
+        straight, sft_items(8), config=config(num_train_steps=6), **run | {"run_dir": tmp_path / "straight"}
+    )
+    _, generated = train_spin_iteration(
+        tiny_model, sft_items(8), config=config(num_train_steps=3, checkpoint_every=3), **run
+    )
     monkeypatch.setattr(sampling, "sample", lambda *a, **k: pytest.fail("sampled again on resume"))
     monkeypatch.setattr(dpo, "compute_ref_logprobs", lambda *a, **k: pytest.fail("recomputed the reference"))
     result, again = train_spin_iteration(tiny_model, sft_items(8), config=config(num_train_steps=6), resume=True, **run)
     assert again == generated == straight_generated and result.steps == 6
-    torch.testing.assert_close(torch.tensor([r["loss"] for r in train_records(result)]),
-                               torch.tensor([r["loss"] for r in train_records(straight_result)]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor([r["loss"] for r in train_records(result)]),
+        torch.tensor([r["loss"] for r in train_records(straight_result)]),
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_ids_outside_the_vocabulary_are_an_error_naming_the_item(seed_model, tmp_path):
@@ -231,14 +267,23 @@ def test_ids_outside_the_vocabulary_are_an_error_naming_the_item(seed_model, tmp
 
 
 def test_validation_items_are_sampled_in_the_same_call_and_validated(tiny_model, tmp_path, monkeypatch):
-    from self_rewarding_lm_pytorch import sampling
+    from self_rewarding_lm_pytorch.core import sampling
 
     calls = []
     real_sample = sampling.sample
     monkeypatch.setattr(sampling, "sample", lambda *a, **k: calls.append(len(a[1])) or real_sample(*a, **k))
     items = sft_items(8)
-    trainer = SPINTrainer(tiny_model, items[:6], valid_sft_dataset=items[6:], max_seq_len=16, checkpoint_folder=tmp_path,
-                          num_train_steps=4, valid_every=2, batch_size=2, progress=False)
+    trainer = SPINTrainer(
+        tiny_model,
+        items[:6],
+        valid_sft_dataset=items[6:],
+        max_seq_len=16,
+        checkpoint_folder=tmp_path,
+        num_train_steps=4,
+        valid_every=2,
+        batch_size=2,
+        progress=False,
+    )
     [result] = trainer()
     assert calls == [8]
     assert [r["step"] for r in result.history if "valid/rewards/accuracies" in r] == [2, 4]

@@ -4,10 +4,10 @@ import pytest
 import torch
 from x_transformers import Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch.best_of_n import GenerationConfig
-from self_rewarding_lm_pytorch.data import read_jsonl
-from self_rewarding_lm_pytorch.synthetic import PerplexityScorer, generate_synthetic_dataset
-from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.core.files import read_jsonl
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.generation.best_of_n import GenerationConfig
+from self_rewarding_lm_pytorch.generation.synthetic import PerplexityScorer, generate_synthetic_dataset
 
 PROMPTS = [f"prompt {i}:" for i in range(7)]
 CFG = GenerationConfig(max_new_tokens=5)
@@ -30,12 +30,20 @@ def test_uniform_model_perplexity_is_vocab_size():
 
 
 def test_perplexity_scorer_prefers_the_trained_sentence(tiny_model, tmp_path):
-    from self_rewarding_lm_pytorch.stages.sft import SFTTrainer
+    from self_rewarding_lm_pytorch.trainers.sft import SFTTrainer
 
     sentence = " the cat sat on the mat"
-    SFTTrainer(tiny_model, [("Say:", sentence)] * 8, tokenizer=ByteTokenizer(), batch_size=4, num_train_steps=40,
-               learning_rate=3e-3, progress=False, accelerate_kwargs=dict(cpu=True),
-               checkpoint_folder=tmp_path / "sft")()
+    SFTTrainer(
+        tiny_model,
+        [("Say:", sentence)] * 8,
+        tokenizer=ByteTokenizer(),
+        batch_size=4,
+        num_train_steps=40,
+        learning_rate=3e-3,
+        progress=False,
+        accelerate_kwargs=dict(cpu=True),
+        checkpoint_folder=tmp_path / "sft",
+    )()
     others = [" a dog ran in the park", " the mat sat on the cat", " qwzx vbnm plok"]
     ppl = PerplexityScorer(tiny_model, ByteTokenizer())(["Say:"] * 4, [sentence] + others)
     assert int(ppl.argmin()) == 0
@@ -44,8 +52,17 @@ def test_perplexity_scorer_prefers_the_trained_sentence(tiny_model, tmp_path):
 
 def test_writes_kept_responses_best_first(tiny_model, tmp_path):
     out = tmp_path / "syn.jsonl"
-    stats = generate_synthetic_dataset(tiny_model, PROMPTS, ascii_share, out=out, n=4, keep=2,
-                                       generation_config=CFG, prompts_per_batch=3, progress=False)
+    stats = generate_synthetic_dataset(
+        tiny_model,
+        PROMPTS,
+        ascii_share,
+        out=out,
+        n=4,
+        keep=2,
+        generation_config=CFG,
+        prompts_per_batch=3,
+        progress=False,
+    )
     recs = read_jsonl(out)
     assert stats == dict(prompts_done_before=0, prompts_written=7, records_written=14, prompts_without_score=0)
     assert [r["prompt_index"] for r in recs] == [i for i in range(7) for _ in range(2)]
@@ -60,9 +77,12 @@ def test_writes_kept_responses_best_first(tiny_model, tmp_path):
 def test_lower_is_better_scorer_and_nan_never_kept(tiny_model, tmp_path):
     def lengthy(prompts, responses):
         return [math.nan if i % 4 == 0 else float(len(r) + i % 4) for i, r in enumerate(responses)]
+
     lengthy.higher_is_better = False
     out = tmp_path / "syn.jsonl"
-    generate_synthetic_dataset(tiny_model, PROMPTS[:3], lengthy, out=out, n=4, keep=1, generation_config=CFG, progress=False)
+    generate_synthetic_dataset(
+        tiny_model, PROMPTS[:3], lengthy, out=out, n=4, keep=1, generation_config=CFG, progress=False
+    )
     for rec in read_jsonl(out):
         assert rec["score"] <= min(s for s in rec["discarded_scores"] if s is not None)
         assert None in rec["discarded_scores"]  # the NaN candidate was discarded, written as null
@@ -85,19 +105,33 @@ def test_resume_after_partial_write_matches_uninterrupted(tiny_model, tmp_path):
 
 def test_resume_with_other_prompts_is_an_error(tiny_model, tmp_path):
     out = tmp_path / "syn.jsonl"
-    generate_synthetic_dataset(tiny_model, PROMPTS[:2], ascii_share, out=out, n=2, generation_config=CFG, progress=False)
+    generate_synthetic_dataset(
+        tiny_model, PROMPTS[:2], ascii_share, out=out, n=2, generation_config=CFG, progress=False
+    )
     with pytest.raises(ValueError, match="same prompt list"):
-        generate_synthetic_dataset(tiny_model, ["other"], ascii_share, out=out, n=2, generation_config=CFG, progress=False)
+        generate_synthetic_dataset(
+            tiny_model, ["other"], ascii_share, out=out, n=2, generation_config=CFG, progress=False
+        )
 
 
 def test_output_feeds_sft(tiny_model, tmp_path):
-    from self_rewarding_lm_pytorch.stages.sft import SFTTrainer
+    from self_rewarding_lm_pytorch.trainers.sft import SFTTrainer
 
     out = tmp_path / "syn.jsonl"
-    generate_synthetic_dataset(tiny_model, PROMPTS[:4], ascii_share, out=out, n=2, generation_config=CFG, progress=False)
+    generate_synthetic_dataset(
+        tiny_model, PROMPTS[:4], ascii_share, out=out, n=2, generation_config=CFG, progress=False
+    )
     before = [p.detach().clone() for p in tiny_model.parameters()]
-    SFTTrainer(tiny_model, read_jsonl(out), tokenizer=ByteTokenizer(), batch_size=2, num_train_steps=2,
-               progress=False, accelerate_kwargs=dict(cpu=True), checkpoint_folder=tmp_path / "sft")()
+    SFTTrainer(
+        tiny_model,
+        read_jsonl(out),
+        tokenizer=ByteTokenizer(),
+        batch_size=2,
+        num_train_steps=2,
+        progress=False,
+        accelerate_kwargs=dict(cpu=True),
+        checkpoint_folder=tmp_path / "sft",
+    )()
     assert any(not torch.equal(a, b) for a, b in zip(before, tiny_model.parameters()))
 
 
@@ -109,19 +143,21 @@ def test_bad_arguments(tiny_model, tmp_path):
     with pytest.raises(TypeError, match="scorer"):
         generate_synthetic_dataset(tiny_model, ["a"], 3, out=tmp_path / "x.jsonl")
     with pytest.raises(ValueError, match="returned"):
-        generate_synthetic_dataset(tiny_model, ["a"], lambda p, r: [1.0], out=tmp_path / "x.jsonl", n=2,
-                                   generation_config=CFG, progress=False)
+        generate_synthetic_dataset(
+            tiny_model, ["a"], lambda p, r: [1.0], out=tmp_path / "x.jsonl", n=2, generation_config=CFG, progress=False
+        )
 
 
 def test_reward_model_scorer_and_dataset_prompts(tiny_model, tmp_path):
-    from self_rewarding_lm_pytorch.data import create_mock_dataset
-    from self_rewarding_lm_pytorch.reward_model import RewardModel
+    from self_rewarding_lm_pytorch.core.batching import create_mock_dataset
+    from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
 
     torch.manual_seed(0)
     rm = RewardModel(num_tokens=259, max_seq_len=64, dim=16, depth=1, heads=2)
     out = tmp_path / "syn.jsonl"
-    generate_synthetic_dataset(tiny_model, create_mock_dataset(2, "mock prompt"), rm, out=out, n=3,
-                               generation_config=CFG, progress=False)
+    generate_synthetic_dataset(
+        tiny_model, create_mock_dataset(2, "mock prompt"), rm, out=out, n=3, generation_config=CFG, progress=False
+    )
     for rec in read_jsonl(out):
         assert rec["score"] == pytest.approx(rm.score([rec["prompt"]], [rec["response"]]).item(), abs=1e-5)
         assert rec["score"] >= max(rec["discarded_scores"])

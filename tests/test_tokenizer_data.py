@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch.data import JsonlAppender, create_mock_dataset, pad_right, read_jsonl, write_jsonl
-from self_rewarding_lm_pytorch.tokenizer import ByteTokenizer, CallableTokenizer, as_tokenizer
+from self_rewarding_lm_pytorch.core.batching import create_mock_dataset, pad_right
+from self_rewarding_lm_pytorch.core.files import JsonlAppender, read_jsonl, write_jsonl
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, CallableTokenizer, as_tokenizer
 
 
 @pytest.mark.parametrize("text", ["", "hello", "héllo wörld ✓", "emoji 🙂 and \n newlines\t"])

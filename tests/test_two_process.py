@@ -35,12 +35,31 @@ def load_script():
 
 
 def launch_two(out_dir: Path, crash_at_call: int):
-    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), str(SCRIPT), str(out_dir), str(crash_at_call)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.accelerate_cli",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(SCRIPT),
+        str(out_dir),
+        str(crash_at_call),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     # A new session, so that on timeout the launcher and both workers are killed together.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
@@ -86,5 +105,6 @@ def test_two_processes_match_one_and_only_main_writes(tmp_path):
         assert a.keys() == b.keys()
         assert [a[k] for k in a] == pytest.approx([b[k] for k in a], abs=1e-5)
     assert "valid/loss" in two[3]
-    assert sorted(p.name for p in (tmp_path / "two" / "run" / "checkpoint").iterdir()) == \
-        [f"step-{s:08d}" for s in range(every, steps + 1, every)]
+    assert sorted(p.name for p in (tmp_path / "two" / "run" / "checkpoint").iterdir()) == [
+        f"step-{s:08d}" for s in range(every, steps + 1, every)
+    ]

@@ -26,9 +26,9 @@ from beartype import beartype
 from einops import rearrange
 from torch import Tensor, nn
 
-from .task import AdditionTask, is_correct
+from self_rewarding_lm_pytorch.demo.task import AdditionTask, is_correct
 
-__all__ = ["evaluate_model", "pairwise_accuracy", "best_of_k"]
+__all__ = ["best_of_k", "evaluate_model", "pairwise_accuracy"]
 
 # Shape legend: p prompts, k candidates per prompt.
 
@@ -55,7 +55,7 @@ def best_of_k(scores: Tensor) -> Tensor:
 
 
 def _sample_texts(model, tokenizer, prompts, *, num_samples, temperature, max_new_tokens, generator):
-    from ..sampling import sample
+    from self_rewarding_lm_pytorch.core.sampling import sample
 
     out = sample(
         model,
@@ -99,24 +99,40 @@ def evaluate_model(
     seed: int = 0,
 ) -> dict:
     """The metrics in the module docstring, as plain floats."""
-    from ..judge import judge_scores
+    from self_rewarding_lm_pytorch.self_reward.judge import judge_scores
 
     generator = torch.Generator().manual_seed(seed)
     task, rng = AdditionTask(), random.Random(seed)
-    greedy = _sample_texts(model, tokenizer, prompts, num_samples=1, temperature=0.0,
-                           max_new_tokens=max_new_tokens, generator=generator)
-    samples = _sample_texts(model, tokenizer, prompts, num_samples=num_candidates, temperature=0.7,
-                            max_new_tokens=max_new_tokens, generator=generator)
+    greedy = _sample_texts(
+        model, tokenizer, prompts, num_samples=1, temperature=0.0, max_new_tokens=max_new_tokens, generator=generator
+    )
+    samples = _sample_texts(
+        model,
+        tokenizer,
+        prompts,
+        num_samples=num_candidates,
+        temperature=0.7,
+        max_new_tokens=max_new_tokens,
+        generator=generator,
+    )
     sample_prompts = [p for p in prompts for _ in range(num_candidates)]  # prompt-major, as sampled
     wrong = [task.wrong_answer(p, rng) for p in prompts]
     right = [task.answer(p) for p in prompts]
 
     judged_prompts = sample_prompts + prompts + prompts
     judged_responses = samples + right + wrong
-    result = judge_scores(model, tokenizer, reward_config, judged_prompts, judged_responses,
-                          num_judgments=num_judgments, max_new_tokens=judge_max_new_tokens,
-                          temperature=judge_temperature, top_p=0.9 if judge_temperature > 0 else None,
-                          generator=generator)
+    result = judge_scores(
+        model,
+        tokenizer,
+        reward_config,
+        judged_prompts,
+        judged_responses,
+        num_judgments=num_judgments,
+        max_new_tokens=judge_max_new_tokens,
+        temperature=judge_temperature,
+        top_p=0.9 if judge_temperature > 0 else None,
+        generator=generator,
+    )
     n_samples, n = len(samples), len(prompts)
     sample_scores = rearrange(result.scores[:n_samples], "(p k) -> p k", k=num_candidates)
     right_scores = result.scores[n_samples : n_samples + n].tolist()

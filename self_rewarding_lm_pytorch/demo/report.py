@@ -10,9 +10,9 @@ import math
 import warnings
 from pathlib import Path
 
-from ..data import atomic_write_bytes, atomic_write_text
+from self_rewarding_lm_pytorch.core.files import atomic_write_bytes, atomic_write_text
 
-__all__ = ["METRICS", "format_table", "render_report", "write_report", "write_plot"]
+__all__ = ["METRICS", "format_table", "render_report", "write_plot", "write_report"]
 
 # (key, column title, is a rate shown as a percentage)
 METRICS = [
@@ -52,8 +52,10 @@ def _verdict(rows: list[dict]) -> str:
         return "The run did not reach M3."
     delta = m3["accuracy"] - m1["accuracy"]
     word = "beats" if delta > 0 else "ties" if delta == 0 else "does not beat"
-    text = (f"Self-rewarding M3 {word} M1 on greedy accuracy: {100 * m1['accuracy']:.1f}% -> "
-            f"{100 * m3['accuracy']:.1f}% ({100 * delta:+.1f} points, on {m1.get('num_heldout', '?')} held-out prompts).")
+    text = (
+        f"Self-rewarding M3 {word} M1 on greedy accuracy: {100 * m1['accuracy']:.1f}% -> "
+        f"{100 * m3['accuracy']:.1f}% ({100 * delta:+.1f} points, on {m1.get('num_heldout', '?')} held-out prompts)."
+    )
     oracle = by.get(("oracle", "M3"))
     if oracle is not None:
         text += f" The oracle line (ground-truth reward from M1) reaches {100 * oracle['accuracy']:.1f}%."
@@ -99,7 +101,10 @@ def write_plot(path: Path, rows: list[dict]) -> Path | None:
         matplotlib.use("Agg")  # no display on servers and CI
         import matplotlib.pyplot as plt
     except ImportError:
-        warnings.warn("matplotlib is not installed: skipping the plot (pip install 'self-rewarding-lm-pytorch[demo]')", stacklevel=2)
+        warnings.warn(
+            "matplotlib is not installed: skipping the plot (pip install 'self-rewarding-lm-pytorch[demo]')",
+            stacklevel=2,
+        )
         return None
     import io
 

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from ..data import JsonlAppender, atomic_write_json, write_jsonl
-from ..tokenizer import ByteTokenizer
-from .evaluate import evaluate_model
-from .report import format_table, write_plot, write_report
-from .task import AdditionTask, demo_reward_config, verifier_reward
+from self_rewarding_lm_pytorch.core.files import JsonlAppender, atomic_write_json, write_jsonl
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.demo.evaluate import evaluate_model
+from self_rewarding_lm_pytorch.demo.report import format_table, write_plot, write_report
+from self_rewarding_lm_pytorch.demo.task import AdditionTask, demo_reward_config, verifier_reward
 
-__all__ = ["DemoSettings", "PRESETS", "run_demo", "RunFolderExistsError"]
+__all__ = ["PRESETS", "DemoSettings", "RunFolderExistsError", "run_demo"]
 
 
 class RunFolderExistsError(FileExistsError):
@@ -79,21 +79,38 @@ class DemoSettings:
         needed = self.num_instruction + self.num_evaluation + self.num_self_reward_prompts + self.num_heldout
         available = (10**self.max_digits) ** 2  # operands 0 .. 10**max_digits - 1
         if needed > available:
-            raise ValueError(f"the demo's prompt sets need {needed} distinct prompts but {self.max_digits}-digit "
-                             f"addition has only {available}: lower num_instruction/num_evaluation/... or raise max_digits")
+            raise ValueError(
+                f"the demo's prompt sets need {needed} distinct prompts but {self.max_digits}-digit "
+                f"addition has only {available}: lower num_instruction/num_evaluation/... or raise max_digits"
+            )
 
 
 PRESETS = {
     "default": DemoSettings(),
     "quick": DemoSettings(
-        num_instruction=1000, num_evaluation=1500, num_self_reward_prompts=300, num_heldout=60,
-        sft_steps=800, dpo_pairs=(100, 100), dpo_steps=20,
+        num_instruction=1000,
+        num_evaluation=1500,
+        num_self_reward_prompts=300,
+        num_heldout=60,
+        sft_steps=800,
+        dpo_pairs=(100, 100),
+        dpo_steps=20,
     ),
     # test-only (hidden from --help): the smallest run that still exercises every stage and file.
     "tiny": DemoSettings(
-        dim=32, depth=1, heads=2, num_instruction=200, num_evaluation=100, num_self_reward_prompts=24,
-        num_heldout=12, sft_steps=40, dpo_pairs=(4, 4), dpo_steps=2, dpo_batch_size=4,
-        eval_num_judgments=1, num_sampled_reward_responses=1,
+        dim=32,
+        depth=1,
+        heads=2,
+        num_instruction=200,
+        num_evaluation=100,
+        num_self_reward_prompts=24,
+        num_heldout=12,
+        sft_steps=40,
+        dpo_pairs=(4, 4),
+        dpo_steps=2,
+        dpo_batch_size=4,
+        eval_num_judgments=1,
+        num_sampled_reward_responses=1,
     ),
 }
 
@@ -102,35 +119,53 @@ def _build_model(s: DemoSettings, vocab_size: int):
     from x_transformers import Decoder, TransformerWrapper
 
     return TransformerWrapper(
-        num_tokens=vocab_size, max_seq_len=s.max_seq_len,
+        num_tokens=vocab_size,
+        max_seq_len=s.max_seq_len,
         attn_layers=Decoder(dim=s.dim, depth=s.depth, heads=s.heads, rotary_pos_emb=True),
     )
 
 
 def _stage_configs(s: DemoSettings, data_dir: Path, *, oracle: bool) -> list:
     try:
-        from ..pipeline import ExternalRewardDPOConfig, SelfRewardDPOConfig, SFTConfig
+        from self_rewarding_lm_pytorch.pipeline import ExternalRewardDPOConfig, SelfRewardDPOConfig, SFTConfig
     except ImportError:  # before pipeline.py re-exports the stage configs
-        from ..stages.preference_dpo import ExternalRewardDPOConfig, SelfRewardDPOConfig
-        from ..stages.supervised import SFTConfig
+        from self_rewarding_lm_pytorch.stages.external_reward_dpo import ExternalRewardDPOConfig
+        from self_rewarding_lm_pytorch.stages.self_reward_dpo import SelfRewardDPOConfig
+        from self_rewarding_lm_pytorch.stages.sft import SFTConfig
 
     common = dict(
-        num_train_steps=s.dpo_steps, batch_size=s.dpo_batch_size, learning_rate=s.dpo_learning_rate,
-        dpo_beta=s.dpo_beta, sft_weight=s.dpo_sft_weight, num_candidate_responses=s.num_candidates, max_new_tokens=s.max_new_tokens,
-        log_every=5, max_passes=2,
+        num_train_steps=s.dpo_steps,
+        batch_size=s.dpo_batch_size,
+        learning_rate=s.dpo_learning_rate,
+        dpo_beta=s.dpo_beta,
+        sft_weight=s.dpo_sft_weight,
+        num_candidate_responses=s.num_candidates,
+        max_new_tokens=s.max_new_tokens,
+        log_every=5,
+        max_passes=2,
     )
     prompts = str(data_dir / "self_reward_prompts.jsonl")
     if oracle:
         return [ExternalRewardDPOConfig(verifier_reward, prompts, n, **common) for n in s.dpo_pairs]
     sft = SFTConfig(
-        str(data_dir / "sft.jsonl"), num_train_steps=s.sft_steps, batch_size=s.sft_batch_size,
-        learning_rate=s.sft_learning_rate, warmup_steps=min(100, s.sft_steps // 10), lr_schedule="cosine",
+        str(data_dir / "sft.jsonl"),
+        num_train_steps=s.sft_steps,
+        batch_size=s.sft_batch_size,
+        learning_rate=s.sft_learning_rate,
+        warmup_steps=min(100, s.sft_steps // 10),
+        lr_schedule="cosine",
         log_every=50,
     )
     return [sft] + [
-        SelfRewardDPOConfig(prompts, n, num_sampled_reward_responses=s.num_sampled_reward_responses,
-                            judge_max_new_tokens=s.judge_max_new_tokens, eval_temperature=s.judge_temperature,
-                            eval_top_p=0.9 if s.judge_temperature > 0 else None, **common)
+        SelfRewardDPOConfig(
+            prompts,
+            n,
+            num_sampled_reward_responses=s.num_sampled_reward_responses,
+            judge_max_new_tokens=s.judge_max_new_tokens,
+            eval_temperature=s.judge_temperature,
+            eval_top_p=0.9 if s.judge_temperature > 0 else None,
+            **common,
+        )
         for n in s.dpo_pairs
     ]
 
@@ -138,15 +173,21 @@ def _stage_configs(s: DemoSettings, data_dir: Path, *, oracle: bool) -> list:
 def _prepare_out(out: Path, overwrite: bool):
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise RunFolderExistsError(f"{out} already holds files: pass --overwrite to replace it, or choose another --out")
+            raise RunFolderExistsError(
+                f"{out} already holds files: pass --overwrite to replace it, or choose another --out"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
 
 def _write_data(s: DemoSettings, seed: int, data_dir: Path, reward_config) -> dict:
     data = AdditionTask(s.max_digits).build(
-        num_instruction=s.num_instruction, num_evaluation=s.num_evaluation,
-        num_self_reward_prompts=s.num_self_reward_prompts, num_heldout=s.num_heldout, seed=seed, correct_fraction=s.eval_correct_fraction,
+        num_instruction=s.num_instruction,
+        num_evaluation=s.num_evaluation,
+        num_self_reward_prompts=s.num_self_reward_prompts,
+        num_heldout=s.num_heldout,
+        seed=seed,
+        correct_fraction=s.eval_correct_fraction,
         render=lambda p, r: reward_config.render(prompt=p, response=r),
     )
     write_jsonl(data_dir / "sft.jsonl", data.sft)
@@ -177,9 +218,16 @@ class _Evaluator:
             print(f"[demo] {run}: evaluating {label} on {len(self.heldout)} held-out prompts...", flush=True)
             s = self.settings
             metrics = evaluate_model(
-                info.model, self.tokenizer, self.reward_config, self.heldout, num_candidates=4,
-                num_judgments=s.eval_num_judgments, max_new_tokens=s.max_new_tokens,
-                judge_max_new_tokens=s.judge_max_new_tokens, judge_temperature=s.judge_temperature, seed=self.seed,
+                info.model,
+                self.tokenizer,
+                self.reward_config,
+                self.heldout,
+                num_candidates=4,
+                num_judgments=s.eval_num_judgments,
+                max_new_tokens=s.max_new_tokens,
+                judge_max_new_tokens=s.judge_max_new_tokens,
+                judge_temperature=s.judge_temperature,
+                seed=self.seed,
             )
             row = {"run": run, "stage": label, "pairs_made": info.summary.get("num_pairs"), **metrics}
             self.rows.append(row)
@@ -190,9 +238,16 @@ class _Evaluator:
         return on_stage_end
 
 
-def run_demo(out: str | Path, *, settings: DemoSettings = PRESETS["default"], seed: int = 0,
-             overwrite: bool = False, progress: bool = True, command: str = "srlm demo",
-             threads: int | None = 1) -> dict:
+def run_demo(
+    out: str | Path,
+    *,
+    settings: DemoSettings = PRESETS["default"],
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    command: str = "srlm demo",
+    threads: int | None = 1,
+) -> dict:
     """Run the demo into `out`; returns the manifest (also written to `out/manifest.json`).
 
     `threads=1` by default: these models are too small to gain from intra-op threads, and on a
@@ -208,8 +263,8 @@ def run_demo(out: str | Path, *, settings: DemoSettings = PRESETS["default"], se
 
 
 def _run(out: Path, settings: DemoSettings, seed: int, overwrite: bool, progress: bool, command: str) -> dict:
-    from ..checkpoint import load_model
-    from ..pipeline import SelfRewardingTrainer
+    from self_rewarding_lm_pytorch.pipeline import SelfRewardingTrainer
+    from self_rewarding_lm_pytorch.training.checkpoint import load_model
 
     started = time.time()
     _prepare_out(out, overwrite)
@@ -221,23 +276,39 @@ def _run(out: Path, settings: DemoSettings, seed: int, overwrite: bool, progress
 
     torch.manual_seed(seed)
     model = _build_model(settings, tokenizer.vocab_size)
-    print(f"[demo] self-rewarding run: SFT ({settings.sft_steps} steps) then {len(settings.dpo_pairs)} "
-          f"self-reward DPO iterations -> {out / 'self-reward'}", flush=True)
+    print(
+        f"[demo] self-rewarding run: SFT ({settings.sft_steps} steps) then {len(settings.dpo_pairs)} "
+        f"self-reward DPO iterations -> {out / 'self-reward'}",
+        flush=True,
+    )
     SelfRewardingTrainer(
-        model, _stage_configs(settings, out / "data", oracle=False), tokenizer=tokenizer,
-        self_reward_prompt_config=reward_config, accelerate_kwargs={"cpu": True},
-        checkpoints_folder=out / "self-reward", seed=seed, on_stage_end=evaluator.hook("self-reward", 0),
+        model,
+        _stage_configs(settings, out / "data", oracle=False),
+        tokenizer=tokenizer,
+        self_reward_prompt_config=reward_config,
+        accelerate_kwargs={"cpu": True},
+        checkpoints_folder=out / "self-reward",
+        seed=seed,
+        on_stage_end=evaluator.hook("self-reward", 0),
         progress=progress,
     )()
     if settings.oracle:
-        print(f"[demo] oracle run: the same iterations from M1, rewarded by the verifier -> {out / 'oracle'}", flush=True)
+        print(
+            f"[demo] oracle run: the same iterations from M1, rewarded by the verifier -> {out / 'oracle'}", flush=True
+        )
         rows.append({**rows[0], "run": "oracle"})  # the oracle line starts from the same M1
         oracle_model = _build_model(settings, tokenizer.vocab_size)
         load_model(oracle_model, out / "self-reward" / "01-sft" / "model.safetensors")
         SelfRewardingTrainer(
-            oracle_model, _stage_configs(settings, out / "data", oracle=True), tokenizer=tokenizer,
-            self_reward_prompt_config=reward_config, accelerate_kwargs={"cpu": True},
-            checkpoints_folder=out / "oracle", seed=seed, on_stage_end=evaluator.hook("oracle", 1), progress=progress,
+            oracle_model,
+            _stage_configs(settings, out / "data", oracle=True),
+            tokenizer=tokenizer,
+            self_reward_prompt_config=reward_config,
+            accelerate_kwargs={"cpu": True},
+            checkpoints_folder=out / "oracle",
+            seed=seed,
+            on_stage_end=evaluator.hook("oracle", 1),
+            progress=progress,
         )()
     log.close()
     return _finish(out, rows, settings, seed, data["stats"], stage_seconds, time.time() - started, command)
@@ -245,14 +316,26 @@ def _run(out: Path, settings: DemoSettings, seed: int, overwrite: bool, progress
 
 def _finish(out, rows, settings, seed, data_stats, seconds, total, command) -> dict:
     plot = write_plot(out / "metrics.png", rows)
-    shown = {**dataclasses.asdict(settings), "seed": seed, "torch threads": torch.get_num_threads(),
-             "python": platform.python_version(), "torch": torch.__version__, **data_stats}
-    write_report(out / "report.md", rows, settings=shown, seconds=total, command=command,
-                 plot_name=plot.name if plot else None)
+    shown = {
+        **dataclasses.asdict(settings),
+        "seed": seed,
+        "torch threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        **data_stats,
+    }
+    write_report(
+        out / "report.md", rows, settings=shown, seconds=total, command=command, plot_name=plot.name if plot else None
+    )
     print("\n" + format_table(rows), flush=True)
     manifest = {
-        "command": command, "seed": seed, "settings": dataclasses.asdict(settings), "data": data_stats,
-        "seconds": round(total, 1), "stage_seconds": seconds, "rows": rows,
+        "command": command,
+        "seed": seed,
+        "settings": dataclasses.asdict(settings),
+        "data": data_stats,
+        "seconds": round(total, 1),
+        "stage_seconds": seconds,
+        "rows": rows,
         "files": sorted(str(p.relative_to(out)) for p in out.iterdir()) + ["manifest.json"],
         "argv": sys.argv,
     }

@@ -21,18 +21,18 @@ from dataclasses import dataclass, field
 from beartype import beartype
 
 __all__ = [
+    "CORRECT_SCORE",
+    "DEMO_JUDGE_REGEX",
+    "DEMO_JUDGE_TEMPLATE",
+    "WRONG_SCORE",
     "AdditionTask",
     "DemoData",
-    "DEMO_JUDGE_TEMPLATE",
-    "DEMO_JUDGE_REGEX",
-    "CORRECT_SCORE",
-    "WRONG_SCORE",
     "demo_reward_config",
+    "digit_marks",
     "is_correct",
+    "judge_target",
     "parse_prompt",
     "render_judge_prompt",
-    "judge_target",
-    "digit_marks",
     "verifier_reward",
 ]
 
@@ -95,7 +95,7 @@ def judge_target(prompt: str, response: str) -> str:
 
 def demo_reward_config():
     """The judge `RewardConfig` the demo's model is trained to follow and judged with."""
-    from ..judge import RewardConfig
+    from self_rewarding_lm_pytorch.self_reward.judge import RewardConfig
 
     # auto_dedent off: the template is one line and must render byte for byte as the EFT data was.
     return RewardConfig(
@@ -113,7 +113,10 @@ def _wrong_answer(a: int, b: int, rng: random.Random) -> str:
         kind = rng.randrange(4)
         if kind == 0:  # digit-wise sum without carries, the classic error
             da, db = str(a)[::-1], str(b)[::-1]
-            digits = [(int(da[i]) if i < len(da) else 0) + (int(db[i]) if i < len(db) else 0) for i in range(max(len(da), len(db)))]
+            digits = [
+                (int(da[i]) if i < len(da) else 0) + (int(db[i]) if i < len(db) else 0)
+                for i in range(max(len(da), len(db)))
+            ]
             wrong = int("".join(str(d % 10) for d in reversed(digits)))
         elif kind == 1:
             wrong = right + rng.choice([-1, 1])
@@ -182,8 +185,9 @@ class AdditionTask:
     def instruction_examples(self, prompts: list[str]) -> list[dict]:
         return [{"prompt": p, "response": self.answer(p)} for p in prompts]
 
-    def evaluation_examples(self, prompts: list[str], rng: random.Random, render=render_judge_prompt,
-                            correct_fraction: float = 0.5) -> list[dict]:
+    def evaluation_examples(
+        self, prompts: list[str], rng: random.Random, render=render_judge_prompt, correct_fraction: float = 0.5
+    ) -> list[dict]:
         """One judged answer per prompt: correct with probability `correct_fraction`, else deliberately wrong."""
         if not 0.0 <= correct_fraction <= 1.0:
             raise ValueError(f"correct_fraction must be in [0, 1], got {correct_fraction}")

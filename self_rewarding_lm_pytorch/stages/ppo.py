@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
-from ..data import JsonlAppender, read_jsonl, write_jsonl
-from ..ppo import PPOConfig, PPOTrainer
-from ..tokenizer import to_id_list
-from .base import StageContext, describe_config, resolve_dataset
+from self_rewarding_lm_pytorch.core.files import JsonlAppender, read_jsonl, write_jsonl
+from self_rewarding_lm_pytorch.core.tokenizer import to_id_list
+from self_rewarding_lm_pytorch.rl.ppo import PPOConfig, PPOTrainer
+from self_rewarding_lm_pytorch.stages.context import StageContext, resolve_dataset
+from self_rewarding_lm_pytorch.stages.fields import describe_config
 
-__all__ = ["PPOStageConfig", "SELF_JUDGE"]
+__all__ = ["SELF_JUDGE", "PPOStageConfig"]
 
 SELF_JUDGE = "self_judge"
 METRICS_FILE = "metrics.jsonl"
@@ -84,12 +86,16 @@ class PPOStageConfig:
         if not isinstance(self.ppo, PPOConfig):
             raise TypeError(f"ppo must be a PPOConfig or a dict of its fields, got {type(self.ppo).__name__}")
         if not (self.reward == SELF_JUDGE or callable(self.reward) or hasattr(self.reward, "as_reward_fn")):
-            raise TypeError(f"reward must be {SELF_JUDGE!r}, a reward model or a callable (prompts, responses) -> scores, got {self.reward!r}")
+            raise TypeError(
+                f"reward must be {SELF_JUDGE!r}, a reward model or a callable (prompts, responses) -> scores, got {self.reward!r}"
+            )
         for name in ("num_ppo_steps", "max_new_tokens", "num_judgments", "judge_max_new_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.checkpoint_every is not None and (not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1):
+        if self.checkpoint_every is not None and (
+            not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1
+        ):
             raise ValueError(f"checkpoint_every must be an int >= 1 or None, got {self.checkpoint_every!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
@@ -98,13 +104,20 @@ class PPOStageConfig:
 
     def _reward_fn(self, ctx: StageContext, trainer: PPOTrainer) -> Callable[[list[str], list[str]], Any]:
         if isinstance(self.reward, str):
-            from ..judge import judge_scores
+            from self_rewarding_lm_pytorch.self_reward.judge import judge_scores
 
             def self_judge(prompts, responses):
                 return judge_scores(
-                    trainer.policy.transformer, ctx.tokenizer, ctx.reward_config, prompts, responses,
-                    num_judgments=self.num_judgments, max_new_tokens=self.judge_max_new_tokens,
-                    temperature=self.judge_temperature, top_p=self.judge_top_p, generator=trainer.sample_generator,
+                    trainer.policy.transformer,
+                    ctx.tokenizer,
+                    ctx.reward_config,
+                    prompts,
+                    responses,
+                    num_judgments=self.num_judgments,
+                    max_new_tokens=self.judge_max_new_tokens,
+                    temperature=self.judge_temperature,
+                    top_p=self.judge_top_p,
+                    generator=trainer.sample_generator,
                 ).scores
 
             return self_judge
@@ -116,7 +129,7 @@ class PPOStageConfig:
 
     def _resume(self, ctx: StageContext, trainer: PPOTrainer) -> int:
         """The step to continue from; trims the JSONL logs to that step so no record is written twice."""
-        from ..checkpoint import latest_checkpoint, load_training_state
+        from self_rewarding_lm_pytorch.training.checkpoint import latest_checkpoint, load_training_state
 
         checkpoint = latest_checkpoint(ctx.stage_dir) if ctx.resume else None
         if checkpoint is None:
@@ -124,7 +137,9 @@ class PPOStageConfig:
         else:
             state = load_training_state(checkpoint, model=trainer.policy, optimizer=trainer.optimizer)
             trainer.load_state_dict(state["ppo"])
-            start = int(state["stage_step"])  # not trainer.num_steps: a step whose rollouts all went unscored trains nothing
+            start = int(
+                state["stage_step"]
+            )  # not trainer.num_steps: a step whose rollouts all went unscored trains nothing
         if ctx.is_main:
             for name in (METRICS_FILE, ROLLOUTS_FILE):
                 path = ctx.stage_dir / name
@@ -134,18 +149,22 @@ class PPOStageConfig:
         return start
 
     def _save(self, ctx: StageContext, trainer: PPOTrainer, step: int):
-        from ..checkpoint import CHECKPOINT_DIR, save_training_state
+        from self_rewarding_lm_pytorch.training.checkpoint import CHECKPOINT_DIR, save_training_state
 
         if ctx.is_main:
             save_training_state(
-                ctx.stage_dir / CHECKPOINT_DIR, step, model=trainer.policy, optimizer=trainer.optimizer,
-                state={"ppo": trainer.state_dict(), "stage_step": step}, config=describe_config(self),
+                ctx.stage_dir / CHECKPOINT_DIR,
+                step,
+                model=trainer.policy,
+                optimizer=trainer.optimizer,
+                state={"ppo": trainer.state_dict(), "stage_step": step},
+                config=describe_config(self),
             )
         ctx.accelerator.wait_for_everyone()
 
     def _batch(self, step: int, prompts: list, ctx: StageContext) -> list[int]:
         """This process's prompt indices for `step`: positions of a stream of seeded per-pass permutations."""
-        from ..loop import epoch_permutation
+        from self_rewarding_lm_pytorch.training.loop import epoch_permutation
 
         size, rank, world = self.ppo.batch_size, ctx.accelerator.process_index, ctx.accelerator.num_processes
         first = (step * world + rank) * size
@@ -161,10 +180,18 @@ class PPOStageConfig:
         if not prompts:
             raise ValueError("prompt_dataset is empty")
         tok = ctx.tokenizer
-        trainer = PPOTrainer(ctx.model, config=dataclasses.replace(self.ppo, seed=ctx.seed), tokenizer=tok, accelerator=ctx.accelerator)
+        trainer = PPOTrainer(
+            ctx.model, config=dataclasses.replace(self.ppo, seed=ctx.seed), tokenizer=tok, accelerator=ctx.accelerator
+        )
         reward_fn = self._reward_fn(ctx, trainer)
         start = self._resume(ctx, trainer)
-        sampling = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p)
+        sampling = dict(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+        )
 
         metrics = JsonlAppender(ctx.stage_dir / METRICS_FILE) if ctx.is_main else None
         rollouts = JsonlAppender(ctx.stage_dir / ROLLOUTS_FILE) if ctx.is_main else None
@@ -182,8 +209,8 @@ class PPOStageConfig:
                 if appender is not None:
                     appender.close()
         if ctx.is_main:  # the pipeline saves the policy; the value head is kept for a later PPO stage
-            from ..checkpoint import save_model
-            from ..ppo_model import VALUE_HEAD_FILE
+            from self_rewarding_lm_pytorch.rl.value_head import VALUE_HEAD_FILE
+            from self_rewarding_lm_pytorch.training.checkpoint import save_model
 
             save_model(trainer.policy.value_head, ctx.stage_dir / VALUE_HEAD_FILE)
         scored = [h for h in history if h["ppo/num_unscored"] < h["ppo/num_rollouts"]]
@@ -201,9 +228,14 @@ class PPOStageConfig:
         queries = [torch.tensor(tok.encode(p) if isinstance(p, str) else p, dtype=torch.long) for p in batch]
         responses = trainer.generate(queries, **sampling)
         # the judge and reward models read text without the EOS token
-        response_texts = [tok.decode(r[:-1] if tok.eos_id is not None and len(r) and int(r[-1]) == tok.eos_id else r) for r in responses]
+        response_texts = [
+            tok.decode(r[:-1] if tok.eos_id is not None and len(r) and int(r[-1]) == tok.eos_id else r)
+            for r in responses
+        ]
         prompt_texts = [p if isinstance(p, str) else tok.decode(p) for p in batch]
-        scores = [float(s) for s in torch.as_tensor(reward_fn(prompt_texts, response_texts), dtype=torch.float32).reshape(-1)]
+        scores = [
+            float(s) for s in torch.as_tensor(reward_fn(prompt_texts, response_texts), dtype=torch.float32).reshape(-1)
+        ]
         if len(scores) != len(batch):
             raise ValueError(f"the reward returned {len(scores)} scores for {len(batch)} responses")
         # unscored (NaN) rollouts go to the step too: it masks them out, and every process keeps the same batch shape

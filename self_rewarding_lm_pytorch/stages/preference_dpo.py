@@ -1,4 +1,4 @@
-"""DPO stages that make their own preference pairs: judged by the model itself, or by an external reward.
+"""What both DPO stages that make their own preference pairs share.
 
 One iteration: sample `num_candidate_responses` answers per prompt from the current policy, score
 them (the model as its own judge through the `RewardConfig` template, or `reward_model(prompts,
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
-from .base import StageContext, TrainingFields, resolve_dataset, train_config_of
+from self_rewarding_lm_pytorch.stages.context import StageContext, resolve_dataset
+from self_rewarding_lm_pytorch.stages.fields import TrainingFields, train_config_of
 
-__all__ = ["SelfRewardDPOConfig", "ExternalRewardDPOConfig", "reward_fn_of"]
+__all__ = ["reward_fn_of"]
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,8 @@ class _PreferenceDPOFields(TrainingFields):
 
     def __post_init__(self):
         super().__post_init__()
-        from ..pairs import make_pair_policy
-        from .dpo import _check_dpo_args
+        from self_rewarding_lm_pytorch.self_reward.pairs import make_pair_policy
+        from self_rewarding_lm_pytorch.trainers.dpo import _check_dpo_args
 
         if self.num_generated_preference_pairs < 1:
             raise ValueError(f"num_generated_preference_pairs must be >= 1, got {self.num_generated_preference_pairs}")
@@ -54,9 +55,9 @@ class _PreferenceDPOFields(TrainingFields):
         raise NotImplementedError
 
     def run(self, ctx: StageContext) -> dict:
-        from ..pairs import make_pair_policy
-        from ..preferences import generate_preferences
-        from .dpo import train_dpo
+        from self_rewarding_lm_pytorch.self_reward.pairs import make_pair_policy
+        from self_rewarding_lm_pytorch.self_reward.preferences import generate_preferences
+        from self_rewarding_lm_pytorch.trainers.dpo import train_dpo
 
         prompts = resolve_dataset(self.prompt_dataset, name="prompt_dataset")
         result = generate_preferences(
@@ -102,38 +103,6 @@ class _PreferenceDPOFields(TrainingFields):
         return summary | {"trained": True, "train_steps": train_result.steps}
 
 
-@dataclass(frozen=True)
-class SelfRewardDPOConfig(_PreferenceDPOFields):
-    """Self-rewarding DPO (Yuan et al. 2024): the policy judges its own candidates with the pipeline's
-    `RewardConfig` (`num_sampled_reward_responses` judgments each, averaged), or `judge_model` does (OAIF)."""
-
-    kind: ClassVar[str] = "self-reward-dpo"
-    uses_judge: ClassVar[bool] = True  # the judge template is part of what this stage's results depend on
-
-    prompt_dataset: Any
-    num_generated_preference_pairs: int
-    num_sampled_reward_responses: int = field(default=3, kw_only=True)
-    eval_temperature: float = field(default=0.7, kw_only=True)
-    eval_top_p: float | None = field(default=0.9, kw_only=True)
-    judge_max_new_tokens: int | None = field(default=None, kw_only=True)
-    judge_model: Any = field(default=None, kw_only=True)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.num_sampled_reward_responses < 1:
-            raise ValueError(f"num_sampled_reward_responses must be >= 1, got {self.num_sampled_reward_responses}")
-
-    def _scoring_kwargs(self, ctx: StageContext) -> dict:
-        return dict(
-            reward_config=ctx.reward_config,
-            judge_model=self.judge_model,
-            num_judgments=self.num_sampled_reward_responses,
-            judge_temperature=self.eval_temperature,
-            judge_top_p=self.eval_top_p,
-            judge_max_new_tokens=self.judge_max_new_tokens,
-        )
-
-
 def reward_fn_of(reward_model: Any) -> Callable[[list[str], list[str]], Any]:
     """`(prompts, responses) -> scores` from a callable or a RewardModel (which scores with the
     tokenizer it was trained with, not the policy's)."""
@@ -144,22 +113,3 @@ def reward_fn_of(reward_model: Any) -> Callable[[list[str], list[str]], Any]:
     raise TypeError(
         f"reward_model must be a callable (prompts, responses) -> scores or a RewardModel, got {type(reward_model).__name__}"
     )
-
-
-@dataclass(frozen=True)
-class ExternalRewardDPOConfig(_PreferenceDPOFields):
-    """DPO on pairs scored by an external reward: a RewardModel or any `(prompts, responses) -> scores`."""
-
-    kind: ClassVar[str] = "external-reward-dpo"
-
-    reward_model: Any
-    prompt_dataset: Any
-    num_generated_preference_pairs: int
-
-    def __post_init__(self):
-        super().__post_init__()
-        reward_fn_of(self.reward_model)
-
-    def _scoring_kwargs(self, ctx: StageContext) -> dict:
-        return dict(reward_fn=reward_fn_of(self.reward_model))
-

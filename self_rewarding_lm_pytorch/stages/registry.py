@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from .ppo import PPOStageConfig
-from .preference_dpo import ExternalRewardDPOConfig, SelfRewardDPOConfig
-from .supervised import SelfPlayConfig, SFTConfig
+from self_rewarding_lm_pytorch.stages.external_reward_dpo import ExternalRewardDPOConfig
+from self_rewarding_lm_pytorch.stages.ppo import PPOStageConfig
+from self_rewarding_lm_pytorch.stages.self_reward_dpo import SelfRewardDPOConfig
+from self_rewarding_lm_pytorch.stages.sft import SFTConfig
+from self_rewarding_lm_pytorch.stages.spin import SelfPlayConfig
 
 __all__ = ["STAGE_KINDS"]
 

@@ -1,244 +1,66 @@
-"""SPIN (Chen et al. 2024, arXiv 2401.01335): self-play fine-tuning against the previous iterate.
-
-Each iteration, the frozen previous iterate answers every SFT prompt once (batched, KV-cached,
-before any training step); the policy then learns to prefer the real SFT response over that
-synthetic one, with the previous iterate as the reference. That is DPO on (real, generated) pairs
-with `losses.spin_loss`, run through the DPO stage's pair machinery (`stages.dpo.train_pairs`).
-
-Shapes: b batch, n sequence (the tensors live in `stages.dpo` and `sampling`; this module handles ids).
-"""
+"""The SPIN stage: self-play against ground-truth responses (the trainer is `trainers.spin`)."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
-from functools import partial
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-import torch
-from beartype import beartype
-from torch import nn
-from torch.utils.data import Dataset
+from self_rewarding_lm_pytorch.stages.context import StageContext, resolve_dataset
+from self_rewarding_lm_pytorch.stages.fields import TrainingFields, train_config_of
 
-from .. import sampling
-from ..checkpoint import load_model
-from ..data import atomic_write_json, read_jsonl, write_jsonl
-from ..loop import TrainConfig, make_accelerator
-from ..losses import spin_loss
-from .dpo import PairTask, default_tokenizer, train_pairs
-from .sft import NoResponseTokens, to_sft_example
-
-__all__ = ["SFTRecordError", "encode_sft_items", "resolve_spin_kwargs", "generate_synthetic",
-           "train_spin_iteration", "SPINTrainer"]
-
-log = logging.getLogger(__name__)
-SYNTHETIC_FILE = "synthetic.jsonl"
-DONE_FILE = "iteration_done.json"
+__all__ = ["SelfPlayConfig"]
 
 
-class SFTRecordError(ValueError):
-    """An SFT item SPIN cannot use; the message names the item."""
+@dataclass(frozen=True)
+class SelfPlayConfig(TrainingFields):
+    """SPIN (Chen et al. 2024): `num_iterations` rounds of DPO with chosen = the ground-truth response,
+    rejected = the previous iterate's own sample, reference = the previous iterate. `spin_λ` is the
+    paper's lambda (DPO's beta); `mix_previous_synthetic` adds the last round's samples as pairs too."""
 
+    kind: ClassVar[str] = "spin"
 
-@beartype
-def encode_sft_items(items: Sequence | Dataset, tokenizer, *, max_seq_len: int,
-                     num_tokens: int | None = None) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, real response ids) per SFT item (the SFT stage's item forms), cut to `max_seq_len`.
+    train_dataset: Any
+    num_iterations: int = field(default=1, kw_only=True)
+    spin_λ: float = field(default=0.1, kw_only=True)
+    max_seq_len: int | None = field(default=None, kw_only=True)
+    gen_temperature: float = field(default=0.7, kw_only=True)
+    gen_top_p: float | None = field(default=0.9, kw_only=True)
+    mix_previous_synthetic: bool = field(default=False, kw_only=True)
+    precompute_ref_logprobs: bool = field(default=True, kw_only=True)
 
-    Items whose prompt leaves no room for a response within `max_seq_len` are skipped with a warning,
-    as SFT does; a malformed item or an empty response is an error naming the item.
-    """
-    out, skipped = [], 0
-    for index in range(len(items)):
-        item = items[index]
-        try:
-            to_sft_example(item, tokenizer)  # without the length limit: is the response itself empty?
-        except (ValueError, TypeError) as e:
-            raise SFTRecordError(f"SFT item {index}: {e}") from None
-        try:
-            ids, prompt_len = to_sft_example(item, tokenizer, max_seq_len)
-        except NoResponseTokens:
-            skipped += 1
-            continue
-        if prompt_len == 0:
-            raise SFTRecordError(f"SFT item {index}: the prompt is empty (nothing predicts the first response token)")
-        if num_tokens is not None and not 0 <= min(ids) <= max(ids) < num_tokens:
-            raise SFTRecordError(f"SFT item {index} has token ids outside the model's vocabulary [0, {num_tokens}) "
-                                 f"(min {min(ids)}, max {max(ids)})")
-        out.append((ids[:prompt_len], ids[prompt_len:]))
-    if skipped:
-        log.warning("SPIN: skipped %d of %d SFT items whose prompt leaves no room within max_seq_len=%d",
-                    skipped, len(items), max_seq_len)
-    if not out:
-        raise SFTRecordError("no SFT items" if not len(items) else
-                             f"no SFT item has room for a response within max_seq_len={max_seq_len}")
-    return out
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_iterations < 1:
+            raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
+        if not self.spin_λ > 0:
+            raise ValueError(f"spin_λ must be > 0, got {self.spin_λ}")
 
+    def run(self, ctx: StageContext) -> dict:
+        from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration
 
-def resolve_spin_kwargs(spin_kwargs: dict | None) -> dict:
-    """{"lambda_": float} from the seed's `dict(λ=0.1)` or `dict(lambda_=0.1)`; other keys are errors."""
-    spin_kwargs = dict(spin_kwargs or {})
-    given = [k for k in ("λ", "lambda_") if k in spin_kwargs]
-    unknown = sorted(set(spin_kwargs) - {"λ", "lambda_"})
-    if unknown:
-        raise TypeError(f"unknown spin_kwargs {unknown}; the only knob is λ (or lambda_)")
-    if len(given) > 1:
-        raise TypeError("spin_kwargs gives both λ and lambda_; pass one")
-    lambda_ = float(spin_kwargs[given[0]]) if given else 0.1
-    if not lambda_ > 0:
-        raise ValueError(f"SPIN λ must be > 0, got {lambda_}")
-    return {"lambda_": lambda_}
-
-
-@torch.no_grad()
-def generate_synthetic(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]], *, tokenizer,
-                       max_seq_len: int, temperature: float = 0.7, top_p: float | None = 0.9,
-                       top_k: int | None = None, batch_size: int | None = None, seed: int = 0,
-                       progress: bool = False) -> list[list[int]]:
-    """One sampled response per prompt, each cut so prompt + response fits in `max_seq_len`.
-
-    All prompts go to the sampler in one call (it batches and KV-caches); the budget is the longest
-    prompt's room, and longer samples are cut back per prompt so real and generated share one limit.
-    """
-    device = next(model.parameters()).device
-    budgets = [max_seq_len - len(p) for p, _ in examples]
-    generator = torch.Generator().manual_seed(seed)  # the sampler draws one base key on the CPU
-    prompts = [torch.tensor(p, dtype=torch.long, device=device) for p, _ in examples]
-    out = sampling.sample(model, prompts, max_new_tokens=max(budgets), temperature=temperature, top_k=top_k,
-                          top_p=top_p, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=generator,
-                          batch_size=batch_size, progress=progress)
-    responses = []
-    for row, budget in enumerate(budgets):
-        ids = out.response_ids[row][out.response_mask[row]].tolist()
-        responses.append(ids[:budget])
-    return responses
-
-
-def _pairs(examples, generated) -> list[dict]:
-    return [{"chosen": (p + real, len(p)), "rejected": (p + gen, len(p))} for (p, real), gen in zip(examples, generated)]
-
-
-def _load_or_generate(model, examples, run_dir, *, resume, is_main, tokenizer, num_train, **sample_kwargs):
-    """This iteration's synthetic responses, reused from `run_dir` on resume (the policy has moved since).
-
-    `examples` are the training items then the validation items (one sampler call for both).
-    """
-    path = None if run_dir is None else Path(run_dir) / SYNTHETIC_FILE
-    if resume and path is not None and path.exists():
-        records = read_jsonl(path)
-        if len(records) == len(examples) and all(r["prompt"] == p for r, (p, _) in zip(records, examples)):
-            return [r["generated"] for r in records]
-        raise ValueError(f"{path} holds samples for other prompts; cannot resume this SPIN run with new data")
-    generated = generate_synthetic(model, examples, tokenizer=tokenizer, **sample_kwargs)
-    if path is not None and is_main:
-        write_jsonl(path, ({"index": i, "split": "train" if i < num_train else "valid", "prompt": p, "real": real,
-                            "generated": gen, "generated_text": tokenizer.decode(gen)}
-                           for i, ((p, real), gen) in enumerate(zip(examples, generated))))
-    return generated
-
-
-@beartype
-def train_spin_iteration(
-    model: nn.Module, sft_items: Sequence | Dataset, *, tokenizer, accelerator, run_dir: str | Path | None, config: TrainConfig,
-    max_seq_len: int, lambda_: float = 0.1, previous_synthetic: list | None = None, temperature: float = 0.7,
-    top_p: float | None = 0.9, top_k: int | None = None, sample_batch_size: int | None = None,
-    precompute_ref_logprobs: bool = True, resume: bool = False, seed: int = 0,
-    valid_sft_items: Sequence | Dataset | None = None,
-):
-    """One SPIN iteration on `model` in place: sample once from it, then train against those samples.
-
-    The model as it is on entry is both the sampler and the reference. `previous_synthetic` (the
-    last iteration's responses, aligned with `sft_items`) adds those pairs too, as the SPIN paper
-    does from its second iteration. Returns (TrainResult, this iteration's synthetic responses).
-    """
-    tokenizer = default_tokenizer(model, tokenizer)
-    encode = partial(encode_sft_items, tokenizer=tokenizer, max_seq_len=max_seq_len,
-                     num_tokens=getattr(model, "num_tokens", None))
-    examples = encode(sft_items)
-    valid_examples = encode(valid_sft_items) if valid_sft_items is not None else []
-    run_dir = None if run_dir is None else Path(run_dir)
-    model.to(accelerator.device)
-    everything = _load_or_generate(model, examples + valid_examples, run_dir, resume=resume, num_train=len(examples),
-                                   is_main=accelerator.is_main_process, tokenizer=tokenizer, max_seq_len=max_seq_len,
-                                   temperature=temperature, top_p=top_p, top_k=top_k, batch_size=sample_batch_size,
-                                   seed=seed, progress=config.progress)
-    generated = everything[:len(examples)]
-    pairs = _pairs(examples, generated)
-    if previous_synthetic is not None:
-        if len(previous_synthetic) != len(examples):
-            raise ValueError(f"previous_synthetic has {len(previous_synthetic)} responses for {len(examples)} SFT items")
-        pairs += _pairs(examples, previous_synthetic)
-    make_task = partial(PairTask, partial(spin_loss, lambda_=lambda_), pad_id=tokenizer.pad_id,
-                        names=("real", "generated"))
-    result = train_pairs(model, pairs, make_task, pad_id=tokenizer.pad_id, accelerator=accelerator, run_dir=run_dir,
-                         config=config, precompute_ref_logprobs=precompute_ref_logprobs, resume=resume, desc="spin",
-                         valid_pairs=_pairs(valid_examples, everything[len(examples):]) or None)
-    return result, generated
-
-
-class SPINTrainer:
-    """Self-play fine-tuning, the seed README's API: `SPINTrainer(model, max_seq_len=16,
-    train_sft_dataset=..., checkpoint_every=100, spin_kwargs=dict(λ=0.1))`, then `spin_trainer()`.
-
-    Iteration k trains in `checkpoint_folder/iteration-k/` (synthetic.jsonl, reference log-probs,
-    checkpoints, metrics). Remaining keyword arguments are `TrainConfig` fields.
-    """
-
-    @beartype
-    def __init__(
-        self, model: nn.Module, train_sft_dataset: Any = None, *, max_seq_len: int, num_iterations: int = 1,
-        valid_sft_dataset: Any = None,
-        spin_kwargs: dict | None = None, tokenizer=None, mix_previous_synthetic: bool = False,
-        temperature: float = 0.7, top_p: float | None = 0.9, top_k: int | None = None,
-        sample_batch_size: int | None = None, precompute_ref_logprobs: bool = True, accelerator=None,
-        accelerate_kwargs: dict | None = None, checkpoint_folder: str | Path | None = "./spin-checkpoints",
-        resume: bool = False, **train_config,
-    ):
-        if train_sft_dataset is None:
-            raise TypeError("SPINTrainer needs train_sft_dataset")
-        if num_iterations < 1:
-            raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
-        model_len = getattr(model, "max_seq_len", None)
-        if max_seq_len < 2 or (model_len is not None and max_seq_len > model_len):
-            raise ValueError(f"max_seq_len must be in [2, {model_len}] (the model's length), got {max_seq_len}")
-        self.spin = resolve_spin_kwargs({"λ": 0.1} if spin_kwargs is None else spin_kwargs)
-        self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
-        self.model, self.tokenizer = model, default_tokenizer(model, tokenizer)
-        # Fixed once: mock datasets draw anew per index. Bad items fail here, not mid-run.
-        self.items, self.valid_items = (None if d is None else [d[i] for i in range(len(d))]
-                                        for d in (train_sft_dataset, valid_sft_dataset))
-        for items in (x for x in (self.items, self.valid_items) if x is not None):
-            encode_sft_items(items, self.tokenizer, max_seq_len=max_seq_len, num_tokens=getattr(model, "num_tokens", None))
-        self.max_seq_len, self.num_iterations, self.mix = max_seq_len, num_iterations, mix_previous_synthetic
-        self.sample_kwargs = dict(temperature=temperature, top_p=top_p, top_k=top_k, sample_batch_size=sample_batch_size)
-        self.precompute_ref_logprobs, self.resume = precompute_ref_logprobs, resume
-        self.checkpoint_folder = None if checkpoint_folder is None else Path(checkpoint_folder)
-        self.accelerator, self.accelerate_kwargs = accelerator, accelerate_kwargs
-
-    def _iteration_dir(self, k: int) -> Path | None:
-        return None if self.checkpoint_folder is None else self.checkpoint_folder / f"iteration-{k}"
-
-    def __call__(self) -> list:
-        """Run every iteration; returns the per-iteration `TrainResult`s (None for ones finished earlier)."""
-        if self.accelerator is None:
-            self.accelerator = make_accelerator(self.accelerate_kwargs)
-        results, previous = [], None
-        for k in range(1, self.num_iterations + 1):
-            run_dir = self._iteration_dir(k)
-            if self.resume and run_dir is not None and (run_dir / DONE_FILE).exists():
-                load_model(self.model, run_dir / "model.safetensors")  # this iteration finished in an earlier run
-                previous = [r["generated"] for r in read_jsonl(run_dir / SYNTHETIC_FILE) if r["split"] == "train"]
-                results.append(None)
-                continue
+        items = resolve_dataset(self.train_dataset, name="train_dataset")
+        items = [items[i] for i in range(len(items))]  # mock datasets draw anew per index: fix them once
+        max_seq_len = self.max_seq_len or getattr(ctx.model, "max_seq_len", None)
+        if max_seq_len is None:
+            raise ValueError("SelfPlayConfig needs max_seq_len: the model has no max_seq_len attribute")
+        previous, steps = None, []
+        for k in range(self.num_iterations):
             result, generated = train_spin_iteration(
-                self.model, self.items, tokenizer=self.tokenizer, accelerator=self.accelerator, run_dir=run_dir,
-                config=self.config, max_seq_len=self.max_seq_len, previous_synthetic=previous if self.mix else None,
-                precompute_ref_logprobs=self.precompute_ref_logprobs, resume=self.resume,
-                seed=self.config.seed + k, valid_sft_items=self.valid_items, **self.spin, **self.sample_kwargs,
+                ctx.model,
+                items,
+                tokenizer=ctx.tokenizer,
+                accelerator=ctx.accelerator,
+                run_dir=ctx.stage_dir / f"iteration-{k + 1}",
+                config=train_config_of(self, seed=ctx.seed + k, progress=ctx.progress),
+                max_seq_len=max_seq_len,
+                lambda_=self.spin_λ,
+                previous_synthetic=previous if self.mix_previous_synthetic else None,
+                temperature=self.gen_temperature,
+                top_p=self.gen_top_p,
+                precompute_ref_logprobs=self.precompute_ref_logprobs,
+                resume=ctx.resume,
+                seed=ctx.seed + k,
             )
-            if run_dir is not None and self.accelerator.is_main_process:
-                atomic_write_json(run_dir / DONE_FILE, {"iteration": k, "num_items": len(self.items)})
-            results.append(result)
             previous = generated
-        return results
+            steps.append(result.steps)
+        return {"train_steps": steps}

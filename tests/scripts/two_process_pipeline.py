@@ -29,11 +29,19 @@ def main(out: Path, seed: int | None):
     stages = [
         SFTConfig([{"prompt": p, "response": p.upper()} for p in PROMPTS], num_train_steps=3, batch_size=2),
         # chunks of 2 prompts: 3 chunks, so the two processes each generate a share
-        ExternalRewardDPOConfig(count_a, PROMPTS, 6, num_train_steps=4, batch_size=2, max_new_tokens=6,
-                                generation_chunk_size=2),
+        ExternalRewardDPOConfig(
+            count_a, PROMPTS, 6, num_train_steps=4, batch_size=2, max_new_tokens=6, generation_chunk_size=2
+        ),
     ]
-    trainer = SelfRewardingTrainer(model, stages, tokenizer=ByteTokenizer(), checkpoints_folder=out / "run",
-                                   seed=seed, accelerate_kwargs=dict(cpu=True), progress=False)
+    trainer = SelfRewardingTrainer(
+        model,
+        stages,
+        tokenizer=ByteTokenizer(),
+        checkpoints_folder=out / "run",
+        seed=seed,
+        accelerate_kwargs=dict(cpu=True),
+        progress=False,
+    )
     trainer()
     state = PartialState()
     rank = state.process_index

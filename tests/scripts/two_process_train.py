@@ -30,10 +30,10 @@ def make_data(n=16, seed=1):
 def run(out_dir: Path, accelerate_kwargs: dict, crash_at_call: int | None = None) -> dict:
     """Train (with `crash_at_call`: crash inside that SFT step call, then resume); return what this
     process wrote: {"rank", "num_processes", "backend", "checkpoint_saves", "metric_writes", "model_saves"}."""
-    from self_rewarding_lm_pytorch import checkpoint as ckpt
-    from self_rewarding_lm_pytorch import data
-    from self_rewarding_lm_pytorch.loop import TrainConfig, make_accelerator
-    from self_rewarding_lm_pytorch.stages.sft import SFTTask, train_sft
+    from self_rewarding_lm_pytorch.core import files as data
+    from self_rewarding_lm_pytorch.trainers.sft import SFTTask, train_sft
+    from self_rewarding_lm_pytorch.training import checkpoint as ckpt
+    from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
 
     counts = {"checkpoint_saves": 0, "metric_writes": 0, "model_saves": 0}
     # Count what this process writes by wrapping the writers the loop calls.
@@ -43,6 +43,7 @@ def run(out_dir: Path, accelerate_kwargs: dict, crash_at_call: int | None = None
         def wrapper(*args, **kwargs):
             counts[name] += 1
             return fn(*args, **kwargs)
+
         return wrapper
 
     calls = []
@@ -60,9 +61,18 @@ def run(out_dir: Path, accelerate_kwargs: dict, crash_at_call: int | None = None
     try:
         accelerator = make_accelerator(accelerate_kwargs)
         model = make_model()
-        config = TrainConfig(num_train_steps=NUM_STEPS, batch_size=BATCH_SIZE, learning_rate=1e-2, log_every=1,
-                             checkpoint_every=CHECKPOINT_EVERY, valid_every=CHECKPOINT_EVERY, progress=False)
-        kwargs = dict(accelerator=accelerator, run_dir=out_dir / "run", config=config, valid_dataset=make_data(5, seed=2))
+        config = TrainConfig(
+            num_train_steps=NUM_STEPS,
+            batch_size=BATCH_SIZE,
+            learning_rate=1e-2,
+            log_every=1,
+            checkpoint_every=CHECKPOINT_EVERY,
+            valid_every=CHECKPOINT_EVERY,
+            progress=False,
+        )
+        kwargs = dict(
+            accelerator=accelerator, run_dir=out_dir / "run", config=config, valid_dataset=make_data(5, seed=2)
+        )
         try:
             train_sft(model, make_data(), **kwargs)
         except RuntimeError:
@@ -73,7 +83,9 @@ def run(out_dir: Path, accelerate_kwargs: dict, crash_at_call: int | None = None
     finally:
         ckpt.save_training_state, data.JsonlAppender.write, ckpt.save_model, SFTTask.step = originals
     rank = accelerator.process_index
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / f"weights-rank{rank}.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / f"weights-rank{rank}.safetensors")
+    )
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
     report = {"rank": rank, "num_processes": accelerator.num_processes, "backend": backend, **counts}
     (out_dir / f"report-rank{rank}.json").write_text(json.dumps(report))

@@ -23,13 +23,27 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from x_transformers import AutoregressiveWrapper, TransformerWrapper
 
-from .kv_decode import (
-    FastDecoder, FullStepper, UnsupportedModelError, XCacheStepper, fast_decode_support,
-    restore_training_modes, training_modes, xcache_support,
+from self_rewarding_lm_pytorch.core.kv_decode import (
+    FastDecoder,
+    FullStepper,
+    UnsupportedModelError,
+    XCacheStepper,
+    fast_decode_support,
+    restore_training_modes,
+    training_modes,
+    xcache_support,
 )
 
-__all__ = ["sample", "SampleOutput", "filter_logits", "sample_from_logits", "fast_decode_support",
-           "xcache_support", "UnsupportedModelError", "BACKENDS"]
+__all__ = [
+    "BACKENDS",
+    "SampleOutput",
+    "UnsupportedModelError",
+    "fast_decode_support",
+    "filter_logits",
+    "sample",
+    "sample_from_logits",
+    "xcache_support",
+]
 
 BACKENDS = ("auto", "fast", "xtransformers", "full")
 _GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment (the golden ratio in 64 bits)
@@ -82,11 +96,12 @@ def splitmix64(x: Tensor) -> Tensor:
 def _uniforms(row_keys: Tensor, step: int) -> Tensor:
     """One uniform in [0, 1) per row for this step, from the top 53 bits of a hash: (b,) float64."""
     bits = _shift_right(splitmix64(row_keys + _to_uint64_signed((step + 1) * _GAMMA)), 11)
-    return bits.double() * 2.0 ** -53
+    return bits.double() * 2.0**-53
 
 
-def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | None = None,
-                  min_p: float | None = None) -> Tensor:
+def filter_logits(
+    logits: Tensor, *, top_k: int | None = None, top_p: float | None = None, min_p: float | None = None
+) -> Tensor:
     """Logits with the tokens outside the allowed set set to -inf; applied in the order k, p, min-p.
 
     top_k: the k largest (ties with the k-th value are kept). top_p: the smallest prefix of the
@@ -179,8 +194,9 @@ def _plan_chunks(lengths: list[int], num_samples: int, batch_size: int | None, b
     cap = batch_size or len(lengths) * num_samples
     chunks, current = [], []
     for row in (i * num_samples + j for i in order for j in range(num_samples)):
-        if current and (len(current) == cap or (
-                by_length and lengths[row // num_samples] != lengths[current[-1] // num_samples])):
+        if current and (
+            len(current) == cap or (by_length and lengths[row // num_samples] != lengths[current[-1] // num_samples])
+        ):
             chunks.append(current)
             current = []
         current.append(row)
@@ -227,7 +243,8 @@ def _check_prompts(net, prompts: list[Tensor], max_new_tokens: int) -> list[int]
         if not net.can_cache_kv_outside_max_seq_len and need > net.max_seq_len:
             raise ValueError(
                 f"longest prompt ({max(lengths)}) + max_new_tokens ({max_new_tokens}) = {need} exceeds the model's "
-                f"max_seq_len {net.max_seq_len}; it has absolute positions, so it cannot run past it")
+                f"max_seq_len {net.max_seq_len}; it has absolute positions, so it cannot run past it"
+            )
     return lengths
 
 
@@ -250,19 +267,41 @@ _STEPPERS = {"fast": FastDecoder, "xtransformers": XCacheStepper, "full": FullSt
 
 
 @beartype
-def sample(model: nn.Module, prompts: list[Tensor], *, max_new_tokens: int, num_samples: int = 1,
-           temperature: float | int = 1.0, top_k: int | None = None, top_p: float | int | None = None,
-           min_p: float | int | None = None, eos_id: int | None = None, pad_id: int = 0,
-           generator: torch.Generator | None = None, use_cache: bool = True, batch_size: int | None = None,
-           return_logprobs: bool = False, backend: str = "auto", progress: bool = False) -> SampleOutput:
+def sample(
+    model: nn.Module,
+    prompts: list[Tensor],
+    *,
+    max_new_tokens: int,
+    num_samples: int = 1,
+    temperature: float | int = 1.0,
+    top_k: int | None = None,
+    top_p: float | int | None = None,
+    min_p: float | int | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    batch_size: int | None = None,
+    return_logprobs: bool = False,
+    backend: str = "auto",
+    progress: bool = False,
+) -> SampleOutput:
     """Sample `num_samples` continuations of each prompt; see the module docstring and README section.
 
     temperature 0 is greedy. `batch_size` caps rows per forward (None: all rows at once). `backend`
     "auto" takes the fast KV decoder when the model passes `fast_decode_support`, else x-transformers'
     own cache, else ("full", also `use_cache=False`) a full forward per step. Returned tensors are on CPU.
     """
-    settings = _Settings(max_new_tokens, float(temperature), top_k, None if top_p is None else float(top_p),
-                         None if min_p is None else float(min_p), eos_id, pad_id, return_logprobs)
+    settings = _Settings(
+        max_new_tokens,
+        float(temperature),
+        top_k,
+        None if top_p is None else float(top_p),
+        None if min_p is None else float(min_p),
+        eos_id,
+        pad_id,
+        return_logprobs,
+    )
     _check_settings(settings, num_samples, batch_size)
     net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     net = net.net if isinstance(net, AutoregressiveWrapper) else net
@@ -273,7 +312,7 @@ def sample(model: nn.Module, prompts: list[Tensor], *, max_new_tokens: int, num_
     lengths = _check_prompts(net, prompts, max_new_tokens)
     chosen = _resolve_backend(net, backend, use_cache)
     rng_device = generator.device if generator is not None else "cpu"
-    base = torch.randint(-(2 ** 63), 2 ** 63 - 1, (), generator=generator, dtype=torch.long, device=rng_device).cpu()
+    base = torch.randint(-(2**63), 2**63 - 1, (), generator=generator, dtype=torch.long, device=rng_device).cpu()
     num_rows = len(prompts) * num_samples
     row_keys = splitmix64(base + torch.arange(num_rows) * _to_uint64_signed(_GAMMA)).to(device)
 
@@ -300,6 +339,10 @@ def sample(model: nn.Module, prompts: list[Tensor], *, max_new_tokens: int, num_
     finally:
         restore_training_modes(modes)
     return SampleOutput(
-        response_ids=ids[:, :width].clone(), response_mask=mask[:, :width].clone(),
+        response_ids=ids[:, :width].clone(),
+        response_mask=mask[:, :width].clone(),
         logprobs=None if logprobs is None else logprobs[:, :width].clone(),
-        prompt_index=torch.arange(len(prompts)).repeat_interleave(num_samples), eos_id=eos_id, backend=chosen)
+        prompt_index=torch.arange(len(prompts)).repeat_interleave(num_samples),
+        eos_id=eos_id,
+        backend=chosen,
+    )

@@ -22,8 +22,8 @@ from beartype import beartype
 from torch import Tensor, nn
 from x_transformers import TransformerWrapper
 
-from .logprobs import token_logprobs
-from .losses import (
+from self_rewarding_lm_pytorch.core.logprobs import token_logprobs
+from self_rewarding_lm_pytorch.core.losses import (
     AdaptiveKLController,
     FixedKLController,
     gae_advantages,
@@ -33,10 +33,16 @@ from .losses import (
     ppo_value_loss,
     whiten,
 )
-from .ppo_model import RunningMoments, ValueHeadModel, assemble_rollouts, per_token_rewards, token_entropy
-from .tokenizer import as_tokenizer
+from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer
+from self_rewarding_lm_pytorch.rl.value_head import (
+    RunningMoments,
+    ValueHeadModel,
+    assemble_rollouts,
+    per_token_rewards,
+    token_entropy,
+)
 
-__all__ = ["PPOConfig", "PPOTrainer", "KL_ESTIMATORS"]
+__all__ = ["KL_ESTIMATORS", "PPOConfig", "PPOTrainer"]
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -82,7 +88,9 @@ class PPOConfig:
             value = getattr(self, f.name)
             if f.type in ("float", "float | None") and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, float(value))  # 1 and 1.0 mean the same learning rate
-            elif f.type in ("float", "float | None") and not (isinstance(value, float) or (value is None and "None" in f.type)):
+            elif f.type in ("float", "float | None") and not (
+                isinstance(value, float) or (value is None and "None" in f.type)
+            ):
                 raise TypeError(f"PPOConfig.{f.name} must be a {f.type}, got {type(value).__name__} {value!r}")
             elif f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"PPOConfig.{f.name} must be an int, got {type(value).__name__} {value!r}")
@@ -103,9 +111,17 @@ class PPOConfig:
         _check(self.cliprange > 0, f"cliprange must be > 0, got {self.cliprange}")
         _check(self.cliprange_value > 0, f"cliprange_value must be > 0, got {self.cliprange_value}")
         _check(self.vf_coef >= 0, f"vf_coef must be >= 0, got {self.vf_coef}")
-        _check(self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
-        _check(self.reward_clip is None or self.reward_clip > 0, f"reward_clip must be > 0 or None, got {self.reward_clip}")
-        _check(self.max_grad_norm is None or self.max_grad_norm > 0, f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        _check(
+            self.kl_estimator in KL_ESTIMATORS,
+            f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}",
+        )
+        _check(
+            self.reward_clip is None or self.reward_clip > 0, f"reward_clip must be > 0 or None, got {self.reward_clip}"
+        )
+        _check(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}",
+        )
 
 
 # Hugging Face `generate` keywords (as in TRL's quick start) mapped onto `sampling.sample`'s.
@@ -146,7 +162,7 @@ class PPOTrainer:
         *,
         accelerator: Any = None,
     ):
-        from .loop import make_accelerator
+        from self_rewarding_lm_pytorch.training.loop import make_accelerator
 
         self.config = config
         self.tokenizer = as_tokenizer(tokenizer)
@@ -203,7 +219,7 @@ class PPOTrainer:
         prompt + response with `return_prompt=True`). Accepts `sample`'s keywords and the common
         Hugging Face ones (`do_sample`, `top_k=0`, `top_p=1.0`, `pad_token_id`, `eos_token_id`, `min_length=-1`).
         """
-        from .sampling import sample
+        from self_rewarding_lm_pytorch.core.sampling import sample
 
         kwargs = _sampling_kwargs(generation_kwargs, self.tokenizer)
         kwargs.setdefault("generator", self.sample_generator)
@@ -240,7 +256,9 @@ class PPOTrainer:
     def _check_length(self, input_ids: Tensor):
         max_len = getattr(self.policy.transformer, "max_seq_len", None)
         if max_len and input_ids.shape[1] > max_len:
-            raise ValueError(f"query + response is {input_ids.shape[1]} tokens, more than the model's max_seq_len {max_len}")
+            raise ValueError(
+                f"query + response is {input_ids.shape[1]} tokens, more than the model's max_seq_len {max_len}"
+            )
 
     @torch.no_grad()
     def _rollout_forward(self, input_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -254,7 +272,9 @@ class PPOTrainer:
         return old_logprobs, values[:, :-1].float(), ref_logprobs
 
     @beartype
-    def step(self, queries: Sequence[Any], responses: Sequence[Any], scores: Sequence[Any] | Tensor) -> dict[str, float]:
+    def step(
+        self, queries: Sequence[Any], responses: Sequence[Any], scores: Sequence[Any] | Tensor
+    ) -> dict[str, float]:
         """One PPO step on these rollouts; returns stats named as TRL names them (floats).
 
         A NaN score marks an unscored rollout: it stays in the batch (so every process makes the same
@@ -262,7 +282,9 @@ class PPOTrainer:
         of any process is scored, nothing is trained.
         """
         cfg, t0 = self.config, time.perf_counter()
-        input_ids, action_mask = assemble_rollouts(queries, responses, pad_id=self.tokenizer.pad_id, eos_id=self.tokenizer.eos_id)
+        input_ids, action_mask = assemble_rollouts(
+            queries, responses, pad_id=self.tokenizer.pad_id, eos_id=self.tokenizer.eos_id
+        )
         self._check_length(input_ids)
         device = self.accelerator.device
         input_ids, action_mask = input_ids.to(device), action_mask.to(device)
@@ -282,8 +304,15 @@ class PPOTrainer:
         num_scored = int(self.accelerator.reduce(scored.sum(), reduction="sum"))
         train_stats = {}
         if num_scored > 0:
-            batch = dict(input_ids=input_ids, action_mask=action_mask, mask=train_mask, old_logprobs=old_logprobs,
-                         old_values=old_values, advantages=advantages, returns=returns)
+            batch = dict(
+                input_ids=input_ids,
+                action_mask=action_mask,
+                mask=train_mask,
+                old_logprobs=old_logprobs,
+                old_values=old_values,
+                advantages=advantages,
+                returns=returns,
+            )
             train_stats = self._optimize(batch)
         t_optimize = time.perf_counter()
 

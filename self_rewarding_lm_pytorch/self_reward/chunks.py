@@ -54,7 +54,7 @@ class Shard:
 
 def resume_chunks(path: Path, chunk_prompts: dict[ChunkKey, list[int]], texts: list) -> dict[ChunkKey, list[dict]]:
     """Complete chunks already in candidates.jsonl (the file is rewritten without a partial chunk)."""
-    from .data import read_jsonl, write_jsonl
+    from self_rewarding_lm_pytorch.core.files import read_jsonl, write_jsonl
 
     if not path.exists():
         return {}
@@ -95,7 +95,7 @@ def run_chunks(
     chunks than needed; those past the point where enough pairs exist are dropped, exactly where a
     single process would have stopped.
     """
-    from .data import JsonlAppender, atomic_write_text
+    from self_rewarding_lm_pytorch.core.files import JsonlAppender, atomic_write_text
 
     if cand_path is not None and not done:
         atomic_write_text(cand_path, "")  # a fresh run never appends to an old file

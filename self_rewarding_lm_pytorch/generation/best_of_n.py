@@ -19,9 +19,9 @@ from beartype import beartype
 from einops import rearrange
 from torch import Tensor
 
-from .tokenizer import to_id_list
+from self_rewarding_lm_pytorch.core.tokenizer import to_id_list
 
-__all__ = ["GenerationConfig", "LengthSampler", "BestOfNSampler", "sample_responses", "rank_candidates"]
+__all__ = ["BestOfNSampler", "GenerationConfig", "LengthSampler", "rank_candidates", "sample_responses"]
 
 
 @dataclass(frozen=True)
@@ -103,14 +103,25 @@ def sample_responses(
     cut at its own query's length, which has exactly the distribution of sampling it alone with that
     cap (a token never depends on the cap), while keeping every query in one batch.
     """
-    from .sampling import sample
+    from self_rewarding_lm_pytorch.core.sampling import sample
 
     eos = config.eos_id if config.eos_id is not None else getattr(tokenizer, "eos_id", None)
     max_new = max(lengths) if lengths is not None else config.max_new_tokens
     device = next(model.parameters()).device
-    out = sample(model, [p.to(device) for p in prompts], max_new_tokens=max_new, num_samples=num_samples,
-                 temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, min_p=config.min_p,
-                 eos_id=eos, pad_id=tokenizer.pad_id, generator=generator, batch_size=batch_size)
+    out = sample(
+        model,
+        [p.to(device) for p in prompts],
+        max_new_tokens=max_new,
+        num_samples=num_samples,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
+        min_p=config.min_p,
+        eos_id=eos,
+        pad_id=tokenizer.pad_id,
+        generator=generator,
+        batch_size=batch_size,
+    )
     ids, keep = out.response_ids.tolist(), out.response_mask.tolist()  # one host copy, not one per row
     texts = []
     for row, (row_ids, row_keep) in enumerate(zip(ids, keep)):
@@ -118,7 +129,7 @@ def sample_responses(
         if lengths is not None:
             toks = toks[: lengths[row // num_samples]]
         texts.append(tokenizer.decode([t for t in toks if t != eos]))
-    return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+    return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
 
 
 def rank_candidates(scores: Tensor, n_keep: int, higher_is_better: bool = True) -> tuple[Tensor, Tensor]:
@@ -180,7 +191,7 @@ class BestOfNSampler:
         return int(self.length_sampler())
 
     def _score(self, query_texts: list[str], responses: list[str]) -> Tensor:
-        from .reward_model import RewardModel
+        from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
 
         if isinstance(self.queries_to_scores, RewardModel):
             prompts = [""] * len(responses) if self.score_completion_only else query_texts
@@ -188,7 +199,9 @@ class BestOfNSampler:
         else:
             texts = responses if self.score_completion_only else [q + r for q, r in zip(query_texts, responses)]
             scores = self.queries_to_scores(texts)
-        scores = torch.as_tensor(scores if isinstance(scores, Tensor) else list(scores), dtype=torch.float).detach().cpu()
+        scores = (
+            torch.as_tensor(scores if isinstance(scores, Tensor) else list(scores), dtype=torch.float).detach().cpu()
+        )
         if scores.shape != (len(responses),):
             raise ValueError(f"queries_to_scores returned {tuple(scores.shape)} scores for {len(responses)} texts")
         return scores
@@ -201,9 +214,16 @@ class BestOfNSampler:
         """
         prompts = _as_query_list(queries, self.tokenizer)
         lengths = [self._draw_length() for _ in prompts] if self.length_sampler is not None else None
-        responses = sample_responses(self.model, self.tokenizer, prompts, num_samples=self.sample_size,
-                                     config=self.generation_config, generator=self.generator, lengths=lengths,
-                                     batch_size=self.batch_size)
+        responses = sample_responses(
+            self.model,
+            self.tokenizer,
+            prompts,
+            num_samples=self.sample_size,
+            config=self.generation_config,
+            generator=self.generator,
+            lengths=lengths,
+            batch_size=self.batch_size,
+        )
         query_texts = [self.tokenizer.decode(p) for p in prompts]
         flat_queries = [q for q in query_texts for _ in range(self.sample_size)]
         flat_responses = [r for per_query in responses for r in per_query]

@@ -14,7 +14,6 @@ import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
 
 import jinja2
 import jinja2.meta
@@ -23,7 +22,12 @@ from beartype import beartype
 from torch import Tensor
 
 __all__ = [
-    "RewardConfig", "RewardTemplateError", "DEFAULT_REWARD_CONFIG", "DEFAULT_JUDGE_PROMPT", "JudgeResult", "judge_scores",
+    "DEFAULT_JUDGE_PROMPT",
+    "DEFAULT_REWARD_CONFIG",
+    "JudgeResult",
+    "RewardConfig",
+    "RewardTemplateError",
+    "judge_scores",
 ]
 
 _TEMPLATE_VARIABLES = frozenset({"prompt", "response"})
@@ -55,8 +59,8 @@ class RewardConfig:
     prompt_template: str
     reward_regex_template: str
     auto_dedent: bool = True
-    score_range: Optional[tuple[float, float]] = None
-    parse_reward: Optional[Callable[[str], Optional[float]]] = None
+    score_range: tuple[float, float] | None = None
+    parse_reward: Callable[[str], float | None] | None = None
 
     def __post_init__(self):
         if not isinstance(self.prompt_template, str) or not isinstance(self.reward_regex_template, str):
@@ -118,9 +122,13 @@ class RewardConfig:
     def to_dict(self) -> dict:
         """JSON-friendly fields (a custom `parse_reward` is named, not serialised)."""
         fn = self.parse_reward
-        return {"prompt_template": self.prompt_template, "reward_regex_template": self.reward_regex_template,
-                "auto_dedent": self.auto_dedent, "score_range": list(self.score_range) if self.score_range else None,
-                "parse_reward": None if fn is None else getattr(fn, "__qualname__", repr(fn))}
+        return {
+            "prompt_template": self.prompt_template,
+            "reward_regex_template": self.reward_regex_template,
+            "auto_dedent": self.auto_dedent,
+            "score_range": list(self.score_range) if self.score_range else None,
+            "parse_reward": None if fn is None else getattr(fn, "__qualname__", repr(fn)),
+        }
 
     @property
     def pattern(self) -> re.Pattern:
@@ -172,7 +180,7 @@ class JudgeResult:
 
     scores: Tensor
     texts: list[list[str]]
-    parsed: list[list[Optional[float]]]
+    parsed: list[list[float | None]]
     num_failed: int  # judgments that did not parse
     num_skipped: int = 0  # pairs not judged because the judge prompt did not fit the model
 
@@ -203,7 +211,7 @@ def judge_scores(
     A judge prompt longer than `model.max_seq_len - max_new_tokens` is not judged (NaN, counted in
     `num_skipped`); callers that budget lengths up front (`generate_preferences`) never hit this.
     """
-    from .sampling import sample
+    from self_rewarding_lm_pytorch.core.sampling import sample
 
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
@@ -218,8 +226,14 @@ def judge_scores(
         out = sample(  # the sampler moves prompts to the model's device
             model,
             [torch.tensor(encoded[i], dtype=torch.long) for i in judged],
-            max_new_tokens=max_new_tokens, num_samples=num_judgments, temperature=temperature, top_p=top_p,
-            eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, generator=generator, batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            num_samples=num_judgments,
+            temperature=temperature,
+            top_p=top_p,
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
+            generator=generator,
+            batch_size=batch_size,
             use_cache=use_cache,
         )
         decoded = out.texts(tokenizer)
@@ -234,6 +248,6 @@ def judge_scores(
     )
 
 
-def _mean_or_nan(values: list[Optional[float]]) -> float:
+def _mean_or_nan(values: list[float | None]) -> float:
     valid = [v for v in values if v is not None]
     return sum(valid) / len(valid) if valid else math.nan

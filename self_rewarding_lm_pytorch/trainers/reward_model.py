@@ -25,10 +25,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from .data import ListDataset, atomic_write_bytes, collate_examples, encode_example, read_records
-from .tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.core.batching import ListDataset, collate_examples, encode_example
+from self_rewarding_lm_pytorch.core.files import atomic_write_bytes, read_records
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
 
-__all__ = ["RewardModel", "RewardModelTrainer", "RankingTask", "load_ranked_records", "pairwise_metrics"]
+__all__ = ["RankingTask", "RewardModel", "RewardModelTrainer", "load_ranked_records", "pairwise_metrics"]
 
 
 class RewardModel(nn.Module):
@@ -61,11 +62,15 @@ class RewardModel(nn.Module):
         if net is None:
             missing = [k for k, v in sizes.items() if v is None]
             if missing:
-                raise ValueError(f"RewardModel needs net= or all of num_tokens, max_seq_len, dim, depth, heads; missing {missing}")
+                raise ValueError(
+                    f"RewardModel needs net= or all of num_tokens, max_seq_len, dim, depth, heads; missing {missing}"
+                )
             from x_transformers import Decoder, Encoder, TransformerWrapper
 
             layers = (Encoder if encoder else Decoder)(dim=dim, depth=depth, heads=heads)
-            net = TransformerWrapper(num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=layers, return_only_embed=True)
+            net = TransformerWrapper(
+                num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=layers, return_only_embed=True
+            )
             self.config = dict(sizes, encoder=encoder)
         else:
             if any(v is not None for v in sizes.values()):
@@ -129,7 +134,7 @@ class RewardModel(nn.Module):
         self.eval()
         try:
             for start in range(0, len(rows), self.score_batch_size):
-                idx = by_length[start:start + self.score_batch_size]
+                idx = by_length[start : start + self.score_batch_size]
                 batch = collate_examples([rows[i] for i in idx], tok.pad_id)
                 lengths = torch.tensor([len(rows[i][0]) for i in idx], device=device)
                 out[torch.tensor(idx)] = self(batch["input_ids"].to(device), lengths).float().cpu()
@@ -150,21 +155,23 @@ class RewardModel(nn.Module):
         meta = {"reward_model_config": json.dumps(self.config)} if self.config else None
         return atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
-    def load(self, path: str | os.PathLike) -> "RewardModel":
+    def load(self, path: str | os.PathLike) -> RewardModel:
         """Loads weights saved by `save` into this model (strict: every key must match)."""
         device = next(self.parameters()).device
         self.load_state_dict({k: v.to(device) for k, v in st_load(Path(path).read_bytes()).items()})
         return self
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, tokenizer: Any = None) -> "RewardModel":
+    def from_pretrained(cls, path: str | os.PathLike, tokenizer: Any = None) -> RewardModel:
         """Rebuilds a size-built model saved by `save` (a custom `net=` model: build it, then `load`)."""
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if "reward_model_config" not in meta:
-            raise ValueError(f"{path} has no RewardModel sizes (saved from a net= model): build the model and call load()")
+            raise ValueError(
+                f"{path} has no RewardModel sizes (saved from a net= model): build the model and call load()"
+            )
         return cls(**json.loads(meta["reward_model_config"]), tokenizer=tokenizer).load(path)
 
 
@@ -200,7 +207,9 @@ def _check_record(rec, loc: str):
         raise ValueError(f"{loc}: prompt must be a string, got {type(rec['prompt']).__name__}")
     outs = rec["ranked_outputs"]
     if not isinstance(outs, list) or len(outs) < 2:
-        raise ValueError(f"{loc}: needs at least two ranked_outputs, got {len(outs) if isinstance(outs, list) else outs!r}")
+        raise ValueError(
+            f"{loc}: needs at least two ranked_outputs, got {len(outs) if isinstance(outs, list) else outs!r}"
+        )
     for j, o in enumerate(outs):
         if not isinstance(o, str) or not o.strip():
             raise ValueError(f"{loc}: ranked_outputs[{j}] is empty or not a string")
@@ -254,8 +263,12 @@ class RankingTask:
         slot = torch.tensor(slots)
         mask = torch.zeros(k * b, dtype=torch.bool)
         mask[slot] = True
-        return {"input_ids": batch["input_ids"], "lengths": torch.tensor([len(ids) for ids, _ in rows]),
-                "slot": slot, "mask": rearrange(mask, "(k b) -> b k", k=k)}
+        return {
+            "input_ids": batch["input_ids"],
+            "lengths": torch.tensor([len(ids) for ids, _ in rows]),
+            "slot": slot,
+            "mask": rearrange(mask, "(k b) -> b k", k=k),
+        }
 
     def _pick_ranks(self, rec: dict) -> tuple[str, list[str]]:
         outs = rec["ranked_outputs"]
@@ -271,7 +284,7 @@ class RankingTask:
         return rearrange(grid, "(k b) -> b k", b=mask.shape[0]), mask.to(flat.device)
 
     def step(self, model, batch) -> tuple[Tensor, dict[str, Tensor]]:
-        from .losses import ranking_loss
+        from self_rewarding_lm_pytorch.core.losses import ranking_loss
 
         rewards, mask = self._rewards(model, batch)
         loss = ranking_loss(rewards, mask).mean()
@@ -309,7 +322,7 @@ class RewardModelTrainer:
         resume: bool = False,
         **train_config,
     ):
-        from .loop import TrainConfig
+        from self_rewarding_lm_pytorch.training.loop import TrainConfig
 
         if train_data is None:
             raise ValueError("RewardModelTrainer needs train_data")
@@ -329,15 +342,25 @@ class RewardModelTrainer:
         for name, records in (("train_data", self.train_records), ("valid_data", self.valid_records or [])):
             for i, rec in enumerate(records):  # raised now, not mid-training from collate
                 if len(self.tokenizer.encode(rec["prompt"])) >= self.task.max_seq_len:
-                    raise ValueError(f"{name} record {i}: its prompt leaves no room for an output within max_seq_len={self.task.max_seq_len}")
+                    raise ValueError(
+                        f"{name} record {i}: its prompt leaves no room for an output within max_seq_len={self.task.max_seq_len}"
+                    )
         self.accelerator, self.accelerate_kwargs = accelerator, accelerate_kwargs
         self.checkpoint_folder, self.resume = checkpoint_folder, resume
 
     def __call__(self):
-        from .loop import make_accelerator, train
+        from self_rewarding_lm_pytorch.training.loop import make_accelerator, train
 
         accelerator = self.accelerator or make_accelerator(self.accelerate_kwargs)
         valid = ListDataset(self.valid_records) if self.valid_records is not None else None
-        return train(self.reward_model, self.task, ListDataset(self.train_records), self.config,
-                     accelerator=accelerator, run_dir=self.checkpoint_folder, valid_dataset=valid,
-                     resume=self.resume, desc="reward model")
+        return train(
+            self.reward_model,
+            self.task,
+            ListDataset(self.train_records),
+            self.config,
+            accelerator=accelerator,
+            run_dir=self.checkpoint_folder,
+            valid_dataset=valid,
+            resume=self.resume,
+            desc="reward model",
+        )

@@ -19,15 +19,15 @@ from einops import rearrange
 from torch import Tensor, nn
 from x_transformers import TransformerWrapper
 
-from .tokenizer import to_id_list
+from self_rewarding_lm_pytorch.core.tokenizer import to_id_list
 
 __all__ = [
-    "ValueHeadModel",
     "POLICY_FILE",
     "VALUE_HEAD_FILE",
+    "RunningMoments",
+    "ValueHeadModel",
     "assemble_rollouts",
     "per_token_rewards",
-    "RunningMoments",
     "token_entropy",
 ]
 
@@ -64,7 +64,7 @@ class ValueHeadModel(nn.Module):
     @beartype
     def save(self, folder: str | os.PathLike) -> Path:
         """Write `folder/model.safetensors` (the plain policy) and `folder/value_head.safetensors`."""
-        from .checkpoint import save_model
+        from self_rewarding_lm_pytorch.training.checkpoint import save_model
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -73,9 +73,9 @@ class ValueHeadModel(nn.Module):
         return folder
 
     @beartype
-    def load(self, folder: str | os.PathLike, *, value_head: bool = True) -> "ValueHeadModel":
+    def load(self, folder: str | os.PathLike, *, value_head: bool = True) -> ValueHeadModel:
         """Load weights saved by `save`; `value_head=False` loads only the policy (fresh head kept)."""
-        from .checkpoint import load_model
+        from self_rewarding_lm_pytorch.training.checkpoint import load_model
 
         folder = Path(folder)
         load_model(self.transformer, folder / POLICY_FILE)
@@ -140,7 +140,9 @@ def per_token_rewards(kl: Tensor, scores: Tensor, action_mask: Tensor, kl_coef: 
     Masked-out columns are exactly 0. Every row needs at least one action token.
     """
     if kl.shape != action_mask.shape or scores.shape != kl.shape[:1]:
-        raise ValueError(f"kl {tuple(kl.shape)}, action_mask {tuple(action_mask.shape)}, scores {tuple(scores.shape)} do not fit (b, n-1), (b,)")
+        raise ValueError(
+            f"kl {tuple(kl.shape)}, action_mask {tuple(action_mask.shape)}, scores {tuple(scores.shape)} do not fit (b, n-1), (b,)"
+        )
     has_action = action_mask.any(dim=-1)
     if not bool(has_action.all()):
         raise ValueError(f"rows {torch.nonzero(~has_action).flatten().tolist()} have no action token to score")

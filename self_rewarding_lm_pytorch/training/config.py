@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .schedule import LR_SCHEDULES
+from self_rewarding_lm_pytorch.training.schedule import LR_SCHEDULES
 
 __all__ = ["TrainConfig"]
 
@@ -45,7 +45,9 @@ class TrainConfig:
             check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be an int >= 1")
         for name in ("num_train_steps", "valid_every", "checkpoint_every", "early_stopping_patience"):
             value = getattr(self, name)
-            check(value is None or (_is_int(value) and value >= 1), f"{name} must be None or an int >= 1, got {value!r}")
+            check(
+                value is None or (_is_int(value) and value >= 1), f"{name} must be None or an int >= 1, got {value!r}"
+            )
         check(self.num_train_steps is None or self.num_epochs is None, "give num_train_steps or num_epochs, not both")
         check(self.num_epochs is None or self.num_epochs > 0, f"num_epochs must be > 0, got {self.num_epochs}")
         check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps must be an int >= 0")
@@ -54,8 +56,10 @@ class TrainConfig:
         check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         check(self.early_stopping_mode in ("min", "max"), "early_stopping_mode must be 'min' or 'max'")
         check(_is_int(self.seed) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}")
-        check(self.early_stopping_patience is None or self.valid_every is not None,
-              "early_stopping_patience needs valid_every (how often to validate)")
+        check(
+            self.early_stopping_patience is None or self.valid_every is not None,
+            "early_stopping_patience needs valid_every (how often to validate)",
+        )
 
     def total_steps(self, num_items: int) -> int:
         """Optimizer steps for a dataset of `num_items`: num_train_steps, or epochs rounded up."""

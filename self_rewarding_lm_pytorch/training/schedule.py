@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["LR_SCHEDULES", "lr_multiplier", "epoch_permutation", "DataStream"]
+__all__ = ["LR_SCHEDULES", "DataStream", "epoch_permutation", "lr_multiplier"]
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 

@@ -22,15 +22,10 @@ from einops import rearrange
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .best_of_n import GenerationConfig, rank_candidates, sample_responses
-from .data import (
-    JsonlAppender,
-    collate_examples,
-    encode_example,
-    read_jsonl,
-    write_jsonl,
-)
-from .tokenizer import as_tokenizer
+from self_rewarding_lm_pytorch.core.batching import collate_examples, encode_example
+from self_rewarding_lm_pytorch.core.files import JsonlAppender, read_jsonl, write_jsonl
+from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer
+from self_rewarding_lm_pytorch.generation.best_of_n import GenerationConfig, rank_candidates, sample_responses
 
 __all__ = ["PerplexityScorer", "generate_synthetic_dataset"]
 
@@ -62,7 +57,7 @@ class PerplexityScorer:
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> Tensor:
-        from .logprobs import model_sequence_logprobs
+        from self_rewarding_lm_pytorch.core.logprobs import model_sequence_logprobs
 
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -71,9 +66,14 @@ class PerplexityScorer:
         try:
             out = []
             for s in range(0, len(prompts), self.batch_size):
-                rows = [self._example(p, r) for p, r in zip(prompts[s:s + self.batch_size], responses[s:s + self.batch_size])]
+                rows = [
+                    self._example(p, r)
+                    for p, r in zip(prompts[s : s + self.batch_size], responses[s : s + self.batch_size])
+                ]
                 batch = collate_examples(rows, self.tokenizer.pad_id)
-                mean_lp = model_sequence_logprobs(self.lm, batch["input_ids"].to(device), batch["is_response"].to(device), reduction="mean")
+                mean_lp = model_sequence_logprobs(
+                    self.lm, batch["input_ids"].to(device), batch["is_response"].to(device), reduction="mean"
+                )
                 out.append(torch.exp(-mean_lp).float().cpu())
         finally:
             self.lm.train(was_training)
@@ -82,12 +82,14 @@ class PerplexityScorer:
 
 def _scorer_fn(scorer) -> tuple[Callable, bool]:
     """(a `(prompts, responses) -> (b,)` function, higher_is_better) for a RewardModel or any callable."""
-    from .reward_model import RewardModel
+    from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
 
     if isinstance(scorer, RewardModel):
         return scorer.score, True
     if not callable(scorer):
-        raise TypeError(f"scorer must be a RewardModel, a PerplexityScorer or a callable (prompts, responses) -> scores, got {type(scorer).__name__}")
+        raise TypeError(
+            f"scorer must be a RewardModel, a PerplexityScorer or a callable (prompts, responses) -> scores, got {type(scorer).__name__}"
+        )
     return scorer, bool(getattr(scorer, "higher_is_better", True))
 
 
@@ -104,8 +106,10 @@ def _completed_prompts(path: Path, prompts: list[str]) -> set[int]:
     for rec in records:
         i = rec.get("prompt_index")
         if not isinstance(i, int) or not 0 <= i < len(prompts) or rec.get("prompt") != prompts[i]:
-            raise ValueError(f"{path} holds a record for prompt_index {i!r} that is not in these prompts: "
-                             "resume only with the same prompt list, or write to a new file")
+            raise ValueError(
+                f"{path} holds a record for prompt_index {i!r} that is not in these prompts: "
+                "resume only with the same prompt list, or write to a new file"
+            )
         by_prompt.setdefault(i, []).append(rec)
     done = {i for i, recs in by_prompt.items() if len(recs) == recs[0]["num_kept"]}
     if len(done) < len(by_prompt):  # a crash between two records of one prompt: redo that prompt whole
@@ -162,8 +166,9 @@ def generate_synthetic_dataset(
             # the whole chunk is resampled with its own seed even if partly done, so the records
             # written now equal those an uninterrupted run writes
             generator = torch.Generator().manual_seed(seed * 1_000_003 + start // prompts_per_batch)
-            responses = sample_responses(model, tok, [encoded[i] for i in chunk], num_samples=n,
-                                         config=config, generator=generator)
+            responses = sample_responses(
+                model, tok, [encoded[i] for i in chunk], num_samples=n, config=config, generator=generator
+            )
             scores, order = _score_chunk(score_fn, higher_is_better, [prompts[i] for i in chunk], responses)
             for row, i in enumerate(chunk):
                 if i not in done:
@@ -193,7 +198,16 @@ def _write_prompt(appender, stats, index, prompt, responses, scores, order, keep
         return
     discarded = [_finite_or_none(scores[j]) for j in order if j not in kept]
     for rank, j in enumerate(kept):
-        appender.write({"prompt": prompt, "response": responses[j], "score": _finite_or_none(scores[j]), "rank": rank,
-                        "prompt_index": index, "num_kept": len(kept), "discarded_scores": discarded})
+        appender.write(
+            {
+                "prompt": prompt,
+                "response": responses[j],
+                "score": _finite_or_none(scores[j]),
+                "rank": rank,
+                "prompt_index": index,
+                "num_kept": len(kept),
+                "discarded_scores": discarded,
+            }
+        )
     stats["prompts_written"] += 1
     stats["records_written"] += len(kept)

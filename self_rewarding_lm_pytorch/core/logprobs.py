@@ -15,7 +15,7 @@ from beartype import beartype
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["token_logprobs", "sequence_logprobs", "model_sequence_logprobs"]
+__all__ = ["model_sequence_logprobs", "sequence_logprobs", "token_logprobs"]
 
 _REDUCTIONS = ("sum", "mean")
 
@@ -76,11 +76,15 @@ def sequence_logprobs(logits: Tensor, input_ids: Tensor, is_response: Tensor, re
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if is_response.shape != input_ids.shape:
-        raise ValueError(f"is_response {tuple(is_response.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"is_response {tuple(is_response.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
+        )
     if is_response.dtype != torch.bool:
         raise TypeError(f"is_response must be a bool tensor, got {is_response.dtype}")
     if input_ids.shape[1] > 0 and bool(is_response[:, 0].any()):
-        raise ValueError("is_response[:, 0] is True: the first token has no logit predicting it (a prompt needs >= 1 token)")
+        raise ValueError(
+            "is_response[:, 0] is True: the first token has no logit predicting it (a prompt needs >= 1 token)"
+        )
     per_token = token_logprobs(logits, input_ids)
     mask = is_response[:, 1:]
     # where (not multiply) so a -inf log-prob at a masked position cannot turn into NaN

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["Tokenizer", "ByteTokenizer", "CallableTokenizer", "as_tokenizer", "to_id_list"]
+__all__ = ["ByteTokenizer", "CallableTokenizer", "Tokenizer", "as_tokenizer", "to_id_list"]
 
 
 @runtime_checkable

@@ -6,7 +6,7 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor
 
-__all__ = ["as_metric", "MetricWindow"]
+__all__ = ["MetricWindow", "as_metric"]
 
 
 def as_metric(name: str, value, device) -> Tensor:

@@ -29,13 +29,13 @@ from beartype import beartype
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
-from .data import JsonlAppender
-from .metrics import MetricWindow, as_metric
-from .schedule import DataStream, epoch_permutation, lr_multiplier
-from .train_config import TrainConfig
+from self_rewarding_lm_pytorch.core.files import JsonlAppender
+from self_rewarding_lm_pytorch.training import checkpoint as ckpt
+from self_rewarding_lm_pytorch.training.config import TrainConfig
+from self_rewarding_lm_pytorch.training.metrics import MetricWindow, as_metric
+from self_rewarding_lm_pytorch.training.schedule import DataStream, epoch_permutation, lr_multiplier
 
-__all__ = ["TrainConfig", "TrainResult", "train", "make_accelerator", "lr_multiplier", "epoch_permutation"]
+__all__ = ["TrainConfig", "TrainResult", "epoch_permutation", "lr_multiplier", "make_accelerator", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,9 @@ def make_accelerator(accelerate_kwargs: dict | None = None) -> Accelerator:
     """
     kwargs = dict(accelerate_kwargs or {})
     if kwargs.get("gradient_accumulation_steps", 1) != 1:
-        raise ValueError("set grad_accum_steps in the training config, not gradient_accumulation_steps in accelerate_kwargs")
+        raise ValueError(
+            "set grad_accum_steps in the training config, not gradient_accumulation_steps in accelerate_kwargs"
+        )
     key = repr(sorted(kwargs.items()))
     if key not in _ACCELERATORS:
         try:
@@ -80,7 +82,9 @@ def make_accelerator(accelerate_kwargs: dict | None = None) -> Accelerator:
 def _check_task(task):
     for name in ("collate", "step"):
         if not callable(getattr(task, name, None)):
-            raise TypeError(f"the task {type(task).__name__} has no callable .{name}(); see the task protocol in loop.py")
+            raise TypeError(
+                f"the task {type(task).__name__} has no callable .{name}(); see the task protocol in loop.py"
+            )
 
 
 def _build_optimizer(model: nn.Module, config: TrainConfig):
@@ -117,10 +121,23 @@ def train(
     `resume=True` continues from the latest checkpoint in `run_dir` (none: a fresh start).
     """
     if run_dir is None and (resume or config.checkpoint_every is not None):
-        log.warning("%s: no run_dir, so resume=%s and checkpoint_every=%s have nothing to act on",
-                    desc, resume, config.checkpoint_every)
-    run = _Run(model, task, train_dataset, config, accelerator or make_accelerator(), run_dir,
-               valid_dataset, saved_config, desc)
+        log.warning(
+            "%s: no run_dir, so resume=%s and checkpoint_every=%s have nothing to act on",
+            desc,
+            resume,
+            config.checkpoint_every,
+        )
+    run = _Run(
+        model,
+        task,
+        train_dataset,
+        config,
+        accelerator or make_accelerator(),
+        run_dir,
+        valid_dataset,
+        saved_config,
+        desc,
+    )
     return run.execute(resume)
 
 
@@ -133,8 +150,10 @@ class _Run:
         if len(train_dataset) == 0:
             raise ValueError("train_dataset is empty")
         if config.batch_size % self.nproc:
-            raise ValueError(f"batch_size={config.batch_size} is the global batch per micro-step and must be "
-                             f"divisible by the number of processes ({self.nproc})")
+            raise ValueError(
+                f"batch_size={config.batch_size} is the global batch per micro-step and must be "
+                f"divisible by the number of processes ({self.nproc})"
+            )
         if valid_dataset is not None and len(valid_dataset) < self.nproc:
             raise ValueError(f"valid_dataset has {len(valid_dataset)} items, fewer than the {self.nproc} processes")
         if accelerator.gradient_accumulation_steps != 1:
@@ -154,8 +173,10 @@ class _Run:
         optimizer, self.params = _build_optimizer(self.core, self.config)
         self.model, self.optimizer = self.acc.prepare(self.core, optimizer)
         cfg, total = self.config, self.total_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
-            s, warmup_steps=cfg.warmup_steps, total_steps=total, schedule=cfg.lr_schedule))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: lr_multiplier(s, warmup_steps=cfg.warmup_steps, total_steps=total, schedule=cfg.lr_schedule),
+        )
         try:
             if not (resume and self.run_dir is not None and self._resume()):
                 self._fresh_start()
@@ -171,8 +192,14 @@ class _Run:
     # --- setup and teardown ---
 
     def _config_record(self) -> dict:
-        return {"train": asdict(self.config), "num_processes": self.nproc, "dataset_size": len(self.train_dataset),
-                "total_steps": self.total_steps, "desc": self.desc, "saved_config": self.saved_config}
+        return {
+            "train": asdict(self.config),
+            "num_processes": self.nproc,
+            "dataset_size": len(self.train_dataset),
+            "total_steps": self.total_steps,
+            "desc": self.desc,
+            "saved_config": self.saved_config,
+        }
 
     def _fresh_start(self):
         ckpt.seed_everything(self.config.seed + self.rank)  # each process draws its own dropout masks
@@ -186,8 +213,9 @@ class _Run:
         path = ckpt.latest_checkpoint(self.run_dir)
         if path is None:
             return False
-        self.s, rngs = ckpt.load_run_checkpoint(path, model=self.core, optimizer=self.optimizer,
-                                                scheduler=self.scheduler, config_now=self._config_record())
+        self.s, rngs = ckpt.load_run_checkpoint(
+            path, model=self.core, optimizer=self.optimizer, scheduler=self.scheduler, config_now=self._config_record()
+        )
         ckpt.set_rng_state(rngs[self.rank])
         self.last_saved = self.s.step
         if self.is_main:
@@ -204,9 +232,16 @@ class _Run:
 
                     self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
                 except ImportError:
-                    log.warning("tensorboard=True but torch.utils.tensorboard does not import; logging to metrics.jsonl only")
-        self.bar = tqdm(total=self.total_steps, initial=self.s.step, desc=self.desc, dynamic_ncols=True,
-                        disable=not (self.config.progress and self.is_main))
+                    log.warning(
+                        "tensorboard=True but torch.utils.tensorboard does not import; logging to metrics.jsonl only"
+                    )
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.s.step,
+            desc=self.desc,
+            dynamic_ncols=True,
+            disable=not (self.config.progress and self.is_main),
+        )
 
     def _close(self):
         for resource in (self.appender, self.tb, self.bar):
@@ -243,7 +278,7 @@ class _Run:
     def _micro_batch(self, micro: int):
         size, share = self.config.batch_size, self.config.batch_size // self.nproc
         start = (self.s.step * self.config.grad_accum_steps + micro) * size
-        mine = self.stream.take(start, size)[self.rank * share:(self.rank + 1) * share]
+        mine = self.stream.take(start, size)[self.rank * share : (self.rank + 1) * share]
         return send_to_device(self.task.collate([self.train_dataset[i] for i in mine]), self.acc.device)
 
     def _train_step(self):
@@ -356,9 +391,17 @@ class _Run:
         # Every process's RNG goes into the one checkpoint the main process writes.
         rngs = gather_object([rng]) if self.nproc > 1 else [rng]
         if self.is_main:
-            ckpt.save_run_checkpoint(self.run_dir, self.s, model=self.core, optimizer=self.optimizer,
-                                     scheduler=self.scheduler, rng_states=rngs, config=self._config_record(),
-                                     items_per_step=self.items_per_step, dataset_size=len(self.train_dataset))
+            ckpt.save_run_checkpoint(
+                self.run_dir,
+                self.s,
+                model=self.core,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                rng_states=rngs,
+                config=self._config_record(),
+                items_per_step=self.items_per_step,
+                dataset_size=len(self.train_dataset),
+            )
         self.last_saved = self.s.step
         self.acc.wait_for_everyone()
 

@@ -29,15 +29,29 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..data import ListDataset, atomic_write_bytes, collate_examples, encode_example
-from ..logprobs import sequence_logprobs
-from ..loop import TrainConfig, TrainResult, make_accelerator, train
-from ..losses import DPO_LOSS_TYPES, dpo_loss, sft_loss
-from ..tokenizer import ByteTokenizer, CallableTokenizer, as_tokenizer
+from self_rewarding_lm_pytorch.core.batching import ListDataset, collate_examples, encode_example
+from self_rewarding_lm_pytorch.core.files import atomic_write_bytes
+from self_rewarding_lm_pytorch.core.logprobs import sequence_logprobs
+from self_rewarding_lm_pytorch.core.losses import DPO_LOSS_TYPES, dpo_loss, sft_loss
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, CallableTokenizer, as_tokenizer
+from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, make_accelerator, train
 
-__all__ = ["DPO_LOSS_TYPES", "PreferenceRecordError", "normalize_preference", "encode_pairs", "collate_pairs",
-           "pair_logprobs", "compute_ref_logprobs", "load_or_compute_ref_logprobs", "PairTask", "DPOTask",
-           "train_pairs", "train_dpo", "DPOTrainer", "default_tokenizer"]
+__all__ = [
+    "DPO_LOSS_TYPES",
+    "DPOTask",
+    "DPOTrainer",
+    "PairTask",
+    "PreferenceRecordError",
+    "collate_pairs",
+    "compute_ref_logprobs",
+    "default_tokenizer",
+    "encode_pairs",
+    "load_or_compute_ref_logprobs",
+    "normalize_preference",
+    "pair_logprobs",
+    "train_dpo",
+    "train_pairs",
+]
 
 REF_LOGPROBS_FILE = "ref_logprobs.safetensors"
 
@@ -86,7 +100,9 @@ def normalize_preference(record: Any, index: int) -> tuple:
         )
     for name, value in zip(("prompt", "chosen", "rejected"), fields):
         if not isinstance(value, (str, list, tuple, Tensor)):
-            raise PreferenceRecordError(f"preference record {index}: {name} must be a str or token ids, got {type(value).__name__}")
+            raise PreferenceRecordError(
+                f"preference record {index}: {name} must be a str or token ids, got {type(value).__name__}"
+            )
         if name != "prompt" and _is_empty(value):
             raise PreferenceRecordError(f"preference record {index}: {name} response is empty")
     return fields
@@ -97,8 +113,9 @@ def _show(record, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def encode_pairs(records: Sequence | Dataset, tokenizer, *, max_seq_len: int | None = None,
-                 num_tokens: int | None = None) -> list[dict]:
+def encode_pairs(
+    records: Sequence | Dataset, tokenizer, *, max_seq_len: int | None = None, num_tokens: int | None = None
+) -> list[dict]:
     """Each record as {"chosen": (ids, prompt_len), "rejected": (ids, prompt_len)}, checked early.
 
     `num_tokens` (the model's vocabulary) turns an out-of-range id into an error naming the record
@@ -121,11 +138,15 @@ def encode_pairs(records: Sequence | Dataset, tokenizer, *, max_seq_len: int | N
             if len(ids) == prompt_len:
                 raise PreferenceRecordError(f"preference record {index}: the {side} response encodes to no tokens")
             if num_tokens is not None and not 0 <= min(ids) <= max(ids) < num_tokens:
-                raise PreferenceRecordError(f"preference record {index}: {side} has token ids outside the model's "
-                                            f"vocabulary [0, {num_tokens}) (min {min(ids)}, max {max(ids)})")
+                raise PreferenceRecordError(
+                    f"preference record {index}: {side} has token ids outside the model's "
+                    f"vocabulary [0, {num_tokens}) (min {min(ids)}, max {max(ids)})"
+                )
         if pairs[-1]["chosen"][1] == 0:
-            raise PreferenceRecordError(f"preference record {index}: the prompt is empty (the first response token "
-                                        "would have nothing predicting it; start prompts with a BOS token)")
+            raise PreferenceRecordError(
+                f"preference record {index}: the prompt is empty (the first response token "
+                "would have nothing predicting it; start prompts with a BOS token)"
+            )
     if not pairs:
         raise PreferenceRecordError("no preference records to train on")
     return pairs
@@ -178,14 +199,29 @@ def _pairs_digest(pairs: Sequence[dict]) -> str:
     """A hash of the encoded pairs, so stored reference log-probs are only reused for the same data."""
     h = hashlib.sha256()
     for p in pairs:
-        h.update(json.dumps([list(map(int, p["chosen"][0])), int(p["chosen"][1]),
-                             list(map(int, p["rejected"][0])), int(p["rejected"][1])]).encode())
+        h.update(
+            json.dumps(
+                [
+                    list(map(int, p["chosen"][0])),
+                    int(p["chosen"][1]),
+                    list(map(int, p["rejected"][0])),
+                    int(p["rejected"][1]),
+                ]
+            ).encode()
+        )
     return h.hexdigest()
 
 
 def load_or_compute_ref_logprobs(
-    ref_model: nn.Module, splits: dict[str, list[dict]], *, run_dir: Path | None, resume: bool,
-    pad_id: int, batch_size: int, progress: bool, accelerator=None,
+    ref_model: nn.Module,
+    splits: dict[str, list[dict]],
+    *,
+    run_dir: Path | None,
+    resume: bool,
+    pad_id: int,
+    batch_size: int,
+    progress: bool,
+    accelerator=None,
 ) -> dict[str, Tensor]:
     """Reference log-probs per split, reused from `run_dir` on resume (the policy has moved since).
 
@@ -230,9 +266,16 @@ class PairTask:
 
     key_metric = "rewards/accuracies"
 
-    def __init__(self, pair_loss: Callable, *, pad_id: int, ref_model: nn.Module | None = None,
-                 sft_weight: float = 0.0, names: tuple[str, str] = ("chosen", "rejected"),
-                 autocast: Callable = nullcontext):
+    def __init__(
+        self,
+        pair_loss: Callable,
+        *,
+        pad_id: int,
+        ref_model: nn.Module | None = None,
+        sft_weight: float = 0.0,
+        names: tuple[str, str] = ("chosen", "rejected"),
+        autocast: Callable = nullcontext,
+    ):
         self.pair_loss, self.pad_id, self.ref_model = pair_loss, pad_id, ref_model
         self.sft_weight, self.names = sft_weight, names
         # The prepared policy runs under the accelerator's mixed precision; the unprepared reference
@@ -276,8 +319,17 @@ class PairTask:
 class DPOTask(PairTask):
     """The DPO task (Rafailov et al. 2023): a `PairTask` with `losses.dpo_loss`."""
 
-    def __init__(self, *, pad_id: int, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-                 sft_weight: float = 0.0, ref_model: nn.Module | None = None, autocast: Callable = nullcontext):
+    def __init__(
+        self,
+        *,
+        pad_id: int,
+        beta: float = 0.1,
+        loss_type: str = "sigmoid",
+        label_smoothing: float = 0.0,
+        sft_weight: float = 0.0,
+        ref_model: nn.Module | None = None,
+        autocast: Callable = nullcontext,
+    ):
         _check_dpo_args(beta, loss_type, label_smoothing, sft_weight)
         pair_loss = partial(dpo_loss, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
         super().__init__(pair_loss, pad_id=pad_id, ref_model=ref_model, sft_weight=sft_weight, autocast=autocast)
@@ -292,9 +344,20 @@ def _check_dpo_args(beta, loss_type, label_smoothing, sft_weight):
 
 
 def train_pairs(
-    model: nn.Module, pairs: list[dict], make_task: Callable[..., PairTask], *, pad_id: int, accelerator,
-    run_dir, config, ref_model: nn.Module | None = None, precompute_ref_logprobs: bool = True,
-    resume: bool = False, valid_pairs: list[dict] | None = None, desc: str = "dpo", saved_config: dict | None = None,
+    model: nn.Module,
+    pairs: list[dict],
+    make_task: Callable[..., PairTask],
+    *,
+    pad_id: int,
+    accelerator,
+    run_dir,
+    config,
+    ref_model: nn.Module | None = None,
+    precompute_ref_logprobs: bool = True,
+    resume: bool = False,
+    valid_pairs: list[dict] | None = None,
+    desc: str = "dpo",
+    saved_config: dict | None = None,
 ) -> TrainResult:
     """Train `model` in place on encoded pairs; the reference is `ref_model` or the policy as it is now.
 
@@ -306,8 +369,13 @@ def train_pairs(
     if precompute_ref_logprobs:
         ref = ref_model if ref_model is not None else model
         ref_logps = load_or_compute_ref_logprobs(
-            ref.to(accelerator.device), splits, run_dir=run_dir, resume=resume, pad_id=pad_id,
-            batch_size=2 * config.batch_size, progress=config.progress and accelerator.is_main_process,
+            ref.to(accelerator.device),
+            splits,
+            run_dir=run_dir,
+            resume=resume,
+            pad_id=pad_id,
+            batch_size=2 * config.batch_size,
+            progress=config.progress and accelerator.is_main_process,
             accelerator=accelerator,
         )
         splits = {k: [p | {"ref": tuple(r.tolist())} for p, r in zip(v, ref_logps[k])] for k, v in splits.items()}
@@ -318,16 +386,38 @@ def train_pairs(
         frozen.eval().requires_grad_(False)
         task = make_task(ref_model=frozen.to(accelerator.device), autocast=accelerator.autocast)
     valid = ListDataset(splits["valid"]) if "valid" in splits else None
-    return train(model, task, ListDataset(splits["train"]), config, accelerator=accelerator,
-                 run_dir=run_dir, valid_dataset=valid, resume=resume, desc=desc, saved_config=saved_config)
+    return train(
+        model,
+        task,
+        ListDataset(splits["train"]),
+        config,
+        accelerator=accelerator,
+        run_dir=run_dir,
+        valid_dataset=valid,
+        resume=resume,
+        desc=desc,
+        saved_config=saved_config,
+    )
 
 
 @beartype
 def train_dpo(
-    model: nn.Module, records: Sequence | Dataset, *, tokenizer, accelerator, run_dir: str | Path | None, config: TrainConfig,
-    beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0, sft_weight: float = 0.0,
-    ref_model: nn.Module | None = None, precompute_ref_logprobs: bool = True, resume: bool = False,
-    max_seq_len: int | None = None, valid_records: Sequence | Dataset | None = None,
+    model: nn.Module,
+    records: Sequence | Dataset,
+    *,
+    tokenizer,
+    accelerator,
+    run_dir: str | Path | None,
+    config: TrainConfig,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    sft_weight: float = 0.0,
+    ref_model: nn.Module | None = None,
+    precompute_ref_logprobs: bool = True,
+    resume: bool = False,
+    max_seq_len: int | None = None,
+    valid_records: Sequence | Dataset | None = None,
 ) -> TrainResult:
     """DPO on preference records for the pipeline; the reference is the policy as it is on entry.
 
@@ -338,20 +428,44 @@ def train_dpo(
     encode = partial(encode_pairs, tokenizer=tokenizer, **_limits(model, max_seq_len))
     pairs = encode(records)
     valid_pairs = encode(valid_records) if valid_records else None
-    make_task = partial(DPOTask, pad_id=tokenizer.pad_id, beta=beta, loss_type=loss_type,
-                        label_smoothing=label_smoothing, sft_weight=sft_weight)
-    return train_pairs(model, pairs, make_task, pad_id=tokenizer.pad_id, accelerator=accelerator,
-                       run_dir=None if run_dir is None else Path(run_dir), config=config, ref_model=ref_model,
-                       precompute_ref_logprobs=precompute_ref_logprobs, resume=resume,
-                       valid_pairs=valid_pairs, desc="dpo", saved_config=_dpo_record(
-                           beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, sft_weight=sft_weight,
-                           precompute_ref_logprobs=precompute_ref_logprobs, max_seq_len=max_seq_len))
+    make_task = partial(
+        DPOTask,
+        pad_id=tokenizer.pad_id,
+        beta=beta,
+        loss_type=loss_type,
+        label_smoothing=label_smoothing,
+        sft_weight=sft_weight,
+    )
+    return train_pairs(
+        model,
+        pairs,
+        make_task,
+        pad_id=tokenizer.pad_id,
+        accelerator=accelerator,
+        run_dir=None if run_dir is None else Path(run_dir),
+        config=config,
+        ref_model=ref_model,
+        precompute_ref_logprobs=precompute_ref_logprobs,
+        resume=resume,
+        valid_pairs=valid_pairs,
+        desc="dpo",
+        saved_config=_dpo_record(
+            beta=beta,
+            loss_type=loss_type,
+            label_smoothing=label_smoothing,
+            sft_weight=sft_weight,
+            precompute_ref_logprobs=precompute_ref_logprobs,
+            max_seq_len=max_seq_len,
+        ),
+    )
 
 
 def _limits(model: nn.Module, max_seq_len: int | None) -> dict:
     """Length and vocabulary limits of the model; sequences default to its max_seq_len (absolute positions)."""
-    return {"max_seq_len": max_seq_len if max_seq_len is not None else getattr(model, "max_seq_len", None),
-            "num_tokens": getattr(model, "num_tokens", None)}
+    return {
+        "max_seq_len": max_seq_len if max_seq_len is not None else getattr(model, "max_seq_len", None),
+        "num_tokens": getattr(model, "num_tokens", None),
+    }
 
 
 def _dpo_record(**settings) -> dict:
@@ -368,11 +482,24 @@ class DPOTrainer:
 
     @beartype
     def __init__(
-        self, model: nn.Module, train_data: Sequence | Dataset, *, tokenizer=None, ref_model: nn.Module | None = None,
-        precompute_ref_logprobs: bool = True, beta: float = 0.1, loss_type: str = "sigmoid",
-        label_smoothing: float = 0.0, sft_weight: float = 0.0, max_seq_len: int | None = None,
-        valid_data: Sequence | Dataset | None = None, accelerator=None, accelerate_kwargs: dict | None = None,
-        checkpoint_folder: str | Path | None = None, resume: bool = False, **train_config,
+        self,
+        model: nn.Module,
+        train_data: Sequence | Dataset,
+        *,
+        tokenizer=None,
+        ref_model: nn.Module | None = None,
+        precompute_ref_logprobs: bool = True,
+        beta: float = 0.1,
+        loss_type: str = "sigmoid",
+        label_smoothing: float = 0.0,
+        sft_weight: float = 0.0,
+        max_seq_len: int | None = None,
+        valid_data: Sequence | Dataset | None = None,
+        accelerator=None,
+        accelerate_kwargs: dict | None = None,
+        checkpoint_folder: str | Path | None = None,
+        resume: bool = False,
+        **train_config,
     ):
         _check_dpo_args(beta, loss_type, label_smoothing, sft_weight)
         self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
@@ -394,11 +521,21 @@ class DPOTrainer:
             self.accelerator = make_accelerator(self.accelerate_kwargs)
         make_task = partial(DPOTask, pad_id=self.tokenizer.pad_id, **self.loss_kwargs)
         result = train_pairs(
-            self.model, self.pairs, make_task, pad_id=self.tokenizer.pad_id, accelerator=self.accelerator,
-            run_dir=self.checkpoint_folder, config=self.config, ref_model=self.ref_model,
-            precompute_ref_logprobs=self.precompute_ref_logprobs, resume=self.resume,
-            valid_pairs=self.valid_pairs, desc="dpo", saved_config=_dpo_record(
-                **self.loss_kwargs, precompute_ref_logprobs=self.precompute_ref_logprobs, max_seq_len=self.max_seq_len),
+            self.model,
+            self.pairs,
+            make_task,
+            pad_id=self.tokenizer.pad_id,
+            accelerator=self.accelerator,
+            run_dir=self.checkpoint_folder,
+            config=self.config,
+            ref_model=self.ref_model,
+            precompute_ref_logprobs=self.precompute_ref_logprobs,
+            resume=self.resume,
+            valid_pairs=self.valid_pairs,
+            desc="dpo",
+            saved_config=_dpo_record(
+                **self.loss_kwargs, precompute_ref_logprobs=self.precompute_ref_logprobs, max_seq_len=self.max_seq_len
+            ),
         )
         if self.precompute_ref_logprobs:
             self.ref_model = None  # the log-probs are stored; do not keep a second model alive

@@ -16,22 +16,22 @@ from beartype import beartype
 from einops import rearrange
 from torch import Tensor
 
-from .logprobs import sequence_logprobs
+from self_rewarding_lm_pytorch.core.logprobs import sequence_logprobs
 
 __all__ = [
-    "sft_loss",
-    "dpo_loss",
-    "spin_loss",
-    "ranking_loss",
     "DPO_LOSS_TYPES",
-    "masked_mean",
-    "whiten",
-    "gae_advantages",
-    "ppo_policy_loss",
-    "ppo_value_loss",
-    "kl_penalty",
     "AdaptiveKLController",
     "FixedKLController",
+    "dpo_loss",
+    "gae_advantages",
+    "kl_penalty",
+    "masked_mean",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "ranking_loss",
+    "sft_loss",
+    "spin_loss",
+    "whiten",
 ]
 
 DPO_LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
@@ -72,8 +72,9 @@ def dpo_loss(
     - "hinge": SLiC-HF's calibration loss (Zhao et al. 2023, arXiv 2305.10425), max(0, 1 - beta h).
     Implicit rewards beta * (policy - ref) are detached (logged, not learned through).
     """
-    _check_same_shape(policy_chosen=policy_chosen, policy_rejected=policy_rejected,
-                      ref_chosen=ref_chosen, ref_rejected=ref_rejected)
+    _check_same_shape(
+        policy_chosen=policy_chosen, policy_rejected=policy_rejected, ref_chosen=ref_chosen, ref_rejected=ref_rejected
+    )
     if loss_type not in DPO_LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {loss_type!r}")
     if not beta > 0:
@@ -102,7 +103,12 @@ def dpo_loss(
 
 @beartype
 def spin_loss(
-    policy_real: Tensor, policy_generated: Tensor, ref_real: Tensor, ref_generated: Tensor, *, lambda_: float | int = 0.1
+    policy_real: Tensor,
+    policy_generated: Tensor,
+    ref_real: Tensor,
+    ref_generated: Tensor,
+    *,
+    lambda_: float | int = 0.1,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """SPIN (Chen et al. 2024, arXiv 2401.01335, its loss with the logistic l(t) = log(1 + e^-t)): DPO with chosen = the real
     SFT response, rejected = the previous iterate's sample, reference = the previous iterate, beta = lambda."""
@@ -121,7 +127,9 @@ def ranking_loss(rewards: Tensor, mask: Tensor | None = None) -> Tensor:
     if mask is None:
         mask = torch.ones_like(rewards, dtype=torch.bool)
     if mask.shape != rewards.shape or mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a bool tensor of shape {tuple(rewards.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must be a bool tensor of shape {tuple(rewards.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+        )
     if bool((mask.sum(dim=-1) < 2).any()):
         raise ValueError("every row of the ranking loss needs at least 2 real ranks")
     k = rewards.shape[-1]
@@ -238,7 +246,9 @@ class AdaptiveKLController:
     @beartype
     def __init__(self, init_kl_coef: float | int, target: float | int, horizon: float | int):
         if init_kl_coef < 0 or target <= 0 or horizon <= 0:
-            raise ValueError(f"need init_kl_coef >= 0, target > 0, horizon > 0; got {init_kl_coef}, {target}, {horizon}")
+            raise ValueError(
+                f"need init_kl_coef >= 0, target > 0, horizon > 0; got {init_kl_coef}, {target}, {horizon}"
+            )
         self.value, self.target, self.horizon = float(init_kl_coef), float(target), float(horizon)
 
     def update(self, current_kl: float | int, n_steps: int) -> float:

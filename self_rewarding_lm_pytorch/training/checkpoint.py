@@ -30,23 +30,23 @@ from safetensors.torch import load_model as _st_load_model
 from safetensors.torch import save_model as _st_save_model
 from torch import Tensor, nn
 
-from .data import atomic_write_json, read_jsonl, write_jsonl
+from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_jsonl, write_jsonl
 
 __all__ = [
     "CHECKPOINT_DIR",
-    "save_model",
-    "load_model",
-    "save_training_state",
-    "load_training_state",
-    "latest_checkpoint",
-    "get_rng_state",
-    "set_rng_state",
     "RunState",
-    "save_run_checkpoint",
-    "load_run_checkpoint",
-    "truncate_metrics",
     "clear_run",
+    "get_rng_state",
+    "latest_checkpoint",
+    "load_model",
+    "load_run_checkpoint",
+    "load_training_state",
+    "save_model",
+    "save_run_checkpoint",
+    "save_training_state",
     "seed_everything",
+    "set_rng_state",
+    "truncate_metrics",
 ]
 
 CHECKPOINT_DIR = "checkpoint"
@@ -281,19 +281,39 @@ _DATA_ORDER_KEYS = ("batch_size", "grad_accum_steps", "seed")
 _RUN_KEYS = ("num_processes", "dataset_size")
 
 
-def save_run_checkpoint(run_dir: Path, run: RunState, *, model, optimizer, scheduler, rng_states: list,
-                        config: dict, items_per_step: int, dataset_size: int) -> Path:
+def save_run_checkpoint(
+    run_dir: Path,
+    run: RunState,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    rng_states: list,
+    config: dict,
+    items_per_step: int,
+    dataset_size: int,
+) -> Path:
     """One step folder for the loop (main process only). `rng_states` holds every process's RNG state."""
     consumed = run.step * items_per_step
     state = {
         **{k: v for k, v in asdict(run).items() if k != "best_weights"},
         "scheduler": scheduler.state_dict(),
         "rng": rng_states,
-        "data_position": {"items_consumed": consumed, "epoch": consumed // dataset_size,
-                          "index_in_epoch": consumed % dataset_size},
+        "data_position": {
+            "items_consumed": consumed,
+            "epoch": consumed // dataset_size,
+            "index_in_epoch": consumed % dataset_size,
+        },
     }
-    return save_training_state(Path(run_dir) / CHECKPOINT_DIR, run.step, model=model, optimizer=optimizer,
-                               state=state, config=config, best_weights=run.best_weights)
+    return save_training_state(
+        Path(run_dir) / CHECKPOINT_DIR,
+        run.step,
+        model=model,
+        optimizer=optimizer,
+        state=state,
+        config=config,
+        best_weights=run.best_weights,
+    )
 
 
 def load_run_checkpoint(path: Path, *, model, optimizer, scheduler, config_now: dict) -> tuple[RunState, list]:
@@ -304,11 +324,16 @@ def load_run_checkpoint(path: Path, *, model, optimizer, scheduler, config_now: 
     """
     state = load_training_state(path, model=model, optimizer=optimizer)
     saved = state["config"]
-    changed = [f"{k}: {saved['train'][k]!r} -> {config_now['train'][k]!r}" for k in _DATA_ORDER_KEYS
-               if saved["train"][k] != config_now["train"][k]]
+    changed = [
+        f"{k}: {saved['train'][k]!r} -> {config_now['train'][k]!r}"
+        for k in _DATA_ORDER_KEYS
+        if saved["train"][k] != config_now["train"][k]
+    ]
     changed += [f"{k}: {saved[k]!r} -> {config_now[k]!r}" for k in _RUN_KEYS if saved[k] != config_now[k]]
     if changed:
-        raise ValueError(f"cannot resume from {path}: the data order depends on settings that changed ({'; '.join(changed)})")
+        raise ValueError(
+            f"cannot resume from {path}: the data order depends on settings that changed ({'; '.join(changed)})"
+        )
     scheduler.load_state_dict(state["scheduler"])
     run = RunState(**{f.name: state[f.name] for f in fields(RunState) if f.name != "best_weights"})
     run.best_weights = state["best_weights"]

@@ -25,12 +25,31 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from x_transformers.x_transformers import (
-    AbsolutePositionalEmbedding, Attention, Decoder, DynamicTanh, FeedForward, Identity, LayerNorm, Residual,
-    RMSNorm, ScaleNorm, SimpleRMSNorm, TokenEmbedding, TransformerWrapper, always, softclamp,
+    AbsolutePositionalEmbedding,
+    Attention,
+    Decoder,
+    DynamicTanh,
+    FeedForward,
+    Identity,
+    LayerNorm,
+    Residual,
+    RMSNorm,
+    ScaleNorm,
+    SimpleRMSNorm,
+    TokenEmbedding,
+    TransformerWrapper,
+    always,
+    softclamp,
 )
 
-__all__ = ["FastDecoder", "XCacheStepper", "FullStepper", "UnsupportedModelError", "fast_decode_support",
-           "xcache_support"]
+__all__ = [
+    "FastDecoder",
+    "FullStepper",
+    "UnsupportedModelError",
+    "XCacheStepper",
+    "fast_decode_support",
+    "xcache_support",
+]
 
 _PER_TOKEN_NORMS = (LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm, DynamicTanh)
 
@@ -56,7 +75,8 @@ def _wrapper_problem(model) -> str | None:
         "token_emb is not a TokenEmbedding": type(model.token_emb) is not TokenEmbedding,
         "pos_emb is not absolute or absent": not (
             type(model.pos_emb) is AbsolutePositionalEmbedding
-            or (isinstance(model.pos_emb, always) and model.pos_emb.val == 0)),
+            or (isinstance(model.pos_emb, always) and model.pos_emb.val == 0)
+        ),
         "extra token embeddings (embed_num_tokens)": model.embeds is not None,
         "ff_deep_embed": model.ff_deep_embed is not None,
         "memory tokens": model.num_memory_tokens > 0,
@@ -78,9 +98,11 @@ def _layers_problem(layers) -> str | None:
         "rotary xpos": layers.rotary_pos_emb is not None and layers.rotary_pos_emb.scale is not None,
         "conditioning (adaptive norms or layerscale)": layers.need_condition,
         "hyper-connections / layer integration / unet skips": layers.num_residual_streams != 1
-        or any(m is not None for m in layers.layer_integrators) or any(m is not None for m in layers.skip_combines),
+        or any(m is not None for m in layers.layer_integrators)
+        or any(m is not None for m in layers.skip_combines),
         "input reinjection, value residual or residual attention": layers.reinject_input
-        or layers.add_value_residual or layers.residual_attn,
+        or layers.add_value_residual
+        or layers.residual_attn,
     }
     return next((name for name, bad in problems.items() if bad), None)
 
@@ -91,26 +113,47 @@ def _attention_problem(attn: Attention) -> str | None:
     problems = {
         "non-causal attention": not attn.causal,
         "attention q/k/v are not plain linear layers": not all(
-            type(m) is nn.Linear for m in (attn.to_q, attn.to_k, attn.to_v)),
-        "latent (MLA) attention or differing qkv inputs": attn.use_latent_q or attn.use_latent_kv
-        or attn.to_rotateable_k is not None or attn.qkv_receive_diff_residuals,
-        "qk norm / rmsnorm": attn.qk_norm or attn.q_rmsnorm is not None or attn.k_rmsnorm is not None
+            type(m) is nn.Linear for m in (attn.to_q, attn.to_k, attn.to_v)
+        ),
+        "latent (MLA) attention or differing qkv inputs": attn.use_latent_q
+        or attn.use_latent_kv
+        or attn.to_rotateable_k is not None
+        or attn.qkv_receive_diff_residuals,
+        "qk norm / rmsnorm": attn.qk_norm
+        or attn.q_rmsnorm is not None
+        or attn.k_rmsnorm is not None
         or attn.value_rmsnorm is not None,
-        "gated attention": attn.to_v_gate is not None or attn.to_output_gate is not None
+        "gated attention": attn.to_v_gate is not None
+        or attn.to_output_gate is not None
         or attn.to_v_head_gate is not None,
-        "attention extras (laser, head scale, memory kv, hybrid, orthogonal values)": attn.laser or attn.head_scale
-        or attn.num_mem_kv > 0 or attn.hybrid_module is not None or attn.orthog_projected_values
+        "attention extras (laser, head scale, memory kv, hybrid, orthogonal values)": attn.laser
+        or attn.head_scale
+        or attn.num_mem_kv > 0
+        or attn.hybrid_module is not None
+        or attn.orthog_projected_values
         or attn.orthog_projected_values_per_head,
         "attention biases (data-dependent alibi, relative projection)": attn.data_dependent_alibi is not None
         or attn.rel_proj_pos_bias is not None,
         "max_attend_past or partial rotary heads": attn.max_attend_past is not None
         or attn.rotate_num_heads != attn.heads,
-        "attention function other than softmax": not softmax or attend.selective or attend.cog_signed
+        "attention function other than softmax": not softmax
+        or attend.selective
+        or attend.cog_signed
         or attend.l2_distance,
         "attention logit extras (talking heads, zero kv, sinks, softclamp, cope, inverted)": any(
-            m is not None for m in (attend.pre_softmax_talking_heads, attend.post_softmax_talking_heads,
-                                    attend.pre_scale_post_talking_heads, attend.head_attn_sink, attend.cope))
-        or attend.add_zero_kv or attend.softclamp_logits or attend.inverted_attention or attend.flash_pack_seq,
+            m is not None
+            for m in (
+                attend.pre_softmax_talking_heads,
+                attend.post_softmax_talking_heads,
+                attend.pre_scale_post_talking_heads,
+                attend.head_attn_sink,
+                attend.cope,
+            )
+        )
+        or attend.add_zero_kv
+        or attend.softclamp_logits
+        or attend.inverted_attention
+        or attend.flash_pack_seq,
     }
     return next((name for name, bad in problems.items() if bad), None)
 
@@ -134,7 +177,7 @@ def _structure_problem(model) -> str | None:
     return None
 
 
-_PROBED: "weakref.WeakKeyDictionary[nn.Module, dict[str, str | None]]" = weakref.WeakKeyDictionary()
+_PROBED: weakref.WeakKeyDictionary[nn.Module, dict[str, str | None]] = weakref.WeakKeyDictionary()
 
 
 def fast_decode_support(model: nn.Module) -> str | None:
@@ -235,16 +278,20 @@ class FastDecoder:
         for attn in self.attns:
             dk, dv = attn.to_k.out_features // attn.kv_heads, attn.to_v.out_features // attn.kv_heads
             dtype = attn.to_k.weight.dtype
-            self.caches.append((torch.empty(rows, attn.kv_heads, num_slots, dk, device=device, dtype=dtype),
-                                torch.empty(rows, attn.kv_heads, num_slots, dv, device=device, dtype=dtype)))
+            self.caches.append(
+                (
+                    torch.empty(rows, attn.kv_heads, num_slots, dk, device=device, dtype=dtype),
+                    torch.empty(rows, attn.kv_heads, num_slots, dv, device=device, dtype=dtype),
+                )
+            )
             # One matmul instead of three per layer and step (concatenated once per call, not per step).
             projections = (attn.to_q, attn.to_k, attn.to_v)
             bias = None
             if any(p.bias is not None for p in projections):
-                bias = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
-                                  for p in projections])
-            self.qkv.append((torch.cat([p.weight for p in projections]), bias,
-                             [p.out_features for p in projections]))
+                bias = torch.cat(
+                    [p.bias if p.bias is not None else p.weight.new_zeros(p.out_features) for p in projections]
+                )
+            self.qkv.append((torch.cat([p.weight for p in projections]), bias, [p.out_features for p in projections]))
         self.cos = self.sin = None
         if layers.rotary_pos_emb is not None:
             freqs, _ = layers.rotary_pos_emb(torch.arange(max(num_slots, 1), device=device))
@@ -273,14 +320,15 @@ class FastDecoder:
             k_cache[:, :, :n] = k.repeat_interleave(self.counts, dim=0)
             v_cache[:, :, :n] = v.repeat_interleave(self.counts, dim=0)
         else:
-            k_cache[:, :, self.filled:self.filled + n] = k
-            v_cache[:, :, self.filled:self.filled + n] = v
-            k, v = k_cache[:, :, :self.filled + n], v_cache[:, :, :self.filled + n]
+            k_cache[:, :, self.filled : self.filled + n] = k
+            v_cache[:, :, self.filled : self.filled + n] = v
+            k, v = k_cache[:, :, : self.filled + n], v_cache[:, :, : self.filled + n]
         gqa = attn.kv_heads < attn.heads
         if gqa:  # x-transformers pairs query head i with kv head i % g; SDPA pairs it with i // (h / g)
             q = rearrange(q, "b (r g) n d -> b (g r) n d", g=attn.kv_heads)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                             scale=attn.attend.scale, enable_gqa=gqa)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=attn.attend.scale, enable_gqa=gqa
+        )
         if gqa:
             out = rearrange(out, "b (g r) n d -> b (r g) n d", g=attn.kv_heads)
         return attn.to_out(rearrange(out, "b h n d -> b n (h d)"))
@@ -288,7 +336,8 @@ class FastDecoder:
     def _layers(self, x: Tensor, pos: Tensor, mask, causal: bool) -> Tensor:
         layers, index = self.model.attn_layers, 0
         for kind, ((pre_norm, post_branch_norm, post_main_norm), block, residual_fn) in zip(
-                layers.layer_types, layers.layers):
+            layers.layer_types, layers.layers
+        ):
             residual = x
             if pre_norm is not None:
                 x = pre_norm(x)
@@ -314,8 +363,9 @@ class FastDecoder:
         if self.padded:
             # A pad query may see only itself: a fully masked row would turn into NaN and spread.
             key_ok = arange >= self.starts[:, None]
-            allowed = (arange[None, :] <= arange[:, None]) & (key_ok[:, None, :] | torch.eye(n, dtype=torch.bool,
-                                                                                            device=arange.device))
+            allowed = (arange[None, :] <= arange[:, None]) & (
+                key_ok[:, None, :] | torch.eye(n, dtype=torch.bool, device=arange.device)
+            )
             mask = rearrange(allowed, "u i j -> u 1 i j")
         x = self._layers(self._embed(self.ids, pos), pos, mask, causal=True)
         self.filled = n
@@ -324,7 +374,7 @@ class FastDecoder:
 
     def step(self, tokens: Tensor) -> Tensor:
         pos = (self.filled - self.row_start)[:, None]  # (b, 1)
-        mask = rearrange(self.key_ok[:, :self.filled + 1], "b j -> b 1 1 j") if self.padded else None
+        mask = rearrange(self.key_ok[:, : self.filled + 1], "b j -> b 1 1 j") if self.padded else None
         x = self._layers(self._embed(tokens[:, None], pos), pos, mask, causal=False)
         self.filled += 1
         return self.model.to_logits(x[:, 0])
@@ -361,7 +411,7 @@ class FullStepper(_SequenceStepper):
 
     def step(self, tokens: Tensor) -> Tensor:
         self._append(tokens)
-        return self.model(self.seq[:, :self.length])[:, -1]
+        return self.model(self.seq[:, : self.length])[:, -1]
 
     def select(self, keep: Tensor) -> None:
         self.seq = self.seq[keep]
@@ -381,8 +431,11 @@ class XCacheStepper(_SequenceStepper):
 
     def step(self, tokens: Tensor) -> Tensor:
         self._append(tokens)
-        ids = self.seq[:, self.length - 1:self.length] if self.model.input_not_include_cache \
-            else self.seq[:, :self.length]
+        ids = (
+            self.seq[:, self.length - 1 : self.length]
+            if self.model.input_not_include_cache
+            else self.seq[:, : self.length]
+        )
         logits, self.cache = self.model(ids, cache=self.cache, return_intermediates=True)
         return logits[:, -1]
 

@@ -12,25 +12,25 @@ rejected, scores) written at the end.
 from __future__ import annotations
 
 import logging
-import warnings
 import math
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from beartype import beartype
 from einops import rearrange
 from torch import Tensor
 
-from .judge import DEFAULT_REWARD_CONFIG, RewardConfig, judge_scores
-from .pairs import best_vs_worst
-from .preference_chunks import Shard, resume_chunks, run_chunks
+from self_rewarding_lm_pytorch.self_reward.chunks import Shard, resume_chunks, run_chunks
+from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG, RewardConfig, judge_scores
+from self_rewarding_lm_pytorch.self_reward.pairs import best_vs_worst
 
-__all__ = ["Budgets", "BudgetError", "resolve_budgets", "PreferenceResult", "generate_preferences"]
+__all__ = ["BudgetError", "Budgets", "PreferenceResult", "generate_preferences", "resolve_budgets"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,14 @@ class Budgets:
 
 @beartype
 def resolve_budgets(
-    prompt_lens: Sequence[int], *, template_len: int, policy_max_len: int | None, judge_max_len: int | None,
-    max_new_tokens: int | None = None, judge_max_new_tokens: int | None = None, judged: bool = True,
+    prompt_lens: Sequence[int],
+    *,
+    template_len: int,
+    policy_max_len: int | None,
+    judge_max_len: int | None,
+    max_new_tokens: int | None = None,
+    judge_max_new_tokens: int | None = None,
+    judged: bool = True,
 ) -> Budgets:
     """Budgets such that prompt + candidate fits the policy's context and judge template + prompt +
     candidate + judgment fits the judge's. A missing budget is derived from the contexts: the prompt
@@ -89,7 +95,9 @@ def resolve_budgets(
             f"candidate = {1 + max_new_tokens} for a policy max_seq_len of {policy_max_len}"
         )
     max_prompt = min(policy_max - max_new_tokens, judge_max - template - max_new_tokens - judge_new)
-    return Budgets(max_prompt_len=int(max_prompt), max_new_tokens=int(max_new_tokens), judge_max_new_tokens=int(judge_new))
+    return Budgets(
+        max_prompt_len=int(max_prompt), max_new_tokens=int(max_new_tokens), judge_max_new_tokens=int(judge_new)
+    )
 
 
 @dataclass
@@ -167,18 +175,32 @@ def _score(ctx: dict, prompts_rep: list[str], responses: list[str], generator) -
     """(b,) scores and the judge texts/parsed scores per row (empty lists for a reward function)."""
     b = len(responses)
     if ctx["reward_fn"] is not None:
-        scores = torch.as_tensor(ctx["reward_fn"](prompts_rep, responses), dtype=torch.float32).detach().cpu().reshape(-1)
+        scores = (
+            torch.as_tensor(ctx["reward_fn"](prompts_rep, responses), dtype=torch.float32).detach().cpu().reshape(-1)
+        )
         if scores.numel() != b:
             raise ValueError(f"reward_fn returned {scores.numel()} scores for {b} responses")
         scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, math.nan))
         return scores, [[] for _ in range(b)], [[] for _ in range(b)], {}
     judged = judge_scores(
-        ctx["judge_model"], ctx["tokenizer"], ctx["reward_config"], prompts_rep, responses,
-        num_judgments=ctx["num_judgments"], max_new_tokens=ctx["budgets"].judge_max_new_tokens,
-        temperature=ctx["judge_temperature"], top_p=ctx["judge_top_p"], generator=generator,
-        batch_size=ctx["batch_size"], use_cache=ctx["use_cache"],
+        ctx["judge_model"],
+        ctx["tokenizer"],
+        ctx["reward_config"],
+        prompts_rep,
+        responses,
+        num_judgments=ctx["num_judgments"],
+        max_new_tokens=ctx["budgets"].judge_max_new_tokens,
+        temperature=ctx["judge_temperature"],
+        top_p=ctx["judge_top_p"],
+        generator=generator,
+        batch_size=ctx["batch_size"],
+        use_cache=ctx["use_cache"],
     )
-    counts = {"judgments": judged.num_judgments, "parse_failures": judged.num_failed, "judge_skipped": judged.num_skipped}
+    counts = {
+        "judgments": judged.num_judgments,
+        "parse_failures": judged.num_failed,
+        "judge_skipped": judged.num_skipped,
+    }
     return judged.scores, judged.texts, judged.parsed, counts
 
 
@@ -200,13 +222,21 @@ def _score_nonempty(ctx: dict, prompts_rep: list[str], responses: list[str], gen
 
 def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator, counts: Counter) -> list[dict]:
     """Candidate records (one per prompt, with its pair or drop reason) for one chunk of prompts."""
-    from .sampling import sample
+    from self_rewarding_lm_pytorch.core.sampling import sample
 
     k, tok, budgets = ctx["num_candidates"], ctx["tokenizer"], ctx["budgets"]
     out = sample(
-        ctx["model"], [torch.tensor(ids, dtype=torch.long) for _, _, ids in items],
-        max_new_tokens=budgets.max_new_tokens, num_samples=k, temperature=ctx["temperature"], top_p=ctx["top_p"],
-        eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator, use_cache=ctx["use_cache"], batch_size=ctx["batch_size"],
+        ctx["model"],
+        [torch.tensor(ids, dtype=torch.long) for _, _, ids in items],
+        max_new_tokens=budgets.max_new_tokens,
+        num_samples=k,
+        temperature=ctx["temperature"],
+        top_p=ctx["top_p"],
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        generator=generator,
+        use_cache=ctx["use_cache"],
+        batch_size=ctx["batch_size"],
     )
     fitted = [_fit_text(t, tok, budgets.max_new_tokens) for t in out.texts(tok)]
     counts["candidates_truncated"] += sum(cut for _, cut in fitted)
@@ -219,20 +249,36 @@ def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator
     pairs = {}
     for pair in ctx["pair_policy"](scores, lengths):
         p, c, r = (int(x) for x in pair)
-        if not (0 <= p < len(items) and 0 <= c < k and 0 <= r < k) or c == r or p in pairs or \
-                not (responses[p * k + c] and responses[p * k + r]):
+        if (
+            not (0 <= p < len(items) and 0 <= c < k and 0 <= r < k)
+            or c == r
+            or p in pairs
+            or not (responses[p * k + c] and responses[p * k + r])
+        ):
             raise ValueError(f"pair policy {ctx['pair_policy']!r} returned an invalid pair {tuple(pair)}")
         pairs[p] = (c, r)
     records = []
     for p, (index, text, _) in enumerate(items):
         cands = [
-            {"response": responses[p * k + j], "length": int(lengths[p, j]), "score": _json_float(scores[p, j]),
-             "judgments": texts[p * k + j], "parsed": parsed[p * k + j]}
+            {
+                "response": responses[p * k + j],
+                "length": int(lengths[p, j]),
+                "score": _json_float(scores[p, j]),
+                "judgments": texts[p * k + j],
+                "parsed": parsed[p * k + j],
+            }
             for j in range(k)
         ]
         pair = {"chosen_idx": pairs[p][0], "rejected_idx": pairs[p][1]} if p in pairs else None
-        records.append({"prompt_index": index, "prompt": text, "candidates": cands, "pair": pair,
-                        "dropped": None if pair else _no_pair_reason(scores[p])})
+        records.append(
+            {
+                "prompt_index": index,
+                "prompt": text,
+                "candidates": cands,
+                "pair": pair,
+                "dropped": None if pair else _no_pair_reason(scores[p]),
+            }
+        )
     return records
 
 
@@ -249,10 +295,17 @@ def _json_float(x) -> float | None:
 
 def _pair_record(rec: dict) -> dict:
     chosen, rejected = (rec["candidates"][rec["pair"][key]] for key in ("chosen_idx", "rejected_idx"))
-    return {"prompt": rec["prompt"], "chosen": chosen["response"], "rejected": rejected["response"],
-            "chosen_score": chosen["score"], "rejected_score": rejected["score"],
-            "chosen_length": chosen["length"], "rejected_length": rejected["length"],
-            "prompt_index": rec["prompt_index"], "pass": rec["pass"]}
+    return {
+        "prompt": rec["prompt"],
+        "chosen": chosen["response"],
+        "rejected": rejected["response"],
+        "chosen_score": chosen["score"],
+        "rejected_score": rejected["score"],
+        "chosen_length": chosen["length"],
+        "rejected_length": rejected["length"],
+        "prompt_index": rec["prompt_index"],
+        "pass": rec["pass"],
+    }
 
 
 def _stats(records: list[dict], pair_records: list[dict], counts: Counter, **extra) -> dict:
@@ -263,15 +316,21 @@ def _stats(records: list[dict], pair_records: list[dict], counts: Counter, **ext
     judgments = counts["judgments"]
     dropped = Counter(r["dropped"] for r in records if r["dropped"])
     return {
-        "num_pairs": len(pair_records), **extra,
-        "prompts_processed": len(records), "prompts_dropped": dict(dropped),
-        "candidates": counts["candidates"], "candidates_truncated": counts["candidates_truncated"],
+        "num_pairs": len(pair_records),
+        **extra,
+        "prompts_processed": len(records),
+        "prompts_dropped": dict(dropped),
+        "candidates": counts["candidates"],
+        "candidates_truncated": counts["candidates_truncated"],
         "candidates_empty": counts["candidates_empty"],
-        "judgments": judgments, "parse_failures": counts["parse_failures"],
+        "judgments": judgments,
+        "parse_failures": counts["parse_failures"],
         "parse_failure_rate": counts["parse_failures"] / judgments if judgments else None,
         "judge_skipped": counts["judge_skipped"],
-        "mean_chosen_score": mean("chosen_score"), "mean_rejected_score": mean("rejected_score"),
-        "mean_chosen_length": mean("chosen_length"), "mean_rejected_length": mean("rejected_length"),
+        "mean_chosen_score": mean("chosen_score"),
+        "mean_rejected_score": mean("rejected_score"),
+        "mean_chosen_length": mean("chosen_length"),
+        "mean_rejected_length": mean("rejected_length"),
     }
 
 
@@ -286,8 +345,11 @@ def _plan_chunks(encoded, budgets: Budgets, chunk_size: int, max_passes: int):
             usable.append((i, text, ids))
     if dropped:
         reasons = dict(Counter(r["dropped"] for r in dropped))
-        warnings.warn(f"skipping {len(dropped)} of {len(encoded)} prompts ({reasons}); prompts may have at most "
-                      f"{budgets.max_prompt_len} tokens with these budgets {budgets}", stacklevel=3)
+        warnings.warn(
+            f"skipping {len(dropped)} of {len(encoded)} prompts ({reasons}); prompts may have at most "
+            f"{budgets.max_prompt_len} tokens with these budgets {budgets}",
+            stacklevel=3,
+        )
     starts = range(0, len(usable), chunk_size)
     plan = [((p, c // chunk_size), usable[c : c + chunk_size]) for p in range(max_passes) for c in starts]
     return plan, dropped
@@ -295,14 +357,32 @@ def _plan_chunks(encoded, budgets: Budgets, chunk_size: int, max_passes: int):
 
 @beartype
 def generate_preferences(
-    model, tokenizer, prompts: Sequence | torch.utils.data.Dataset, *,
-    reward_config: RewardConfig = DEFAULT_REWARD_CONFIG, reward_fn: Optional[Callable] = None, judge_model=None,
-    num_candidates: int = 4, temperature: float | int = 0.7, top_p: float | int | None = 0.9,
-    num_judgments: int = 3, judge_temperature: float | int = 0.7, judge_top_p: float | int | None = 0.9,
-    max_new_tokens: int | None = None, judge_max_new_tokens: int | None = None,
-    num_pairs: int | None = None, pair_policy: Callable = best_vs_worst, out_dir: str | Path | None = None,
-    generator: torch.Generator | None = None, seed: int | None = None, max_passes: int = 1, chunk_size: int = 16,
-    batch_size: int | None = None, use_cache: bool = True, resume: bool = False, progress: bool = True,
+    model,
+    tokenizer,
+    prompts: Sequence | torch.utils.data.Dataset,
+    *,
+    reward_config: RewardConfig = DEFAULT_REWARD_CONFIG,
+    reward_fn: Callable | None = None,
+    judge_model=None,
+    num_candidates: int = 4,
+    temperature: float | int = 0.7,
+    top_p: float | int | None = 0.9,
+    num_judgments: int = 3,
+    judge_temperature: float | int = 0.7,
+    judge_top_p: float | int | None = 0.9,
+    max_new_tokens: int | None = None,
+    judge_max_new_tokens: int | None = None,
+    num_pairs: int | None = None,
+    pair_policy: Callable = best_vs_worst,
+    out_dir: str | Path | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    max_passes: int = 1,
+    chunk_size: int = 16,
+    batch_size: int | None = None,
+    use_cache: bool = True,
+    resume: bool = False,
+    progress: bool = True,
     accelerator=None,
 ) -> PreferenceResult:
     """Self-rewarding preference pairs (Yuan et al. 2024): `num_candidates` samples per prompt from
@@ -318,8 +398,10 @@ def generate_preferences(
     is the same as one process's).
     """
     if num_candidates < 2 or num_judgments < 1 or max_passes < 1 or chunk_size < 1:
-        raise ValueError(f"need num_candidates >= 2, num_judgments, max_passes, chunk_size >= 1; got "
-                         f"{num_candidates}, {num_judgments}, {max_passes}, {chunk_size}")
+        raise ValueError(
+            f"need num_candidates >= 2, num_judgments, max_passes, chunk_size >= 1; got "
+            f"{num_candidates}, {num_judgments}, {max_passes}, {chunk_size}"
+        )
     if num_pairs is not None and num_pairs < 0:
         raise ValueError(f"num_pairs must be >= 0 or None, got {num_pairs}")
     judge_model = judge_model if judge_model is not None else model
@@ -328,30 +410,64 @@ def generate_preferences(
     budgets = resolve_budgets(
         [len(ids) for _, ids, _ in encoded if ids],
         template_len=len(tokenizer.encode(reward_config.render(prompt="", response=""))),
-        policy_max_len=_max_seq_len(model), judge_max_len=_max_seq_len(judge_model),
-        max_new_tokens=max_new_tokens, judge_max_new_tokens=judge_max_new_tokens, judged=judged,
+        policy_max_len=_max_seq_len(model),
+        judge_max_len=_max_seq_len(judge_model),
+        max_new_tokens=max_new_tokens,
+        judge_max_new_tokens=judge_max_new_tokens,
+        judged=judged,
     )
     plan, dropped = _plan_chunks(encoded, budgets, chunk_size, max_passes)
-    ctx = dict(model=model, tokenizer=tokenizer, reward_config=reward_config, reward_fn=reward_fn, judge_model=judge_model,
-               num_candidates=num_candidates, temperature=temperature, top_p=top_p, num_judgments=num_judgments,
-               judge_temperature=judge_temperature, judge_top_p=judge_top_p, budgets=budgets, pair_policy=pair_policy,
-               batch_size=batch_size, use_cache=use_cache)
+    ctx = dict(
+        model=model,
+        tokenizer=tokenizer,
+        reward_config=reward_config,
+        reward_fn=reward_fn,
+        judge_model=judge_model,
+        num_candidates=num_candidates,
+        temperature=temperature,
+        top_p=top_p,
+        num_judgments=num_judgments,
+        judge_temperature=judge_temperature,
+        judge_top_p=judge_top_p,
+        budgets=budgets,
+        pair_policy=pair_policy,
+        batch_size=batch_size,
+        use_cache=use_cache,
+    )
     cand_path = Path(out_dir) / "candidates.jsonl" if out_dir is not None else None
     shard = Shard.of(accelerator) if seed is not None else Shard()
     done = {}
     if resume and cand_path is not None:
-        done = resume_chunks(cand_path, {key: [i for i, _, _ in items] for key, items in plan}, [t for t, _, _ in encoded])
+        done = resume_chunks(
+            cand_path, {key: [i for i, _, _ in items] for key, items in plan}, [t for t, _, _ in encoded]
+        )
     done = shard.from_main(done)
-    records, counts = run_chunks(plan, partial(_make_chunk, ctx, generator, seed), done=done, cand_path=cand_path,
-                                 num_pairs=num_pairs, shard=shard, progress=progress)
+    records, counts = run_chunks(
+        plan,
+        partial(_make_chunk, ctx, generator, seed),
+        done=done,
+        cand_path=cand_path,
+        num_pairs=num_pairs,
+        shard=shard,
+        progress=progress,
+    )
     pair_records = [_pair_record(r) for r in records if r["pair"]][:num_pairs]
     enough = num_pairs is not None and len(pair_records) >= num_pairs
-    stats = _stats(records + dropped, pair_records, counts, num_pairs_requested=num_pairs,
-                   stop_reason="enough_pairs" if enough else "prompts_exhausted", num_prompts=len(encoded),
-                   budgets={"max_prompt_len": budgets.max_prompt_len, "max_new_tokens": budgets.max_new_tokens,
-                            "judge_max_new_tokens": budgets.judge_max_new_tokens})
+    stats = _stats(
+        records + dropped,
+        pair_records,
+        counts,
+        num_pairs_requested=num_pairs,
+        stop_reason="enough_pairs" if enough else "prompts_exhausted",
+        num_prompts=len(encoded),
+        budgets={
+            "max_prompt_len": budgets.max_prompt_len,
+            "max_new_tokens": budgets.max_new_tokens,
+            "judge_max_new_tokens": budgets.judge_max_new_tokens,
+        },
+    )
     if out_dir is not None:
-        from .data import atomic_write_json, write_jsonl
+        from self_rewarding_lm_pytorch.core.files import atomic_write_json, write_jsonl
 
         write_jsonl(Path(out_dir) / "pairs.jsonl", pair_records)
         atomic_write_json(Path(out_dir) / "preference_stats.json", stats)
@@ -360,9 +476,11 @@ def generate_preferences(
 
 
 def _report(stats: dict):
-    msg = (f"preference generation: {stats['num_pairs']} pairs ({stats['stop_reason']}) from "
-           f"{stats['prompts_processed']} prompts; dropped {stats['prompts_dropped']}; "
-           f"parse-failure rate {stats['parse_failure_rate']}")
+    msg = (
+        f"preference generation: {stats['num_pairs']} pairs ({stats['stop_reason']}) from "
+        f"{stats['prompts_processed']} prompts; dropped {stats['prompts_dropped']}; "
+        f"parse-failure rate {stats['parse_failure_rate']}"
+    )
     if stats["num_pairs"] == 0:
         warnings.warn(f"no preference pairs were made: {msg}", stacklevel=3)
     else:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from beartype import beartype
 from torch import Tensor
 
-__all__ = ["Pair", "PairPolicy", "best_vs_worst", "length_controlled", "make_pair_policy", "PAIR_POLICIES"]
+__all__ = ["PAIR_POLICIES", "Pair", "PairPolicy", "best_vs_worst", "length_controlled", "make_pair_policy"]
 
 
 class Pair(NamedTuple):
@@ -27,7 +27,7 @@ class Pair(NamedTuple):
     rejected_idx: int
 
 
-PairPolicy = Callable[[Tensor, Optional[Tensor]], list[Pair]]
+PairPolicy = Callable[[Tensor, Tensor | None], list[Pair]]
 
 
 def _check_scores(scores: Tensor, lengths: Tensor | None, min_margin: float):

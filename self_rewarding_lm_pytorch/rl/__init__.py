@@ -1,0 +1,1 @@
+"""PPO: the trainer, the value-head model, rollouts and KL control."""

@@ -1,0 +1,1 @@
+"""Self-rewarding: the judge (`RewardConfig`), pair policies, and preference generation in chunks."""

@@ -1,0 +1,43 @@
+"""The self-rewarding DPO stage (Yuan et al. 2024): the policy judges its own candidates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from self_rewarding_lm_pytorch.stages.context import StageContext
+from self_rewarding_lm_pytorch.stages.preference_dpo import _PreferenceDPOFields
+
+__all__ = ["SelfRewardDPOConfig"]
+
+
+@dataclass(frozen=True)
+class SelfRewardDPOConfig(_PreferenceDPOFields):
+    """Self-rewarding DPO (Yuan et al. 2024): the policy judges its own candidates with the pipeline's
+    `RewardConfig` (`num_sampled_reward_responses` judgments each, averaged), or `judge_model` does (OAIF)."""
+
+    kind: ClassVar[str] = "self-reward-dpo"
+    uses_judge: ClassVar[bool] = True  # the judge template is part of what this stage's results depend on
+
+    prompt_dataset: Any
+    num_generated_preference_pairs: int
+    num_sampled_reward_responses: int = field(default=3, kw_only=True)
+    eval_temperature: float = field(default=0.7, kw_only=True)
+    eval_top_p: float | None = field(default=0.9, kw_only=True)
+    judge_max_new_tokens: int | None = field(default=None, kw_only=True)
+    judge_model: Any = field(default=None, kw_only=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_sampled_reward_responses < 1:
+            raise ValueError(f"num_sampled_reward_responses must be >= 1, got {self.num_sampled_reward_responses}")
+
+    def _scoring_kwargs(self, ctx: StageContext) -> dict:
+        return dict(
+            reward_config=ctx.reward_config,
+            judge_model=self.judge_model,
+            num_judgments=self.num_sampled_reward_responses,
+            judge_temperature=self.eval_temperature,
+            judge_top_p=self.eval_top_p,
+            judge_max_new_tokens=self.judge_max_new_tokens,
+        )

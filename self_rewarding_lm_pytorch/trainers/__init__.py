@@ -1,0 +1,1 @@
+"""The one implementation of each algorithm: SFT, DPO, SPIN and the ranked-list reward model."""

@@ -1,0 +1,1 @@
+"""The one training loop, its config and schedule, metrics, and step checkpoints with exact resume."""
