@@ -115,7 +115,8 @@ def main():
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     report = "\n".join(
         [
-            f"{args.queries} queries x N={args.n}, {args.max_new_tokens} new tokens, policy dim {args.dim} depth {args.depth}, "
+            f"{args.queries} queries x N={args.n}, {args.max_new_tokens} new tokens, "
+            f"policy dim {args.dim} depth {args.depth}, "
             f"reward model dim 64 depth 1, {args.repeats} interleaved repeats, torch threads {args.threads}.",
             "",
             *lines,

@@ -150,7 +150,7 @@ def memory_child(args):
 def memory_modes(args) -> dict:
     out = {}
     for mode in MODES:
-        cmd = [sys.executable, __file__, "--memory-mode", mode] + shape_args(args)
+        cmd = [sys.executable, __file__, "--memory-mode", mode, *shape_args(args)]
         result = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[mode] = json.loads(result.stdout.strip().splitlines()[-1])
     return out
@@ -185,7 +185,8 @@ def report(args, timing, memory, params) -> str:
             f"**{cpu[m] / cpu['floor']:.3f}x** | {lo / floor_min:.3f}x | {wall[m] / wall['floor']:.3f}x | {added:.1f} |"
         )
     lines.append(
-        f"\nCollating the batch (the loop does it once per step, outside `step`): {timing['collate_s'] * 1e3:.2f} ms CPU."
+        f"\nCollating the batch (the loop does it once per step, outside `step`): "
+        f"{timing['collate_s'] * 1e3:.2f} ms CPU."
     )
     lines.append(
         f"Policy parameters: {params / 1e6:.2f} M ({params * 4 / 2**20:.1f} MiB fp32); the live mode's "

@@ -83,8 +83,8 @@ def run(args) -> dict:
     updates, rollout_forwards, forward_backwards, adam_steps = components(trainer, queries, responses, args)
     rows = {k: [] for k in ("step", "rollout", "fwd_bwd", "adam", "t_forward", "t_rewards", "t_optimize")}
     for round_ in range(args.warmup + args.rounds):
-        stats = {}
-        step_time = timed(lambda: stats.update(trainer.step(queries, responses, scores)))
+        stats: dict = {}
+        step_time = timed(lambda stats=stats: stats.update(trainer.step(queries, responses, scores)))
         times = {
             "step": step_time,
             "rollout": timed(rollout_forwards),

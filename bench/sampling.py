@@ -185,7 +185,7 @@ def main() -> None:
     growth = growth_lines(results)
     targets = target_lines(results)
     print(table)
-    print("\n".join(growth + ["Targets at batch 32:"] + targets))
+    print("\n".join([*growth, "Targets at batch 32:", *targets]))
     if args.quick:
         return
     command = "python bench/sampling.py " + " ".join(sys.argv[1:])

@@ -8,6 +8,63 @@ self_rewarding_lm_pytorch` stays cheap and a script pays only for what it touche
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+# What IDEs and type checkers see (`X as X` marks an explicit re-export); at run time the names
+# resolve lazily through __getattr__ below. tests/test_repo.py keeps this block and _EXPORTS in step.
+if TYPE_CHECKING:
+    from self_rewarding_lm_pytorch.core.batching import create_mock_dataset as create_mock_dataset
+    from self_rewarding_lm_pytorch.core.logprobs import sequence_logprobs as sequence_logprobs
+    from self_rewarding_lm_pytorch.core.losses import dpo_loss as dpo_loss
+    from self_rewarding_lm_pytorch.core.losses import ranking_loss as ranking_loss
+    from self_rewarding_lm_pytorch.core.losses import sft_loss as sft_loss
+    from self_rewarding_lm_pytorch.core.losses import spin_loss as spin_loss
+    from self_rewarding_lm_pytorch.core.sampling import SampleOutput as SampleOutput
+    from self_rewarding_lm_pytorch.core.sampling import sample as sample
+    from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer as ByteTokenizer
+    from self_rewarding_lm_pytorch.core.tokenizer import CallableTokenizer as CallableTokenizer
+    from self_rewarding_lm_pytorch.core.tokenizer import Tokenizer as Tokenizer
+    from self_rewarding_lm_pytorch.generation.best_of_n import BestOfNSampler as BestOfNSampler
+    from self_rewarding_lm_pytorch.generation.best_of_n import GenerationConfig as GenerationConfig
+    from self_rewarding_lm_pytorch.generation.best_of_n import LengthSampler as LengthSampler
+    from self_rewarding_lm_pytorch.generation.synthetic import PerplexityScorer as PerplexityScorer
+    from self_rewarding_lm_pytorch.generation.synthetic import generate_synthetic_dataset as generate_synthetic_dataset
+    from self_rewarding_lm_pytorch.pipeline import RunMismatchError as RunMismatchError
+    from self_rewarding_lm_pytorch.pipeline import SelfRewardingTrainer as SelfRewardingTrainer
+    from self_rewarding_lm_pytorch.recipes import create_default_paper_config as create_default_paper_config
+    from self_rewarding_lm_pytorch.rl.ppo import PPOConfig as PPOConfig
+    from self_rewarding_lm_pytorch.rl.ppo import PPOTrainer as PPOTrainer
+    from self_rewarding_lm_pytorch.rl.value_head import ValueHeadModel as ValueHeadModel
+    from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG as DEFAULT_REWARD_CONFIG
+    from self_rewarding_lm_pytorch.self_reward.judge import RewardConfig as RewardConfig
+    from self_rewarding_lm_pytorch.self_reward.judge import judge_scores as judge_scores
+    from self_rewarding_lm_pytorch.self_reward.pairs import best_vs_worst as best_vs_worst
+    from self_rewarding_lm_pytorch.self_reward.pairs import length_controlled as length_controlled
+    from self_rewarding_lm_pytorch.self_reward.pairs import make_pair_policy as make_pair_policy
+    from self_rewarding_lm_pytorch.self_reward.preferences import BudgetError as BudgetError
+    from self_rewarding_lm_pytorch.self_reward.preferences import generate_preferences as generate_preferences
+    from self_rewarding_lm_pytorch.stages.context import StageContext as StageContext
+    from self_rewarding_lm_pytorch.stages.context import StageEnd as StageEnd
+    from self_rewarding_lm_pytorch.stages.external_reward_dpo import ExternalRewardDPOConfig as ExternalRewardDPOConfig
+    from self_rewarding_lm_pytorch.stages.ppo import PPOStageConfig as PPOStageConfig
+    from self_rewarding_lm_pytorch.stages.registry import STAGE_KINDS as STAGE_KINDS
+    from self_rewarding_lm_pytorch.stages.self_reward_dpo import SelfRewardDPOConfig as SelfRewardDPOConfig
+    from self_rewarding_lm_pytorch.stages.sft import SFTConfig as SFTConfig
+    from self_rewarding_lm_pytorch.stages.spin import SelfPlayConfig as SelfPlayConfig
+    from self_rewarding_lm_pytorch.trainers.dpo import DPOTrainer as DPOTrainer
+    from self_rewarding_lm_pytorch.trainers.dpo import train_dpo as train_dpo
+    from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel as RewardModel
+    from self_rewarding_lm_pytorch.trainers.reward_model import RewardModelTrainer as RewardModelTrainer
+    from self_rewarding_lm_pytorch.trainers.sft import SFTTrainer as SFTTrainer
+    from self_rewarding_lm_pytorch.trainers.sft import train_sft as train_sft
+    from self_rewarding_lm_pytorch.trainers.spin import SPINTrainer as SPINTrainer
+    from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration as train_spin_iteration
+    from self_rewarding_lm_pytorch.training.checkpoint import load_model as load_model
+    from self_rewarding_lm_pytorch.training.checkpoint import save_model as save_model
+    from self_rewarding_lm_pytorch.training.loop import TrainConfig as TrainConfig
+    from self_rewarding_lm_pytorch.training.loop import TrainResult as TrainResult
+    from self_rewarding_lm_pytorch.training.loop import make_accelerator as make_accelerator
+    from self_rewarding_lm_pytorch.training.loop import train as train
 
 _EXPORTS = {
     # the pipeline and its stages

@@ -241,7 +241,7 @@ def _cmd_judge(args) -> int:
     )
     out = [
         {**rec, "score": None if s != s else float(s), "judgments": texts, "parsed": parsed}
-        for rec, s, texts, parsed in zip(records, result.scores.tolist(), result.texts, result.parsed)
+        for rec, s, texts, parsed in zip(records, result.scores.tolist(), result.texts, result.parsed, strict=True)
     ]
     write_jsonl(args.out, out)
     print(
@@ -303,7 +303,8 @@ def _add_tool_parsers(sub):
     p.add_argument(
         "--scorer",
         default="perplexity",
-        help="'perplexity' (the model's own, lower is better) or package.module:function (prompts, responses) -> scores",
+        help="'perplexity' (the model's own, lower is better) "
+        "or package.module:function (prompts, responses) -> scores",
     )
     p.add_argument("--reward-model", help="a RewardModel saved by `srlm reward-model train` (overrides --scorer)")
     p.add_argument("--max-new-tokens", type=int, default=32)

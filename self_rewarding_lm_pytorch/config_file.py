@@ -26,13 +26,17 @@ import collections.abc
 import dataclasses
 import importlib
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
 
 __all__ = [
     "ConfigError",
@@ -72,10 +76,8 @@ class PipelineFile:
 
 
 def _stage_kinds() -> dict[str, type]:
-    try:
-        from self_rewarding_lm_pytorch.pipeline import STAGE_KINDS
-    except ImportError:  # the registry itself, should pipeline.py not re-export it
-        from self_rewarding_lm_pytorch.stages.registry import STAGE_KINDS
+    from self_rewarding_lm_pytorch.stages.registry import STAGE_KINDS
+
     return STAGE_KINDS
 
 
@@ -154,7 +156,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         elif origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            items = [_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value))]
+            items = [_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value, strict=True))]
         else:
             items = [_convert(v, args[0], f"{where}[{i}]") if args else v for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -233,7 +235,8 @@ def validate_stage(kind: str, table: dict, stage_kinds: dict[str, type], *, base
     ]
     if required:
         raise ConfigError(
-            f"{where}: missing required field{'s' if len(required) > 1 else ''} {', '.join(required)} for a {kind!r} stage"
+            f"{where}: missing required field{'s' if len(required) > 1 else ''} {', '.join(required)} "
+            f"for a {kind!r} stage"
         )
     hints = _field_types(cls)
     return {

@@ -102,7 +102,7 @@ class SelfRewardingTrainer:
         One decision for all processes: with `seed=None` each would otherwise draw its own seed.
         An error on the main process reaches the others too, so none waits forever.
         """
-        decision = None
+        decision: Any = None  # the manifest (dict) or the error that stopped the main process
         if accelerator.is_main_process:
             try:
                 if overwrite:

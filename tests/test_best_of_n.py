@@ -90,16 +90,16 @@ def test_score_completion_only_and_length_sampler(tiny_model):
     )
     out = sampler.generate(QUERIES)
     # responses alone reach the scorer; each is at most 3 tokens (decoding never adds characters)
-    assert not any(t.startswith(q) for t, q in zip(scorer.seen[::4], QUERIES))
+    assert not any(t.startswith(q) for t, q in zip(scorer.seen[::4], QUERIES, strict=True))
     assert all(len(t) <= 3 for t in scorer.seen)
-    assert all(o[0].startswith(q) for o, q in zip(out, QUERIES))
+    assert all(o[0].startswith(q) for o, q in zip(out, QUERIES, strict=True))
 
 
 def test_reward_model_as_scorer(tiny_model):
     torch.manual_seed(0)
     rm = RewardModel(num_tokens=259, max_seq_len=64, dim=16, depth=1, heads=2)
     texts, scores = make(tiny_model, rm, sample_size=4, seed=4).generate(QUERIES, return_scores=True)
-    for (text,), (score,), q in zip(texts, scores, QUERIES):
+    for (text,), (score,), q in zip(texts, scores, QUERIES, strict=True):
         assert score == pytest.approx(rm.score([q], [text[len(q) :]]).item(), abs=1e-5)
 
 

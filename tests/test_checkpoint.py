@@ -107,7 +107,7 @@ def test_crash_during_save_leaves_previous_checkpoint_loadable(tmp_path, monkeyp
     restored = small(5)
     state = load_training_state(first, model=restored)
     assert state["value"] == 1.0 and state["config"] == {"step": 10} and state["best_weights"] is None
-    for a, b in zip(restored.parameters(), model.parameters()):
+    for a, b in zip(restored.parameters(), model.parameters(), strict=True):
         assert torch.equal(a, b)
 
 

@@ -52,7 +52,7 @@ def test_module_help_lists_the_commands():
 def test_example_configs_run(name, tmp_path, capsys):
     run_dir = tmp_path / "run"
     sets = [x for s in REDUCED[name] + [f"run_dir={run_dir}"] for x in ("--set", s)]
-    code, out, err = run(["run", EXAMPLES / name, *sets], capsys)
+    code, _out, err = run(["run", EXAMPLES / name, *sets], capsys)
     assert code == 0, err
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert len(manifest["finished"]) == len(manifest["stages"])
@@ -107,7 +107,7 @@ def test_run_folder_is_never_silently_overwritten(tmp_path, capsys):
     code, _, err = run(["run", EXAMPLES / "sft.toml", *sets], capsys)
     assert code == 2 and "pass --resume to continue it or --overwrite to replace it" in err
     assert run(["run", EXAMPLES / "sft.toml", *sets, "--resume", "--overwrite"], capsys)[0] == 2
-    code, out, _ = run(["run", EXAMPLES / "sft.toml", *sets, "--resume"], capsys)  # all done: nothing retrained
+    code, _out, _ = run(["run", EXAMPLES / "sft.toml", *sets, "--resume"], capsys)  # all done: nothing retrained
     assert code == 0 and (tmp_path / "run" / "01-sft" / "model.safetensors").read_bytes() == weights
     assert run(["run", EXAMPLES / "sft.toml", *sets, "--overwrite", "--set", "seed=5"], capsys)[0] == 0
     assert (tmp_path / "run" / "01-sft" / "model.safetensors").read_bytes() != weights
@@ -119,7 +119,7 @@ def test_tools_judge_generate_reward_model(tmp_path, capsys):
     ckpt = tmp_path / "run" / "01-sft" / "model.safetensors"
     model = ["--model-config", EXAMPLES / "model.toml", "--checkpoint", ckpt]
 
-    code, out, err = run(
+    code, _out, err = run(
         [
             "judge",
             *model,
@@ -138,7 +138,7 @@ def test_tools_judge_generate_reward_model(tmp_path, capsys):
     scored = read_jsonl(tmp_path / "scores.jsonl")
     assert len(scored) == 8 and all(len(r["judgments"]) == 2 and "score" in r for r in scored)
 
-    code, out, err = run(
+    code, _out, err = run(
         [
             "generate",
             *model,
@@ -157,7 +157,7 @@ def test_tools_judge_generate_reward_model(tmp_path, capsys):
     best = read_jsonl(tmp_path / "best.jsonl")
     assert {r["prompt_index"] for r in best} == set(range(16)) and all(len(r["discarded_scores"]) == 2 for r in best)
 
-    code, out, err = run(
+    code, _out, err = run(
         [
             "reward-model",
             "train",
@@ -182,7 +182,7 @@ def test_tools_judge_generate_reward_model(tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
-    code, out, err = run(
+    code, _out, err = run(
         [
             "generate",
             *model,

@@ -79,7 +79,7 @@ def test_good_file_is_parsed_and_resolved(tmp_path):
     pf = load_pipeline_file(write(tmp_path, GOOD), stage_kinds=KINDS)
     assert pf.seed == 3 and pf.run_dir == Path("runs/x") and pf.tokenizer == "byte"
     assert pf.accelerate == {"cpu": True}
-    (k0, s0), (k1, s1) = pf.stages
+    (k0, s0), (_k1, s1) = pf.stages
     assert k0 == "sft" and s0["train_dataset"] == str(tmp_path / "sft.jsonl")
     assert s0["learning_rate"] == 1.0 and isinstance(s0["learning_rate"], float)  # int accepted for float
     assert s1["pair_sizes"] == (3, 4)  # TOML arrays become tuples where the field is a tuple

@@ -43,7 +43,7 @@ def preference_records(n=16):
 
 
 def all_params_equal(a, b):
-    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 # --- records -------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_task_step_with_stored_and_live_reference_agree(tiny_model):
         for p in tiny_model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     stored = compute_ref_logprobs(ref, pairs, pad_id=TOK.pad_id, progress=False)
-    items = [p | {"ref": tuple(r.tolist())} for p, r in zip(pairs, stored)]
+    items = [p | {"ref": tuple(r.tolist())} for p, r in zip(pairs, stored, strict=True)]
     live_task = DPOTask(pad_id=TOK.pad_id, ref_model=ref.eval())
     stored_task = DPOTask(pad_id=TOK.pad_id)
     live_loss, live_metrics = live_task.step(tiny_model, live_task.collate(pairs))
@@ -186,7 +186,7 @@ def test_live_reference_never_changes_and_every_policy_param_moves(tiny_model, t
     trainer()
     assert all_params_equal(ref, initial)  # bitwise: the frozen copy saw no optimizer step
     assert not any(p.requires_grad for p in ref.parameters())
-    for (name, p), q in zip(tiny_model.named_parameters(), initial.parameters()):
+    for (name, p), q in zip(tiny_model.named_parameters(), initial.parameters(), strict=True):
         assert not torch.equal(p, q), f"{name} did not change"
 
 
@@ -213,7 +213,7 @@ def test_precomputed_reference_is_the_policy_at_entry(tiny_model, tmp_path):
     torch.testing.assert_close(stored, fresh, atol=1e-5, rtol=0)
     now = compute_ref_logprobs(tiny_model, encode_pairs(records, TOK), pad_id=TOK.pad_id, progress=False)
     assert (now - fresh).abs().max() > 1e-3  # the policy moved; the stored reference did not
-    for (name, p), q in zip(tiny_model.named_parameters(), initial.parameters()):
+    for (name, p), q in zip(tiny_model.named_parameters(), initial.parameters(), strict=True):
         assert not torch.equal(p, q), f"{name} did not change"
 
 
@@ -245,7 +245,7 @@ def test_precomputed_and_live_reference_give_the_same_per_step_losses(tiny_model
     (stored_losses, stored_model), (live_losses, live_model) = runs[True], runs[False]
     assert len(stored_losses) == 10
     torch.testing.assert_close(torch.tensor(stored_losses), torch.tensor(live_losses), atol=1e-5, rtol=0)
-    for p, q in zip(stored_model.parameters(), live_model.parameters()):
+    for p, q in zip(stored_model.parameters(), live_model.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
 
 
@@ -271,7 +271,7 @@ def test_resume_reuses_the_stored_reference_and_matches_a_straight_run(tiny_mode
     assert resumed.steps == 8
     resumed_losses = [r["loss"] for r in train_records(resumed)]
     torch.testing.assert_close(torch.tensor(resumed_losses), torch.tensor(losses), atol=1e-5, rtol=0)
-    for p, q in zip(tiny_model.parameters(), straight.parameters()):
+    for p, q in zip(tiny_model.parameters(), straight.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="computed for different pairs"):
         DPOTrainer(tiny_model, records[:6], checkpoint_folder=tmp_path / "split", resume=True, **train_kwargs())()
@@ -345,7 +345,8 @@ fresh = dpo.compute_ref_logprobs(model, pairs, pad_id=tok.pad_id, progress=False
 calls = []
 inner = dpo.compute_ref_logprobs
 dpo.compute_ref_logprobs = lambda ref, share, **kw: calls.append(len(share)) or inner(ref, share, **kw)
-dpo.train_dpo(model, records, tokenizer=tok, accelerator=acc, run_dir=out, config=TrainConfig(num_train_steps=2, batch_size=4, progress=False))
+config = TrainConfig(num_train_steps=2, batch_size=4, progress=False)
+dpo.train_dpo(model, records, tokenizer=tok, accelerator=acc, run_dir=out, config=config)
 acc.wait_for_everyone()
 stored = load_file(str(out / dpo.REF_LOGPROBS_FILE))["train"]
 report = {"world": acc.num_processes, "calls": calls, "diff": float((stored - fresh).abs().max()),

@@ -109,7 +109,7 @@ def test_dpo_shape_mismatch_raises():
 
 def test_spin_is_dpo_with_lambda(monkeypatch):
     """SPIN with lambda 0.5 on (real, generated) = (PC, PR) gives DPO's log(1 + e^-1), through dpo_loss."""
-    out, rc, rr = spin_loss(PC, PR, RC, RR, lambda_=0.5)
+    out, _rc, _rr = spin_loss(PC, PR, RC, RR, lambda_=0.5)
     assert out.item() == pytest.approx(L1, abs=1e-12)
     calls = []
     real_dpo = losses.dpo_loss
@@ -168,7 +168,7 @@ def test_gae_hand_computation():
 
 def test_gae_lam1_gamma1_is_reward_to_go_minus_value():
     """With gamma = lam = 1, A_t = sum_{s >= t} r_s - V_t: rewards [1, 2, 3], V = 0 -> [6, 5, 3]."""
-    adv, ret = gae_advantages(
+    adv, _ret = gae_advantages(
         t(1.0, 2.0, 3.0)[None],
         torch.zeros(1, 3, dtype=torch.float64),
         torch.ones(1, 3, dtype=torch.bool),

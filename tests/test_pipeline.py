@@ -68,7 +68,7 @@ def run(tmp_path, stages, name="run", seed=7, model=None, **kwargs):
 
 
 def test_stages_run_in_order_each_in_its_folder(tmp_path):
-    trainer, model = run(tmp_path, small_pipeline())
+    trainer, _model = run(tmp_path, small_pipeline())
     summaries = trainer()
     folder = tmp_path / "run"
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -300,7 +300,7 @@ def test_a_retry_before_any_checkpoint_starts_from_the_initial_weights(tmp_path,
 
 def test_foreign_folders_and_manifests_are_refused(tmp_path):
     (tmp_path / "run" / "01-sft").mkdir(parents=True)  # stage folders with no manifest
-    with pytest.raises(RunMismatchError, match="no manifest.json"):
+    with pytest.raises(RunMismatchError, match=r"no manifest\.json"):
         run(tmp_path, small_pipeline())[0]()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "manifest.json").write_text('{"something": "else"}')
@@ -330,7 +330,7 @@ def test_what_a_stage_hash_sees(tmp_path):
     assert h == stage_hash(
         SelfRewardDPOConfig(list(prompts), 4, log_every=1, checkpoint_every=5), DEFAULT_REWARD_CONFIG
     )
-    assert h != stage_hash(SelfRewardDPOConfig(prompts[:-1] + ["changed"], 4), DEFAULT_REWARD_CONFIG)
+    assert h != stage_hash(SelfRewardDPOConfig([*prompts[:-1], "changed"], 4), DEFAULT_REWARD_CONFIG)
     assert h != stage_hash(base, other_judge)
     sft = SFTConfig(SFT_DATA)
     assert stage_hash(sft, DEFAULT_REWARD_CONFIG) == stage_hash(sft, other_judge)  # SFT does not judge

@@ -1,6 +1,7 @@
 """PPO: config validation, rollout bookkeeping against hand computations, the value-head model's
 save/load, and training properties on a toy task with a programmatic reward."""
 
+import dataclasses
 import math
 
 import pytest
@@ -90,7 +91,7 @@ def test_config_rejects_bad_values(kwargs, error, fragment):
 def test_config_accepts_ints_for_floats_and_is_frozen():
     config = PPOConfig(learning_rate=1, horizon=100)
     assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.batch_size = 3
 
 
@@ -179,7 +180,7 @@ def test_value_head_save_loads_into_plain_transformer(tiny_model, tmp_path):
         TransformerWrapper(num_tokens=259, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2))
     )
     fresh.load(tmp_path)
-    for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
+    for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
 
 
@@ -520,7 +521,7 @@ def test_stage_resume_matches_uninterrupted(tmp_path):
     untimed = lambda path: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_jsonl(path)]
     a, b = untimed(tmp_path / "a" / "metrics.jsonl"), untimed(tmp_path / "b" / "metrics.jsonl")
     assert [r["step"] for r in b] == [1, 2, 3, 4]
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         assert ra == pytest.approx(rb, rel=1e-5, abs=1e-6)
     assert read_jsonl(tmp_path / "a" / "rollouts.jsonl") == read_jsonl(tmp_path / "b" / "rollouts.jsonl")
 

@@ -49,7 +49,7 @@ def test_wraps_a_given_network(tmp_path):
     assert not rm.causal and rm.score(["a", "b"], ["c", "d"]).shape == (2,)
     with pytest.raises(ValueError, match="not both"):
         RewardModel(num_tokens=259, net=net)
-    with pytest.raises(ValueError, match="from_pretrained|net="):
+    with pytest.raises(ValueError, match=r"from_pretrained|net="):
         RewardModel.from_pretrained(rm.save(tmp_path / "rm.safetensors"))
 
 
@@ -118,7 +118,9 @@ def test_collate_is_rank_major_with_missing_ranks_masked():
         [{"prompt": "P", "ranked_outputs": ["a1", "a2", "a3"]}, {"prompt": "Q", "ranked_outputs": ["b1", "b2"]}]
     )
     tok = ByteTokenizer()
-    decoded = [tok.decode(row[:n]) for row, n in zip(batch["input_ids"].tolist(), batch["lengths"].tolist())]
+    decoded = [
+        tok.decode(row[:n]) for row, n in zip(batch["input_ids"].tolist(), batch["lengths"].tolist(), strict=True)
+    ]
     # rank 0 of both records, then rank 1 of both, then rank 2 of the first only: 5 rows, not 3 pairs + 1
     assert decoded == ["Pa1", "Qb1", "Pa2", "Qb2", "Pa3"]
     assert batch["mask"].tolist() == [[True, True, True], [True, True, False]]

@@ -151,7 +151,7 @@ def test_fast_decoder_logits_match_full_forward(name):
             torch.testing.assert_close(got[row], want, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(CONFIGS) + ["alibi_fallback"])
+@pytest.mark.parametrize("name", [*list(CONFIGS), "alibi_fallback"])
 def test_greedy_identical_across_backends_and_reference(name):
     model = make_model(**CONFIGS.get(name, dict(alibi_pos_bias=True)))
     prompts = make_prompts()

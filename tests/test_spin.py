@@ -98,7 +98,9 @@ def margins(model, examples, generated):
     """(N,) log p(real response) - log p(own sample) under `model`, per SFT item."""
     from self_rewarding_lm_pytorch.trainers.dpo import compute_ref_logprobs
 
-    pairs = [{"chosen": (p + r, len(p)), "rejected": (p + g, len(p))} for (p, r), g in zip(examples, generated)]
+    pairs = [
+        {"chosen": (p + r, len(p)), "rejected": (p + g, len(p))} for (p, r), g in zip(examples, generated, strict=True)
+    ]
     logps = compute_ref_logprobs(model, pairs, pad_id=TOK.pad_id, progress=False)
     return logps[:, 0] - logps[:, 1]
 
@@ -120,7 +122,9 @@ def test_an_iteration_raises_real_over_generated_likelihood(tiny_model, tmp_path
         lambda_=0.1,
     )
     examples = encode_sft_items(items, TOK, max_seq_len=16)
-    assert len(generated) == 8 and all(1 <= len(g) <= 16 - len(p) for g, (p, _) in zip(generated, examples))
+    assert len(generated) == 8 and all(
+        1 <= len(g) <= 16 - len(p) for g, (p, _) in zip(generated, examples, strict=True)
+    )
     before, after = margins(initial, examples, generated), margins(tiny_model, examples, generated)
     assert bool((after > before + 1.0).all()), (before, after)
     assert train_records(result)[-1]["rewards/accuracies"] == 1.0
@@ -183,7 +187,10 @@ def test_seed_readme_api_samples_once_per_iteration_and_mixes_previous(seed_mode
     stored = load_file(str(tmp_path / "iteration-2" / REF_LOGPROBS_FILE))["train"]
     from self_rewarding_lm_pytorch.trainers.dpo import compute_ref_logprobs
 
-    pairs = [{"chosen": (p + r, 1), "rejected": (p + g, 1)} for (p, r), g in zip(examples * 2, generated + previous)]
+    pairs = [
+        {"chosen": (p + r, 1), "rejected": (p + g, 1)}
+        for (p, r), g in zip(examples * 2, generated + previous, strict=True)
+    ]
     torch.testing.assert_close(
         stored, compute_ref_logprobs(iterate_1, pairs, pad_id=0, progress=False), atol=1e-5, rtol=0
     )
@@ -202,13 +209,13 @@ def test_resume_after_a_finished_iteration_matches_a_straight_run(seed_model, tm
     restarted = copy.deepcopy(seed_model)
     results = seed_readme_trainer(restarted, tmp_path / "split", dataset, num_iterations=2, resume=True)()
     assert results[0] is None and results[1].steps == 2
-    for p, q in zip(restarted.parameters(), straight.parameters()):
+    for p, q in zip(restarted.parameters(), straight.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
     # Both iterations done: a resume trains and samples nothing, and ends at the same weights.
     monkeypatch.setattr(sampling, "sample", lambda *a, **k: pytest.fail("sampled on a finished run"))
     again = copy.deepcopy(seed_model)
     assert seed_readme_trainer(again, tmp_path / "split", dataset, num_iterations=2, resume=True)() == [None, None]
-    for p, q in zip(again.parameters(), straight.parameters()):
+    for p, q in zip(again.parameters(), straight.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
 
 

@@ -45,7 +45,7 @@ def test_perplexity_scorer_prefers_the_trained_sentence(tiny_model, tmp_path):
         checkpoint_folder=tmp_path / "sft",
     )()
     others = [" a dog ran in the park", " the mat sat on the cat", " qwzx vbnm plok"]
-    ppl = PerplexityScorer(tiny_model, ByteTokenizer())(["Say:"] * 4, [sentence] + others)
+    ppl = PerplexityScorer(tiny_model, ByteTokenizer())(["Say:"] * 4, [sentence, *others])
     assert int(ppl.argmin()) == 0
     assert ppl[0] < 0.1 * min(ppl[1], ppl[3])  # unrelated texts are far worse; the anagram (2) only a little
 
@@ -66,7 +66,7 @@ def test_writes_kept_responses_best_first(tiny_model, tmp_path):
     recs = read_jsonl(out)
     assert stats == dict(prompts_done_before=0, prompts_written=7, records_written=14, prompts_without_score=0)
     assert [r["prompt_index"] for r in recs] == [i for i in range(7) for _ in range(2)]
-    for first, second in zip(recs[::2], recs[1::2]):
+    for first, second in zip(recs[::2], recs[1::2], strict=True):
         assert first["prompt"] == PROMPTS[first["prompt_index"]] and "response" in first
         assert (first["rank"], second["rank"]) == (0, 1)
         assert first["score"] >= second["score"] >= max(first["discarded_scores"])
@@ -132,7 +132,7 @@ def test_output_feeds_sft(tiny_model, tmp_path):
         accelerate_kwargs=dict(cpu=True),
         checkpoint_folder=tmp_path / "sft",
     )()
-    assert any(not torch.equal(a, b) for a, b in zip(before, tiny_model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, tiny_model.parameters(), strict=True))
 
 
 def test_bad_arguments(tiny_model, tmp_path):

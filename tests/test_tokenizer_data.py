@@ -14,7 +14,7 @@ def test_byte_tokenizer_round_trips(text):
     ids = tok.encode(text)
     assert all(0 <= i < 256 for i in ids)
     assert tok.decode(ids) == text
-    assert tok.decode(ids + [tok.eos_id, tok.pad_id]) == text  # specials are skipped
+    assert tok.decode([*ids, tok.eos_id, tok.pad_id]) == text  # specials are skipped
 
 
 def test_seed_readme_callables_with_float_tensor():
@@ -64,4 +64,4 @@ def test_jsonl_round_trip_and_partial_line(tmp_path):
     assert len(read_jsonl(path, ignore_partial_last_line=True)) == 2
     with JsonlAppender(path) as out:  # reopening drops the partial line, then appends
         out.write({"c": 3})
-    assert [json.loads(l) for l in path.read_text().splitlines()] == [{"a": 1}, {"b": "é"}, {"c": 3}]
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"a": 1}, {"b": "é"}, {"c": 3}]

@@ -101,7 +101,7 @@ def test_two_processes_match_one_and_only_main_writes(tmp_path):
 
     two, one = metrics(tmp_path / "two" / "run"), metrics(tmp_path / "one" / "run")
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3, 3, 4, 5, 6, 6]
-    for a, b in zip(two, one):
+    for a, b in zip(two, one, strict=True):
         assert a.keys() == b.keys()
         assert [a[k] for k in a] == pytest.approx([b[k] for k in a], abs=1e-5)
     assert "valid/loss" in two[3]

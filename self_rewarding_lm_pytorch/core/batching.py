@@ -90,7 +90,7 @@ def encode_example(
     r = tokenizer.encode(response) if isinstance(response, str) else to_id_list(response)
     eos = getattr(tokenizer, "eos_id", None) if tokenizer is not None else None
     if add_eos and eos is not None and (not r or r[-1] != eos):
-        r = r + [eos]
+        r = [*r, eos]
     if max_len is not None:
         if len(p) >= max_len:
             raise ValueError(f"prompt of {len(p)} tokens leaves no room for a response within max_len={max_len}")

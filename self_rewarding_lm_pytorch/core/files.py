@@ -130,7 +130,7 @@ class JsonlAppender:
             data = self.path.read_bytes()
             if data and not data.endswith(b"\n"):
                 atomic_write_bytes(self.path, data[: data.rfind(b"\n") + 1])
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (the writer owns it; close() / __exit__ release it)
 
     def write(self, record: dict):
         self._f.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")

@@ -162,7 +162,9 @@ def _structure_problem(model) -> str | None:
     problem = _wrapper_problem(model) or _layers_problem(model.attn_layers)
     if problem:
         return problem
-    for layer_type, (norms, block, residual) in zip(model.attn_layers.layer_types, model.attn_layers.layers):
+    for layer_type, (norms, block, residual) in zip(
+        model.attn_layers.layer_types, model.attn_layers.layers, strict=True
+    ):
         if type(residual) is not Residual:
             return f"residual type {type(residual).__name__}"
         if not all(norm is None or type(norm) in _PER_TOKEN_NORMS for norm in norms):
@@ -258,14 +260,16 @@ class FastDecoder:
 
     def __init__(self, model, prompts: list[Tensor], counts: list[int], max_new_tokens: int):
         self.model, layers = model, model.attn_layers
-        self.attns = [block for (_, block, _), kind in zip(layers.layers, layers.layer_types) if kind == "a"]
+        self.attns = [
+            block for (_, block, _), kind in zip(layers.layers, layers.layer_types, strict=True) if kind == "a"
+        ]
         weight = model.token_emb.emb.weight
         device = weight.device
         lengths = torch.tensor([len(p) for p in prompts], device=device)
         self.prompt_len = int(lengths.max())
         self.counts = torch.tensor(counts, device=device)
         starts = self.prompt_len - lengths  # (u,)
-        self.ids = torch.stack([F.pad(p, (int(s), 0)) for p, s in zip(prompts, starts.tolist())])
+        self.ids = torch.stack([F.pad(p, (int(s), 0)) for p, s in zip(prompts, starts.tolist(), strict=True)])
         self.starts = starts
         self.row_start = starts.repeat_interleave(self.counts)  # (b,)
         num_slots = self.prompt_len + max_new_tokens - 1
@@ -292,7 +296,8 @@ class FastDecoder:
                     [p.bias if p.bias is not None else p.weight.new_zeros(p.out_features) for p in projections]
                 )
             self.qkv.append((torch.cat([p.weight for p in projections]), bias, [p.out_features for p in projections]))
-        self.cos = self.sin = None
+        self.cos: Tensor | None = None
+        self.sin: Tensor | None = None
         if layers.rotary_pos_emb is not None:
             freqs, _ = layers.rotary_pos_emb(torch.arange(max(num_slots, 1), device=device))
             self.cos, self.sin = freqs[0].cos(), freqs[0].sin()  # (n, r)
@@ -310,7 +315,7 @@ class FastDecoder:
         q = rearrange(q, "b n (h d) -> b h n d", h=attn.heads)
         k = rearrange(k, "b n (g d) -> b g n d", g=attn.kv_heads)
         v = rearrange(v, "b n (g d) -> b g n d", g=attn.kv_heads)
-        if self.cos is not None:
+        if self.cos is not None and self.sin is not None:
             cos = rearrange(self.cos[pos], "b n r -> b 1 n r")
             sin = rearrange(self.sin[pos], "b n r -> b 1 n r")
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -336,7 +341,7 @@ class FastDecoder:
     def _layers(self, x: Tensor, pos: Tensor, mask, causal: bool) -> Tensor:
         layers, index = self.model.attn_layers, 0
         for kind, ((pre_norm, post_branch_norm, post_main_norm), block, residual_fn) in zip(
-            layers.layer_types, layers.layers
+            layers.layer_types, layers.layers, strict=True
         ):
             residual = x
             if pre_norm is not None:

@@ -110,8 +110,9 @@ def spin_loss(
     *,
     lambda_: float | int = 0.1,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """SPIN (Chen et al. 2024, arXiv 2401.01335, its loss with the logistic l(t) = log(1 + e^-t)): DPO with chosen = the real
-    SFT response, rejected = the previous iterate's sample, reference = the previous iterate, beta = lambda."""
+    """SPIN (Chen et al. 2024, arXiv 2401.01335, its loss with the logistic l(t) = log(1 + e^-t)): DPO with
+    chosen = the real SFT response, rejected = the previous iterate's sample, reference = the previous iterate,
+    beta = lambda."""
     return dpo_loss(policy_real, policy_generated, ref_real, ref_generated, beta=lambda_, loss_type="sigmoid")
 
 

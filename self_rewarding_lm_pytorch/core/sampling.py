@@ -67,7 +67,7 @@ class SampleOutput:
     def texts(self, tokenizer) -> list[str]:
         """Decoded responses without the terminating EOS and without padding."""
         texts = []
-        for ids, mask in zip(self.response_ids, self.response_mask):
+        for ids, mask in zip(self.response_ids, self.response_mask, strict=True):
             ids = ids[mask].tolist()
             if self.eos_id is not None and ids and ids[-1] == self.eos_id:
                 ids = ids[:-1]
@@ -192,7 +192,8 @@ def _plan_chunks(lengths: list[int], num_samples: int, batch_size: int | None, b
     """Global row ids per chunk: prompts sorted by length (less padding), at most batch_size rows."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     cap = batch_size or len(lengths) * num_samples
-    chunks, current = [], []
+    chunks: list[list[int]] = []
+    current: list[int] = []
     for row in (i * num_samples + j for i in order for j in range(num_samples)):
         if current and (
             len(current) == cap or (by_length and lengths[row // num_samples] != lengths[current[-1] // num_samples])
@@ -200,7 +201,7 @@ def _plan_chunks(lengths: list[int], num_samples: int, batch_size: int | None, b
             chunks.append(current)
             current = []
         current.append(row)
-    return chunks + [current]
+    return [*chunks, current]
 
 
 def _resolve_backend(net, backend: str, use_cache: bool) -> str:

@@ -17,9 +17,15 @@ __all__ = ["ByteTokenizer", "CallableTokenizer", "Tokenizer", "as_tokenizer", "t
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    pad_id: int
-    eos_id: int | None
-    vocab_size: int | None
+    # Read-only members: an implementation may narrow them (ByteTokenizer's eos_id is always an int).
+    @property
+    def pad_id(self) -> int: ...
+
+    @property
+    def eos_id(self) -> int | None: ...
+
+    @property
+    def vocab_size(self) -> int | None: ...
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -35,9 +41,8 @@ def to_id_list(ids) -> list[int]:
     if isinstance(ids, Tensor):
         if ids.ndim != 1:
             raise ValueError(f"token ids must be 1-D, got a tensor of shape {tuple(ids.shape)}")
-        if ids.is_floating_point():
-            if not torch.equal(ids, ids.round()):
-                raise ValueError("token ids must be whole numbers; the encoder returned non-integral floats")
+        if ids.is_floating_point() and not torch.equal(ids, ids.round()):
+            raise ValueError("token ids must be whole numbers; the encoder returned non-integral floats")
         return [int(i) for i in ids.tolist()]
     out = []
     for i in ids:

@@ -42,7 +42,7 @@ def pairwise_accuracy(score_good: list[float], score_bad: list[float]) -> float:
     if not score_good:
         return math.nan
     total = 0.0
-    for g, b in zip(score_good, score_bad):
+    for g, b in zip(score_good, score_bad, strict=True):
         g, b = _rank_value(g), _rank_value(b)
         total += 1.0 if g > b else 0.5 if g == b else 0.0
     return total / len(score_good)
@@ -74,7 +74,7 @@ def _sample_texts(model, tokenizer, prompts, *, num_samples, temperature, max_ne
 def _mixed_pairs(correct: Tensor, scores: Tensor) -> tuple[list[float], list[float]]:
     """Scores of every (correct, wrong) pair of candidates of the same prompt: (p, k), (p, k)."""
     good, bad = [], []
-    for row_ok, row_scores in zip(correct.tolist(), scores.tolist()):
+    for row_ok, row_scores in zip(correct.tolist(), scores.tolist(), strict=True):
         for a, a_ok in enumerate(row_ok):
             for b, b_ok in enumerate(row_ok):
                 if a_ok and not b_ok:
@@ -138,7 +138,7 @@ def evaluate_model(
     right_scores = result.scores[n_samples : n_samples + n].tolist()
     wrong_scores = result.scores[n_samples + n :].tolist()
 
-    correct = torch.tensor([is_correct(p, r) for p, r in zip(sample_prompts, samples)])
+    correct = torch.tensor([is_correct(p, r) for p, r in zip(sample_prompts, samples, strict=True)])
     correct = rearrange(correct, "(p k) -> p k", k=num_candidates)
     best = best_of_k(sample_scores)
     best_correct = correct.gather(1, best[:, None])[:, 0]
@@ -146,7 +146,7 @@ def evaluate_model(
     good, bad = _mixed_pairs(correct, sample_scores)
     num_judgments_made = max(result.num_judgments, 1)
     return {
-        "accuracy": sum(is_correct(p, r) for p, r in zip(prompts, greedy)) / n,
+        "accuracy": sum(is_correct(p, r) for p, r in zip(prompts, greedy, strict=True)) / n,
         "best_of_4_accuracy": float(best_correct.float().mean()),
         "oracle_best_of_4": float(correct.any(dim=-1).float().mean()),
         "sample_accuracy": float(correct.float().mean()),
@@ -157,6 +157,7 @@ def evaluate_model(
         "mean_response_length": sum(len(r) for r in greedy) / n,
         "num_heldout": n,
         "examples": [
-            {"prompt": p, "greedy": g, "correct": is_correct(p, g)} for p, g in list(zip(prompts, greedy))[:5]
+            {"prompt": p, "greedy": g, "correct": is_correct(p, g)}
+            for p, g in list(zip(prompts, greedy, strict=True))[:5]
         ],
     }

@@ -111,7 +111,7 @@ def write_plot(path: Path, rows: list[dict]) -> Path | None:
     rates = [(k, t) for k, t, rate in METRICS if rate]
     fig, axes = plt.subplots(1, len(rates), figsize=(3.2 * len(rates), 3.2), squeeze=False)
     stages = list(dict.fromkeys(r["stage"] for r in rows))
-    for ax, (key, title) in zip(axes[0], rates):
+    for ax, (key, title) in zip(axes[0], rates, strict=True):
         for run, style in (("self-reward", "o-"), ("oracle", "s--")):
             points = [(stages.index(r["stage"]), r.get(key)) for r in rows if r["run"] == run]
             points = [(x, y) for x, y in points if y is not None and not (isinstance(y, float) and math.isnan(y))]

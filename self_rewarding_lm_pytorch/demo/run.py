@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -126,14 +127,11 @@ def _build_model(s: DemoSettings, vocab_size: int):
 
 
 def _stage_configs(s: DemoSettings, data_dir: Path, *, oracle: bool) -> list:
-    try:
-        from self_rewarding_lm_pytorch.pipeline import ExternalRewardDPOConfig, SelfRewardDPOConfig, SFTConfig
-    except ImportError:  # before pipeline.py re-exports the stage configs
-        from self_rewarding_lm_pytorch.stages.external_reward_dpo import ExternalRewardDPOConfig
-        from self_rewarding_lm_pytorch.stages.self_reward_dpo import SelfRewardDPOConfig
-        from self_rewarding_lm_pytorch.stages.sft import SFTConfig
+    from self_rewarding_lm_pytorch.stages.external_reward_dpo import ExternalRewardDPOConfig
+    from self_rewarding_lm_pytorch.stages.self_reward_dpo import SelfRewardDPOConfig
+    from self_rewarding_lm_pytorch.stages.sft import SFTConfig
 
-    common = dict(
+    common: dict[str, Any] = dict(
         num_train_steps=s.dpo_steps,
         batch_size=s.dpo_batch_size,
         learning_rate=s.dpo_learning_rate,
@@ -270,7 +268,8 @@ def _run(out: Path, settings: DemoSettings, seed: int, overwrite: bool, progress
     _prepare_out(out, overwrite)
     tokenizer, reward_config = ByteTokenizer(), demo_reward_config()
     data = _write_data(settings, seed, out / "data", reward_config)
-    rows, stage_seconds = [], {}
+    rows: list[dict] = []
+    stage_seconds: dict[str, float] = {}
     log = JsonlAppender(out / "metrics.jsonl")
     evaluator = _Evaluator(settings, tokenizer, reward_config, data["heldout"], seed, rows, stage_seconds, log)
 
@@ -336,7 +335,7 @@ def _finish(out, rows, settings, seed, data_stats, seconds, total, command) -> d
         "seconds": round(total, 1),
         "stage_seconds": seconds,
         "rows": rows,
-        "files": sorted(str(p.relative_to(out)) for p in out.iterdir()) + ["manifest.json"],
+        "files": [*sorted(str(p.relative_to(out)) for p in out.iterdir()), "manifest.json"],
         "argv": sys.argv,
     }
     atomic_write_json(out / "manifest.json", json.loads(json.dumps(manifest, default=str)))

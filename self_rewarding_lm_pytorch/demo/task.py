@@ -1,6 +1,7 @@
 """The demo's built-in verifiable task: multi-digit addition, with seed data for the paper's recipe.
 
-A prompt is `"37+485="`, the answer `"522"` (the demo uses up to two digits by default). Quality is measured exactly by `is_correct`.
+A prompt is `"37+485="`, the answer `"522"` (the demo uses up to two digits by default). Quality is measured
+exactly by `is_correct`.
 
 The seed data follows Yuan et al. (2024): instruction-following examples (prompt -> correct answer)
 and evaluation-fine-tuning examples (a judge prompt rendered with `DEMO_JUDGE_TEMPLATE` -> a short
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from beartype import beartype
@@ -63,7 +65,7 @@ def is_correct(prompt: str, response: str) -> bool:
 
 def verifier_reward(prompts: list[str], responses: list[str]) -> list[float]:
     """The ground-truth reward for the oracle line: 1.0 for a correct answer, 0.0 otherwise."""
-    return [float(is_correct(p, r)) for p, r in zip(prompts, responses)]
+    return [float(is_correct(p, r)) for p, r in zip(prompts, responses, strict=True)]
 
 
 def render_judge_prompt(prompt: str, response: str) -> str:
@@ -75,7 +77,7 @@ def digit_marks(expected: str, judged: str) -> str:
     """The two numbers lined up from the left, one `<expected digit><judged digit><mark>` group per
     position, `=` where they agree and `!` where not; `_` pads the shorter: `("46", "45") -> "44= 65!"`."""
     width = max(len(expected), len(judged))
-    pairs = zip(expected.ljust(width, "_"), judged.ljust(width, "_"))
+    pairs = zip(expected.ljust(width, "_"), judged.ljust(width, "_"), strict=True)
     return " ".join(f"{x}{y}{'=' if x == y else '!'}" for x, y in pairs)
 
 
@@ -161,9 +163,10 @@ class AdditionTask:
         digits = rng.randint(1, self.max_digits)
         return rng.randrange(10 ** (digits - 1) if digits > 1 else 0, 10**digits)
 
-    def sample_prompts(self, n: int, rng: random.Random, exclude: set[str] = frozenset()) -> list[str]:
+    def sample_prompts(self, n: int, rng: random.Random, exclude: AbstractSet[str] = frozenset()) -> list[str]:
         """`n` distinct prompts not in `exclude`."""
-        out, seen = [], set(exclude)
+        out: list[str] = []
+        seen = set(exclude)
         attempts = 0
         while len(out) < n:
             attempts += 1

@@ -124,8 +124,8 @@ def sample_responses(
     )
     ids, keep = out.response_ids.tolist(), out.response_mask.tolist()  # one host copy, not one per row
     texts = []
-    for row, (row_ids, row_keep) in enumerate(zip(ids, keep)):
-        toks = [t for t, k in zip(row_ids, row_keep) if k]
+    for row, (row_ids, row_keep) in enumerate(zip(ids, keep, strict=True)):
+        toks = [t for t, k in zip(row_ids, row_keep, strict=True) if k]
         if lengths is not None:
             toks = toks[: lengths[row // num_samples]]
         texts.append(tokenizer.decode([t for t in toks if t != eos]))
@@ -186,9 +186,11 @@ class BestOfNSampler:
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def _draw_length(self) -> int:
-        if isinstance(self.length_sampler, LengthSampler):
-            return self.length_sampler(self.generator)
-        return int(self.length_sampler())
+        sampler = self.length_sampler
+        if isinstance(sampler, LengthSampler):
+            return sampler(self.generator)
+        assert sampler is not None  # called only when there is a length sampler
+        return int(sampler())
 
     def _score(self, query_texts: list[str], responses: list[str]) -> Tensor:
         from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
@@ -197,7 +199,11 @@ class BestOfNSampler:
             prompts = [""] * len(responses) if self.score_completion_only else query_texts
             scores = self.queries_to_scores.score(prompts, responses)  # its own tokenizer: the texts are strings
         else:
-            texts = responses if self.score_completion_only else [q + r for q, r in zip(query_texts, responses)]
+            texts = (
+                responses
+                if self.score_completion_only
+                else [q + r for q, r in zip(query_texts, responses, strict=True)]
+            )
             scores = self.queries_to_scores(texts)
         scores = (
             torch.as_tensor(scores if isinstance(scores, Tensor) else list(scores), dtype=torch.float).detach().cpu()

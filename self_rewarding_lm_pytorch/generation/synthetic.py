@@ -68,7 +68,7 @@ class PerplexityScorer:
             for s in range(0, len(prompts), self.batch_size):
                 rows = [
                     self._example(p, r)
-                    for p, r in zip(prompts[s : s + self.batch_size], responses[s : s + self.batch_size])
+                    for p, r in zip(prompts[s : s + self.batch_size], responses[s : s + self.batch_size], strict=True)
                 ]
                 batch = collate_examples(rows, self.tokenizer.pad_id)
                 mean_lp = model_sequence_logprobs(
@@ -88,7 +88,8 @@ def _scorer_fn(scorer) -> tuple[Callable, bool]:
         return scorer.score, True
     if not callable(scorer):
         raise TypeError(
-            f"scorer must be a RewardModel, a PerplexityScorer or a callable (prompts, responses) -> scores, got {type(scorer).__name__}"
+            "scorer must be a RewardModel, a PerplexityScorer or a callable (prompts, responses) -> scores, "
+            f"got {type(scorer).__name__}"
         )
     return scorer, bool(getattr(scorer, "higher_is_better", True))
 

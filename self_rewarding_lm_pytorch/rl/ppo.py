@@ -1,4 +1,5 @@
-"""PPO fine-tuning under a KL penalty to a reference model (Ziegler et al. 2019; Stiennon et al. 2020; TRL's PPOTrainer).
+"""PPO fine-tuning under a KL penalty to a reference model (Ziegler et al. 2019; Stiennon et al. 2020;
+TRL's PPOTrainer).
 
 Shapes: b batch (rollouts), n sequence (query + response), v vocab. Action tensors are (b, n-1),
 aligned as `logprobs.token_logprobs` aligns them (see `ppo_model`).
@@ -57,10 +58,10 @@ class PPOConfig:
     """PPO hyperparameters; defaults follow TRL's PPOConfig except the batch sizes (sized for CPU) and
     `max_grad_norm` (clipped by default, like the rest of this package's trainers).
 
-    `batch_size` is the number of rollouts a stage samples per PPO step (`step` accepts any number). `target_kl` and `horizon` drive the adaptive KL
-    controller (summed per-sequence KL; Ziegler et al. 2019). `reward_norm` divides scores by a running
-    std after subtracting a running mean (over all scores seen so far); `reward_clip` then clips
-    them to [-reward_clip, reward_clip].
+    `batch_size` is the number of rollouts a stage samples per PPO step (`step` accepts any number).
+    `target_kl` and `horizon` drive the adaptive KL controller (summed per-sequence KL; Ziegler et al. 2019).
+    `reward_norm` divides scores by a running std after subtracting a running mean (over all scores seen
+    so far); `reward_clip` then clips them to [-reward_clip, reward_clip].
     """
 
     learning_rate: float = 1.41e-5
@@ -224,9 +225,11 @@ class PPOTrainer:
         kwargs = _sampling_kwargs(generation_kwargs, self.tokenizer)
         kwargs.setdefault("generator", self.sample_generator)
         out = sample(self.policy.transformer, list(queries), **kwargs)
-        rows = [ids[mask] for ids, mask in zip(out.response_ids, out.response_mask)]  # on CPU, as sample returns them
+        rows = [
+            ids[mask] for ids, mask in zip(out.response_ids, out.response_mask, strict=True)
+        ]  # on CPU, as sample returns them
         if return_prompt:
-            rows = [torch.cat([queries[int(p)].cpu(), r]) for p, r in zip(out.prompt_index, rows)]
+            rows = [torch.cat([queries[int(p)].cpu(), r]) for p, r in zip(out.prompt_index, rows, strict=True)]
         return rows
 
     def _scores(self, scores: Sequence[Any] | Tensor, b: int) -> tuple[Tensor, Tensor, Tensor]:

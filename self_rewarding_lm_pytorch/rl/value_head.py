@@ -113,7 +113,7 @@ def assemble_rollouts(
     if len(queries) == 0:
         raise ValueError("need at least one (query, response) pair")
     rows, starts = [], []
-    for i, (q, r) in enumerate(zip(queries, responses)):
+    for i, (q, r) in enumerate(zip(queries, responses, strict=True)):
         q_ids, r_ids = to_id_list(q), _trim_response(to_id_list(r), eos_id)
         if not q_ids:
             raise ValueError(f"query {i} is empty: the first response token would have no prediction")
@@ -141,7 +141,8 @@ def per_token_rewards(kl: Tensor, scores: Tensor, action_mask: Tensor, kl_coef: 
     """
     if kl.shape != action_mask.shape or scores.shape != kl.shape[:1]:
         raise ValueError(
-            f"kl {tuple(kl.shape)}, action_mask {tuple(action_mask.shape)}, scores {tuple(scores.shape)} do not fit (b, n-1), (b,)"
+            f"kl {tuple(kl.shape)}, action_mask {tuple(action_mask.shape)}, scores {tuple(scores.shape)} "
+            "do not fit (b, n-1), (b,)"
         )
     has_action = action_mask.any(dim=-1)
     if not bool(has_action.all()):

@@ -100,7 +100,9 @@ def run_chunks(
     if cand_path is not None and not done:
         atomic_write_text(cand_path, "")  # a fresh run never appends to an old file
     appender = JsonlAppender(cand_path) if cand_path is not None else None
-    records, counts, made = [], Counter(), 0
+    records: list[dict] = []
+    counts: Counter[str] = Counter()
+    made = 0
     bar = tqdm(total=sum(len(items) for _, items in plan), desc="preferences", disable=not progress, unit="prompt")
     try:
         for start in range(0, len(plan), shard.world):

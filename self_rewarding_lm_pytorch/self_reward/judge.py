@@ -14,6 +14,7 @@ import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import jinja2
 import jinja2.meta
@@ -58,6 +59,9 @@ class RewardConfig:
 
     prompt_template: str
     reward_regex_template: str
+    if TYPE_CHECKING:  # compiled per instance in __post_init__; not dataclass fields
+        _template: ClassVar[jinja2.Template]
+        _pattern: ClassVar[re.Pattern]
     auto_dedent: bool = True
     score_range: tuple[float, float] | None = None
     parse_reward: Callable[[str], float | None] | None = None
@@ -218,7 +222,9 @@ def judge_scores(
     if num_judgments < 1 or max_new_tokens < 1:
         raise ValueError(f"num_judgments and max_new_tokens must be >= 1, got {num_judgments}, {max_new_tokens}")
     limit = getattr(model, "max_seq_len", None)
-    encoded = [tokenizer.encode(reward_config.render(prompt=p, response=r)) for p, r in zip(prompts, responses)]
+    encoded = [
+        tokenizer.encode(reward_config.render(prompt=p, response=r)) for p, r in zip(prompts, responses, strict=True)
+    ]
     fits = [len(ids) >= 1 and (limit is None or len(ids) + max_new_tokens <= limit) for ids in encoded]
     judged = [i for i, ok in enumerate(fits) if ok]
     texts: list[list[str]] = [[] for _ in prompts]

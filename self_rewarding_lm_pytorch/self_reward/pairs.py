@@ -86,7 +86,7 @@ def length_controlled(
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho must be in [0, 1], got {rho}")
     pairs = []
-    for p, (row, lens) in enumerate(zip(scores.detach().double().cpu(), lengths.detach().cpu())):
+    for p, (row, lens) in enumerate(zip(scores.detach().double().cpu(), lengths.detach().cpu(), strict=True)):
         valid = ~torch.isnan(row)
         if int(valid.sum()) < 2:
             continue

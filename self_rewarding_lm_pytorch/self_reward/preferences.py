@@ -15,11 +15,11 @@ import logging
 import math
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from beartype import beartype
@@ -134,7 +134,7 @@ def _fit_text(text: str, tokenizer, max_tokens: int) -> tuple[str, bool]:
 
 def _encode_prompts(prompts, tokenizer) -> list[tuple[str | None, list[int] | None, str | None]]:
     """(text, ids, drop reason) per prompt; a prompt that cannot be read is dropped, not fatal."""
-    out = []
+    out: list[tuple[str | None, list[int] | None, str | None]] = []
     for item in prompts:
         try:
             text = _prompt_text(item, tokenizer)
@@ -210,7 +210,8 @@ def _score_nonempty(ctx: dict, prompts_rep: list[str], responses: list[str], gen
     keep = [i for i, r in enumerate(responses) if r]
     counts["candidates_empty"] += len(responses) - len(keep)
     scores = torch.full((len(responses),), math.nan)
-    texts, parsed = [[] for _ in responses], [[] for _ in responses]
+    texts: list[list[str]] = [[] for _ in responses]
+    parsed: list[list[float | None]] = [[] for _ in responses]
     if keep:
         kept = _score(ctx, [prompts_rep[i] for i in keep], [responses[i] for i in keep], generator)
         counts.update(kept[3])
@@ -284,7 +285,7 @@ def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator
 
 def _make_chunk(ctx: dict, generator, seed, key: tuple[int, int], items: list) -> tuple[list[dict], Counter]:
     """One chunk's records and counts, its randomness drawn from its key (see `_chunk_generator`)."""
-    counts = Counter()
+    counts: Counter[str] = Counter()
     return _process_chunk(ctx, items, _chunk_generator(generator, seed, *key), counts), counts
 
 
@@ -406,7 +407,7 @@ def generate_preferences(
         raise ValueError(f"num_pairs must be >= 0 or None, got {num_pairs}")
     judge_model = judge_model if judge_model is not None else model
     judged = reward_fn is None
-    encoded = _encode_prompts([prompts[i] for i in range(len(prompts))], tokenizer)
+    encoded = _encode_prompts([prompts[i] for i in range(len(cast(Sized, prompts)))], tokenizer)
     budgets = resolve_budgets(
         [len(ids) for _, ids, _ in encoded if ids],
         template_len=len(tokenizer.encode(reward_config.render(prompt="", response=""))),

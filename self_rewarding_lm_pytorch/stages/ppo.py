@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -87,7 +87,8 @@ class PPOStageConfig:
             raise TypeError(f"ppo must be a PPOConfig or a dict of its fields, got {type(self.ppo).__name__}")
         if not (self.reward == SELF_JUDGE or callable(self.reward) or hasattr(self.reward, "as_reward_fn")):
             raise TypeError(
-                f"reward must be {SELF_JUDGE!r}, a reward model or a callable (prompts, responses) -> scores, got {self.reward!r}"
+                f"reward must be {SELF_JUDGE!r}, a reward model or a callable (prompts, responses) -> scores, "
+                f"got {self.reward!r}"
             )
         for name in ("num_ppo_steps", "max_new_tokens", "num_judgments", "judge_max_new_tokens"):
             value = getattr(self, name)
@@ -162,11 +163,15 @@ class PPOStageConfig:
             )
         ctx.accelerator.wait_for_everyone()
 
+    @property
+    def _ppo(self) -> PPOConfig:
+        return cast(PPOConfig, self.ppo)  # __post_init__ turned a dict into a PPOConfig
+
     def _batch(self, step: int, prompts: list, ctx: StageContext) -> list[int]:
         """This process's prompt indices for `step`: positions of a stream of seeded per-pass permutations."""
         from self_rewarding_lm_pytorch.training.loop import epoch_permutation
 
-        size, rank, world = self.ppo.batch_size, ctx.accelerator.process_index, ctx.accelerator.num_processes
+        size, rank, world = self._ppo.batch_size, ctx.accelerator.process_index, ctx.accelerator.num_processes
         first = (step * world + rank) * size
         out = []
         for position in range(first, first + size):
@@ -176,12 +181,12 @@ class PPOStageConfig:
 
     def run(self, ctx: StageContext) -> dict:
         dataset = resolve_dataset(self.prompt_dataset, name="prompt_dataset")
-        prompts = [_prompt_of(dataset[i], i) for i in range(len(dataset))]
+        prompts = [_prompt_of(dataset[i], i) for i in range(len(cast(Sized, dataset)))]
         if not prompts:
             raise ValueError("prompt_dataset is empty")
         tok = ctx.tokenizer
         trainer = PPOTrainer(
-            ctx.model, config=dataclasses.replace(self.ppo, seed=ctx.seed), tokenizer=tok, accelerator=ctx.accelerator
+            ctx.model, config=dataclasses.replace(self._ppo, seed=ctx.seed), tokenizer=tok, accelerator=ctx.accelerator
         )
         reward_fn = self._reward_fn(ctx, trainer)
         start = self._resume(ctx, trainer)
@@ -241,6 +246,6 @@ class PPOStageConfig:
         # unscored (NaN) rollouts go to the step too: it masks them out, and every process keeps the same batch shape
         stats = {"step": step + 1, "ppo/num_rollouts": len(batch), **trainer.step(queries, responses, scores)}
         if rollouts is not None:
-            for p, r, s in zip(prompt_texts, response_texts, scores):
+            for p, r, s in zip(prompt_texts, response_texts, scores, strict=True):
                 rollouts.write({"step": step + 1, "prompt": p, "response": r, "score": s if math.isfinite(s) else None})
         return stats

@@ -111,5 +111,6 @@ def reward_fn_of(reward_model: Any) -> Callable[[list[str], list[str]], Any]:
     if callable(reward_model):
         return reward_model
     raise TypeError(
-        f"reward_model must be a callable (prompts, responses) -> scores or a RewardModel, got {type(reward_model).__name__}"
+        "reward_model must be a callable (prompts, responses) -> scores or a RewardModel, "
+        f"got {type(reward_model).__name__}"
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from self_rewarding_lm_pytorch.stages.context import StageContext, resolve_dataset
 from self_rewarding_lm_pytorch.stages.fields import TrainingFields, train_config_of
@@ -38,8 +39,10 @@ class SelfPlayConfig(TrainingFields):
     def run(self, ctx: StageContext) -> dict:
         from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration
 
-        items = resolve_dataset(self.train_dataset, name="train_dataset")
-        items = [items[i] for i in range(len(items))]  # mock datasets draw anew per index: fix them once
+        dataset = resolve_dataset(self.train_dataset, name="train_dataset")
+        items = [
+            dataset[i] for i in range(len(cast(Sized, dataset)))
+        ]  # mock datasets draw anew per index: fix them once
         max_seq_len = self.max_seq_len or getattr(ctx.model, "max_seq_len", None)
         if max_seq_len is None:
             raise ValueError("SelfPlayConfig needs max_seq_len: the model has no max_seq_len attribute")

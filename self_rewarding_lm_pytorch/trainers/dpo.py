@@ -13,11 +13,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate.utils import gather_object
@@ -98,7 +98,7 @@ def normalize_preference(record: Any, index: int) -> tuple:
         raise PreferenceRecordError(
             f"preference record {index} must be a dict with prompt/chosen/rejected or a 3-tuple, got {_show(record)}"
         )
-    for name, value in zip(("prompt", "chosen", "rejected"), fields):
+    for name, value in zip(("prompt", "chosen", "rejected"), fields, strict=True):
         if not isinstance(value, (str, list, tuple, Tensor)):
             raise PreferenceRecordError(
                 f"preference record {index}: {name} must be a str or token ids, got {type(value).__name__}"
@@ -122,7 +122,7 @@ def encode_pairs(
     instead of an index error deep inside the embedding.
     """
     pairs = []
-    for index in range(len(records)):  # by index: map-style Datasets need not be iterable
+    for index in range(len(cast(Sized, records))):  # by index: map-style Datasets need not be iterable
         prompt, chosen, rejected = normalize_preference(records[index], index)
         try:
             pairs.append(
@@ -378,7 +378,9 @@ def train_pairs(
             progress=config.progress and accelerator.is_main_process,
             accelerator=accelerator,
         )
-        splits = {k: [p | {"ref": tuple(r.tolist())} for p, r in zip(v, ref_logps[k])] for k, v in splits.items()}
+        splits = {
+            k: [p | {"ref": tuple(r.tolist())} for p, r in zip(v, ref_logps[k], strict=True)] for k, v in splits.items()
+        }
         task = make_task(ref_model=None, autocast=accelerator.autocast)
     else:
         # A given reference is frozen in place (no second copy); otherwise the policy is copied now.
@@ -425,9 +427,9 @@ def train_dpo(
     """
     _check_dpo_args(beta, loss_type, label_smoothing, sft_weight)
     tokenizer = default_tokenizer(model, tokenizer)
-    encode = partial(encode_pairs, tokenizer=tokenizer, **_limits(model, max_seq_len))
-    pairs = encode(records)
-    valid_pairs = encode(valid_records) if valid_records else None
+    limits = _limits(model, max_seq_len)
+    pairs = encode_pairs(records, tokenizer, **limits)
+    valid_pairs = encode_pairs(valid_records, tokenizer, **limits) if valid_records else None
     make_task = partial(
         DPOTask,
         pad_id=tokenizer.pad_id,
@@ -504,10 +506,12 @@ class DPOTrainer:
         _check_dpo_args(beta, loss_type, label_smoothing, sft_weight)
         self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
         self.model, self.tokenizer = model, default_tokenizer(model, tokenizer)
-        encode = partial(encode_pairs, tokenizer=self.tokenizer, **_limits(model, max_seq_len))
-        self.pairs = encode(train_data)
-        self.valid_pairs = encode(valid_data) if valid_data else None
-        self.loss_kwargs = dict(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, sft_weight=sft_weight)
+        limits = _limits(model, max_seq_len)
+        self.pairs = encode_pairs(train_data, self.tokenizer, **limits)
+        self.valid_pairs = encode_pairs(valid_data, self.tokenizer, **limits) if valid_data else None
+        self.loss_kwargs: dict[str, Any] = dict(
+            beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, sft_weight=sft_weight
+        )
         self.precompute_ref_logprobs, self.resume, self.max_seq_len = precompute_ref_logprobs, resume, max_seq_len
         self.checkpoint_folder = None if checkpoint_folder is None else Path(checkpoint_folder)
         self.accelerator, self.accelerate_kwargs = accelerator, accelerate_kwargs

@@ -71,7 +71,7 @@ class RewardModel(nn.Module):
             net = TransformerWrapper(
                 num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=layers, return_only_embed=True
             )
-            self.config = dict(sizes, encoder=encoder)
+            self.config: dict[str, Any] | None = dict(sizes, encoder=encoder)
         else:
             if any(v is not None for v in sizes.values()):
                 raise ValueError("pass either net= or the sizes (num_tokens, ...), not both")
@@ -81,12 +81,13 @@ class RewardModel(nn.Module):
         if score_batch_size < 1:
             raise ValueError(f"score_batch_size must be >= 1, got {score_batch_size}")
         self.net = net
-        self.causal = bool(getattr(net.attn_layers, "causal", True))
-        self.max_seq_len = int(net.max_seq_len)
-        self.to_reward = nn.Linear(net.attn_layers.dim, 1)
+        wrapper: Any = net  # an x-transformers TransformerWrapper (untyped)
+        self.causal = bool(getattr(wrapper.attn_layers, "causal", True))
+        self.max_seq_len = int(wrapper.max_seq_len)
+        self.to_reward = nn.Linear(wrapper.attn_layers.dim, 1)
         self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
         vocab = getattr(self.tokenizer, "vocab_size", None)
-        n_emb = net.token_emb.emb.num_embeddings if hasattr(net, "token_emb") else None
+        n_emb = wrapper.token_emb.emb.num_embeddings if hasattr(wrapper, "token_emb") else None
         if vocab is not None and n_emb is not None and vocab > n_emb:
             raise ValueError(f"tokenizer has {vocab} ids but the network embeds only {n_emb}")
         self.score_batch_size = score_batch_size
@@ -127,7 +128,7 @@ class RewardModel(nn.Module):
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         tok = tokenizer if tokenizer is not None else self.tokenizer
-        rows = [encode_example(tok, p, r, max_len=self.max_seq_len) for p, r in zip(prompts, responses)]
+        rows = [encode_example(tok, p, r, max_len=self.max_seq_len) for p, r in zip(prompts, responses, strict=True)]
         by_length = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
         was_training, device = self.training, next(self.parameters()).device
         out = torch.zeros(len(rows))
@@ -338,12 +339,13 @@ class RewardModelTrainer:
         self.train_records = load_ranked_records(train_data)
         self.valid_records = load_ranked_records(valid_data) if valid_data is not None else None
         self.config = TrainConfig(**train_config)
-        self.task = RankingTask(self.tokenizer, max_ranks_per_batch, max_seq_len or reward_model.max_seq_len)
+        max_len = max_seq_len or reward_model.max_seq_len
+        self.task = RankingTask(self.tokenizer, max_ranks_per_batch, max_len)
         for name, records in (("train_data", self.train_records), ("valid_data", self.valid_records or [])):
             for i, rec in enumerate(records):  # raised now, not mid-training from collate
-                if len(self.tokenizer.encode(rec["prompt"])) >= self.task.max_seq_len:
+                if len(self.tokenizer.encode(rec["prompt"])) >= max_len:
                     raise ValueError(
-                        f"{name} record {i}: its prompt leaves no room for an output within max_seq_len={self.task.max_seq_len}"
+                        f"{name} record {i}: its prompt leaves no room for an output within max_seq_len={max_len}"
                     )
         self.accelerator, self.accelerate_kwargs = accelerator, accelerate_kwargs
         self.checkpoint_folder, self.resume = checkpoint_folder, resume

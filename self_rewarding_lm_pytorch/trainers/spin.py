@@ -11,10 +11,10 @@ Shapes: b batch, n sequence (the tensors live in `stages.dpo` and `sampling`; th
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from beartype import beartype
@@ -27,7 +27,7 @@ from self_rewarding_lm_pytorch.core.losses import spin_loss
 from self_rewarding_lm_pytorch.trainers.dpo import PairTask, default_tokenizer, train_pairs
 from self_rewarding_lm_pytorch.trainers.sft import NoResponseTokens, to_sft_example
 from self_rewarding_lm_pytorch.training.checkpoint import load_model
-from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
+from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, make_accelerator
 
 __all__ = [
     "SFTRecordError",
@@ -56,8 +56,9 @@ def encode_sft_items(
     Items whose prompt leaves no room for a response within `max_seq_len` are skipped with a warning,
     as SFT does; a malformed item or an empty response is an error naming the item.
     """
-    out, skipped = [], 0
-    for index in range(len(items)):
+    out: list[tuple[list[int], list[int]]] = []
+    skipped, num_items = 0, len(cast(Sized, items))
+    for index in range(num_items):
         item = items[index]
         try:
             to_sft_example(item, tokenizer)  # without the length limit: is the response itself empty?
@@ -80,14 +81,12 @@ def encode_sft_items(
         log.warning(
             "SPIN: skipped %d of %d SFT items whose prompt leaves no room within max_seq_len=%d",
             skipped,
-            len(items),
+            num_items,
             max_seq_len,
         )
     if not out:
         raise SFTRecordError(
-            "no SFT items"
-            if not len(items)
-            else f"no SFT item has room for a response within max_seq_len={max_seq_len}"
+            "no SFT items" if not num_items else f"no SFT item has room for a response within max_seq_len={max_seq_len}"
         )
     return out
 
@@ -152,7 +151,8 @@ def generate_synthetic(
 
 def _pairs(examples, generated) -> list[dict]:
     return [
-        {"chosen": (p + real, len(p)), "rejected": (p + gen, len(p))} for (p, real), gen in zip(examples, generated)
+        {"chosen": (p + real, len(p)), "rejected": (p + gen, len(p))}
+        for (p, real), gen in zip(examples, generated, strict=True)
     ]
 
 
@@ -164,7 +164,7 @@ def _load_or_generate(model, examples, run_dir, *, resume, is_main, tokenizer, n
     path = None if run_dir is None else Path(run_dir) / SYNTHETIC_FILE
     if resume and path is not None and path.exists():
         records = read_jsonl(path)
-        if len(records) == len(examples) and all(r["prompt"] == p for r, (p, _) in zip(records, examples)):
+        if len(records) == len(examples) and all(r["prompt"] == p for r, (p, _) in zip(records, examples, strict=True)):
             return [r["generated"] for r in records]
         raise ValueError(f"{path} holds samples for other prompts; cannot resume this SPIN run with new data")
     generated = generate_synthetic(model, examples, tokenizer=tokenizer, **sample_kwargs)
@@ -180,7 +180,7 @@ def _load_or_generate(model, examples, run_dir, *, resume, is_main, tokenizer, n
                     "generated": gen,
                     "generated_text": tokenizer.decode(gen),
                 }
-                for i, ((p, real), gen) in enumerate(zip(examples, generated))
+                for i, ((p, real), gen) in enumerate(zip(examples, generated, strict=True))
             ),
         )
     return generated
@@ -306,15 +306,16 @@ class SPINTrainer:
         self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
         self.model, self.tokenizer = model, default_tokenizer(model, tokenizer)
         # Fixed once: mock datasets draw anew per index. Bad items fail here, not mid-run.
-        self.items, self.valid_items = (
-            None if d is None else [d[i] for i in range(len(d))] for d in (train_sft_dataset, valid_sft_dataset)
+        self.items = [train_sft_dataset[i] for i in range(len(train_sft_dataset))]
+        self.valid_items = (
+            None if valid_sft_dataset is None else [valid_sft_dataset[i] for i in range(len(valid_sft_dataset))]
         )
         for items in (x for x in (self.items, self.valid_items) if x is not None):
             encode_sft_items(
                 items, self.tokenizer, max_seq_len=max_seq_len, num_tokens=getattr(model, "num_tokens", None)
             )
         self.max_seq_len, self.num_iterations, self.mix = max_seq_len, num_iterations, mix_previous_synthetic
-        self.sample_kwargs = dict(
+        self.sample_kwargs: dict[str, Any] = dict(
             temperature=temperature, top_p=top_p, top_k=top_k, sample_batch_size=sample_batch_size
         )
         self.precompute_ref_logprobs, self.resume = precompute_ref_logprobs, resume
@@ -328,7 +329,8 @@ class SPINTrainer:
         """Run every iteration; returns the per-iteration `TrainResult`s (None for ones finished earlier)."""
         if self.accelerator is None:
             self.accelerator = make_accelerator(self.accelerate_kwargs)
-        results, previous = [], None
+        results: list[TrainResult | None] = []
+        previous = None
         for k in range(1, self.num_iterations + 1):
             run_dir = self._iteration_dir(k)
             if self.resume and run_dir is not None and (run_dir / DONE_FILE).exists():

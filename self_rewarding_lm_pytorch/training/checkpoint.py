@@ -22,6 +22,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from beartype import beartype
@@ -107,7 +108,7 @@ def load_model(model: nn.Module, path: str | os.PathLike, *, strict: bool = True
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model weights at {path}")
-    missing, unexpected = _st_load_model(_unwrap(model), str(path), strict=strict)
+    _missing, _unexpected = _st_load_model(_unwrap(model), str(path), strict=strict)
     return model
 
 
@@ -130,7 +131,13 @@ def get_rng_state() -> dict:
         import numpy as np
 
         kind, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached)]
+        state["numpy"] = [
+            kind,
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ]
     except ImportError:
         pass
     if torch.cuda.is_available():
@@ -201,7 +208,7 @@ def save_training_state(
     step: int,
     *,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer | object,
+    optimizer: Any,  # a torch Optimizer or a wrapper with state_dict() (accelerate's)
     state: dict,
     config: dict,
     best_weights: dict[str, Tensor] | None = None,
@@ -237,7 +244,7 @@ def load_training_state(
     checkpoint_dir: str | os.PathLike,
     *,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer | object | None = None,
+    optimizer: Any = None,  # a torch Optimizer or a wrapper with load_state_dict() (accelerate's)
 ) -> dict:
     """Load a step folder: weights into `model`, state into `optimizer`; returns the state dict.
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,7 +109,7 @@ def train(
     config: TrainConfig,
     *,
     accelerator: Accelerator | None = None,
-    run_dir: str | Path | None = None,
+    run_dir: str | os.PathLike | None = None,
     valid_dataset: Any = None,
     resume: bool = False,
     saved_config: dict | None = None,
@@ -166,7 +167,9 @@ class _Run:
         self.total_steps = config.total_steps(len(train_dataset))
         self.stream, self.window = DataStream(len(train_dataset), config.seed), MetricWindow()
         self.s, self.last_saved = ckpt.RunState(last_lr=config.learning_rate), None
-        self.appender = self.tb = self.bar = None
+        self.appender: JsonlAppender | None = None
+        self.tb: Any = None
+        self.bar: Any = None  # tqdm, opened in _open_outputs
 
     def execute(self, resume: bool) -> TrainResult:
         was_training = self.core.training
@@ -210,6 +213,7 @@ class _Run:
         self.acc.wait_for_everyone()
 
     def _resume(self) -> bool:
+        assert self.run_dir is not None  # only called with a run folder
         path = ckpt.latest_checkpoint(self.run_dir)
         if path is None:
             return False
@@ -363,7 +367,7 @@ class _Run:
         names = sorted(sums)
         stacked = torch.stack([sums[k] for k in names] + [torch.tensor(float(count), device=device)])
         totals = self.acc.reduce(stacked, reduction="sum").tolist()  # item-weighted means over all processes
-        metrics = {k: v / totals[-1] for k, v in zip(names, totals)}
+        metrics = {k: v / totals[-1] for k, v in zip(names, totals, strict=True)}
         self._emit({"step": self.s.step, **{f"valid/{k}": v for k, v in metrics.items()}})
         self._update_best(metrics)
 
@@ -387,6 +391,7 @@ class _Run:
     # --- checkpoints and the end ---
 
     def _save(self):
+        assert self.run_dir is not None  # only called with a run folder
         rng = ckpt.get_rng_state()
         # Every process's RNG goes into the one checkpoint the main process writes.
         rngs = gather_object([rng]) if self.nproc > 1 else [rng]

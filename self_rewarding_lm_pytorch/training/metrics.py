@@ -43,4 +43,4 @@ class MetricWindow:
         stacked = torch.stack([self.sums[n] for n in names]) / self.steps
         values = accelerator.reduce(stacked, reduction="mean").tolist()  # the one host sync per log
         self.sums, self.steps = {}, 0
-        return dict(zip(names, values))
+        return dict(zip(names, values, strict=True))

@@ -43,7 +43,8 @@ class DataStream:
     """Stream position k -> item index: epoch k // n, position k % n of that epoch's permutation."""
 
     def __init__(self, n: int, seed: int):
-        self.n, self.seed, self._epoch, self._order = n, seed, -1, []
+        self.n, self.seed, self._epoch = n, seed, -1
+        self._order: list[int] = []
 
     def take(self, start: int, count: int) -> list[int]:
         out = []
