@@ -367,7 +367,7 @@ class _Run:
         names = sorted(sums)
         stacked = torch.stack([sums[k] for k in names] + [torch.tensor(float(count), device=device)])
         totals = self.acc.reduce(stacked, reduction="sum").tolist()  # item-weighted means over all processes
-        metrics = {k: v / totals[-1] for k, v in zip(names, totals, strict=True)}
+        metrics = {k: v / totals[-1] for k, v in zip(names, totals[:-1], strict=True)}
         self._emit({"step": self.s.step, **{f"valid/{k}": v for k, v in metrics.items()}})
         self._update_best(metrics)
 
