@@ -22,6 +22,7 @@ from beartype import beartype
 from torch import nn
 
 from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_json_if_exists
+from self_rewarding_lm_pytorch.core.seeding import derive_seed
 from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer
 from self_rewarding_lm_pytorch.manifest import (
     INITIAL_MODEL,
@@ -171,7 +172,7 @@ class SelfRewardingTrainer:
 
         # Each stage re-seeds from (run seed, stage index), so a resumed stage sees the same
         # randomness as an uninterrupted run, whatever ran before it in this process.
-        stage_seed = run_seed + 1000 * (index + 1)
+        stage_seed = derive_seed(run_seed, "stage", index)
         seed_everything(stage_seed)
         ctx = StageContext(
             model=self.model,

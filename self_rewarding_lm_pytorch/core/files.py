@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,31 +15,59 @@ from torch import Tensor
 
 __all__ = [
     "JsonlAppender",
+    "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "fsync_path",
     "iter_jsonl",
     "read_json_if_exists",
     "read_jsonl",
     "read_records",
+    "resume_jsonl",
     "write_jsonl",
 ]
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def fsync_path(path: Path) -> None:
+    """Flush a file (or a folder's entry list) to disk, so a rename after it cannot expose stale bytes."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return  # some filesystems do not open folders; the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """THE atomic write: `write(tmp)` to a temp file beside `path`, fsync, rename over `path`.
+
+    The target is never half-written: a crash leaves the old file (or none) and at worst a hidden
+    temp file, which is removed when the write itself fails.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)  # the rename itself survives a power cut
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -115,6 +143,21 @@ def read_records(path: str | os.PathLike) -> tuple[list[Any], list[str]]:
 def read_jsonl(path: str | os.PathLike, *, ignore_partial_last_line: bool = False) -> list[Any]:
     """The records of a JSONL file (see `iter_jsonl`)."""
     return [record for _, record in iter_jsonl(path, ignore_partial_last_line=ignore_partial_last_line)]
+
+
+def resume_jsonl(path: str | os.PathLike, keep: Callable[[list[Any]], list[Any]]) -> list[Any]:
+    """THE resume of a streamed JSONL file: the records `keep` returns (those of finished work, e.g. up
+    to the last checkpoint's step), with the file rewritten atomically to exactly them when `keep`
+    drops any or a crash left a partial last line. A missing file is no records.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = read_jsonl(path, ignore_partial_last_line=True)
+    kept = keep(records)
+    if len(kept) != len(records) or not path.read_bytes().endswith(b"\n"):
+        write_jsonl(path, kept)
+    return kept
 
 
 class JsonlAppender:

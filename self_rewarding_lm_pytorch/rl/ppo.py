@@ -34,6 +34,7 @@ from self_rewarding_lm_pytorch.core.losses import (
     ppo_value_loss,
     whiten,
 )
+from self_rewarding_lm_pytorch.core.seeding import derive_seed
 from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer
 from self_rewarding_lm_pytorch.rl.value_head import (
     RunningMoments,
@@ -185,7 +186,7 @@ class PPOTrainer:
         )
         self.score_moments = RunningMoments()
         # seeded per process, so runs repeat; distinct per rank so processes sample different rollouts
-        rank_seed = config.seed + 7919 * self.accelerator.process_index
+        rank_seed = derive_seed(config.seed, "ppo-process", self.accelerator.process_index)
         self.shuffle_generator = torch.Generator().manual_seed(rank_seed)
         self.sample_generator = torch.Generator().manual_seed(rank_seed)  # the sampler draws its keys on CPU
         self.num_steps = 0

@@ -54,20 +54,25 @@ class Shard:
 
 def resume_chunks(path: Path, chunk_prompts: dict[ChunkKey, list[int]], texts: list) -> dict[ChunkKey, list[dict]]:
     """Complete chunks already in candidates.jsonl (the file is rewritten without a partial chunk)."""
-    from self_rewarding_lm_pytorch.core.files import read_jsonl, write_jsonl
+    from self_rewarding_lm_pytorch.core.files import resume_jsonl
 
-    if not path.exists():
-        return {}
-    by_chunk: dict[ChunkKey, list[dict]] = {}
-    for rec in read_jsonl(path, ignore_partial_last_line=True):
-        by_chunk.setdefault((rec["pass"], rec["chunk"]), []).append(rec)
-    done = {}
-    for key, recs in by_chunk.items():
-        if [r["prompt_index"] for r in recs] == chunk_prompts.get(key):
-            if any(texts[r["prompt_index"]] != r["prompt"] for r in recs):
-                raise ValueError(f"{path} was made from different prompts; cannot resume it (delete it to start over)")
-            done[key] = recs
-    write_jsonl(path, [r for key in sorted(done) for r in done[key]])
+    def complete(records: list[dict]) -> list[dict]:
+        by_chunk: dict[ChunkKey, list[dict]] = {}
+        for rec in records:
+            by_chunk.setdefault((rec["pass"], rec["chunk"]), []).append(rec)
+        done = {}
+        for key, recs in by_chunk.items():
+            if [r["prompt_index"] for r in recs] == chunk_prompts.get(key):
+                if any(texts[r["prompt_index"]] != r["prompt"] for r in recs):
+                    raise ValueError(
+                        f"{path} was made from different prompts; cannot resume it (delete it to start over)"
+                    )
+                done[key] = recs
+        return [r for key in sorted(done) for r in done[key]]
+
+    done: dict[ChunkKey, list[dict]] = {}
+    for rec in resume_jsonl(path, complete):
+        done.setdefault((rec["pass"], rec["chunk"]), []).append(rec)
     return done
 
 

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from dataclasses import dataclass
 from typing import Any
+
+from self_rewarding_lm_pytorch.stages.walk import DESCEND, is_container, walk_config
 
 __all__ = ["TrainingFields", "describe_config", "train_config_of"]
 
 
 def _describe(value: Any) -> Any:
     """A JSON-able description of a config value: datasets and callables by what identifies them."""
+    return walk_config(value, _describe_leaf)
+
+
+def _describe_leaf(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, os.PathLike):
         return str(value)
-    if isinstance(value, (list, tuple)):
-        if len(value) > 16:  # a dataset given as a list: describe, do not dump it into config.json
-            return {"type": type(value).__name__, "len": len(value)}
-        return [_describe(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _describe(v) for k, v in value.items()}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _describe(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)) and len(value) > 16:
+        # a dataset given as a list: describe, do not dump it into config.json
+        return {"type": type(value).__name__, "len": len(value)}
+    if is_container(value):
+        return DESCEND
     if hasattr(value, "__len__") and hasattr(value, "__getitem__"):
         return {"type": type(value).__name__, "len": len(value)}
     if callable(value):
@@ -45,33 +49,31 @@ def train_config_of(config: Any, **overrides):
     return TrainConfig(**values)
 
 
-def _training_fields():
-    """TrainConfig's fields as keyword-only fields with its defaults, for stage configs to inherit.
+@dataclass(frozen=True, kw_only=True)
+class TrainingFields:
+    """The loop's `TrainConfig` fields (keyword-only), shared by every training stage.
 
-    Built from TrainConfig itself so the defaults live in one place. `seed` and `progress` are the
-    pipeline's to set, so stages do not carry them.
+    Written out so IDEs and type checkers see them; `seed` and `progress` are the pipeline's to set.
+    A unit test holds the names, types and defaults identical to TrainConfig's, so they cannot drift.
     """
-    import typing
 
-    from self_rewarding_lm_pytorch.training.loop import TrainConfig
+    num_train_steps: int | None = None
+    num_epochs: float | None = None
+    batch_size: int = 8
+    grad_accum_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    max_grad_norm: float | None = 1.0
+    log_every: int = 10
+    valid_every: int | None = None
+    early_stopping_patience: int | None = None
+    early_stopping_metric: str = "loss"
+    early_stopping_mode: str = "min"
+    checkpoint_every: int | None = None
+    tensorboard: bool = False
 
-    hints = typing.get_type_hints(TrainConfig)
-    cls = dataclasses.make_dataclass(
-        "TrainingFields",
-        [
-            (f.name, hints[f.name], dataclasses.field(default=f.default, kw_only=True))
-            for f in dataclasses.fields(TrainConfig)
-            if f.name not in ("seed", "progress")
-        ],
-        frozen=True,
-        namespace={
-            "__doc__": "The loop's TrainConfig fields (keyword-only), shared by every training stage.",
-            # Bad training settings fail when the stage config is built, not when the stage starts.
-            "__post_init__": lambda self: train_config_of(self) and None,
-        },
-    )
-    cls.__module__, cls.__qualname__ = __name__, "TrainingFields"  # importable, so picklable
-    return cls
-
-
-TrainingFields = _training_fields()
+    def __post_init__(self):
+        # Bad training settings fail when the stage config is built, not when the stage starts.
+        train_config_of(self)

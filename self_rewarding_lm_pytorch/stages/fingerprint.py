@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from self_rewarding_lm_pytorch.stages.walk import DESCEND, is_container, walk_config
 
 __all__ = ["fingerprint"]
 
@@ -22,6 +23,10 @@ def fingerprint(value: Any, skip: frozenset = frozenset()) -> Any:
     like `create_mock_dataset` draw anew on every access; a callable by its module and name.
     `skip` names dataclass fields left out (settings that do not change what is trained).
     """
+    return walk_config(value, _fingerprint_leaf, skip=skip)
+
+
+def _fingerprint_leaf(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, (str, os.PathLike)):
@@ -34,12 +39,8 @@ def fingerprint(value: Any, skip: frozenset = frozenset()) -> Any:
         return {"tensor": hashlib.sha256(raw).hexdigest(), "dtype": str(value.dtype), "shape": list(value.shape)}
     if isinstance(value, nn.Module):
         return {"module": type(value).__qualname__, "state": fingerprint(list(value.state_dict().values()))}
-    if isinstance(value, (list, tuple)):
-        return [fingerprint(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): fingerprint(v) for k, v in value.items()}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: fingerprint(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in skip}
+    if is_container(value):
+        return DESCEND
     if hasattr(value, "__len__") and hasattr(value, "__getitem__"):
         return {"dataset": type(value).__qualname__, "len": len(value)}
     if callable(value):

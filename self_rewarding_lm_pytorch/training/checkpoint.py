@@ -31,7 +31,13 @@ from safetensors.torch import load_model as _st_load_model
 from safetensors.torch import save_model as _st_save_model
 from torch import Tensor, nn
 
-from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_jsonl, write_jsonl
+from self_rewarding_lm_pytorch.core.files import (
+    atomic_write,
+    atomic_write_json,
+    fsync_path,
+    resume_jsonl,
+)
+from self_rewarding_lm_pytorch.core.modules import unwrap_model
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -55,43 +61,6 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 _REQUIRED = ("model.safetensors", "optimizer.pt", "state.pt", "config.json")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP / DataParallel keep the real module in `.module`; save its names, not "module.x".
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
-
-
-def _fsync_path(path: Path):
-    """Flush a file (or a folder's entry list) to disk, so a rename after it cannot expose stale bytes."""
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return  # some filesystems do not open folders; the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic(path: Path, write) -> Path:
-    """Run `write(tmp_path)`, fsync, then rename over `path`; the target is never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 @beartype
 def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the model's state_dict to `path` as safetensors, atomically.
@@ -99,7 +68,7 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     Tied weights (e.g. an embedding shared with the output projection) are stored once;
     `load_model` restores the tie. A DDP-wrapped model is unwrapped first.
     """
-    return _atomic(Path(path), lambda tmp: _st_save_model(_unwrap(model), str(tmp)))
+    return atomic_write(Path(path), lambda tmp: _st_save_model(unwrap_model(model), str(tmp)))
 
 
 @beartype
@@ -108,17 +77,17 @@ def load_model(model: nn.Module, path: str | os.PathLike, *, strict: bool = True
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model weights at {path}")
-    _missing, _unexpected = _st_load_model(_unwrap(model), str(path), strict=strict)
+    _missing, _unexpected = _st_load_model(unwrap_model(model), str(path), strict=strict)
     return model
 
 
 def _save_state_dict(state_dict: dict[str, Tensor], path: Path):
     # Callers pass cloned tensors (no storage sharing), which safetensors accepts as they are.
-    _atomic(path, lambda tmp: save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp)))
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp)))
 
 
 def _torch_save(obj, path: Path):
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 # --- RNG states: torch, python `random`, numpy (when installed) and CUDA (when available) ---
@@ -189,7 +158,7 @@ def _replace_dir(tmp: Path, final: Path):
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_path(final.parent)
+    fsync_path(final.parent)
 
 
 def _prune(root: Path, keep_last: int, keep: Path):
@@ -230,7 +199,7 @@ def save_training_state(
         if best_weights is not None:
             _save_state_dict(best_weights, tmp / "best_model.safetensors")
         atomic_write_json(tmp / "config.json", config)
-        _fsync_path(tmp)
+        fsync_path(tmp)
         _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -349,9 +318,7 @@ def load_run_checkpoint(path: Path, *, model, optimizer, scheduler, config_now: 
 
 def truncate_metrics(path: Path, step: int):
     """Drop records after `step` (from an attempt that crashed after its last checkpoint)."""
-    if path.exists():
-        records = read_jsonl(path, ignore_partial_last_line=True)
-        write_jsonl(path, [r for r in records if r.get("step", 0) <= step])
+    resume_jsonl(path, lambda records: [r for r in records if r.get("step", 0) <= step])
 
 
 def clear_run(run_dir: Path) -> list[str]:

@@ -6,7 +6,7 @@ Stage configs inherit these fields (see `stages.base.TrainingFields`), so the de
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from self_rewarding_lm_pytorch.training.schedule import LR_SCHEDULES
 
@@ -60,6 +60,10 @@ class TrainConfig:
             self.early_stopping_patience is None or self.valid_every is not None,
             "early_stopping_patience needs valid_every (how often to validate)",
         )
+
+    def to_kwargs(self) -> dict:
+        """The fields as keyword arguments, for the trainers that take `**train_config`."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def total_steps(self, num_items: int) -> int:
         """Optimizer steps for a dataset of `num_items`: num_train_steps, or epochs rounded up."""

@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor
 
+from self_rewarding_lm_pytorch.core.seeding import derive_seed
+
 __all__ = ["LR_SCHEDULES", "DataStream", "epoch_permutation", "lr_multiplier"]
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -35,7 +37,7 @@ def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: s
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> Tensor:
     """The item order of one epoch: a function of (seed, epoch) only, so resume needs no generator state."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))
     return torch.randperm(n, generator=generator)
 
 
