@@ -106,6 +106,11 @@ _EXPORTS = {
     "make_pair_policy": "self_reward.pairs",
     # sampling, best-of-N, synthetic data
     "sample": "core.sampling",
+    "SamplingConfig": "core.sampling_config",
+    "JudgeSettings": "core.sampling_config",
+    "SamplingConflictError": "core.sampling_config",
+    "SELF_JUDGE": "core.reward_source",
+    "scoring_fn": "core.reward_source",
     "SampleOutput": "core.sampling",
     "BestOfNSampler": "generation.best_of_n",
     "LengthSampler": "generation.best_of_n",

@@ -535,3 +535,19 @@ def test_stage_with_reward_model_scores_through_it(tiny_model, tmp_path):
     rollouts = read_jsonl(tmp_path / "rollouts.jsonl")
     expected = reward_model.score([r["prompt"] for r in rollouts], [r["response"] for r in rollouts]).tolist()
     assert [r["score"] for r in rollouts] == pytest.approx(expected, abs=1e-5)
+
+
+def test_stage_scores_a_reward_model_through_its_own_tokenizer(tiny_model, tmp_path):
+    """Issue #11 defect 1: a RewardModel built for another tokenizer than the policy's is scored with
+    its own ids (here every character shifted), so the stage's scores equal the model's own scores."""
+    shifted = CallableTokenizer(
+        lambda s: [3 + (b % 40) for b in s.encode("utf-8")], lambda ids: "", pad_id=0, eos_id=1, vocab_size=43
+    )
+    torch.manual_seed(1)
+    reward_model = RewardModel(num_tokens=43, max_seq_len=64, dim=16, depth=1, heads=2, tokenizer=shifted)
+    PPOStageConfig(["ab", "cd"], num_ppo_steps=1, reward=reward_model, ppo=STAGE_PPO, max_new_tokens=4).run(
+        stage_context(tiny_model, tmp_path)
+    )
+    rollouts = read_jsonl(tmp_path / "rollouts.jsonl")
+    expected = reward_model.score([r["prompt"] for r in rollouts], [r["response"] for r in rollouts]).tolist()
+    assert [r["score"] for r in rollouts] == pytest.approx(expected, abs=1e-5)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from beartype import beartype
 from torch import Tensor, nn
 from tqdm import tqdm
-from x_transformers import AutoregressiveWrapper, TransformerWrapper
+from x_transformers import TransformerWrapper
 
 from self_rewarding_lm_pytorch.core.kv_decode import (
     FastDecoder,
@@ -33,6 +33,8 @@ from self_rewarding_lm_pytorch.core.kv_decode import (
     training_modes,
     xcache_support,
 )
+from self_rewarding_lm_pytorch.core.modules import unwrap_network
+from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig, resolve_sampling
 
 __all__ = [
     "BACKENDS",
@@ -249,19 +251,16 @@ def _check_prompts(net, prompts: list[Tensor], max_new_tokens: int) -> list[int]
     return lengths
 
 
-def _check_settings(s: _Settings, num_samples: int, batch_size: int | None) -> None:
-    problems = {
-        f"max_new_tokens must be >= 1, got {s.max_new_tokens}": s.max_new_tokens < 1,
-        f"num_samples must be >= 1, got {num_samples}": num_samples < 1,
-        f"batch_size must be >= 1 or None, got {batch_size}": batch_size is not None and batch_size < 1,
-        f"temperature must be >= 0, got {s.temperature}": not s.temperature >= 0,
-        f"top_k must be >= 1, got {s.top_k}": s.top_k is not None and s.top_k < 1,
-        f"top_p must be in (0, 1], got {s.top_p}": s.top_p is not None and not 0 < s.top_p <= 1,
-        f"min_p must be in [0, 1], got {s.min_p}": s.min_p is not None and not 0 <= s.min_p <= 1,
-    }
-    for message, bad in problems.items():
-        if bad:
-            raise ValueError(message)
+def _check_counts(num_samples: int, batch_size: int | None) -> None:
+    # the sampling settings themselves are checked by SamplingConfig's validator
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+
+
+# `sample`'s own keyword defaults: a keyword left at its default defers to `sampling=`
+_LOOSE_DEFAULTS = dict(max_new_tokens=None, temperature=1.0, top_k=None, top_p=None, min_p=None)
 
 
 _STEPPERS = {"fast": FastDecoder, "xtransformers": XCacheStepper, "full": FullStepper}
@@ -272,12 +271,13 @@ def sample(
     model: nn.Module,
     prompts: list[Tensor],
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     num_samples: int = 1,
     temperature: float | int = 1.0,
     top_k: int | None = None,
     top_p: float | int | None = None,
     min_p: float | int | None = None,
+    sampling: SamplingConfig | None = None,
     eos_id: int | None = None,
     pad_id: int = 0,
     generator: torch.Generator | None = None,
@@ -289,23 +289,25 @@ def sample(
 ) -> SampleOutput:
     """Sample `num_samples` continuations of each prompt; see the module docstring and README section.
 
+    The sampling settings come as one `SamplingConfig` (`sampling=`) or as the loose keywords
+    `max_new_tokens`, `temperature`, `top_k`, `top_p`, `min_p` (a loose keyword that disagrees with
+    `sampling` is a `SamplingConflictError`); `max_new_tokens` must be set by one of them.
     temperature 0 is greedy. `batch_size` caps rows per forward (None: all rows at once). `backend`
     "auto" takes the fast KV decoder when the model passes `fast_decode_support`, else x-transformers'
     own cache, else ("full", also `use_cache=False`) a full forward per step. Returned tensors are on CPU.
     """
+    loose = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    config = resolve_sampling(
+        sampling, {k: (k, v) for k, v in loose.items()}, _LOOSE_DEFAULTS, where="sample"
+    )  # the one validator
+    if config.max_new_tokens is None:
+        raise ValueError("sample needs max_new_tokens (as a keyword or in sampling=)")
+    max_new_tokens = config.max_new_tokens
     settings = _Settings(
-        max_new_tokens,
-        float(temperature),
-        top_k,
-        None if top_p is None else float(top_p),
-        None if min_p is None else float(min_p),
-        eos_id,
-        pad_id,
-        return_logprobs,
+        max_new_tokens, config.temperature, config.top_k, config.top_p, config.min_p, eos_id, pad_id, return_logprobs
     )
-    _check_settings(settings, num_samples, batch_size)
-    net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    net = net.net if isinstance(net, AutoregressiveWrapper) else net
+    _check_counts(num_samples, batch_size)
+    net = unwrap_network(model)
     device = next(itertools.chain(net.parameters(), net.buffers())).device
     if not prompts:
         raise ValueError("prompts is empty")

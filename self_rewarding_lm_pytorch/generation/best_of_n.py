@@ -10,6 +10,7 @@ log n - (n-1)/n, and its win rate over a single base sample at most n/(n+1).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,33 +20,24 @@ from beartype import beartype
 from einops import rearrange
 from torch import Tensor
 
+from self_rewarding_lm_pytorch.core.reward_source import is_reward_model, scoring_fn
+from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig
 from self_rewarding_lm_pytorch.core.tokenizer import to_id_list
 
 __all__ = ["BestOfNSampler", "GenerationConfig", "LengthSampler", "rank_candidates", "sample_responses"]
 
 
 @dataclass(frozen=True)
-class GenerationConfig:
-    """Sampling settings. `temperature=0` is greedy; `eos_id=None` uses the tokenizer's EOS."""
+class GenerationConfig(SamplingConfig):
+    """A `SamplingConfig` (defaults: 32 new tokens, temperature 1) plus `eos_id` (None: the tokenizer's EOS)."""
 
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
+    max_new_tokens: int | None = 32
     eos_id: int | None = None
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
-        if self.min_p is not None and not 0 <= self.min_p < 1:
-            raise ValueError(f"min_p must be in [0, 1) or None, got {self.min_p}")
+        super().__post_init__()
+        if self.max_new_tokens is None:
+            raise ValueError("GenerationConfig needs max_new_tokens")
         if self.eos_id is not None and self.eos_id < 0:
             raise ValueError(f"eos_id must be >= 0 or None, got {self.eos_id}")
 
@@ -92,7 +84,7 @@ def sample_responses(
     prompts: list[Tensor],
     *,
     num_samples: int,
-    config: GenerationConfig,
+    config: SamplingConfig,
     generator: torch.Generator | None = None,
     lengths: Sequence[int] | None = None,
     batch_size: int | None = None,
@@ -105,18 +97,17 @@ def sample_responses(
     """
     from self_rewarding_lm_pytorch.core.sampling import sample
 
-    eos = config.eos_id if config.eos_id is not None else getattr(tokenizer, "eos_id", None)
-    max_new = max(lengths) if lengths is not None else config.max_new_tokens
+    eos_id = getattr(config, "eos_id", None)
+    eos = eos_id if eos_id is not None else getattr(tokenizer, "eos_id", None)
+    sampling = config.sampling_only()
+    if lengths is not None:
+        sampling = dataclasses.replace(sampling, max_new_tokens=max(lengths))
     device = next(model.parameters()).device
     out = sample(
         model,
         [p.to(device) for p in prompts],
-        max_new_tokens=max_new,
+        sampling=sampling,
         num_samples=num_samples,
-        temperature=config.temperature,
-        top_k=config.top_k,
-        top_p=config.top_p,
-        min_p=config.min_p,
         eos_id=eos,
         pad_id=tokenizer.pad_id,
         generator=generator,
@@ -164,7 +155,7 @@ class BestOfNSampler:
         length_sampler: LengthSampler | Callable[[], int] | None = None,
         sample_size: int = 4,
         n_candidates: int = 1,
-        generation_config: GenerationConfig | None = None,
+        generation_config: SamplingConfig | None = None,
         seed: int | None = None,
         score_completion_only: bool = False,
         batch_size: int | None = None,
@@ -182,6 +173,8 @@ class BestOfNSampler:
         self.length_sampler = length_sampler
         self.sample_size, self.n_candidates = sample_size, n_candidates
         self.generation_config = generation_config or GenerationConfig()
+        if self.generation_config.max_new_tokens is None and length_sampler is None:
+            raise ValueError("generation_config.max_new_tokens is None and there is no length_sampler")
         self.score_completion_only, self.batch_size = score_completion_only, batch_size
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
@@ -193,11 +186,9 @@ class BestOfNSampler:
         return int(sampler())
 
     def _score(self, query_texts: list[str], responses: list[str]) -> Tensor:
-        from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
-
-        if isinstance(self.queries_to_scores, RewardModel):
+        if is_reward_model(self.queries_to_scores):  # through the reward source adapter: its own tokenizer
             prompts = [""] * len(responses) if self.score_completion_only else query_texts
-            scores = self.queries_to_scores.score(prompts, responses)  # its own tokenizer: the texts are strings
+            scores = scoring_fn(self.queries_to_scores, name="queries_to_scores")(prompts, responses)
         else:
             texts = (
                 responses

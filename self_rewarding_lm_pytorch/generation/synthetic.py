@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.core.batching import collate_examples, encode_example
-from self_rewarding_lm_pytorch.core.files import JsonlAppender, read_jsonl, write_jsonl
+from self_rewarding_lm_pytorch.core.files import JsonlAppender, resume_jsonl
+from self_rewarding_lm_pytorch.core.reward_source import Scorer, scoring_fn
+from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig
+from self_rewarding_lm_pytorch.core.seeding import derive_seed
 from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer
 from self_rewarding_lm_pytorch.generation.best_of_n import GenerationConfig, rank_candidates, sample_responses
 
@@ -80,42 +83,28 @@ class PerplexityScorer:
         return torch.cat(out) if out else torch.zeros(0)
 
 
-def _scorer_fn(scorer) -> tuple[Callable, bool]:
-    """(a `(prompts, responses) -> (b,)` function, higher_is_better) for a RewardModel or any callable."""
-    from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
-
-    if isinstance(scorer, RewardModel):
-        return scorer.score, True
-    if not callable(scorer):
-        raise TypeError(
-            "scorer must be a RewardModel, a PerplexityScorer or a callable (prompts, responses) -> scores, "
-            f"got {type(scorer).__name__}"
-        )
-    return scorer, bool(getattr(scorer, "higher_is_better", True))
-
-
 def _finite_or_none(x: float):
     return x if math.isfinite(x) else None  # strict JSON has no NaN
 
 
 def _completed_prompts(path: Path, prompts: list[str]) -> set[int]:
     """Prompt indices whose kept records are all in the file; drops the records of a half-written prompt."""
-    if not path.exists():
-        return set()
-    records = read_jsonl(path, ignore_partial_last_line=True)
-    by_prompt: dict[int, list[dict]] = {}
-    for rec in records:
-        i = rec.get("prompt_index")
-        if not isinstance(i, int) or not 0 <= i < len(prompts) or rec.get("prompt") != prompts[i]:
-            raise ValueError(
-                f"{path} holds a record for prompt_index {i!r} that is not in these prompts: "
-                "resume only with the same prompt list, or write to a new file"
-            )
-        by_prompt.setdefault(i, []).append(rec)
-    done = {i for i, recs in by_prompt.items() if len(recs) == recs[0]["num_kept"]}
-    if len(done) < len(by_prompt):  # a crash between two records of one prompt: redo that prompt whole
-        write_jsonl(path, [r for r in records if r["prompt_index"] in done])
-    return done
+
+    def complete(records: list[dict]) -> list[dict]:
+        by_prompt: dict[int, list[dict]] = {}
+        for rec in records:
+            i = rec.get("prompt_index")
+            if not isinstance(i, int) or not 0 <= i < len(prompts) or rec.get("prompt") != prompts[i]:
+                raise ValueError(
+                    f"{path} holds a record for prompt_index {i!r} that is not in these prompts: "
+                    "resume only with the same prompt list, or write to a new file"
+                )
+            by_prompt.setdefault(i, []).append(rec)
+        done = {i for i, recs in by_prompt.items() if len(recs) == recs[0]["num_kept"]}
+        # a crash between two records of one prompt: that prompt is redone whole
+        return [r for r in records if r["prompt_index"] in done]
+
+    return {r["prompt_index"] for r in resume_jsonl(path, complete)}
 
 
 @beartype
@@ -128,7 +117,7 @@ def generate_synthetic_dataset(
     tokenizer: Any = None,
     n: int = 4,
     keep: int = 1,
-    generation_config: GenerationConfig | None = None,
+    generation_config: SamplingConfig | None = None,
     seed: int = 0,
     prompts_per_batch: int = 16,
     progress: bool = True,
@@ -154,8 +143,10 @@ def generate_synthetic_dataset(
     empty = [i for i, e in enumerate(encoded) if e.numel() == 0]
     if empty:
         raise ValueError(f"prompt {empty[0]} is empty: the sampler needs at least one prompt token")
-    score_fn, higher_is_better = _scorer_fn(scorer)
+    score_fn = scoring_fn(scorer, name="scorer")
     config, path = generation_config or GenerationConfig(), Path(out)
+    if config.max_new_tokens is None:
+        raise ValueError("generation_config.max_new_tokens must be set")
     done = _completed_prompts(path, prompts)
     stats = dict(prompts_done_before=len(done), prompts_written=0, records_written=0, prompts_without_score=0)
     bar = tqdm(total=len(prompts), initial=len(done), desc="best-of-n data", disable=not progress)
@@ -166,11 +157,11 @@ def generate_synthetic_dataset(
                 continue
             # the whole chunk is resampled with its own seed even if partly done, so the records
             # written now equal those an uninterrupted run writes
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + start // prompts_per_batch)
+            generator = torch.Generator().manual_seed(derive_seed(seed, "synthetic-chunk", start // prompts_per_batch))
             responses = sample_responses(
                 model, tok, [encoded[i] for i in chunk], num_samples=n, config=config, generator=generator
             )
-            scores, order = _score_chunk(score_fn, higher_is_better, [prompts[i] for i in chunk], responses)
+            scores, order = _score_chunk(score_fn, [prompts[i] for i in chunk], responses)
             for row, i in enumerate(chunk):
                 if i not in done:
                     _write_prompt(appender, stats, i, prompts[i], responses[row], scores[row], order[row], keep)
@@ -179,15 +170,12 @@ def generate_synthetic_dataset(
     return stats
 
 
-def _score_chunk(score_fn, higher_is_better, prompts, responses) -> tuple[list[list[float]], list[list[int]]]:
+def _score_chunk(score_fn: Scorer, prompts, responses) -> tuple[list[list[float]], list[list[int]]]:
     """Scores (q, k) of one chunk's candidates in one scorer call, and each row's order best first."""
     k = len(responses[0])
     flat_p = [p for p in prompts for _ in range(k)]
-    scores = torch.as_tensor(score_fn(flat_p, [r for rs in responses for r in rs]), dtype=torch.float).cpu()
-    if scores.shape != (len(flat_p),):
-        raise ValueError(f"scorer returned {tuple(scores.shape)} scores for {len(flat_p)} responses")
-    scores = rearrange(scores, "(q k) -> q k", k=k)
-    order, _ = rank_candidates(scores, k, higher_is_better)
+    scores = rearrange(score_fn(flat_p, [r for rs in responses for r in rs]), "(q k) -> q k", k=k)
+    order, _ = rank_candidates(scores, k, score_fn.higher_is_better)
     return scores.tolist(), order.tolist()
 
 

@@ -22,6 +22,12 @@ import torch
 from beartype import beartype
 from torch import Tensor
 
+from self_rewarding_lm_pytorch.core.sampling_config import (
+    JudgeSettings,
+    SamplingConflictError,
+    resolve_sampling,
+)
+
 __all__ = [
     "DEFAULT_JUDGE_PROMPT",
     "DEFAULT_REWARD_CONFIG",
@@ -29,6 +35,7 @@ __all__ = [
     "RewardConfig",
     "RewardTemplateError",
     "judge_scores",
+    "resolve_judge_settings",
 ]
 
 _TEMPLATE_VARIABLES = frozenset({"prompt", "response"})
@@ -202,9 +209,10 @@ def judge_scores(
     responses: list[str],
     *,
     num_judgments: int = 3,
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     temperature: float | int = 0.7,
     top_p: float | int | None = 0.9,
+    settings: JudgeSettings | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     use_cache: bool = True,
@@ -212,15 +220,28 @@ def judge_scores(
     """Judge each (prompt, response) `num_judgments` times with `model` sampling from the rendered
     judge prompt; scores are averaged over the judgments that parse.
 
-    A judge prompt longer than `model.max_seq_len - max_new_tokens` is not judged (NaN, counted in
-    `num_skipped`); callers that budget lengths up front (`generate_preferences`) never hit this.
+    The judge's settings come as one `JudgeSettings` (`settings=`, its `sampling.max_new_tokens`
+    required) or as the loose keywords; a loose keyword that disagrees with `settings` is a
+    `SamplingConflictError`. A judge prompt longer than `model.max_seq_len - max_new_tokens` is not
+    judged (NaN, counted in `num_skipped`); callers that budget lengths up front
+    (`generate_preferences`) never hit this.
     """
     from self_rewarding_lm_pytorch.core.sampling import sample
 
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
-    if num_judgments < 1 or max_new_tokens < 1:
-        raise ValueError(f"num_judgments and max_new_tokens must be >= 1, got {num_judgments}, {max_new_tokens}")
+    settings = resolve_judge_settings(
+        settings,
+        num_judgments=num_judgments,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        where="judge_scores",
+    )
+    num_judgments, sampling = settings.num_judgments, settings.sampling
+    if sampling.max_new_tokens is None:
+        raise ValueError("judge_scores needs max_new_tokens (as a keyword or in settings.sampling)")
+    max_new_tokens = sampling.max_new_tokens
     limit = getattr(model, "max_seq_len", None)
     encoded = [
         tokenizer.encode(reward_config.render(prompt=p, response=r)) for p, r in zip(prompts, responses, strict=True)
@@ -232,10 +253,8 @@ def judge_scores(
         out = sample(  # the sampler moves prompts to the model's device
             model,
             [torch.tensor(encoded[i], dtype=torch.long) for i in judged],
-            max_new_tokens=max_new_tokens,
+            sampling=sampling,
             num_samples=num_judgments,
-            temperature=temperature,
-            top_p=top_p,
             eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id,
             generator=generator,
@@ -252,6 +271,33 @@ def judge_scores(
     return JudgeResult(
         scores=scores, texts=texts, parsed=parsed, num_failed=num_failed, num_skipped=len(prompts) - len(judged)
     )
+
+
+def resolve_judge_settings(
+    settings: JudgeSettings | None,
+    *,
+    num_judgments: int,
+    max_new_tokens: int | None,
+    temperature: float | int,
+    top_p: float | int | None,
+    where: str,
+) -> JudgeSettings:
+    """`JudgeSettings` from `settings=` or the loose judge keywords (defaults 3, None, 0.7, 0.9), one rule."""
+    loose = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    sampling = resolve_sampling(
+        None if settings is None else settings.sampling,
+        {k: (k, v) for k, v in loose.items()},
+        _JUDGE_DEFAULTS,
+        where=where,
+    )
+    if settings is not None and num_judgments not in (3, settings.num_judgments):
+        raise SamplingConflictError(
+            f"{where}: num_judgments={num_judgments} disagrees with settings.num_judgments={settings.num_judgments}"
+        )
+    return JudgeSettings(sampling, settings.num_judgments if settings is not None else num_judgments)
+
+
+_JUDGE_DEFAULTS = dict(max_new_tokens=None, temperature=0.7, top_p=0.9)
 
 
 def _mean_or_nan(values: list[float | None]) -> float:

@@ -11,6 +11,7 @@ rejected, scores) written at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
@@ -26,8 +27,17 @@ from beartype import beartype
 from einops import rearrange
 from torch import Tensor
 
+from self_rewarding_lm_pytorch.core.modules import unwrap_network
+from self_rewarding_lm_pytorch.core.reward_source import scoring_fn
+from self_rewarding_lm_pytorch.core.sampling_config import JudgeSettings, SamplingConfig, resolve_sampling
+from self_rewarding_lm_pytorch.core.seeding import derive_seed
 from self_rewarding_lm_pytorch.self_reward.chunks import Shard, resume_chunks, run_chunks
-from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG, RewardConfig, judge_scores
+from self_rewarding_lm_pytorch.self_reward.judge import (
+    DEFAULT_REWARD_CONFIG,
+    RewardConfig,
+    judge_scores,
+    resolve_judge_settings,
+)
 from self_rewarding_lm_pytorch.self_reward.pairs import best_vs_worst
 
 __all__ = ["BudgetError", "Budgets", "PreferenceResult", "generate_preferences", "resolve_budgets"]
@@ -147,11 +157,8 @@ def _encode_prompts(prompts, tokenizer) -> list[tuple[str | None, list[int] | No
 
 def _max_seq_len(model) -> int | None:
     """The context length of a TransformerWrapper, or of one inside a DDP or AutoregressiveWrapper."""
-    for candidate in (model, getattr(model, "module", None), getattr(model, "net", None)):
-        value = getattr(candidate, "max_seq_len", None)
-        if isinstance(value, int):
-            return value
-    return None
+    value = getattr(unwrap_network(model), "max_seq_len", None)
+    return value if isinstance(value, int) else None
 
 
 def _chunk_generator(generator, seed, pass_idx: int, chunk_idx: int) -> torch.Generator | None:
@@ -160,7 +167,7 @@ def _chunk_generator(generator, seed, pass_idx: int, chunk_idx: int) -> torch.Ge
     if seed is None:
         return generator
     g = torch.Generator()  # the sampler draws its base key on the CPU
-    g.manual_seed((seed * 1_000_003 + pass_idx * 10_007 + chunk_idx) % (2**63))
+    g.manual_seed(derive_seed(seed, "preference-chunk", pass_idx, chunk_idx))
     return g
 
 
@@ -175,11 +182,7 @@ def _score(ctx: dict, prompts_rep: list[str], responses: list[str], generator) -
     """(b,) scores and the judge texts/parsed scores per row (empty lists for a reward function)."""
     b = len(responses)
     if ctx["reward_fn"] is not None:
-        scores = (
-            torch.as_tensor(ctx["reward_fn"](prompts_rep, responses), dtype=torch.float32).detach().cpu().reshape(-1)
-        )
-        if scores.numel() != b:
-            raise ValueError(f"reward_fn returned {scores.numel()} scores for {b} responses")
+        scores = ctx["reward_fn"](prompts_rep, responses)  # a Scorer: (b,) float32 on the CPU, length-checked
         scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, math.nan))
         return scores, [[] for _ in range(b)], [[] for _ in range(b)], {}
     judged = judge_scores(
@@ -188,10 +191,7 @@ def _score(ctx: dict, prompts_rep: list[str], responses: list[str], generator) -
         ctx["reward_config"],
         prompts_rep,
         responses,
-        num_judgments=ctx["num_judgments"],
-        max_new_tokens=ctx["budgets"].judge_max_new_tokens,
-        temperature=ctx["judge_temperature"],
-        top_p=ctx["judge_top_p"],
+        settings=ctx["judge"],
         generator=generator,
         batch_size=ctx["batch_size"],
         use_cache=ctx["use_cache"],
@@ -229,10 +229,8 @@ def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator
     out = sample(
         ctx["model"],
         [torch.tensor(ids, dtype=torch.long) for _, _, ids in items],
-        max_new_tokens=budgets.max_new_tokens,
+        sampling=ctx["sampling"],
         num_samples=k,
-        temperature=ctx["temperature"],
-        top_p=ctx["top_p"],
         eos_id=tok.eos_id,
         pad_id=tok.pad_id,
         generator=generator,
@@ -373,6 +371,8 @@ def generate_preferences(
     judge_top_p: float | int | None = 0.9,
     max_new_tokens: int | None = None,
     judge_max_new_tokens: int | None = None,
+    sampling: SamplingConfig | None = None,
+    judge: JudgeSettings | None = None,
     num_pairs: int | None = None,
     pair_policy: Callable = best_vs_worst,
     out_dir: str | Path | None = None,
@@ -388,7 +388,8 @@ def generate_preferences(
 ) -> PreferenceResult:
     """Self-rewarding preference pairs (Yuan et al. 2024): `num_candidates` samples per prompt from
     `model`, each judged `num_judgments` times by `judge_model` (default: `model` itself) with
-    `reward_config`, or scored by `reward_fn(prompts, responses) -> scores`; pairs by `pair_policy`.
+    `reward_config`, or scored by the reward source `reward_fn` (a `(prompts, responses) -> scores`
+    callable or a `RewardModel`, see `core.reward_source`); pairs by `pair_policy`.
 
     Stops when `num_pairs` pairs exist ("enough_pairs") or after `max_passes` passes over the prompts
     ("prompts_exhausted"). Budgets not given are derived from the models' `max_seq_len`; ones that
@@ -398,6 +399,22 @@ def generate_preferences(
     `accelerator` of several processes each process generates its share of the chunks (the result
     is the same as one process's).
     """
+    sampling = resolve_sampling(
+        sampling,
+        {k: (k, v) for k, v in dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens).items()},
+        dict(temperature=0.7, top_p=0.9, max_new_tokens=None),
+        where="generate_preferences",
+    )
+    judge = resolve_judge_settings(
+        judge,
+        num_judgments=num_judgments,
+        max_new_tokens=judge_max_new_tokens,
+        temperature=judge_temperature,
+        top_p=judge_top_p,
+        where="generate_preferences",
+    )
+    num_judgments, max_new_tokens = judge.num_judgments, sampling.max_new_tokens
+    judge_max_new_tokens = judge.sampling.max_new_tokens
     if num_candidates < 2 or num_judgments < 1 or max_passes < 1 or chunk_size < 1:
         raise ValueError(
             f"need num_candidates >= 2, num_judgments, max_passes, chunk_size >= 1; got "
@@ -407,6 +424,8 @@ def generate_preferences(
         raise ValueError(f"num_pairs must be >= 0 or None, got {num_pairs}")
     judge_model = judge_model if judge_model is not None else model
     judged = reward_fn is None
+    if reward_fn is not None:  # a RewardModel scores through its own tokenizer (core.reward_source)
+        reward_fn = scoring_fn(reward_fn, name="reward_fn")
     encoded = _encode_prompts([prompts[i] for i in range(len(cast(Sized, prompts)))], tokenizer)
     budgets = resolve_budgets(
         [len(ids) for _, ids, _ in encoded if ids],
@@ -425,11 +444,12 @@ def generate_preferences(
         reward_fn=reward_fn,
         judge_model=judge_model,
         num_candidates=num_candidates,
-        temperature=temperature,
-        top_p=top_p,
-        num_judgments=num_judgments,
-        judge_temperature=judge_temperature,
-        judge_top_p=judge_top_p,
+        # the budgets fill in the new-token counts the settings leave to the models' lengths
+        sampling=dataclasses.replace(sampling, max_new_tokens=budgets.max_new_tokens),
+        judge=JudgeSettings(
+            dataclasses.replace(judge.sampling, max_new_tokens=budgets.judge_max_new_tokens or None),
+            judge.num_judgments,
+        ),
         budgets=budgets,
         pair_policy=pair_policy,
         batch_size=batch_size,

@@ -14,22 +14,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sized
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 import torch
 from tqdm.auto import tqdm
 
-from self_rewarding_lm_pytorch.core.files import JsonlAppender, read_jsonl, write_jsonl
+from self_rewarding_lm_pytorch.core.files import JsonlAppender, resume_jsonl
+from self_rewarding_lm_pytorch.core.reward_source import SELF_JUDGE, Scorer, check_reward_source, scoring_fn
+from self_rewarding_lm_pytorch.core.sampling_config import JudgeSettings, SamplingConfig
 from self_rewarding_lm_pytorch.core.tokenizer import to_id_list
 from self_rewarding_lm_pytorch.rl.ppo import PPOConfig, PPOTrainer
 from self_rewarding_lm_pytorch.stages.context import StageContext, resolve_dataset
 from self_rewarding_lm_pytorch.stages.fields import describe_config
+from self_rewarding_lm_pytorch.stages.sampling import as_sampling_config, stage_sampling
 
 __all__ = ["SELF_JUDGE", "PPOStageConfig"]
 
-SELF_JUDGE = "self_judge"
 METRICS_FILE = "metrics.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"
 
@@ -74,6 +76,28 @@ class PPOStageConfig:
     judge_temperature: float = 0.7
     judge_top_p: float | None = 0.9
     checkpoint_every: int | None = 10
+    sampling: SamplingConfig | dict | None = None
+    judge_sampling: SamplingConfig | dict | None = None
+
+    # the loose fields and the SamplingConfig field each stands for (`sampling=` and `judge_sampling=`)
+    _SAMPLING_FIELDS: ClassVar[dict[str, str]] = {
+        name: name for name in ("temperature", "top_k", "top_p", "min_p", "max_new_tokens")
+    }
+    _JUDGE_SAMPLING_FIELDS: ClassVar[dict[str, str]] = {
+        "judge_temperature": "temperature",
+        "judge_top_p": "top_p",
+        "judge_max_new_tokens": "max_new_tokens",
+    }
+
+    @property
+    def sampling_config(self) -> SamplingConfig:
+        """How rollouts are sampled: `sampling=` or the loose fields (one rule, `stages.sampling`)."""
+        return stage_sampling(self, "sampling", self._SAMPLING_FIELDS)
+
+    @property
+    def judge_settings(self) -> JudgeSettings:
+        """How the self-judge samples: `judge_sampling=` or the loose `judge_*` fields, `num_judgments` each."""
+        return JudgeSettings(stage_sampling(self, "judge_sampling", self._JUDGE_SAMPLING_FIELDS), self.num_judgments)
 
     @property
     def uses_judge(self) -> bool:
@@ -85,12 +109,8 @@ class PPOStageConfig:
             object.__setattr__(self, "ppo", PPOConfig(**self.ppo))
         if not isinstance(self.ppo, PPOConfig):
             raise TypeError(f"ppo must be a PPOConfig or a dict of its fields, got {type(self.ppo).__name__}")
-        if not (self.reward == SELF_JUDGE or callable(self.reward) or hasattr(self.reward, "as_reward_fn")):
-            raise TypeError(
-                f"reward must be {SELF_JUDGE!r}, a reward model or a callable (prompts, responses) -> scores, "
-                f"got {self.reward!r}"
-            )
-        for name in ("num_ppo_steps", "max_new_tokens", "num_judgments", "judge_max_new_tokens"):
+        check_reward_source(self.reward, name="reward", allow_self_judge=True)
+        for name in ("num_ppo_steps", "num_judgments"):  # the sampling settings: SamplingConfig checks them
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -98,33 +118,30 @@ class PPOStageConfig:
             not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1
         ):
             raise ValueError(f"checkpoint_every must be an int >= 1 or None, got {self.checkpoint_every!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        for name in ("sampling", "judge_sampling"):
+            object.__setattr__(self, name, as_sampling_config(getattr(self, name), where=f"PPOStageConfig.{name}"))
+        for name, settings in (("sampling", self.sampling_config), ("judge_sampling", self.judge_settings.sampling)):
+            if settings.max_new_tokens is None:  # a bad setting or a conflict has failed above already
+                raise ValueError(f"PPOStageConfig.{name}.max_new_tokens must be set (PPO has no derived budget)")
 
     # --- the reward source ---
 
-    def _reward_fn(self, ctx: StageContext, trainer: PPOTrainer) -> Callable[[list[str], list[str]], Any]:
-        if isinstance(self.reward, str):
-            from self_rewarding_lm_pytorch.self_reward.judge import judge_scores
+    def _scorer(self, ctx: StageContext, trainer: PPOTrainer) -> Scorer:
+        from self_rewarding_lm_pytorch.self_reward.judge import judge_scores
 
-            def self_judge(prompts, responses):
-                return judge_scores(
-                    trainer.policy.transformer,
-                    ctx.tokenizer,
-                    ctx.reward_config,
-                    prompts,
-                    responses,
-                    num_judgments=self.num_judgments,
-                    max_new_tokens=self.judge_max_new_tokens,
-                    temperature=self.judge_temperature,
-                    top_p=self.judge_top_p,
-                    generator=trainer.sample_generator,
-                ).scores
+        def self_judge(prompts, responses):
+            return judge_scores(
+                trainer.policy.transformer,
+                ctx.tokenizer,
+                ctx.reward_config,
+                prompts,
+                responses,
+                settings=self.judge_settings,
+                generator=trainer.sample_generator,
+            ).scores
 
-            return self_judge
-        if hasattr(self.reward, "as_reward_fn"):
-            return self.reward.as_reward_fn(ctx.tokenizer)
-        return self.reward
+        # a RewardModel scores through its own tokenizer here, never the policy's (issue #11, defect 1)
+        return scoring_fn(self.reward, name="reward", self_judge=self_judge)
 
     # --- running ---
 
@@ -143,10 +160,7 @@ class PPOStageConfig:
             )  # not trainer.num_steps: a step whose rollouts all went unscored trains nothing
         if ctx.is_main:
             for name in (METRICS_FILE, ROLLOUTS_FILE):
-                path = ctx.stage_dir / name
-                if path.exists():
-                    kept = [r for r in read_jsonl(path, ignore_partial_last_line=True) if r["step"] <= start]
-                    write_jsonl(path, kept)
+                resume_jsonl(ctx.stage_dir / name, lambda records: [r for r in records if r["step"] <= start])
         return start
 
     def _save(self, ctx: StageContext, trainer: PPOTrainer, step: int):
@@ -188,22 +202,16 @@ class PPOStageConfig:
         trainer = PPOTrainer(
             ctx.model, config=dataclasses.replace(self._ppo, seed=ctx.seed), tokenizer=tok, accelerator=ctx.accelerator
         )
-        reward_fn = self._reward_fn(ctx, trainer)
+        scorer = self._scorer(ctx, trainer)
         start = self._resume(ctx, trainer)
-        sampling = dict(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            min_p=self.min_p,
-        )
+        sampling = dict(sampling=self.sampling_config)
 
         metrics = JsonlAppender(ctx.stage_dir / METRICS_FILE) if ctx.is_main else None
         rollouts = JsonlAppender(ctx.stage_dir / ROLLOUTS_FILE) if ctx.is_main else None
         history = []
         try:
             for step in tqdm(range(start, self.num_ppo_steps), desc="ppo", disable=not (ctx.progress and ctx.is_main)):
-                stats = self._one_step(step, prompts, ctx, trainer, reward_fn, sampling, rollouts)
+                stats = self._one_step(step, prompts, ctx, trainer, scorer, sampling, rollouts)
                 history.append(stats)
                 if metrics is not None:
                     metrics.write(stats)
@@ -227,7 +235,7 @@ class PPOStageConfig:
             "kl_coef": trainer.kl_ctl.value,
         }
 
-    def _one_step(self, step, prompts, ctx, trainer, reward_fn, sampling, rollouts) -> dict:
+    def _one_step(self, step, prompts, ctx, trainer, scorer, sampling, rollouts) -> dict:
         tok = ctx.tokenizer
         batch = [prompts[i] for i in self._batch(step, prompts, ctx)]
         queries = [torch.tensor(tok.encode(p) if isinstance(p, str) else p, dtype=torch.long) for p in batch]
@@ -238,11 +246,7 @@ class PPOStageConfig:
             for r in responses
         ]
         prompt_texts = [p if isinstance(p, str) else tok.decode(p) for p in batch]
-        scores = [
-            float(s) for s in torch.as_tensor(reward_fn(prompt_texts, response_texts), dtype=torch.float32).reshape(-1)
-        ]
-        if len(scores) != len(batch):
-            raise ValueError(f"the reward returned {len(scores)} scores for {len(batch)} responses")
+        scores = scorer(prompt_texts, response_texts).tolist()
         # unscored (NaN) rollouts go to the step too: it masks them out, and every process keeps the same batch shape
         stats = {"step": step + 1, "ppo/num_rollouts": len(batch), **trainer.step(queries, responses, scores)}
         if rollouts is not None:

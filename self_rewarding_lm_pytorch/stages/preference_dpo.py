@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
+from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig
 from self_rewarding_lm_pytorch.stages.context import StageContext, resolve_dataset
 from self_rewarding_lm_pytorch.stages.fields import TrainingFields, train_config_of
+from self_rewarding_lm_pytorch.stages.sampling import as_sampling_config, stage_sampling
 
-__all__ = ["reward_fn_of"]
+__all__: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,24 @@ class _PreferenceDPOFields(TrainingFields):
     generation_chunk_size: int = field(default=16, kw_only=True)
     precompute_ref_logprobs: bool = field(default=True, kw_only=True)
     max_seq_len: int | None = field(default=None, kw_only=True)
+    sampling: SamplingConfig | dict | None = field(default=None, kw_only=True)
+
+    # the seed-compatible loose fields and the SamplingConfig field each stands for
+    _SAMPLING_FIELDS: ClassVar[dict[str, str]] = {
+        "gen_temperature": "temperature",
+        "gen_top_p": "top_p",
+        "max_new_tokens": "max_new_tokens",
+    }
+
+    @property
+    def sampling_config(self) -> SamplingConfig:
+        """How candidates are sampled: `sampling=` or the loose `gen_*` / `max_new_tokens` fields (one rule)."""
+        return stage_sampling(self, "sampling", self._SAMPLING_FIELDS)
 
     def __post_init__(self):
         super().__post_init__()
+        object.__setattr__(self, "sampling", as_sampling_config(self.sampling, where=f"{type(self).__name__}.sampling"))
+        _ = self.sampling_config  # a bad setting or a conflict fails at construction
         from self_rewarding_lm_pytorch.self_reward.pairs import make_pair_policy
         from self_rewarding_lm_pytorch.trainers.dpo import _check_dpo_args
 
@@ -57,7 +74,7 @@ class _PreferenceDPOFields(TrainingFields):
     def run(self, ctx: StageContext) -> dict:
         from self_rewarding_lm_pytorch.self_reward.pairs import make_pair_policy
         from self_rewarding_lm_pytorch.self_reward.preferences import generate_preferences
-        from self_rewarding_lm_pytorch.trainers.dpo import train_dpo
+        from self_rewarding_lm_pytorch.trainers.dpo import DPOTrainer
 
         prompts = resolve_dataset(self.prompt_dataset, name="prompt_dataset")
         result = generate_preferences(
@@ -65,9 +82,7 @@ class _PreferenceDPOFields(TrainingFields):
             ctx.tokenizer,
             prompts,
             num_candidates=self.num_candidate_responses,
-            temperature=self.gen_temperature,
-            top_p=self.gen_top_p,
-            max_new_tokens=self.max_new_tokens,
+            sampling=self.sampling_config,
             num_pairs=self.num_generated_preference_pairs,
             pair_policy=make_pair_policy(self.pair_policy, **self.pair_policy_kwargs),
             out_dir=ctx.stage_dir if ctx.is_main else None,
@@ -85,32 +100,19 @@ class _PreferenceDPOFields(TrainingFields):
             # the stage ends, the pipeline checkpoints it and goes on.
             ctx.accelerator.print(f"{type(self).kind}: no preference pairs, so this stage trains nothing")
             return summary | {"trained": False, "train_steps": 0}
-        train_result = train_dpo(
+        train_result = DPOTrainer(
             ctx.model,
             result.records,
             tokenizer=ctx.tokenizer,
-            accelerator=ctx.accelerator,
-            run_dir=ctx.stage_dir / "train",
-            config=train_config_of(self, seed=ctx.seed, progress=ctx.progress),
+            precompute_ref_logprobs=self.precompute_ref_logprobs,
             beta=self.dpo_beta,
             loss_type=self.dpo_loss_type,
             label_smoothing=self.dpo_label_smoothing,
             sft_weight=self.sft_weight,
-            precompute_ref_logprobs=self.precompute_ref_logprobs,
-            resume=ctx.resume,
             max_seq_len=self.max_seq_len,
-        )
+            accelerator=ctx.accelerator,
+            checkpoint_folder=ctx.stage_dir / "train",
+            resume=ctx.resume,
+            **train_config_of(self, seed=ctx.seed, progress=ctx.progress).to_kwargs(),
+        )()
         return summary | {"trained": True, "train_steps": train_result.steps}
-
-
-def reward_fn_of(reward_model: Any) -> Callable[[list[str], list[str]], Any]:
-    """`(prompts, responses) -> scores` from a callable or a RewardModel (which scores with the
-    tokenizer it was trained with, not the policy's)."""
-    if callable(getattr(reward_model, "as_reward_fn", None)):
-        return reward_model.as_reward_fn()
-    if callable(reward_model):
-        return reward_model
-    raise TypeError(
-        "reward_model must be a callable (prompts, responses) -> scores or a RewardModel, "
-        f"got {type(reward_model).__name__}"
-    )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sized
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
+from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig
 from self_rewarding_lm_pytorch.stages.context import StageContext, resolve_dataset
 from self_rewarding_lm_pytorch.stages.fields import TrainingFields, train_config_of
+from self_rewarding_lm_pytorch.stages.sampling import as_sampling_config, stage_sampling
 
 __all__ = ["SelfPlayConfig"]
 
@@ -29,41 +30,47 @@ class SelfPlayConfig(TrainingFields):
     mix_previous_synthetic: bool = field(default=False, kw_only=True)
     precompute_ref_logprobs: bool = field(default=True, kw_only=True)
 
+    sampling: SamplingConfig | dict | None = field(default=None, kw_only=True)
+
+    _SAMPLING_FIELDS: ClassVar[dict[str, str]] = {"gen_temperature": "temperature", "gen_top_p": "top_p"}
+
+    @property
+    def sampling_config(self) -> SamplingConfig:
+        """How the previous iterate samples: `sampling=` or the loose `gen_*` fields (one rule)."""
+        return stage_sampling(self, "sampling", self._SAMPLING_FIELDS)
+
     def __post_init__(self):
         super().__post_init__()
         if self.num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
         if not self.spin_λ > 0:
             raise ValueError(f"spin_λ must be > 0, got {self.spin_λ}")
+        from self_rewarding_lm_pytorch.trainers.spin import spin_sampling
+
+        object.__setattr__(self, "sampling", as_sampling_config(self.sampling, where="SelfPlayConfig.sampling"))
+        spin_sampling(self.sampling_config, temperature=0.7, top_p=0.9, top_k=None)  # fails here, not mid-run
 
     def run(self, ctx: StageContext) -> dict:
-        from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration
+        """Builds and calls `SPINTrainer`, the one SPIN driver (iteration seeds, resume rule, files)."""
+        from self_rewarding_lm_pytorch.trainers.spin import SPINTrainer
 
-        dataset = resolve_dataset(self.train_dataset, name="train_dataset")
-        items = [
-            dataset[i] for i in range(len(cast(Sized, dataset)))
-        ]  # mock datasets draw anew per index: fix them once
         max_seq_len = self.max_seq_len or getattr(ctx.model, "max_seq_len", None)
         if max_seq_len is None:
             raise ValueError("SelfPlayConfig needs max_seq_len: the model has no max_seq_len attribute")
-        previous, steps = None, []
-        for k in range(self.num_iterations):
-            result, generated = train_spin_iteration(
-                ctx.model,
-                items,
-                tokenizer=ctx.tokenizer,
-                accelerator=ctx.accelerator,
-                run_dir=ctx.stage_dir / f"iteration-{k + 1}",
-                config=train_config_of(self, seed=ctx.seed + k, progress=ctx.progress),
-                max_seq_len=max_seq_len,
-                lambda_=self.spin_λ,
-                previous_synthetic=previous if self.mix_previous_synthetic else None,
-                temperature=self.gen_temperature,
-                top_p=self.gen_top_p,
-                precompute_ref_logprobs=self.precompute_ref_logprobs,
-                resume=ctx.resume,
-                seed=ctx.seed + k,
-            )
-            previous = generated
-            steps.append(result.steps)
-        return {"train_steps": steps}
+        trainer = SPINTrainer(
+            ctx.model,
+            resolve_dataset(self.train_dataset, name="train_dataset"),
+            max_seq_len=max_seq_len,
+            num_iterations=self.num_iterations,
+            spin_kwargs={"lambda_": self.spin_λ},
+            tokenizer=ctx.tokenizer,
+            mix_previous_synthetic=self.mix_previous_synthetic,
+            sampling=self.sampling_config,
+            precompute_ref_logprobs=self.precompute_ref_logprobs,
+            accelerator=ctx.accelerator,
+            checkpoint_folder=ctx.stage_dir,
+            resume=ctx.resume,
+            **train_config_of(self, seed=ctx.seed, progress=ctx.progress).to_kwargs(),
+        )
+        trainer()
+        return {"train_steps": trainer.steps}

@@ -421,45 +421,27 @@ def train_dpo(
     max_seq_len: int | None = None,
     valid_records: Sequence | Dataset | None = None,
 ) -> TrainResult:
-    """DPO on preference records for the pipeline; the reference is the policy as it is on entry.
+    """DPO on preference records with a built `TrainConfig`: `DPOTrainer` (the one implementation) run once.
 
-    Returns the loop's `TrainResult`. `model` is trained in place.
+    The reference is the policy as it is on entry. Returns the loop's `TrainResult`; `model` is trained in place.
     """
-    _check_dpo_args(beta, loss_type, label_smoothing, sft_weight)
-    tokenizer = default_tokenizer(model, tokenizer)
-    limits = _limits(model, max_seq_len)
-    pairs = encode_pairs(records, tokenizer, **limits)
-    valid_pairs = encode_pairs(valid_records, tokenizer, **limits) if valid_records else None
-    make_task = partial(
-        DPOTask,
-        pad_id=tokenizer.pad_id,
+    return DPOTrainer(
+        model,
+        records,
+        tokenizer=tokenizer,
+        ref_model=ref_model,
+        precompute_ref_logprobs=precompute_ref_logprobs,
         beta=beta,
         loss_type=loss_type,
         label_smoothing=label_smoothing,
         sft_weight=sft_weight,
-    )
-    return train_pairs(
-        model,
-        pairs,
-        make_task,
-        pad_id=tokenizer.pad_id,
+        max_seq_len=max_seq_len,
+        valid_data=valid_records,
         accelerator=accelerator,
-        run_dir=None if run_dir is None else Path(run_dir),
-        config=config,
-        ref_model=ref_model,
-        precompute_ref_logprobs=precompute_ref_logprobs,
+        checkpoint_folder=run_dir,
         resume=resume,
-        valid_pairs=valid_pairs,
-        desc="dpo",
-        saved_config=_dpo_record(
-            beta=beta,
-            loss_type=loss_type,
-            label_smoothing=label_smoothing,
-            sft_weight=sft_weight,
-            precompute_ref_logprobs=precompute_ref_logprobs,
-            max_seq_len=max_seq_len,
-        ),
-    )
+        **config.to_kwargs(),
+    )()
 
 
 def _limits(model: nn.Module, max_seq_len: int | None) -> dict:

@@ -10,6 +10,7 @@ Shapes: b batch, n sequence (the tensors live in `stages.dpo` and `sampling`; th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence, Sized
 from functools import partial
@@ -21,9 +22,11 @@ from beartype import beartype
 from torch import nn
 from torch.utils.data import Dataset
 
-from self_rewarding_lm_pytorch.core import sampling
-from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_jsonl, write_jsonl
+from self_rewarding_lm_pytorch.core import sampling as sampler  # looked up per call: tests patch sampler.sample
+from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_json_if_exists, read_jsonl, write_jsonl
 from self_rewarding_lm_pytorch.core.losses import spin_loss
+from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig, resolve_sampling
+from self_rewarding_lm_pytorch.core.seeding import derive_seed
 from self_rewarding_lm_pytorch.trainers.dpo import PairTask, default_tokenizer, train_pairs
 from self_rewarding_lm_pytorch.trainers.sft import NoResponseTokens, to_sft_example
 from self_rewarding_lm_pytorch.training.checkpoint import load_model
@@ -35,6 +38,7 @@ __all__ = [
     "encode_sft_items",
     "generate_synthetic",
     "resolve_spin_kwargs",
+    "spin_sampling",
     "train_spin_iteration",
 ]
 
@@ -116,6 +120,7 @@ def generate_synthetic(
     temperature: float = 0.7,
     top_p: float | None = 0.9,
     top_k: int | None = None,
+    sampling: SamplingConfig | None = None,
     batch_size: int | None = None,
     seed: int = 0,
     progress: bool = False,
@@ -125,17 +130,15 @@ def generate_synthetic(
     All prompts go to the sampler in one call (it batches and KV-caches); the budget is the longest
     prompt's room, and longer samples are cut back per prompt so real and generated share one limit.
     """
+    sampling = spin_sampling(sampling, temperature=temperature, top_p=top_p, top_k=top_k)
     device = next(model.parameters()).device
     budgets = [max_seq_len - len(p) for p, _ in examples]
     generator = torch.Generator().manual_seed(seed)  # the sampler draws one base key on the CPU
     prompts = [torch.tensor(p, dtype=torch.long, device=device) for p, _ in examples]
-    out = sampling.sample(
+    out = sampler.sample(
         model,
         prompts,
-        max_new_tokens=max(budgets),
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
+        sampling=dataclasses.replace(sampling, max_new_tokens=max(budgets)),
         eos_id=tokenizer.eos_id,
         pad_id=tokenizer.pad_id,
         generator=generator,
@@ -147,6 +150,21 @@ def generate_synthetic(
         ids = out.response_ids[row][out.response_mask[row]].tolist()
         responses.append(ids[:budget])
     return responses
+
+
+def spin_sampling(
+    sampling: SamplingConfig | None, *, temperature: float, top_p: float | None, top_k: int | None
+) -> SamplingConfig:
+    """SPIN's SamplingConfig from `sampling=` or the loose keywords (defaults 0.7, 0.9, None), one rule.
+
+    Its `max_new_tokens` must stay None: SPIN gives every prompt the room left within `max_seq_len`.
+    """
+    loose = dict(temperature=temperature, top_p=top_p, top_k=top_k)
+    defaults = dict(temperature=0.7, top_p=0.9, top_k=None)
+    resolved = resolve_sampling(sampling, {k: (k, v) for k, v in loose.items()}, defaults, where="SPIN")
+    if resolved.max_new_tokens is not None:
+        raise ValueError("SPIN derives each prompt's new-token budget from max_seq_len: leave max_new_tokens None")
+    return resolved
 
 
 def _pairs(examples, generated) -> list[dict]:
@@ -201,6 +219,7 @@ def train_spin_iteration(
     temperature: float = 0.7,
     top_p: float | None = 0.9,
     top_k: int | None = None,
+    sampling: SamplingConfig | None = None,
     sample_batch_size: int | None = None,
     precompute_ref_logprobs: bool = True,
     resume: bool = False,
@@ -230,9 +249,7 @@ def train_spin_iteration(
         is_main=accelerator.is_main_process,
         tokenizer=tokenizer,
         max_seq_len=max_seq_len,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
+        sampling=spin_sampling(sampling, temperature=temperature, top_p=top_p, top_k=top_k),
         batch_size=sample_batch_size,
         seed=seed,
         progress=config.progress,
@@ -287,6 +304,7 @@ class SPINTrainer:
         temperature: float = 0.7,
         top_p: float | None = 0.9,
         top_k: int | None = None,
+        sampling: SamplingConfig | None = None,
         sample_batch_size: int | None = None,
         precompute_ref_logprobs: bool = True,
         accelerator=None,
@@ -315,9 +333,8 @@ class SPINTrainer:
                 items, self.tokenizer, max_seq_len=max_seq_len, num_tokens=getattr(model, "num_tokens", None)
             )
         self.max_seq_len, self.num_iterations, self.mix = max_seq_len, num_iterations, mix_previous_synthetic
-        self.sample_kwargs: dict[str, Any] = dict(
-            temperature=temperature, top_p=top_p, top_k=top_k, sample_batch_size=sample_batch_size
-        )
+        self.sampling = spin_sampling(sampling, temperature=temperature, top_p=top_p, top_k=top_k)
+        self.sample_batch_size = sample_batch_size
         self.precompute_ref_logprobs, self.resume = precompute_ref_logprobs, resume
         self.checkpoint_folder = None if checkpoint_folder is None else Path(checkpoint_folder)
         self.accelerator, self.accelerate_kwargs = accelerator, accelerate_kwargs
@@ -331,31 +348,39 @@ class SPINTrainer:
             self.accelerator = make_accelerator(self.accelerate_kwargs)
         results: list[TrainResult | None] = []
         previous = None
+        self.steps: list[int | None] = []  # optimizer steps per iteration, also of ones finished in an earlier run
         for k in range(1, self.num_iterations + 1):
             run_dir = self._iteration_dir(k)
-            if self.resume and run_dir is not None and (run_dir / DONE_FILE).exists():
+            done = read_json_if_exists(run_dir / DONE_FILE) if self.resume and run_dir is not None else None
+            if done is not None:
                 load_model(self.model, run_dir / "model.safetensors")  # this iteration finished in an earlier run
                 previous = [r["generated"] for r in read_jsonl(run_dir / SYNTHETIC_FILE) if r["split"] == "train"]
                 results.append(None)
+                self.steps.append(done.get("steps"))
                 continue
+            seed = derive_seed(self.config.seed, "spin-iteration", k)  # sampling and data order of iteration k
             result, generated = train_spin_iteration(
                 self.model,
                 self.items,
                 tokenizer=self.tokenizer,
                 accelerator=self.accelerator,
                 run_dir=run_dir,
-                config=self.config,
+                config=dataclasses.replace(self.config, seed=seed),
                 max_seq_len=self.max_seq_len,
                 previous_synthetic=previous if self.mix else None,
                 precompute_ref_logprobs=self.precompute_ref_logprobs,
                 resume=self.resume,
-                seed=self.config.seed + k,
+                seed=seed,
                 valid_sft_items=self.valid_items,
+                sampling=self.sampling,
+                sample_batch_size=self.sample_batch_size,
                 **self.spin,
-                **self.sample_kwargs,
             )
             if run_dir is not None and self.accelerator.is_main_process:
-                atomic_write_json(run_dir / DONE_FILE, {"iteration": k, "num_items": len(self.items)})
+                atomic_write_json(
+                    run_dir / DONE_FILE, {"iteration": k, "num_items": len(self.items), "steps": result.steps}
+                )
             results.append(result)
+            self.steps.append(result.steps)
             previous = generated
         return results
