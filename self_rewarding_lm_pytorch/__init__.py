@@ -19,8 +19,13 @@ if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.core.losses import ranking_loss as ranking_loss
     from self_rewarding_lm_pytorch.core.losses import sft_loss as sft_loss
     from self_rewarding_lm_pytorch.core.losses import spin_loss as spin_loss
+    from self_rewarding_lm_pytorch.core.reward_source import SELF_JUDGE as SELF_JUDGE
+    from self_rewarding_lm_pytorch.core.reward_source import scoring_fn as scoring_fn
     from self_rewarding_lm_pytorch.core.sampling import SampleOutput as SampleOutput
     from self_rewarding_lm_pytorch.core.sampling import sample as sample
+    from self_rewarding_lm_pytorch.core.sampling_config import JudgeSettings as JudgeSettings
+    from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig as SamplingConfig
+    from self_rewarding_lm_pytorch.core.sampling_config import SamplingConflictError as SamplingConflictError
     from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer as ByteTokenizer
     from self_rewarding_lm_pytorch.core.tokenizer import CallableTokenizer as CallableTokenizer
     from self_rewarding_lm_pytorch.core.tokenizer import Tokenizer as Tokenizer

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig
 from self_rewarding_lm_pytorch.stages.context import StageContext, resolve_dataset
@@ -23,6 +23,16 @@ __all__: list[str] = []
 @dataclass(frozen=True)
 class _PreferenceDPOFields(TrainingFields):
     """Generation, pairing and DPO settings shared by both preference stages (keyword-only)."""
+
+    kind: ClassVar[str]
+
+    if TYPE_CHECKING:  # fields of each stage (declared there: positional fields follow the stage's own order)
+
+        @property
+        def prompt_dataset(self) -> Any: ...
+
+        @property
+        def num_generated_preference_pairs(self) -> int: ...
 
     dpo_beta: float = field(default=0.1, kw_only=True)
     dpo_loss_type: str = field(default="sigmoid", kw_only=True)

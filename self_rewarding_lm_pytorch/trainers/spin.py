@@ -352,7 +352,7 @@ class SPINTrainer:
         for k in range(1, self.num_iterations + 1):
             run_dir = self._iteration_dir(k)
             done = read_json_if_exists(run_dir / DONE_FILE) if self.resume and run_dir is not None else None
-            if done is not None:
+            if done is not None and run_dir is not None:
                 load_model(self.model, run_dir / "model.safetensors")  # this iteration finished in an earlier run
                 previous = [r["generated"] for r in read_jsonl(run_dir / SYNTHETIC_FILE) if r["split"] == "train"]
                 results.append(None)
