@@ -135,3 +135,16 @@ def test_spin_and_ppo_refuse_what_they_cannot_honour():
         SelfPlayConfig(["x"], sampling=SamplingConfig(max_new_tokens=4))
     with pytest.raises(ValueError, match="max_new_tokens must be set"):
         PPOStageConfig(["p"], sampling=SamplingConfig(temperature=1.0))
+
+
+@pytest.mark.e2e
+def test_vocabulary_example_runs(tmp_path, monkeypatch, capsys):
+    """examples/vocabulary.py, the guide's code, runs as written."""
+    import runpy
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(Path(__file__).resolve().parent.parent / "examples" / "vocabulary.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "conflict: SelfRewardDPOConfig: gen_temperature=0.5 disagrees with sampling.temperature=1.0" in out
+    assert list(tmp_path.iterdir()) == []
