@@ -102,6 +102,7 @@ _EXPORTS = {
     "train_spin_iteration": "trainers.spin",
     # the judge and preference pairs
     "RewardConfig": "self_reward.judge",
+    "RewardTemplateError": "self_reward.judge",
     "DEFAULT_REWARD_CONFIG": "self_reward.judge",
     "judge_scores": "self_reward.judge",
     "generate_preferences": "self_reward.preferences",

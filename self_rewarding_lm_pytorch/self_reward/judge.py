@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import jinja2
 import jinja2.meta
+import jinja2.sandbox
 import torch
 from beartype import beartype
 from torch import Tensor
@@ -27,6 +28,7 @@ from self_rewarding_lm_pytorch.core.sampling_config import (
     SamplingConflictError,
     resolve_sampling,
 )
+from self_rewarding_lm_pytorch.core.templates import sandboxed_environment, unsafe_accesses
 
 __all__ = [
     "DEFAULT_JUDGE_PROMPT",
@@ -45,7 +47,8 @@ _NUMBER = r"(?P<reward>[-+]?(?:\d+(?:\.\d+)?|\.\d+))"
 
 
 class RewardTemplateError(ValueError):
-    """A judge prompt or reward regex template that cannot work (raised at construction)."""
+    """A judge prompt or reward regex template that cannot work, or that reaches for unsafe attributes
+    (raised at construction when visible in the template's text, else when it renders)."""
 
 
 def _literal_pattern(text: str) -> str:
@@ -103,11 +106,17 @@ class RewardConfig:
         return textwrap.dedent(text).strip("\n") if self.auto_dedent else text
 
     def _compile_template(self) -> jinja2.Template:
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+        # Judge templates are shared like data (TOML files, papers' repositories): render them
+        # sandboxed, and refuse at once what can be seen to reach into Python's object graph.
+        env = sandboxed_environment()
         try:
-            found = jinja2.meta.find_undeclared_variables(env.parse(self.template_source))
+            parsed = env.parse(self.template_source)
         except jinja2.TemplateSyntaxError as e:
             raise RewardTemplateError(f"prompt_template is not valid jinja2: {e}") from None
+        unsafe = unsafe_accesses(parsed)
+        if unsafe:
+            raise RewardTemplateError(f"prompt_template reaches for unsafe attributes: {'; '.join(unsafe)}")
+        found = jinja2.meta.find_undeclared_variables(parsed)
         missing, unknown = sorted(_TEMPLATE_VARIABLES - found), sorted(found - _TEMPLATE_VARIABLES)
         if missing or unknown:
             raise RewardTemplateError(
@@ -148,7 +157,10 @@ class RewardConfig:
 
     def render(self, *, prompt: str, response: str) -> str:
         """The judge prompt for one (prompt, response)."""
-        return self._template.render(prompt=prompt, response=response)
+        try:
+            return self._template.render(prompt=prompt, response=response)
+        except jinja2.sandbox.SecurityError as e:  # an unsafe access computed at render time
+            raise RewardTemplateError(f"prompt_template reaches for unsafe attributes: {e}") from None
 
     def parse(self, text: str) -> float | None:
         """The score in a judge's answer (the last match), or None if there is none or it is out of range."""
