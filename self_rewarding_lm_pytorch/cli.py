@@ -13,6 +13,7 @@ Errors in the inputs exit with status 2 and a one-line message, before any train
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -58,6 +59,44 @@ def _load_model(model_config: str, checkpoint: str | None):
     return model, tokenizer, section["judge"]
 
 
+def _check_run(config: str, overrides: tuple[str, ...]) -> int:
+    """`srlm run --check`: list the file's imports, then validate everything that needs no import.
+
+    Nothing is imported: an `{ import = ... }` entry runs that module's code, so a file from
+    someone else is read here before any of its code can run.
+    """
+    from self_rewarding_lm_pytorch.config_file import (
+        DeferredImport,
+        build_model,
+        build_reward_config,
+        build_stage_configs,
+        build_tokenizer,
+        find_imports,
+        parse_pipeline,
+        read_pipeline_toml,
+    )
+
+    raw = read_pipeline_toml(config, overrides=overrides)
+    imports = find_imports(raw)
+    if imports:
+        print(f"{config}: running it imports {len(imports)} object(s), each running its module's code:")
+        for where, spec in imports:
+            print(f"  {where}: {spec}")
+    else:
+        print(f"{config}: imports nothing")
+    pipeline = parse_pipeline(raw, path=Path(config), imports=False)
+    if pipeline.tokenizer == "byte":
+        build_model(pipeline.model, build_tokenizer("byte"))
+    # Stages holding an import are built when the run imports it; the others are built now.
+    ready = [(kind, kw) for kind, kw in pipeline.stages if not any(isinstance(v, DeferredImport) for v in kw.values())]
+    build_stage_configs(dataclasses.replace(pipeline, stages=ready))
+    build_reward_config(pipeline.judge)
+    note = " (the run folder holds a run: running needs --resume or --overwrite)"
+    note = note if (pipeline.run_dir / "manifest.json").exists() else ""
+    print(f"{config}: OK ({len(pipeline.stages)} stages: {', '.join(k for k, _ in pipeline.stages)}){note}")
+    return 0
+
+
 def _cmd_run(args) -> int:
     from self_rewarding_lm_pytorch.config_file import (
         build_model,
@@ -71,6 +110,8 @@ def _cmd_run(args) -> int:
 
     if args.resume and args.overwrite:
         raise CLIError("--resume and --overwrite contradict each other: pick one")
+    if args.check:
+        return _check_run(args.config, tuple(args.set or ()))
     pipeline = load_pipeline_file(args.config, overrides=tuple(args.set or ()))
     tokenizer = build_tokenizer(pipeline.tokenizer)
     model = build_model(pipeline.model, tokenizer)
@@ -85,12 +126,6 @@ def _cmd_run(args) -> int:
     # Every process reads the folder's state before any process writes to it (the barrier below).
     existing = (pipeline.run_dir / "manifest.json").exists()
     accelerator.wait_for_everyone()
-    if args.check:
-        note = " (the run folder holds a run: running needs --resume or --overwrite)" if existing else ""
-        accelerator.print(
-            f"{args.config}: OK ({len(configs)} stages: {', '.join(k for k, _ in pipeline.stages)}){note}"
-        )
-        return 0
     if existing and not (args.resume or args.overwrite):
         raise CLIError(
             f"{pipeline.run_dir} already holds a run: pass --resume to continue it or --overwrite to replace it"
@@ -286,7 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a value, e.g. stages.0.num_train_steps=10 or run_dir=runs/b (repeatable)",
     )
-    p.add_argument("--check", action="store_true", help="validate the file and build everything, then stop")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="list the file's imports, then validate it without importing or running anything",
+    )
     p.set_defaults(func=_cmd_run)
 
     _add_tool_parsers(sub)

@@ -18,6 +18,10 @@
 A value TOML cannot express (a callable, a reward model) is written as a table:
 `{ import = "package.module:name" }` imports an object. Every problem (unknown key, wrong type,
 missing required field, missing file, unknown stage kind) is a `ConfigError` naming the place.
+
+Security: an import runs that module's code, with your permissions, as a Python script would. Run
+only pipeline files you trust; `find_imports` (and `srlm run --check`) lists every import a file
+would perform without performing any.
 """
 
 from __future__ import annotations
@@ -40,16 +44,19 @@ else:  # the same parser, before it joined the standard library
 
 __all__ = [
     "ConfigError",
+    "DeferredImport",
     "PipelineFile",
     "apply_override",
     "build_model",
     "build_reward_config",
     "build_stage_configs",
     "build_tokenizer",
+    "find_imports",
     "import_object",
     "load_model_section",
     "load_pipeline_file",
     "parse_pipeline",
+    "read_pipeline_toml",
     "validate_stage",
 ]
 
@@ -58,6 +65,36 @@ TOP_LEVEL_KEYS = {"run_dir", "seed", "tokenizer", "init_checkpoint", "model", "j
 
 class ConfigError(ValueError):
     """A pipeline file is invalid; the message names the file, the place and the problem."""
+
+
+@dataclass(frozen=True)
+class DeferredImport:
+    """An `{ import = ... }` value left unimported (`srlm run --check`): only its spelling was checked."""
+
+    spec: str
+
+
+def find_imports(raw: dict) -> list[tuple[str, str]]:
+    """(place, "package.module:name") for every import a parsed pipeline file would perform, in file
+    order, without importing anything: the tokenizer factory and each `{ import = ... }` table."""
+    found = []
+    tokenizer = raw.get("tokenizer")
+    if isinstance(tokenizer, str) and tokenizer != "byte":
+        found.append(("tokenizer", tokenizer))
+
+    def walk(node: Any, where: str):
+        if isinstance(node, dict):
+            if set(node) == {"import"}:
+                found.append((where, str(node["import"])))
+                return
+            for key, value in node.items():
+                walk(value, f"{where}.{key}" if where else str(key))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+
+    walk({k: v for k, v in raw.items() if k != "tokenizer"}, "")
+    return found
 
 
 @dataclass(frozen=True)
@@ -123,6 +160,8 @@ def import_object(spec: str, *, where: str = "import") -> Any:
         obj = importlib.import_module(module_name)
     except ImportError as err:
         raise ConfigError(f"{where}: cannot import module {module_name!r} ({err})") from None
+    except Exception as err:  # the module's own code failed while importing
+        raise ConfigError(f"{where}: importing {module_name!r} failed ({type(err).__name__}: {err})") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"{where}: module {module_name!r} has no attribute {attr!r}")
@@ -195,15 +234,20 @@ def _field_types(cls: type) -> dict[str, Any]:
         hints = {}
         module = importlib.import_module(cls.__module__)
         for f in dataclasses.fields(cls):
-            try:
-                hints[f.name] = eval(f.type, vars(module)) if isinstance(f.type, str) else f.type
+            try:  # one field at a time, so one unresolvable annotation leaves the others checked
+                one = types.SimpleNamespace(__annotations__={f.name: f.type})
+                hints[f.name] = typing.get_type_hints(one, globalns=vars(module))[f.name]
             except Exception:
                 hints[f.name] = Any
         return hints
 
 
-def _resolve_value(name: str, value: Any, tp: Any, where: str, base_dir: Path) -> Any:
+def _resolve_value(name: str, value: Any, tp: Any, where: str, base_dir: Path, imports: bool = True) -> Any:
     if isinstance(value, dict) and set(value) == {"import"}:
+        if not imports:
+            if not isinstance(value["import"], str) or ":" not in value["import"]:
+                raise ConfigError(f"{where}: expected 'package.module:name', got {value['import']!r}")
+            return DeferredImport(value["import"])
         obj = import_object(value["import"], where=where)
         if "Callable" in str(tp) and not callable(obj) and "Dataset" not in str(tp):
             raise ConfigError(f"{where}: {value['import']} is not callable")
@@ -216,8 +260,11 @@ def _resolve_value(name: str, value: Any, tp: Any, where: str, base_dir: Path) -
     return _convert(value, tp, where)
 
 
-def validate_stage(kind: str, table: dict, stage_kinds: dict[str, type], *, base_dir: Path, where: str) -> dict:
-    """The keyword arguments for `stage_kinds[kind]`, checked against its dataclass fields."""
+def validate_stage(
+    kind: str, table: dict, stage_kinds: dict[str, type], *, base_dir: Path, where: str, imports: bool = True
+) -> dict:
+    """The keyword arguments for `stage_kinds[kind]`, checked against its dataclass fields
+    (`imports=False`: `{ import = ... }` values become `DeferredImport`s, nothing is imported)."""
     if kind not in stage_kinds:
         raise ConfigError(f"{where}: unknown stage kind {kind!r}; known kinds: {', '.join(sorted(stage_kinds))}")
     cls = stage_kinds[kind]
@@ -240,7 +287,7 @@ def validate_stage(kind: str, table: dict, stage_kinds: dict[str, type], *, base
         )
     hints = _field_types(cls)
     return {
-        name: _resolve_value(name, value, hints.get(name, Any), f"{where}.{name}", base_dir)
+        name: _resolve_value(name, value, hints.get(name, Any), f"{where}.{name}", base_dir, imports)
         for name, value in table.items()
     }
 
@@ -252,8 +299,11 @@ def _check_table(raw: dict, key: str, where: str) -> dict:
     return dict(value)
 
 
-def parse_pipeline(raw: dict, *, path: Path, stage_kinds: dict[str, type] | None = None) -> PipelineFile:
-    """Validate a parsed TOML document (see the module docstring for the schema)."""
+def parse_pipeline(
+    raw: dict, *, path: Path, stage_kinds: dict[str, type] | None = None, imports: bool = True
+) -> PipelineFile:
+    """Validate a parsed TOML document (see the module docstring for the schema); `imports=False`
+    checks everything but leaves `{ import = ... }` values as `DeferredImport`s."""
     stage_kinds = _stage_kinds() if stage_kinds is None else stage_kinds
     where, base_dir = str(path), path.parent
     unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
@@ -292,7 +342,7 @@ def parse_pipeline(raw: dict, *, path: Path, stage_kinds: dict[str, type] | None
             raise ConfigError(f"{here}: missing kind (one of {', '.join(sorted(stage_kinds))})")
         table = dict(table)
         kind = table.pop("kind")
-        stages.append((kind, validate_stage(kind, table, stage_kinds, base_dir=base_dir, where=here)))
+        stages.append((kind, validate_stage(kind, table, stage_kinds, base_dir=base_dir, where=here, imports=imports)))
     return PipelineFile(path, run_dir, seed, tokenizer, model, init, judge, accelerate, stages)
 
 
@@ -305,13 +355,20 @@ def _read_toml(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
 
 
-def load_pipeline_file(path: str | os.PathLike, *, overrides: tuple[str, ...] = (), stage_kinds=None) -> PipelineFile:
-    """Read, override (`KEY=VALUE` strings) and validate a pipeline TOML file."""
-    path = Path(path)
-    raw = _read_toml(path)
+def read_pipeline_toml(path: str | os.PathLike, *, overrides: tuple[str, ...] = ()) -> dict:
+    """The parsed TOML document with the `KEY=VALUE` overrides applied (nothing validated or imported)."""
+    raw = _read_toml(Path(path))
     for assignment in overrides:
         apply_override(raw, assignment)
-    return parse_pipeline(raw, path=path, stage_kinds=stage_kinds)
+    return raw
+
+
+def load_pipeline_file(
+    path: str | os.PathLike, *, overrides: tuple[str, ...] = (), stage_kinds=None, imports: bool = True
+) -> PipelineFile:
+    """Read, override (`KEY=VALUE` strings) and validate a pipeline TOML file."""
+    raw = read_pipeline_toml(path, overrides=overrides)
+    return parse_pipeline(raw, path=Path(path), stage_kinds=stage_kinds, imports=imports)
 
 
 # --- building ---------------------------------------------------------------------------------

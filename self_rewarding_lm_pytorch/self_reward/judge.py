@@ -91,7 +91,8 @@ class RewardConfig:
         object.__setattr__(self, "_pattern", self._compile_pattern())
 
     def __getstate__(self):
-        # pickle/deepcopy only the fields; the compiled template and pattern are rebuilt
+        # copies (deepcopy, or sending a config to another process) carry only the fields; the compiled
+        # template and pattern are rebuilt
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
     def __setstate__(self, state):
