@@ -21,6 +21,7 @@ __all__ = [
     "atomic_write_text",
     "fsync_path",
     "iter_jsonl",
+    "naming_path",
     "read_json_if_exists",
     "read_jsonl",
     "read_records",
@@ -59,6 +60,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         write(tmp)
         fsync_path(tmp)
         os.replace(tmp, path)
+    except OSError as err:  # disk full, permissions: the target is untouched; say which file failed
+        tmp.unlink(missing_ok=True)
+        raise naming_path(err, path) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -68,6 +72,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def naming_path(err: OSError, path: str | os.PathLike) -> OSError:
+    """`err` with the file it concerns (errno kept), for errors like a bare `OSError(ENOSPC)`."""
+    if err.filename is not None:
+        return err
+    code = err.errno
+    if code is None and len(err.args) == 1 and isinstance(err.args[0], int):
+        code = err.args[0]  # OSError(ENOSPC) keeps the number in args only
+    reason = err.strerror or (os.strerror(code) if code is not None else str(err) or "write failed")
+    return OSError(code, reason, str(path))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
