@@ -97,6 +97,8 @@ _EXPORTS = {
     "TrainResult": "training.loop",
     "train": "training.loop",
     "make_accelerator": "training.loop",
+    "NonFiniteLossError": "training.faults",
+    "TrainingStopped": "training.faults",
     "train_sft": "trainers.sft",
     "train_dpo": "trainers.dpo",
     "train_spin_iteration": "trainers.spin",

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from self_rewarding_lm_pytorch.core.files import JsonlAppender
 from self_rewarding_lm_pytorch.training import checkpoint as ckpt
 from self_rewarding_lm_pytorch.training.config import TrainConfig
+from self_rewarding_lm_pytorch.training.faults import NonFiniteLossError, StopSignals, TrainingStopped
 from self_rewarding_lm_pytorch.training.metrics import MetricWindow, as_metric
 from self_rewarding_lm_pytorch.training.schedule import DataStream, epoch_permutation, lr_multiplier
 
@@ -120,6 +121,10 @@ def train(
     Writes (main process only) `run_dir/metrics.jsonl`, step checkpoints in `run_dir/checkpoint/`
     every `checkpoint_every` steps and at the end, and the final weights `run_dir/model.safetensors`.
     `resume=True` continues from the latest checkpoint in `run_dir` (none: a fresh start).
+
+    SIGTERM/SIGINT during training: the current step finishes, a step checkpoint is written and
+    `TrainingStopped` (a SystemExit, status 128 + signal) is raised. A NaN/inf loss or gradient norm
+    raises `NonFiniteLossError` before the optimizer step that would apply it.
     """
     if run_dir is None and (resume or config.checkpoint_every is not None):
         log.warning(
@@ -170,6 +175,7 @@ class _Run:
         self.appender: JsonlAppender | None = None
         self.tb: Any = None
         self.bar: Any = None  # tqdm, opened in _open_outputs
+        self.signals, self.stop_agreed = StopSignals(), False
 
     def execute(self, resume: bool) -> TrainResult:
         was_training = self.core.training
@@ -181,11 +187,12 @@ class _Run:
             lambda s: lr_multiplier(s, warmup_steps=cfg.warmup_steps, total_steps=total, schedule=cfg.lr_schedule),
         )
         try:
-            if not (resume and self.run_dir is not None and self._resume()):
-                self._fresh_start()
-            self._open_outputs()
-            self._loop()
-            self._finish()
+            with self.signals:
+                if not (resume and self.run_dir is not None and self._resume()):
+                    self._fresh_start()
+                self._open_outputs()
+                self._loop()
+                self._finish()
         finally:
             self._close()
             self.core.train(was_training)
@@ -268,8 +275,8 @@ class _Run:
 
         while self.s.step < self.total_steps and not self.s.stopped_early:
             self._train_step()
-            last = self.s.step == self.total_steps
-            save = self.run_dir is not None and due(cfg.checkpoint_every)
+            last, stop = self.s.step == self.total_steps, self.stop_agreed
+            save = self.run_dir is not None and (due(cfg.checkpoint_every) or stop)
             # A checkpoint also flushes the log window, so resumed and straight runs log the same records.
             if due(cfg.log_every) or save or last:
                 self._log()
@@ -278,6 +285,15 @@ class _Run:
             if save:
                 self._save()
             self.bar.update(1)
+            if stop:
+                self._stop()
+
+    def _stop(self):
+        signum = self.signals.signum or 15  # another process got the signal: the usual SIGTERM status
+        where = f"a step checkpoint in {self.run_dir}" if self.run_dir is not None else "nothing (no run_dir)"
+        message = f"{self.desc}: stopped by signal {signum} after step {self.s.step}; wrote {where}; rerun to resume"
+        log.warning(message)
+        raise TrainingStopped(signum, message)
 
     def _micro_batch(self, micro: int):
         size, share = self.config.batch_size, self.config.batch_size // self.nproc
@@ -306,12 +322,38 @@ class _Run:
             grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
             if grad_norm is not None:
                 step_metrics["grad_norm"] = grad_norm.detach().float().reshape(())
+        self._check_before_update(step_metrics)
         self.s.last_lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.window.add(step_metrics)
         self.s.step += 1
+
+    def _check_before_update(self, step_metrics: dict[str, Tensor]):
+        """Refuse a non-finite update, and agree with every process on whether to stop after this step.
+
+        One host sync per optimizer step, on purpose: a NaN/inf must be seen before optimizer.step()
+        applies it (afterwards every weight, checkpoint and later stage would carry it), and all
+        processes must stop at the same step. Both flags travel in one tensor and one reduction; on
+        tiny models this costs about as much as the logging already does every step.
+        """
+        watched = [step_metrics["loss"]] + ([step_metrics["grad_norm"]] if "grad_norm" in step_metrics else [])
+        nonfinite = (~torch.isfinite(torch.stack(watched))).any().float()
+        stop = torch.tensor(float(self.signals.signum is not None), device=nonfinite.device)
+        flags = torch.stack([nonfinite, stop])
+        if self.nproc > 1:
+            flags = self.acc.reduce(flags, reduction="sum")
+        nonfinite_any, stop_any = (flags > 0).tolist()
+        if nonfinite_any:
+            self.optimizer.zero_grad(set_to_none=True)
+            values = {k: v.item() for k, v in step_metrics.items() if k in ("loss", "grad_norm")}
+            raise NonFiniteLossError(
+                f"{self.desc}: non-finite training values at step {self.s.step + 1} ({values}) in "
+                f"{self.run_dir or 'a run without run_dir'}; the update was not applied and the checkpoints "
+                "written so far are intact (a lower learning_rate or max_grad_norm may help)"
+            )
+        self.stop_agreed = bool(stop_any)
 
     # --- logging, validation, early stopping ---
 

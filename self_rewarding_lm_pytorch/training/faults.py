@@ -1,0 +1,62 @@
+"""What the training loop does when a run is stopped (SIGTERM, SIGINT) or diverges (a non-finite loss).
+
+A scheduler pre-empts a job with SIGTERM and gives it seconds; Ctrl-C is SIGINT. `StopSignals`
+turns either into a flag the loop reads at the next optimizer-step boundary, where it writes a step
+checkpoint and exits (non-zero), so a rerun with resume continues from that step. A second signal of
+the same kind while the first is handled acts at once, as it would without the handler.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+__all__ = ["NonFiniteLossError", "StopSignals", "TrainingStopped"]
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or gradient norm was NaN or infinite; raised before the optimizer step that would apply it."""
+
+
+class TrainingStopped(SystemExit):
+    """Training stopped on a signal after writing a step checkpoint; exits with status 128 + signal number
+    (the shell's convention), so a scheduler sees the job did not finish."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(128 + signum)
+        self.signum, self.message = signum, message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StopSignals:
+    """Within `with StopSignals() as stop:`, SIGTERM/SIGINT set `stop.signum` instead of killing the process.
+
+    Handlers can only be installed from the main thread; elsewhere this does nothing (signals keep
+    their usual effect). The previous handlers are restored on exit.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum == signum:  # asked twice: stop now, the way the signal would without us
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in _STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
