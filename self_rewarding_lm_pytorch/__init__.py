@@ -75,6 +75,7 @@ _EXPORTS = {
     # the pipeline and its stages
     "SelfRewardingTrainer": "pipeline",
     "RunMismatchError": "pipeline",
+    "RunLockedError": "core.run_lock",
     "create_default_paper_config": "recipes",
     "SFTConfig": "stages.sft",
     "SelfPlayConfig": "stages.spin",

@@ -22,6 +22,7 @@ from beartype import beartype
 from torch import nn
 
 from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_json_if_exists
+from self_rewarding_lm_pytorch.core.run_lock import RunLock, RunLockedError
 from self_rewarding_lm_pytorch.core.seeding import derive_seed
 from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer
 from self_rewarding_lm_pytorch.manifest import (
@@ -36,7 +37,7 @@ from self_rewarding_lm_pytorch.stages.context import StageContext, StageEnd
 from self_rewarding_lm_pytorch.stages.fields import describe_config
 from self_rewarding_lm_pytorch.training.checkpoint import load_model, save_model, seed_everything
 
-__all__ = ["RunMismatchError", "SelfRewardingTrainer", "stage_folder_name"]
+__all__ = ["RunLockedError", "RunMismatchError", "SelfRewardingTrainer", "stage_folder_name"]
 
 # Stage seeds are run seed + 1000 * stage number; keep them inside numpy's and torch's seed range.
 MAX_SEED = 2**31
@@ -94,6 +95,7 @@ class SelfRewardingTrainer:
         self.on_stage_end = on_stage_end
         self.progress = progress
         self.run_seed: int | None = None  # the seed in use, known once the run starts (also in the manifest)
+        self._lock = RunLock(self.folder)
 
     # --- the manifest: what this run is, and how far it got ---
 
@@ -106,6 +108,8 @@ class SelfRewardingTrainer:
         decision: Any = None  # the manifest (dict) or the error that stopped the main process
         if accelerator.is_main_process:
             try:
+                # Before anything is read or written: a second run on this folder stops here.
+                self._lock.acquire()
                 if overwrite:
                     clear_run(self.folder)
                 existing = read_json_if_exists(self.folder / MANIFEST)
@@ -115,7 +119,7 @@ class SelfRewardingTrainer:
                 if not decision["finished"] and decision["started"] is None:
                     save_model(self.model, self.folder / INITIAL_MODEL)  # what a retry starts from
                 atomic_write_json(self.folder / MANIFEST, decision)
-            except (RunMismatchError, ValueError, OSError) as error:
+            except (RunMismatchError, RunLockedError, ValueError, OSError) as error:
                 decision = error
         if accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
@@ -138,6 +142,12 @@ class SelfRewardingTrainer:
 
         accelerator = make_accelerator(self.accelerate_kwargs)
         self.model.to(accelerator.device)
+        try:
+            return self._run(accelerator, overwrite_checkpoints)
+        finally:
+            self._lock.release()  # held by the main process only; a no-op elsewhere
+
+    def _run(self, accelerator, overwrite_checkpoints: bool) -> list[dict]:
         manifest = self._agree_on_manifest(accelerator, overwrite_checkpoints)
         self.run_seed = manifest["seed"]
         finished = manifest["finished"]
