@@ -137,6 +137,7 @@ _EXPORTS = {
     "ByteTokenizer": "core.tokenizer",
     "CallableTokenizer": "core.tokenizer",
     "create_mock_dataset": "core.batching",
+    "ConfigError": "config_file",
     "save_model": "training.checkpoint",
     "load_model": "training.checkpoint",
 }

@@ -51,7 +51,7 @@ def _load_model(model_config: str, checkpoint: str | None):
 
     section = load_model_section(model_config)
     tokenizer = build_tokenizer(section["tokenizer"])
-    model = build_model(section["model"], tokenizer)
+    model = build_model(section["model"], tokenizer, where=str(model_config))
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise CLIError(f"--checkpoint: no such file {checkpoint}")
@@ -86,11 +86,11 @@ def _check_run(config: str, overrides: tuple[str, ...]) -> int:
         print(f"{config}: imports nothing")
     pipeline = parse_pipeline(raw, path=Path(config), imports=False)
     if pipeline.tokenizer == "byte":
-        build_model(pipeline.model, build_tokenizer("byte"))
+        build_model(pipeline.model, build_tokenizer("byte"), where=config)
     # Stages holding an import are built when the run imports it; the others are built now.
     ready = [(kind, kw) for kind, kw in pipeline.stages if not any(isinstance(v, DeferredImport) for v in kw.values())]
     build_stage_configs(dataclasses.replace(pipeline, stages=ready))
-    build_reward_config(pipeline.judge)
+    build_reward_config(pipeline.judge, where=config)
     note = " (the run folder holds a run: running needs --resume or --overwrite)"
     note = note if (pipeline.run_dir / "manifest.json").exists() else ""
     print(f"{config}: OK ({len(pipeline.stages)} stages: {', '.join(k for k, _ in pipeline.stages)}){note}")
@@ -114,9 +114,9 @@ def _cmd_run(args) -> int:
         return _check_run(args.config, tuple(args.set or ()))
     pipeline = load_pipeline_file(args.config, overrides=tuple(args.set or ()))
     tokenizer = build_tokenizer(pipeline.tokenizer)
-    model = build_model(pipeline.model, tokenizer)
+    model = build_model(pipeline.model, tokenizer, where=args.config)
     configs = build_stage_configs(pipeline)
-    reward_config = build_reward_config(pipeline.judge)
+    reward_config = build_reward_config(pipeline.judge, where=args.config)
     if pipeline.init_checkpoint is not None:
         _load_weights(model, pipeline.init_checkpoint, "init_checkpoint")
     try:

@@ -342,6 +342,8 @@ def parse_pipeline(
             raise ConfigError(f"{here}: missing kind (one of {', '.join(sorted(stage_kinds))})")
         table = dict(table)
         kind = table.pop("kind")
+        if not isinstance(kind, str):
+            raise ConfigError(f"{here}: kind must be a string (one of {', '.join(sorted(stage_kinds))}), got {kind!r}")
         stages.append((kind, validate_stage(kind, table, stage_kinds, base_dir=base_dir, where=here, imports=imports)))
     return PipelineFile(path, run_dir, seed, tokenizer, model, init, judge, accelerate, stages)
 
@@ -388,8 +390,16 @@ def build_tokenizer(spec: str):
         raise ConfigError(f"tokenizer {spec!r}: {err}") from None
 
 
-def build_model(model_kwargs: dict, tokenizer):
-    """A `TransformerWrapper(attn_layers=Decoder(...))`; x-transformers' own errors become ConfigError."""
+def build_model(model_kwargs: dict, tokenizer, *, where: str = ""):
+    """A `TransformerWrapper(attn_layers=Decoder(...))`; x-transformers' own errors become ConfigError
+    (their message starts with `where`, e.g. the file's path, when given)."""
+    try:
+        return _build_model(model_kwargs, tokenizer)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}" if where else str(err)) from None
+
+
+def _build_model(model_kwargs: dict, tokenizer):
     from x_transformers import Decoder, TransformerWrapper
 
     kwargs = dict(model_kwargs)
@@ -405,7 +415,7 @@ def build_model(model_kwargs: dict, tokenizer):
         raise ConfigError("[model.attn_layers]: missing dim")
     try:
         return TransformerWrapper(**kwargs, attn_layers=Decoder(**decoder_kwargs))
-    except (TypeError, AssertionError, ValueError) as err:
+    except (TypeError, AssertionError, ValueError, RuntimeError) as err:  # RuntimeError: e.g. a negative dim
         raise ConfigError(f"[model]: x-transformers rejected the model kwargs: {err}") from None
 
 
@@ -421,7 +431,7 @@ def build_stage_configs(pipeline: PipelineFile, stage_kinds: dict[str, type] | N
     return configs
 
 
-def build_reward_config(judge: dict | None) -> Any:
+def build_reward_config(judge: dict | None, *, where: str = "") -> Any:
     """The self-judge `RewardConfig` from the [judge] table, or None for the library default."""
     if judge is None:
         return None
@@ -431,7 +441,7 @@ def build_reward_config(judge: dict | None) -> Any:
     try:
         return RewardConfig(**judge)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"[judge]: {err}") from None
+        raise ConfigError(f"{where}{': ' if where else ''}[judge]: {err}") from None
 
 
 def load_model_section(path: str | os.PathLike, *, require_model: bool = True) -> dict:
