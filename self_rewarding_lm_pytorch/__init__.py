@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 # What IDEs and type checkers see (`X as X` marks an explicit re-export); at run time the names
 # resolve lazily through __getattr__ below. tests/test_repo.py keeps this block and _EXPORTS in step.
 if TYPE_CHECKING:
+    from self_rewarding_lm_pytorch.config_file import ConfigError as ConfigError
     from self_rewarding_lm_pytorch.core.batching import create_mock_dataset as create_mock_dataset
     from self_rewarding_lm_pytorch.core.logprobs import sequence_logprobs as sequence_logprobs
     from self_rewarding_lm_pytorch.core.losses import dpo_loss as dpo_loss
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.core.losses import spin_loss as spin_loss
     from self_rewarding_lm_pytorch.core.reward_source import SELF_JUDGE as SELF_JUDGE
     from self_rewarding_lm_pytorch.core.reward_source import scoring_fn as scoring_fn
+    from self_rewarding_lm_pytorch.core.run_lock import RunLockedError as RunLockedError
     from self_rewarding_lm_pytorch.core.sampling import SampleOutput as SampleOutput
     from self_rewarding_lm_pytorch.core.sampling import sample as sample
     from self_rewarding_lm_pytorch.core.sampling_config import JudgeSettings as JudgeSettings
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.rl.value_head import ValueHeadModel as ValueHeadModel
     from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG as DEFAULT_REWARD_CONFIG
     from self_rewarding_lm_pytorch.self_reward.judge import RewardConfig as RewardConfig
+    from self_rewarding_lm_pytorch.self_reward.judge import RewardTemplateError as RewardTemplateError
     from self_rewarding_lm_pytorch.self_reward.judge import judge_scores as judge_scores
     from self_rewarding_lm_pytorch.self_reward.pairs import best_vs_worst as best_vs_worst
     from self_rewarding_lm_pytorch.self_reward.pairs import length_controlled as length_controlled
@@ -66,6 +69,8 @@ if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration as train_spin_iteration
     from self_rewarding_lm_pytorch.training.checkpoint import load_model as load_model
     from self_rewarding_lm_pytorch.training.checkpoint import save_model as save_model
+    from self_rewarding_lm_pytorch.training.faults import NonFiniteLossError as NonFiniteLossError
+    from self_rewarding_lm_pytorch.training.faults import TrainingStopped as TrainingStopped
     from self_rewarding_lm_pytorch.training.loop import TrainConfig as TrainConfig
     from self_rewarding_lm_pytorch.training.loop import TrainResult as TrainResult
     from self_rewarding_lm_pytorch.training.loop import make_accelerator as make_accelerator

@@ -48,7 +48,7 @@ def is_unsafe_name(name: str) -> bool:
 
 def _format_fields(text: str) -> list[str]:
     """The attribute/item names a str.format string reaches through (`{0.__class__}` -> `__class__`)."""
-    found = []
+    found: list[str] = []
     try:
         parsed = list(string.Formatter().parse(text))
     except ValueError:

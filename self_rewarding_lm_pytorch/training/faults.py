@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Any
 
 __all__ = ["NonFiniteLossError", "StopSignals", "TrainingStopped"]
 
@@ -41,7 +42,7 @@ class StopSignals:
 
     def __init__(self):
         self.signum: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}  # what signal.signal returned: a handler, SIG_DFL or None
 
     def _handle(self, signum, frame):
         if self.signum == signum:  # asked twice: stop now, the way the signal would without us
