@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,10 +45,10 @@ def test_sigterm_writes_a_checkpoint_exits_nonzero_and_resumes_to_the_same_weigh
     )
     try:
         for _ in range(1200):  # the script touches `ready` once it trains
-            if (tmp_path / "ready").exists() or proc.poll() is not None:
+            if (tmp_path / "ready-rank0").exists() or proc.poll() is not None:
                 break
             time.sleep(0.05)
-        assert (tmp_path / "ready").exists(), proc.communicate()[1]
+        assert (tmp_path / "ready-rank0").exists(), proc.communicate()[1]
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -123,3 +124,57 @@ def test_a_non_finite_loss_stops_before_the_update_and_leaves_files_finite(tmp_p
     assert latest.name == "step-00000004"
     ckpt.load_training_state(latest, model=script.make_model())  # intact and loadable
     assert all(math.isfinite(v) for v in every_number_in(tmp_path))
+
+
+@pytest.mark.distributed
+def test_under_two_processes_a_signal_to_one_stops_both_at_the_same_step(tmp_path):
+    """SIGTERM reaches only the second process; the reduced flag stops both after the same step,
+    and the main process writes that step's checkpoint."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.accelerate_cli",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        str(SCRIPTS / "train_until_signalled.py"),
+        str(run_dir),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), str(SCRIPTS)]),
+    }
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        for _ in range(2400):
+            if (tmp_path / "ready-rank1").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert (tmp_path / "ready-rank1").exists(), proc.communicate()[1][-4000:]
+        os.kill(int((tmp_path / "ready-rank1").read_text()), signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0, err[-2000:]
+    messages = [(tmp_path / f"stopped-rank{r}").read_text() for r in (0, 1)]
+    steps = [int(m.split("after step ")[1].split(";")[0]) for m in messages]
+    assert steps[0] == steps[1], messages
+    assert ckpt.latest_checkpoint(run_dir).name == f"step-{steps[0]:08d}"

@@ -1,6 +1,9 @@
-"""Trains a tiny regression model in `run_dir`; launched by tests/test_faults.py, which sends SIGTERM
-once `run_dir/ready` exists. Usage: python train_until_signalled.py RUN_DIR [--resume]."""
+"""Trains a tiny regression model in `run_dir`; launched by tests/test_fault_signals.py (alone, or two
+processes under `accelerate launch`), which sends SIGTERM once `ready-rank{r}` (holding that process's
+pid) exists next to `run_dir`. Each process that stops on a signal writes `stopped-rank{r}` (the
+message). Usage: python train_until_signalled.py RUN_DIR [--resume]."""
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +36,7 @@ class SlowTask:
     def step(self, model, x):
         self.calls += 1
         if self.ready is not None and self.calls >= 3:
-            self.ready.touch()
+            self.ready.write_text(str(os.getpid()))
             time.sleep(0.2)
         target = torch.stack([x.sum(-1), x[:, 0] - x[:, 1]], dim=-1)
         return ((model(x) - target) ** 2).mean(), {}
@@ -46,20 +49,19 @@ def config():
 
 
 def main(run_dir: Path, resume: bool):
-    from self_rewarding_lm_pytorch import make_accelerator, train
+    from self_rewarding_lm_pytorch import TrainingStopped, make_accelerator, train
 
     torch.set_num_threads(1)
+    rank = os.environ.get("RANK", "0")
     model = make_model()
-    ready = None if resume else run_dir.parent / "ready"
-    train(
-        model,
-        SlowTask(ready),
-        make_data(),
-        config(),
-        accelerator=make_accelerator({"cpu": True}),
-        run_dir=run_dir,
-        resume=resume,
-    )
+    ready = None if resume else run_dir.parent / f"ready-rank{rank}"
+    # cpu=True alone: under `accelerate launch --multi_gpu` on a CPU machine this is two gloo processes
+    accelerator = make_accelerator({"cpu": True})
+    try:
+        train(model, SlowTask(ready), make_data(), config(), accelerator=accelerator, run_dir=run_dir, resume=resume)
+    except TrainingStopped as stopped:
+        (run_dir.parent / f"stopped-rank{rank}").write_text(stopped.message)
+        raise
 
 
 if __name__ == "__main__":
