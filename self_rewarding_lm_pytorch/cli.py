@@ -394,6 +394,8 @@ def _add_tool_parsers(sub):
 
 def main(argv: list[str] | None = None) -> int:
     from self_rewarding_lm_pytorch.config_file import ConfigError
+    from self_rewarding_lm_pytorch.core.run_lock import RunLockedError
+    from self_rewarding_lm_pytorch.training.faults import NonFiniteLossError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -403,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CLIError, ConfigError) as err:
         print(f"srlm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (RunLockedError, NonFiniteLossError) as err:  # the run's state, not its inputs: status 1
+        print(f"srlm {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

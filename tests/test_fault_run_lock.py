@@ -72,3 +72,15 @@ def test_the_lock_is_released_when_a_run_fails_and_honoured_from_another_host(tm
     (folder / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "another-host", "started": "x"}))
     with pytest.raises(RunLockedError, match="another-host"):
         RunLock(folder).acquire()
+
+
+def test_srlm_run_on_a_locked_folder_prints_the_owner_and_exits_1(tmp_path, capsys):
+    from self_rewarding_lm_pytorch.cli import main
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "another-host", "started": "x"}))
+    assert main(["run", str(examples / "sft.toml"), "--set", f"run_dir={run_dir}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("srlm run: error: ") and "process 1 on host another-host" in err
