@@ -96,6 +96,7 @@ _EXPORTS = {
     "SPINTrainer": "trainers.spin",
     "PPOTrainer": "rl.ppo",
     "PPOConfig": "rl.ppo",
+    "UnsupportedSamplingError": "rl.ppo",
     "ValueHeadModel": "rl.value_head",
     "RewardModel": "trainers.reward_model",
     "RewardModelTrainer": "trainers.reward_model",

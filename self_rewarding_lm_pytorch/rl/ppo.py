@@ -44,7 +44,7 @@ from self_rewarding_lm_pytorch.rl.value_head import (
     token_entropy,
 )
 
-__all__ = ["KL_ESTIMATORS", "PPOConfig", "PPOTrainer"]
+__all__ = ["KL_ESTIMATORS", "PPOConfig", "PPOTrainer", "UnsupportedSamplingError", "check_ppo_sampling"]
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -63,6 +63,10 @@ class PPOConfig:
     `target_kl` and `horizon` drive the adaptive KL controller (summed per-sequence KL; Ziegler et al. 2019).
     `reward_norm` divides scores by a running std after subtracting a running mean (over all scores seen
     so far); `reward_clip` then clips them to [-reward_clip, reward_clip].
+
+    `temperature` is the sampling temperature of the rollouts; old, new and reference log-probs are all
+    taken from logits / temperature, the distribution the tokens were actually drawn from (as TRL
+    does), so the clipped ratio and the KL penalty are those of the sampling policy.
     """
 
     learning_rate: float = 1.41e-5
@@ -83,6 +87,7 @@ class PPOConfig:
     reward_clip: float | None = None
     reward_norm: bool = False
     max_grad_norm: float | None = 1.0
+    temperature: float = 1.0
     seed: int = 0
 
     def __post_init__(self):
@@ -98,6 +103,9 @@ class PPOConfig:
                 raise TypeError(f"PPOConfig.{f.name} must be an int, got {type(value).__name__} {value!r}")
             elif f.type in ("bool", "str") and type(value).__name__ != f.type:
                 raise TypeError(f"PPOConfig.{f.name} must be a {f.type}, got {type(value).__name__} {value!r}")
+        _check(
+            self.temperature > 0, f"temperature must be > 0 (PPO needs a sampling distribution), got {self.temperature}"
+        )
         _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(
@@ -126,24 +134,66 @@ class PPOConfig:
         )
 
 
+class UnsupportedSamplingError(ValueError):
+    """Sampling settings under which PPO's log-probs would not be those of the distribution sampled."""
+
+
+def check_ppo_sampling(
+    temperature: float, top_k: int | float | None, top_p: float | None, min_p: float | None, *, where: str
+) -> None:
+    """Refuse what PPO cannot account for: greedy decoding and top-k / top-p / min-p filters.
+
+    A filter makes the sampling distribution a truncation of softmax(logits / T) whose support moves
+    with the weights: the new policy (or the reference) can put a sampled token outside its own
+    support, so the ratio and the KL would be taken against a distribution other than the one
+    sampled. TRL's PPO samples unfiltered for the same reason. Disabled values (top_k 0/None,
+    top_p 1/None, min_p 0/None) are accepted.
+    """
+    active = {
+        "top_k": top_k not in (None, 0),
+        "top_p": top_p is not None and top_p != 1.0,
+        "min_p": min_p not in (None, 0),
+    }
+    filters = [f"{name}={value}" for name, value in zip(active, (top_k, top_p, min_p), strict=True) if active[name]]
+    if filters:
+        raise UnsupportedSamplingError(
+            f"{where}: PPO cannot use the sampling filter(s) {', '.join(filters)}: its log-probs, ratio and "
+            "KL are those of softmax(logits / temperature), so sample unfiltered (set them to None)"
+        )
+    if not temperature > 0:
+        raise UnsupportedSamplingError(
+            f"{where}: PPO needs a sampling temperature > 0 (greedy decoding has no log-probs to take a ratio of), "
+            f"got {temperature}"
+        )
+
+
 # Hugging Face `generate` keywords (as in TRL's quick start) mapped onto `sampling.sample`'s.
-def _sampling_kwargs(kwargs: dict, tokenizer) -> dict:
+def _sampling_kwargs(kwargs: dict, tokenizer, temperature: float) -> dict:
     kwargs = dict(kwargs)
+    sampling = kwargs.pop("sampling", None)
+    if sampling is not None:  # a SamplingConfig: its fields are checked below like the loose keywords
+        for name in ("temperature", "top_k", "top_p", "min_p", "max_new_tokens"):
+            if getattr(sampling, name) is not None and kwargs.setdefault(name, getattr(sampling, name)) != getattr(
+                sampling, name
+            ):
+                raise ValueError(f"generate: {name}={kwargs[name]} disagrees with sampling.{name}")
     out: dict[str, Any] = {"eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id}
     if "pad_token_id" in kwargs:
         out["pad_id"] = kwargs.pop("pad_token_id")
     if "eos_token_id" in kwargs:
         out["eos_id"] = kwargs.pop("eos_token_id")
-    if kwargs.pop("do_sample", True) is False:
-        kwargs["temperature"] = 0.0  # greedy
-    if kwargs.get("top_k") in (0, 0.0):
-        kwargs["top_k"] = None  # HF: 0 disables top-k
-    if kwargs.get("top_p") == 1.0:
-        kwargs["top_p"] = None
+    given = 0.0 if kwargs.pop("do_sample", True) is False else kwargs.pop("temperature", temperature)
+    if given != temperature:
+        raise UnsupportedSamplingError(
+            f"generate: sampling at temperature {given} but PPOConfig.temperature is {temperature}; the log-probs "
+            "are taken at PPOConfig.temperature, so set the temperature there (do_sample=False is temperature 0)"
+        )
+    filters = {name: kwargs.pop(name, None) for name in ("top_k", "top_p", "min_p")}
+    check_ppo_sampling(temperature, **filters, where="PPOTrainer.generate")
     min_length = kwargs.pop("min_length", -1)
     if min_length > 0:
         raise ValueError(f"min_length={min_length} is not supported by the sampler (only -1/0, i.e. none)")
-    out.update(kwargs)
+    out.update(kwargs, temperature=temperature)
     return out
 
 
@@ -220,10 +270,12 @@ class PPOTrainer:
         Returns 1-D response tensors: the generated tokens up to and including EOS, no padding (or
         prompt + response with `return_prompt=True`). Accepts `sample`'s keywords and the common
         Hugging Face ones (`do_sample`, `top_k=0`, `top_p=1.0`, `pad_token_id`, `eos_token_id`, `min_length=-1`).
+        The temperature is `PPOConfig.temperature`; filters and greedy decoding raise
+        `UnsupportedSamplingError` (see `check_ppo_sampling`).
         """
         from self_rewarding_lm_pytorch.core.sampling import sample
 
-        kwargs = _sampling_kwargs(generation_kwargs, self.tokenizer)
+        kwargs = _sampling_kwargs(generation_kwargs, self.tokenizer, self.config.temperature)
         kwargs.setdefault("generator", self.sample_generator)
         out = sample(self.policy.transformer, list(queries), **kwargs)
         rows = [
@@ -264,6 +316,10 @@ class PPOTrainer:
                 f"query + response is {input_ids.shape[1]} tokens, more than the model's max_seq_len {max_len}"
             )
 
+    def _logprobs(self, logits: Tensor, input_ids: Tensor) -> Tensor:
+        """(b, n-1) log-probs under the sampling distribution softmax(logits / temperature)."""
+        return token_logprobs(logits / self.config.temperature, input_ids)
+
     @torch.no_grad()
     def _rollout_forward(self, input_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Old log-probs and values (policy, eval mode: no dropout noise in the baseline) and reference log-probs."""
@@ -271,8 +327,8 @@ class PPOTrainer:
         self.model.eval()
         logits, values = self.model(input_ids)
         self.model.train(was_training)
-        old_logprobs = token_logprobs(logits, input_ids)
-        ref_logprobs = token_logprobs(self.ref_model(input_ids), input_ids)
+        old_logprobs = self._logprobs(logits, input_ids)
+        ref_logprobs = self._logprobs(self.ref_model(input_ids), input_ids)
         return old_logprobs, values[:, :-1].float(), ref_logprobs
 
     @beartype
@@ -377,6 +433,7 @@ class PPOTrainer:
         adv, ret = mb["advantages"][:, : length - 1], mb["returns"][:, : length - 1]
 
         logits, values = self.model(ids)
+        logits = logits / cfg.temperature
         logprobs = token_logprobs(logits, ids)
         values = values[:, :-1].float()
         pg_loss, pg_clipfrac = ppo_policy_loss(logprobs, old_lp, adv, mask, cfg.cliprange)

@@ -25,7 +25,7 @@ from self_rewarding_lm_pytorch.core.files import JsonlAppender, resume_jsonl
 from self_rewarding_lm_pytorch.core.reward_source import SELF_JUDGE, Scorer, check_reward_source, scoring_fn
 from self_rewarding_lm_pytorch.core.sampling_config import JudgeSettings, SamplingConfig
 from self_rewarding_lm_pytorch.core.tokenizer import to_id_list
-from self_rewarding_lm_pytorch.rl.ppo import PPOConfig, PPOTrainer
+from self_rewarding_lm_pytorch.rl.ppo import PPOConfig, PPOTrainer, check_ppo_sampling
 from self_rewarding_lm_pytorch.stages.context import StageContext, resolve_dataset
 from self_rewarding_lm_pytorch.stages.fields import describe_config
 from self_rewarding_lm_pytorch.stages.sampling import as_sampling_config, stage_sampling
@@ -57,7 +57,10 @@ class PPOStageConfig:
     of the update (never scored 0); a step where none is scored trains nothing.
 
     Each of `num_ppo_steps` steps samples `ppo.batch_size` prompts (a seeded reshuffle per pass over
-    the dataset) and makes one `PPOTrainer.step`. `ppo.seed` is replaced by the stage's seed.
+    the dataset) and makes one `PPOTrainer.step`. `ppo.seed` is replaced by the stage's seed, and
+    `ppo.temperature` by `temperature` (PPO's log-probs are taken at the sampling temperature).
+    `top_k`, `top_p` and `min_p` must stay None: PPO cannot account for sampling filters
+    (`UnsupportedSamplingError` at construction, see `ppo.check_ppo_sampling`).
     """
 
     kind: ClassVar[str] = "ppo"
@@ -123,6 +126,15 @@ class PPOStageConfig:
         for name, settings in (("sampling", self.sampling_config), ("judge_sampling", self.judge_settings.sampling)):
             if settings.max_new_tokens is None:  # a bad setting or a conflict has failed above already
                 raise ValueError(f"PPOStageConfig.{name}.max_new_tokens must be set (PPO has no derived budget)")
+        rollout = self.sampling_config
+        check_ppo_sampling(rollout.temperature, rollout.top_k, rollout.top_p, rollout.min_p, where="PPOStageConfig")
+        default_temperature = next(f.default for f in dataclasses.fields(PPOConfig) if f.name == "temperature")
+        if self._ppo.temperature not in (default_temperature, rollout.temperature):
+            raise ValueError(
+                f"PPOStageConfig sampling temperature {rollout.temperature} but "
+                f"ppo.temperature={self._ppo.temperature}: "
+                "set the sampling temperature once, as the stage's temperature"
+            )
 
     # --- the reward source ---
 
@@ -200,7 +212,10 @@ class PPOStageConfig:
             raise ValueError("prompt_dataset is empty")
         tok = ctx.tokenizer
         trainer = PPOTrainer(
-            ctx.model, config=dataclasses.replace(self._ppo, seed=ctx.seed), tokenizer=tok, accelerator=ctx.accelerator
+            ctx.model,
+            config=dataclasses.replace(self._ppo, seed=ctx.seed, temperature=self.sampling_config.temperature),
+            tokenizer=tok,
+            accelerator=ctx.accelerator,
         )
         scorer = self._scorer(ctx, trainer)
         start = self._resume(ctx, trainer)
