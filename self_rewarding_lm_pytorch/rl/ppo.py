@@ -277,7 +277,10 @@ class PPOTrainer:
 
         kwargs = _sampling_kwargs(generation_kwargs, self.tokenizer, self.config.temperature)
         kwargs.setdefault("generator", self.sample_generator)
-        out = sample(self.policy.transformer, list(queries), **kwargs)
+        # The prepared model runs its forward under the accelerator's mixed precision; sampling from the
+        # plain transformer must too, or the rollouts come from an fp32 policy the update never sees.
+        with self.accelerator.autocast():
+            out = sample(self.policy.transformer, list(queries), **kwargs)
         rows = [
             ids[mask] for ids, mask in zip(out.response_ids, out.response_mask, strict=True)
         ]  # on CPU, as sample returns them
@@ -317,8 +320,12 @@ class PPOTrainer:
             )
 
     def _logprobs(self, logits: Tensor, input_ids: Tensor) -> Tensor:
-        """(b, n-1) log-probs under the sampling distribution softmax(logits / temperature)."""
-        return token_logprobs(logits / self.config.temperature, input_ids)
+        """(b, n-1) log-probs under the sampling distribution softmax(logits / temperature).
+
+        Divided in fp32: a bf16 quotient would round differently for the policy (whose prepared forward
+        returns fp32 logits) and the reference (bf16 under autocast), and KL would not start at 0.
+        """
+        return token_logprobs(logits.float() / self.config.temperature, input_ids)
 
     @torch.no_grad()
     def _rollout_forward(self, input_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -328,7 +335,9 @@ class PPOTrainer:
         logits, values = self.model(input_ids)
         self.model.train(was_training)
         old_logprobs = self._logprobs(logits, input_ids)
-        ref_logprobs = self._logprobs(self.ref_model(input_ids), input_ids)
+        with self.accelerator.autocast():  # the policy's precision, so KL is exactly 0 while they are equal
+            ref_logits = self.ref_model(input_ids)
+        ref_logprobs = self._logprobs(ref_logits, input_ids)
         return old_logprobs, values[:, :-1].float(), ref_logprobs
 
     @beartype
@@ -433,7 +442,7 @@ class PPOTrainer:
         adv, ret = mb["advantages"][:, : length - 1], mb["returns"][:, : length - 1]
 
         logits, values = self.model(ids)
-        logits = logits / cfg.temperature
+        logits = logits.float() / cfg.temperature  # as `_logprobs` computes the old log-probs
         logprobs = token_logprobs(logits, ids)
         values = values[:, :-1].float()
         pg_loss, pg_clipfrac = ppo_policy_loss(logprobs, old_lp, adv, mask, cfg.cliprange)
