@@ -419,7 +419,8 @@ class PPOTrainer:
         return out
 
     def _optimize(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """`ppo_epochs` passes over shuffled minibatches; returns the mean of each minibatch stat."""
+        """`ppo_epochs` passes over shuffled minibatches; returns the mean of each minibatch stat over the
+        minibatches trained on (those with a scored rollout)."""
         cfg = self.config
         b = batch["input_ids"].shape[0]
         collected: dict[str, list[Tensor]] = {}
@@ -428,7 +429,13 @@ class PPOTrainer:
             order = torch.randperm(b, generator=self.shuffle_generator).to(batch["input_ids"].device)
             for start in range(0, b, cfg.mini_batch_size):
                 idx = order[start : start + cfg.mini_batch_size]
-                mb_stats = self._minibatch_step({k: v[idx] for k, v in batch.items()})
+                mb = {k: v[idx] for k, v in batch.items()}
+                # A minibatch with no scored rollout on any process has nothing to learn from, yet an
+                # optimizer step would still move the weights (Adam's momentum). Decided jointly, so
+                # every process skips the same minibatches and DDP's backward stays in step.
+                if not int(self.accelerator.reduce(mb["mask"].any(-1).sum(), reduction="sum")):
+                    continue
+                mb_stats = self._minibatch_step(mb)
                 for k, v in mb_stats.items():
                     collected.setdefault(k, []).append(v)
         return {k: torch.stack(v).mean() for k, v in collected.items()}
