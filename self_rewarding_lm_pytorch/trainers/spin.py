@@ -125,30 +125,31 @@ def generate_synthetic(
     seed: int = 0,
     progress: bool = False,
 ) -> list[list[int]]:
-    """One sampled response per prompt, each cut so prompt + response fits in `max_seq_len`.
+    """One sampled response per prompt, each with room for at most `max_seq_len - len(prompt)` tokens.
 
-    All prompts go to the sampler in one call (it batches and KV-caches); the budget is the longest
-    prompt's room, and longer samples are cut back per prompt so real and generated share one limit.
+    Prompts are grouped by that budget and each group is one sampler call (it batches and KV-caches):
+    a single call with the shortest prompt's budget would run longer prompts past `max_seq_len`,
+    which a model with absolute positions cannot do. Groups run in order of budget from one generator.
     """
     sampling = spin_sampling(sampling, temperature=temperature, top_p=top_p, top_k=top_k)
     device = next(model.parameters()).device
     budgets = [max_seq_len - len(p) for p, _ in examples]
     generator = torch.Generator().manual_seed(seed)  # the sampler draws one base key on the CPU
-    prompts = [torch.tensor(p, dtype=torch.long, device=device) for p, _ in examples]
-    out = sampler.sample(
-        model,
-        prompts,
-        sampling=dataclasses.replace(sampling, max_new_tokens=max(budgets)),
-        eos_id=tokenizer.eos_id,
-        pad_id=tokenizer.pad_id,
-        generator=generator,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    responses = []
-    for row, budget in enumerate(budgets):
-        ids = out.response_ids[row][out.response_mask[row]].tolist()
-        responses.append(ids[:budget])
+    responses: list[list[int]] = [[] for _ in examples]
+    for budget in sorted(set(budgets)):
+        rows = [i for i, b in enumerate(budgets) if b == budget]
+        out = sampler.sample(
+            model,
+            [torch.tensor(examples[i][0], dtype=torch.long, device=device) for i in rows],
+            sampling=dataclasses.replace(sampling, max_new_tokens=budget),
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
+            generator=generator,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        for row, i in enumerate(rows):
+            responses[i] = out.response_ids[row][out.response_mask[row]].tolist()
     return responses
 
 
