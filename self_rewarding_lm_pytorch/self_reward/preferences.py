@@ -245,16 +245,20 @@ def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator
     counts["candidates"] += len(responses)
     lengths = torch.tensor([len(tok.encode(r)) for r in responses])
     scores, lengths = rearrange(scores, "(p k) -> p k", k=k), rearrange(lengths, "(p k) -> p k", k=k)
-    pairs = {}
+    pairs, identical = {}, set()
     for pair in ctx["pair_policy"](scores, lengths):
         p, c, r = (int(x) for x in pair)
         if (
             not (0 <= p < len(items) and 0 <= c < k and 0 <= r < k)
             or c == r
             or p in pairs
+            or p in identical
             or not (responses[p * k + c] and responses[p * k + r])
         ):
             raise ValueError(f"pair policy {ctx['pair_policy']!r} returned an invalid pair {tuple(pair)}")
+        if responses[p * k + c] == responses[p * k + r]:
+            identical.add(p)  # equal texts: the DPO term is exactly 0 and only the NLL of one text remains
+            continue
         pairs[p] = (c, r)
     records = []
     for p, (index, text, _) in enumerate(items):
@@ -275,7 +279,7 @@ def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator
                 "prompt": text,
                 "candidates": cands,
                 "pair": pair,
-                "dropped": None if pair else _no_pair_reason(scores[p]),
+                "dropped": None if pair else "identical_pair" if p in identical else _no_pair_reason(scores[p]),
             }
         )
     return records
@@ -319,6 +323,7 @@ def _stats(records: list[dict], pair_records: list[dict], counts: Counter, **ext
         **extra,
         "prompts_processed": len(records),
         "prompts_dropped": dict(dropped),
+        "identical_pairs": dropped["identical_pair"],  # chosen text == rejected text: nothing to prefer
         "candidates": counts["candidates"],
         "candidates_truncated": counts["candidates_truncated"],
         "candidates_empty": counts["candidates_empty"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence, Sized
 from contextlib import nullcontext
 from functools import partial
@@ -45,6 +46,7 @@ __all__ = [
     "collate_pairs",
     "compute_ref_logprobs",
     "default_tokenizer",
+    "drop_identical_pairs",
     "encode_pairs",
     "load_or_compute_ref_logprobs",
     "normalize_preference",
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 REF_LOGPROBS_FILE = "ref_logprobs.safetensors"
+log = logging.getLogger(__name__)
 
 
 class PreferenceRecordError(ValueError):
@@ -150,6 +153,21 @@ def encode_pairs(
     if not pairs:
         raise PreferenceRecordError("no preference records to train on")
     return pairs
+
+
+def drop_identical_pairs(pairs: list[dict], *, what: str = "preference records") -> tuple[list[dict], int]:
+    """(pairs whose chosen and rejected sequences differ, how many were dropped).
+
+    An identical pair has a DPO term of exactly 0 (its margin is 0 whatever the weights), so it would
+    only add the NLL of one text and dilute the batch mean; it is dropped and counted instead.
+    """
+    kept = [p for p in pairs if list(p["chosen"][0]) != list(p["rejected"][0])]
+    dropped = len(pairs) - len(kept)
+    if dropped:
+        log.warning("dropped %d of %d %s whose chosen and rejected responses are identical", dropped, len(pairs), what)
+    if not kept:
+        raise PreferenceRecordError(f"all {len(pairs)} {what} have identical chosen and rejected responses")
+    return kept, dropped
 
 
 def collate_pairs(items: Sequence[dict], pad_id: int) -> dict[str, Tensor]:
@@ -489,8 +507,12 @@ class DPOTrainer:
         self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
         self.model, self.tokenizer = model, default_tokenizer(model, tokenizer)
         limits = _limits(model, max_seq_len)
-        self.pairs = encode_pairs(train_data, self.tokenizer, **limits)
-        self.valid_pairs = encode_pairs(valid_data, self.tokenizer, **limits) if valid_data else None
+        self.pairs, self.num_identical_pairs = drop_identical_pairs(encode_pairs(train_data, self.tokenizer, **limits))
+        self.valid_pairs = (
+            drop_identical_pairs(encode_pairs(valid_data, self.tokenizer, **limits), what="validation records")[0]
+            if valid_data
+            else None
+        )
         self.loss_kwargs: dict[str, Any] = dict(
             beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, sft_weight=sft_weight
         )
@@ -525,4 +547,5 @@ class DPOTrainer:
         )
         if self.precompute_ref_logprobs:
             self.ref_model = None  # the log-probs are stored; do not keep a second model alive
+        result.info["num_identical_pairs"] = self.num_identical_pairs
         return result
