@@ -7,13 +7,26 @@ Shapes: b batch, n sequence.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["ListDataset", "collate_examples", "create_mock_dataset", "encode_example", "pad_right"]
+__all__ = ["ListDataset", "SizedDataset", "collate_examples", "create_mock_dataset", "encode_example", "pad_right"]
+
+
+@runtime_checkable
+class SizedDataset(Protocol):
+    """What every trainer reads data through: `len(data)` and `data[i]` for i in range(len(data)).
+
+    A list, a map-style torch `Dataset`, a Hugging Face `datasets.Dataset` and any class with these
+    two methods qualify; nothing is required to subclass or register anything.
+    """
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> Any: ...
 
 
 class ListDataset(Dataset):

@@ -27,6 +27,7 @@ from beartype import beartype
 from einops import rearrange
 from torch import Tensor
 
+from self_rewarding_lm_pytorch.core.batching import SizedDataset
 from self_rewarding_lm_pytorch.core.modules import unwrap_network
 from self_rewarding_lm_pytorch.core.reward_source import scoring_fn
 from self_rewarding_lm_pytorch.core.sampling_config import JudgeSettings, SamplingConfig, resolve_sampling
@@ -363,7 +364,7 @@ def _plan_chunks(encoded, budgets: Budgets, chunk_size: int, max_passes: int):
 def generate_preferences(
     model,
     tokenizer,
-    prompts: Sequence | torch.utils.data.Dataset,
+    prompts: SizedDataset,
     *,
     reward_config: RewardConfig = DEFAULT_REWARD_CONFIG,
     reward_fn: Callable | None = None,

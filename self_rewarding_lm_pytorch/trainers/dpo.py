@@ -27,10 +27,9 @@ from einops import rearrange
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from self_rewarding_lm_pytorch.core.batching import ListDataset, collate_examples, encode_example
+from self_rewarding_lm_pytorch.core.batching import ListDataset, SizedDataset, collate_examples, encode_example
 from self_rewarding_lm_pytorch.core.files import atomic_write_bytes
 from self_rewarding_lm_pytorch.core.logprobs import sequence_logprobs
 from self_rewarding_lm_pytorch.core.losses import DPO_LOSS_TYPES, dpo_loss, sft_loss
@@ -117,7 +116,7 @@ def _show(record, limit: int = 120) -> str:
 
 
 def encode_pairs(
-    records: Sequence | Dataset, tokenizer, *, max_seq_len: int | None = None, num_tokens: int | None = None
+    records: SizedDataset, tokenizer, *, max_seq_len: int | None = None, num_tokens: int | None = None
 ) -> list[dict]:
     """Each record as {"chosen": (ids, prompt_len), "rejected": (ids, prompt_len)}, checked early.
 
@@ -423,7 +422,7 @@ def train_pairs(
 @beartype
 def train_dpo(
     model: nn.Module,
-    records: Sequence | Dataset,
+    records: SizedDataset,
     *,
     tokenizer,
     accelerator,
@@ -437,7 +436,7 @@ def train_dpo(
     precompute_ref_logprobs: bool = True,
     resume: bool = False,
     max_seq_len: int | None = None,
-    valid_records: Sequence | Dataset | None = None,
+    valid_records: SizedDataset | None = None,
 ) -> TrainResult:
     """DPO on preference records with a built `TrainConfig`: `DPOTrainer` (the one implementation) run once.
 
@@ -486,7 +485,7 @@ class DPOTrainer:
     def __init__(
         self,
         model: nn.Module,
-        train_data: Sequence | Dataset,
+        train_data: SizedDataset,
         *,
         tokenizer=None,
         ref_model: nn.Module | None = None,
@@ -496,7 +495,7 @@ class DPOTrainer:
         label_smoothing: float = 0.0,
         sft_weight: float = 0.0,
         max_seq_len: int | None = None,
-        valid_data: Sequence | Dataset | None = None,
+        valid_data: SizedDataset | None = None,
         accelerator=None,
         accelerate_kwargs: dict | None = None,
         checkpoint_folder: str | Path | None = None,

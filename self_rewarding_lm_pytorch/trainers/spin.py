@@ -20,9 +20,9 @@ from typing import Any, cast
 import torch
 from beartype import beartype
 from torch import nn
-from torch.utils.data import Dataset
 
 from self_rewarding_lm_pytorch.core import sampling as sampler  # looked up per call: tests patch sampler.sample
+from self_rewarding_lm_pytorch.core.batching import SizedDataset
 from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_json_if_exists, read_jsonl, write_jsonl
 from self_rewarding_lm_pytorch.core.losses import spin_loss
 from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig, resolve_sampling
@@ -53,7 +53,7 @@ class SFTRecordError(ValueError):
 
 @beartype
 def encode_sft_items(
-    items: Sequence | Dataset, tokenizer, *, max_seq_len: int, num_tokens: int | None = None
+    items: SizedDataset, tokenizer, *, max_seq_len: int, num_tokens: int | None = None
 ) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, real response ids) per SFT item (the SFT stage's item forms), cut to `max_seq_len`.
 
@@ -208,7 +208,7 @@ def _load_or_generate(model, examples, run_dir, *, resume, is_main, tokenizer, n
 @beartype
 def train_spin_iteration(
     model: nn.Module,
-    sft_items: Sequence | Dataset,
+    sft_items: SizedDataset,
     *,
     tokenizer,
     accelerator,
@@ -225,7 +225,7 @@ def train_spin_iteration(
     precompute_ref_logprobs: bool = True,
     resume: bool = False,
     seed: int = 0,
-    valid_sft_items: Sequence | Dataset | None = None,
+    valid_sft_items: SizedDataset | None = None,
 ):
     """One SPIN iteration on `model` in place: sample once from it, then train against those samples.
 
