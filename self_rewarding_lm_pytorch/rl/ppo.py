@@ -43,6 +43,7 @@ from self_rewarding_lm_pytorch.rl.value_head import (
     per_token_rewards,
     token_entropy,
 )
+from self_rewarding_lm_pytorch.training.dropout import disable_dropout
 
 __all__ = ["KL_ESTIMATORS", "PPOConfig", "PPOTrainer", "UnsupportedSamplingError", "check_ppo_sampling"]
 
@@ -63,6 +64,8 @@ class PPOConfig:
     `target_kl` and `horizon` drive the adaptive KL controller (summed per-sequence KL; Ziegler et al. 2019).
     `reward_norm` divides scores by a running std after subtracting a running mean (over all scores seen
     so far); `reward_clip` then clips them to [-reward_clip, reward_clip].
+
+    `disable_dropout` (TRL's name and default) sets the policy's dropout rates to 0 in place.
 
     `temperature` is the sampling temperature of the rollouts; old, new and reference log-probs are all
     taken from logits / temperature, the distribution the tokens were actually drawn from (as TRL
@@ -88,6 +91,7 @@ class PPOConfig:
     reward_norm: bool = False
     max_grad_norm: float | None = 1.0
     temperature: float = 1.0
+    disable_dropout: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -221,6 +225,10 @@ class PPOTrainer:
         self.accelerator = accelerator if accelerator is not None else make_accelerator()
         device = self.accelerator.device
         vmodel = model if isinstance(model, ValueHeadModel) else ValueHeadModel(model)
+        if config.disable_dropout:
+            # Old log-probs are taken without dropout; with it on in the update passes the ratio would
+            # start away from 1. In place and for good, as TRL does (the reference is in eval mode).
+            disable_dropout(vmodel)
         if ref_model is None:
             ref_model = copy.deepcopy(vmodel.transformer)
         elif isinstance(ref_model, ValueHeadModel):

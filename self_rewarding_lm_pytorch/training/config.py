@@ -35,6 +35,9 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     tensorboard: bool = False
+    # TRL's name and default: dropout off in the policy while it trains, the model's rates restored after
+    # (see training.dropout). Pair losses compare with a dropout-free reference; set False to keep it on.
+    disable_dropout: bool = True
 
     def __post_init__(self):
         def check(ok: bool, message: str):
@@ -56,6 +59,7 @@ class TrainConfig:
         check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         check(self.early_stopping_mode in ("min", "max"), "early_stopping_mode must be 'min' or 'max'")
         check(_is_int(self.seed) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}")
+        check(isinstance(self.disable_dropout, bool), f"disable_dropout must be a bool, got {self.disable_dropout!r}")
         check(
             self.early_stopping_patience is None or self.valid_every is not None,
             "early_stopping_patience needs valid_every (how often to validate)",

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from self_rewarding_lm_pytorch.core.files import JsonlAppender
 from self_rewarding_lm_pytorch.training import checkpoint as ckpt
 from self_rewarding_lm_pytorch.training.config import TrainConfig
+from self_rewarding_lm_pytorch.training.dropout import dropout_disabled
 from self_rewarding_lm_pytorch.training.faults import NonFiniteLossError, StopSignals, TrainingStopped
 from self_rewarding_lm_pytorch.training.metrics import MetricWindow, as_metric
 from self_rewarding_lm_pytorch.training.schedule import DataStream, epoch_permutation, lr_multiplier
@@ -191,7 +192,8 @@ class _Run:
                 if not (resume and self.run_dir is not None and self._resume()):
                     self._fresh_start()
                 self._open_outputs()
-                self._loop()
+                with dropout_disabled(self.core, enabled=cfg.disable_dropout):
+                    self._loop()
                 self._finish()
         finally:
             self._close()
