@@ -18,9 +18,10 @@ __all__ = ["fingerprint"]
 def fingerprint(value: Any, skip: frozenset = frozenset()) -> Any:
     """What identifies a config value's effect on training, as JSON-able data for hashing.
 
-    Lists, tensors, module weights and the files behind paths are read in full (an edited dataset
-    is a different stage); a map-style Dataset is known by type and length only, since datasets
-    like `create_mock_dataset` draw anew on every access; a callable by its module and name.
+    Lists, tensors and the files behind paths are read in full (an edited dataset is a different
+    stage); a module's weights are summarised cheaply (see `_tensor_summary`); a map-style Dataset
+    is known by type and length only, since datasets like `create_mock_dataset` draw anew on every
+    access; a callable by its module and name.
     `skip` names dataclass fields left out (settings that do not change what is trained).
     """
     return walk_config(value, _fingerprint_leaf, skip=skip)
@@ -38,7 +39,10 @@ def _fingerprint_leaf(value: Any) -> Any:
         raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         return {"tensor": hashlib.sha256(raw).hexdigest(), "dtype": str(value.dtype), "shape": list(value.shape)}
     if isinstance(value, nn.Module):
-        return {"module": type(value).__qualname__, "state": fingerprint(list(value.state_dict().values()))}
+        return {
+            "module": type(value).__qualname__,
+            "state": [_tensor_summary(k, t) for k, t in value.state_dict().items()],
+        }
     if is_container(value):
         return DESCEND
     if hasattr(value, "__len__") and hasattr(value, "__getitem__"):
@@ -48,6 +52,38 @@ def _fingerprint_leaf(value: Any) -> Any:
             "callable": f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__name__)}"
         }
     return {"type": type(value).__qualname__}
+
+
+# Elements of each tensor read back to the host; everything else about a tensor is reduced on its device.
+_SAMPLE_SIZE = 64
+
+
+def _tensor_summary(name: str, tensor: Tensor) -> list:
+    """A module tensor known by name, shape, dtype, float64 sum and L2 norm, and a strided sample of values.
+
+    Why not hash the bytes: a 7B judge model in a stage config would be copied to the host and hashed
+    (~14 GB) at every launch. The reductions run on the tensor's device, read each element once and
+    copy nothing to the host but two numbers and the sample. Soundness: any change of a tensor's
+    names, shapes or dtypes is caught; so is any change of values that moves the sum or the norm
+    (one edited element, a training step, a re-initialisation, merged adapter weights, a rescale) in
+    float64, i.e. every edit that is not an exact rearrangement. What it misses: a permutation of a
+    tensor's values that leaves the sampled positions alone (say, two swapped rows between samples),
+    or changes that cancel in both the sum and the norm to float64 precision.
+    """
+    t = tensor.detach()
+    summary: list[Any] = [name, list(t.shape), str(t.dtype)]
+    if t.numel() == 0:
+        return summary
+    t = torch.view_as_real(t) if t.is_complex() else t if t.is_floating_point() else t.to(torch.float64)
+    flat = t.reshape(-1)
+    k = min(_SAMPLE_SIZE, flat.numel())
+    positions = torch.arange(k, device=flat.device) * (flat.numel() - 1) // max(k - 1, 1)  # exact in int64
+    summary += [
+        float(flat.sum(dtype=torch.float64)),
+        float(torch.linalg.vector_norm(flat, dtype=torch.float64)),
+        flat[positions].to(torch.float64).cpu().tolist(),
+    ]
+    return summary
 
 
 def _is_file(text: str) -> bool:
