@@ -314,11 +314,22 @@ class PPOTrainer:
         scored = ~raw.isnan()
         processed = torch.where(scored, raw, torch.zeros_like(raw))
         if self.config.reward_norm:
-            self.score_moments.update(raw[scored])
+            # every process's scores, in rank order: all processes hold the same running moments
+            self.score_moments.update(self._gather_scored(raw))
             processed = (processed - self.score_moments.mean) / max(self.score_moments.std, 1e-8)
         if self.config.reward_clip is not None:
             processed = processed.clamp(-self.config.reward_clip, self.config.reward_clip)
         return raw, torch.where(scored, processed, torch.zeros_like(processed)), scored
+
+    def _gather_scored(self, raw: Tensor) -> Tensor:
+        """The scored (non-NaN) values of `raw` (b,) from every process, concatenated in rank order."""
+        if self.accelerator.num_processes == 1:
+            return raw[~raw.isnan()]
+        sizes = self.accelerator.gather(torch.tensor([raw.numel()], device=raw.device))
+        padded = torch.full((int(sizes.max()),), math.nan, dtype=raw.dtype, device=raw.device)
+        padded[: raw.numel()] = raw
+        everything = self.accelerator.gather(padded)  # NaN marks padding and unscored rollouts alike
+        return everything[~everything.isnan()]
 
     def _check_length(self, input_ids: Tensor):
         max_len = getattr(self.policy.transformer, "max_seq_len", None)
@@ -400,7 +411,10 @@ class PPOTrainer:
             return (x * rowf).sum() / rowf.sum().clamp(min=1)
 
         seq_kl = (kl * train_mask).sum(-1)
-        mean_kl = self.accelerator.reduce(row_mean(seq_kl), reduction="mean")
+        # the mean over every process's scored rollouts (not a mean of per-process means, which weighs
+        # a process with one scored rollout like one with eight)
+        kl_sum_count = self.accelerator.reduce(torch.stack([(seq_kl * rowf).sum(), rowf.sum()]), reduction="sum")
+        mean_kl = kl_sum_count[0] / kl_sum_count[1].clamp(min=1)
         if num_scored > 0:
             self.kl_ctl.update(float(mean_kl), num_scored)
         self.num_steps += 1
