@@ -18,29 +18,46 @@ step: the slowest, but it only needs `model(ids) -> logits`, so it runs any caus
 
 from __future__ import annotations
 
+import functools
+import warnings
 import weakref
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from x_transformers.x_transformers import (
-    AbsolutePositionalEmbedding,
-    Attention,
-    Decoder,
-    DynamicTanh,
-    FeedForward,
-    Identity,
-    LayerNorm,
-    Residual,
-    RMSNorm,
-    ScaleNorm,
-    SimpleRMSNorm,
-    TokenEmbedding,
-    TransformerWrapper,
-    always,
-    softclamp,
-)
+from x_transformers import Decoder, TransformerWrapper  # public names
+
+# The fast decoder reimplements x-transformers' decoding step and recognises its building blocks by
+# type, so it needs internal names that a release may rename. Their absence disables the fast path
+# (with one warning) instead of breaking `import self_rewarding_lm_pytorch`.
+try:
+    from x_transformers.x_transformers import (
+        AbsolutePositionalEmbedding,
+        Attention,
+        DynamicTanh,
+        FeedForward,
+        Identity,
+        LayerNorm,
+        Residual,
+        RMSNorm,
+        ScaleNorm,
+        SimpleRMSNorm,
+        TokenEmbedding,
+        always,
+        softclamp,
+    )
+
+    _MISSING_INTERNALS: str | None = None
+except ImportError as _error:
+    _MISSING_INTERNALS = f"this x-transformers version lacks internals the fast decoder needs ({_error})"
+
+    class _Missing:
+        """Stands in for a missing x-transformers class: no module is ever an instance of it."""
+
+    AbsolutePositionalEmbedding = Attention = DynamicTanh = FeedForward = Identity = LayerNorm = _Missing  # type: ignore[misc,assignment]
+    Residual = RMSNorm = ScaleNorm = SimpleRMSNorm = TokenEmbedding = always = _Missing  # type: ignore[misc,assignment]
+    softclamp = None  # type: ignore[assignment]
 
 __all__ = [
     "FastDecoder",
@@ -189,8 +206,16 @@ def fast_decode_support(model: nn.Module) -> str | None:
     reimplement is checked), then, once per model object, a numerical probe that compares decoded
     logits against the model's own full forward, so a flag the whitelist misses still falls back.
     """
+    if _MISSING_INTERNALS is not None:
+        _warn_missing_internals()
+        return _MISSING_INTERNALS
     problem = _structure_problem(model)
     return problem if problem is not None else _probed(model, "fast")
+
+
+@functools.cache
+def _warn_missing_internals() -> None:
+    warnings.warn(f"{_MISSING_INTERNALS}; sampling falls back to a slower decoder", RuntimeWarning, stacklevel=3)
 
 
 def xcache_support(model: nn.Module) -> str | None:
@@ -215,7 +240,7 @@ def _probed(model, kind: str) -> str | None:
         try:
             with torch.inference_mode():
                 results[kind] = _probe_problem(model, kind)
-        except (RuntimeError, IndexError, ValueError, AssertionError) as error:
+        except (RuntimeError, IndexError, ValueError, AssertionError, TypeError) as error:
             # A configuration the decoder cannot even run is unsupported, not a crash: fall back.
             results[kind] = f"numerical probe failed: {type(error).__name__}: {error}"
         finally:
