@@ -240,13 +240,15 @@ def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator
     )
     fitted = [_fit_text(t, tok, budgets.max_new_tokens) for t in out.texts(tok)]
     counts["candidates_truncated"] += sum(cut for _, cut in fitted)
+    finished = _finished(out, tok.eos_id, [cut for _, cut in fitted])
+    counts["candidates_unfinished"] += finished.count(False)
     responses = [t for t, _ in fitted]
     prompts_rep = [text for _, text, _ in items for _ in range(k)]
     scores, texts, parsed = _score_nonempty(ctx, prompts_rep, responses, generator, counts)
     counts["candidates"] += len(responses)
     lengths = torch.tensor([len(tok.encode(r)) for r in responses])
     scores, lengths = rearrange(scores, "(p k) -> p k", k=k), rearrange(lengths, "(p k) -> p k", k=k)
-    pairs, identical = {}, set()
+    pairs, identical, unfinished = {}, set(), set()
     for pair in ctx["pair_policy"](scores, lengths):
         p, c, r = (int(x) for x in pair)
         if (
@@ -254,11 +256,15 @@ def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator
             or c == r
             or p in pairs
             or p in identical
+            or p in unfinished
             or not (responses[p * k + c] and responses[p * k + r])
         ):
             raise ValueError(f"pair policy {ctx['pair_policy']!r} returned an invalid pair {tuple(pair)}")
         if responses[p * k + c] == responses[p * k + r]:
             identical.add(p)  # equal texts: the DPO term is exactly 0 and only the NLL of one text remains
+            continue
+        if not finished[p * k + c] and tok.eos_id is not None and not ctx["allow_unfinished_chosen"]:
+            unfinished.add(p)  # cut at max_new_tokens: not an answer to teach
             continue
         pairs[p] = (c, r)
     records = []
@@ -270,6 +276,7 @@ def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator
                 "score": _json_float(scores[p, j]),
                 "judgments": texts[p * k + j],
                 "parsed": parsed[p * k + j],
+                "finished": finished[p * k + j],
             }
             for j in range(k)
         ]
@@ -280,10 +287,25 @@ def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator
                 "prompt": text,
                 "candidates": cands,
                 "pair": pair,
-                "dropped": None if pair else "identical_pair" if p in identical else _no_pair_reason(scores[p]),
+                "dropped": None if pair else _drop_reason(p, identical, unfinished, scores[p]),
             }
         )
     return records
+
+
+def _finished(out, eos_id: int | None, cut: list[bool]) -> list[bool]:
+    """Per row: the candidate ended with EOS (not at max_new_tokens) and its text was not cut to fit."""
+    ended = []
+    for ids, mask, was_cut in zip(out.response_ids, out.response_mask, cut, strict=True):
+        tokens = ids[mask]
+        ended.append(eos_id is not None and len(tokens) > 0 and int(tokens[-1]) == eos_id and not was_cut)
+    return ended
+
+
+def _drop_reason(p: int, identical: set, unfinished: set, row: Tensor) -> str:
+    if p in identical:
+        return "identical_pair"
+    return "unfinished_chosen" if p in unfinished else _no_pair_reason(row)
 
 
 def _make_chunk(ctx: dict, generator, seed, key: tuple[int, int], items: list) -> tuple[list[dict], Counter]:
@@ -307,6 +329,9 @@ def _pair_record(rec: dict) -> dict:
         "rejected_score": rejected["score"],
         "chosen_length": chosen["length"],
         "rejected_length": rejected["length"],
+        # an unfinished response is trained without an EOS appended (it did not end)
+        "chosen_finished": chosen.get("finished", True),
+        "rejected_finished": rejected.get("finished", True),
         "prompt_index": rec["prompt_index"],
         "pass": rec["pass"],
     }
@@ -328,6 +353,7 @@ def _stats(records: list[dict], pair_records: list[dict], counts: Counter, **ext
         "candidates": counts["candidates"],
         "candidates_truncated": counts["candidates_truncated"],
         "candidates_empty": counts["candidates_empty"],
+        "candidates_unfinished": counts["candidates_unfinished"],
         "judgments": judgments,
         "parse_failures": counts["parse_failures"],
         "parse_failure_rate": counts["parse_failures"] / judgments if judgments else None,
@@ -391,6 +417,7 @@ def generate_preferences(
     resume: bool = False,
     progress: bool = True,
     accelerator=None,
+    allow_unfinished_chosen: bool = False,
 ) -> PreferenceResult:
     """Self-rewarding preference pairs (Yuan et al. 2024): `num_candidates` samples per prompt from
     `model`, each judged `num_judgments` times by `judge_model` (default: `model` itself) with
@@ -404,6 +431,11 @@ def generate_preferences(
     a crash continues `out_dir/candidates.jsonl` exactly as an uninterrupted run would, and with an
     `accelerator` of several processes each process generates its share of the chunks (the result
     is the same as one process's).
+
+    A candidate cut at `max_new_tokens` (no EOS) is recorded with `finished: false`; a pair whose
+    chosen candidate is unfinished is dropped ("unfinished_chosen") unless `allow_unfinished_chosen`.
+    Pairs record `chosen_finished`/`rejected_finished`, and DPO appends no EOS to an unfinished side.
+    With a tokenizer without EOS nothing can finish, so the rule does not apply.
     """
     sampling = resolve_sampling(
         sampling,
@@ -460,6 +492,7 @@ def generate_preferences(
         pair_policy=pair_policy,
         batch_size=batch_size,
         use_cache=use_cache,
+        allow_unfinished_chosen=allow_unfinished_chosen,
     )
     cand_path = Path(out_dir) / "candidates.jsonl" if out_dir is not None else None
     shard = Shard.of(accelerator) if seed is not None else Shard()

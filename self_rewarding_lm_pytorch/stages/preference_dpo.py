@@ -49,6 +49,8 @@ class _PreferenceDPOFields(TrainingFields):
     precompute_ref_logprobs: bool = field(default=True, kw_only=True)
     max_seq_len: int | None = field(default=None, kw_only=True)
     sampling: SamplingConfig | dict | None = field(default=None, kw_only=True)
+    # candidates cut at max_new_tokens are never chosen unless True (then trained without a fake EOS)
+    allow_unfinished_chosen: bool = field(default=False, kw_only=True)
 
     # the seed-compatible loose fields and the SamplingConfig field each stands for
     _SAMPLING_FIELDS: ClassVar[dict[str, str]] = {
@@ -102,6 +104,7 @@ class _PreferenceDPOFields(TrainingFields):
             resume=ctx.resume,
             progress=ctx.progress and ctx.is_main,
             accelerator=ctx.accelerator,
+            allow_unfinished_chosen=self.allow_unfinished_chosen,
             **self._scoring_kwargs(ctx),
         )
         summary = {"preferences": result.stats, "num_pairs": len(result.records)}

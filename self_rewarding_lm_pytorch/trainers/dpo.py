@@ -125,12 +125,18 @@ def encode_pairs(
     """
     pairs = []
     for index in range(len(cast(Sized, records))):  # by index: map-style Datasets need not be iterable
-        prompt, chosen, rejected = normalize_preference(records[index], index)
+        record = records[index]
+        prompt, chosen, rejected = normalize_preference(record, index)
+        # a response cut at the sampler's max_new_tokens did not end: no EOS is appended to it
+        finished = {
+            side: not (isinstance(record, dict) and record.get(f"{side}_finished") is False)
+            for side in ("chosen", "rejected")
+        }
         try:
             pairs.append(
                 {
-                    "chosen": encode_example(tokenizer, prompt, chosen, max_len=max_seq_len),
-                    "rejected": encode_example(tokenizer, prompt, rejected, max_len=max_seq_len),
+                    side: encode_example(tokenizer, prompt, text, add_eos=finished[side], max_len=max_seq_len)
+                    for side, text in (("chosen", chosen), ("rejected", rejected))
                 }
             )
         except (ValueError, TypeError) as e:
