@@ -73,6 +73,7 @@ class TrainingFields:
     early_stopping_mode: str = "min"
     checkpoint_every: int | None = None
     tensorboard: bool = False
+    disable_dropout: bool = True
 
     def __post_init__(self):
         # Bad training settings fail when the stage config is built, not when the stage starts.
