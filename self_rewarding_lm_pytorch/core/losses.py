@@ -1,4 +1,4 @@
-"""Pure loss functions: SFT, the DPO family, SPIN, the multinomial ranking loss, and PPO parts.
+"""Pure loss functions: SFT, the DPO family (with DPOP, SimPO, ORPO, APO, NCA), SPIN, ranking, and PPO parts.
 
 Shapes: b batch, n sequence, v vocab, k ranked candidates per prompt.
 
@@ -20,21 +20,35 @@ from self_rewarding_lm_pytorch.core.logprobs import sequence_logprobs
 
 __all__ = [
     "DPO_LOSS_TYPES",
+    "LENGTH_NORMALISED_LOSS_TYPES",
+    "REFERENCE_FREE_LOSS_TYPES",
     "AdaptiveKLController",
     "FixedKLController",
+    "apo_loss",
+    "check_dpo_loss_args",
     "dpo_loss",
+    "dpop_loss",
     "gae_advantages",
     "kl_penalty",
     "masked_mean",
+    "nca_loss",
+    "orpo_loss",
     "ppo_policy_loss",
     "ppo_value_loss",
     "ranking_loss",
     "sft_loss",
+    "simpo_loss",
     "spin_loss",
     "whiten",
 ]
 
-DPO_LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
+# Losses that compare the policy with a reference; the rest ("simpo", "orpo") never need one.
+REFERENCE_LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge", "dpop", "apo_zero", "apo_down", "nca")
+REFERENCE_FREE_LOSS_TYPES = ("simpo", "orpo")
+DPO_LOSS_TYPES = REFERENCE_LOSS_TYPES + REFERENCE_FREE_LOSS_TYPES
+# Losses on per-token means of the log-probs (their papers length-normalise); they need token counts.
+LENGTH_NORMALISED_LOSS_TYPES = ("simpo", "orpo")
+_SMOOTHED_LOSS_TYPES = ("sigmoid", "robust")
 
 
 @beartype
@@ -49,20 +63,56 @@ def _check_same_shape(**tensors: Tensor):
         raise ValueError(f"inputs must have the same shape, got {shapes}")
 
 
-@beartype
-def dpo_loss(
-    policy_chosen: Tensor,
-    policy_rejected: Tensor,
-    ref_chosen: Tensor,
-    ref_rejected: Tensor,
+def check_dpo_loss_args(
     *,
     beta: float | int = 0.1,
     loss_type: str = "sigmoid",
     label_smoothing: float | int = 0.0,
+    dpop_lambda: float | int = 50.0,
+    simpo_gamma: float | int = 0.5,
+    orpo_lambda: float | int = 0.1,
+) -> None:
+    """Raise ValueError for settings `dpo_loss` cannot use; trainers and stages call it at construction.
+
+    A parameter of another loss (say `simpo_gamma` with "sigmoid") is ignored, not an error, so one
+    config can sweep `loss_type`.
+    """
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {loss_type!r}")
+    if not (beta > 0 and math.isfinite(beta)):
+        raise ValueError(f"beta must be > 0, got {beta}")
+    for name, value in (("dpop_lambda", dpop_lambda), ("simpo_gamma", simpo_gamma), ("orpo_lambda", orpo_lambda)):
+        if not (value >= 0 and math.isfinite(value)):  # NaN fails too
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    eps = label_smoothing
+    if loss_type == "sigmoid" and not 0.0 <= eps <= 0.5:
+        raise ValueError(f"label_smoothing for cDPO must be in [0, 0.5], got {eps}")
+    if loss_type == "robust" and not 0.0 <= eps < 0.5:
+        raise ValueError(f"label_smoothing for robust DPO must be in [0, 0.5), got {eps}")
+    if loss_type not in _SMOOTHED_LOSS_TYPES and eps != 0.0:
+        raise ValueError(f"label_smoothing is not defined for loss_type={loss_type!r}; got {eps}")
+
+
+@beartype
+def dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor | None = None,
+    ref_rejected: Tensor | None = None,
+    *,
+    beta: float | int = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float | int = 0.0,
+    dpop_lambda: float | int = 50.0,
+    simpo_gamma: float | int = 0.5,
+    orpo_lambda: float | int = 0.1,
+    chosen_tokens: Tensor | None = None,
+    rejected_tokens: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """DPO (Rafailov et al. 2023, arXiv 2305.18290, Eq. 7) and variants -> (losses, chosen_rewards, rejected_rewards).
 
-    With h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected) and eps = label_smoothing:
+    Inputs are summed response log-probs (b,). With r_c = policy_chosen - ref_chosen, r_r likewise,
+    h = r_c - r_r and eps = label_smoothing:
     - "sigmoid": -(1-eps) log s(beta h) - eps log s(-beta h). eps = 0 is the paper; eps > 0 is
       conservative DPO, cDPO (Mitchell 2023, "A note on DPO with noisy preferences"), the
       cross-entropy against labels flipped with probability eps. 0 <= eps <= 0.5.
@@ -70,35 +120,107 @@ def dpo_loss(
       noise eps: ((1-eps)(-log s(beta h)) - eps(-log s(-beta h))) / (1 - 2 eps). 0 <= eps < 0.5.
     - "ipo": IPO (Azar et al. 2023, arXiv 2310.12036), (h - 1/(2 beta))^2 with beta as tau.
     - "hinge": SLiC-HF's calibration loss (Zhao et al. 2023, arXiv 2305.10425), max(0, 1 - beta h).
-    Implicit rewards beta * (policy - ref) are detached (logged, not learned through).
+    - "dpop", "simpo", "orpo", "apo_zero", "apo_down", "nca": see the functions named after them.
+    "simpo" and "orpo" are reference-free (the refs may be None) and length-normalised: they need
+    `chosen_tokens` / `rejected_tokens`, the (b,) response token counts behind the sums.
+    Implicit rewards (beta * (policy - ref) unless the loss says otherwise) are detached: logged, not learned.
     """
-    _check_same_shape(
-        policy_chosen=policy_chosen, policy_rejected=policy_rejected, ref_chosen=ref_chosen, ref_rejected=ref_rejected
+    check_dpo_loss_args(
+        beta=beta,
+        loss_type=loss_type,
+        label_smoothing=label_smoothing,
+        dpop_lambda=dpop_lambda,
+        simpo_gamma=simpo_gamma,
+        orpo_lambda=orpo_lambda,
     )
-    if loss_type not in DPO_LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {loss_type!r}")
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
-    eps = label_smoothing
-    if loss_type == "sigmoid" and not 0.0 <= eps <= 0.5:
-        raise ValueError(f"label_smoothing for cDPO must be in [0, 0.5], got {eps}")
-    if loss_type == "robust" and not 0.0 <= eps < 0.5:
-        raise ValueError(f"label_smoothing for robust DPO must be in [0, 0.5), got {eps}")
-    if loss_type in ("ipo", "hinge") and eps != 0.0:
-        raise ValueError(f"label_smoothing is not defined for loss_type={loss_type!r}; got {eps}")
-
-    chosen_logratio = policy_chosen - ref_chosen
-    rejected_logratio = policy_rejected - ref_rejected
-    h = chosen_logratio - rejected_logratio
+    _check_same_shape(policy_chosen=policy_chosen, policy_rejected=policy_rejected)
+    if loss_type in LENGTH_NORMALISED_LOSS_TYPES:
+        if chosen_tokens is None or rejected_tokens is None:
+            raise ValueError(f"loss_type={loss_type!r} averages over tokens: pass chosen_tokens and rejected_tokens")
+        _check_same_shape(policy_chosen=policy_chosen, chosen_tokens=chosen_tokens, rejected_tokens=rejected_tokens)
+        # per-token means, as both papers define them (a row without tokens counts as one token, like logprobs)
+        mean_chosen = policy_chosen / chosen_tokens.clamp(min=1).to(policy_chosen.dtype)
+        mean_rejected = policy_rejected / rejected_tokens.clamp(min=1).to(policy_rejected.dtype)
+        if loss_type == "simpo":
+            return simpo_loss(mean_chosen, mean_rejected, beta=beta, gamma=simpo_gamma)
+        return orpo_loss(mean_chosen, mean_rejected, orpo_lambda=orpo_lambda)
+    if ref_chosen is None or ref_rejected is None:
+        raise ValueError(f"loss_type={loss_type!r} compares with a reference: pass ref_chosen and ref_rejected")
+    _check_same_shape(policy_chosen=policy_chosen, ref_chosen=ref_chosen, ref_rejected=ref_rejected)
+    r_c, r_r = policy_chosen - ref_chosen, policy_rejected - ref_rejected
+    rewards = (beta * r_c).detach(), (beta * r_r).detach()
+    h, eps = r_c - r_r, label_smoothing
     if loss_type == "sigmoid":
         losses = -(1 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
     elif loss_type == "robust":
         losses = (-(1 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1 - 2 * eps)
     elif loss_type == "ipo":
         losses = (h - 1 / (2 * beta)) ** 2
-    else:
+    elif loss_type == "hinge":
         losses = torch.relu(1 - beta * h)
-    return losses, (beta * chosen_logratio).detach(), (beta * rejected_logratio).detach()
+    elif loss_type == "dpop":
+        losses = dpop_loss(r_c, r_r, beta=beta, dpop_lambda=dpop_lambda)
+    elif loss_type == "nca":
+        losses = nca_loss(r_c, r_r, beta=beta)
+    else:
+        losses = apo_loss(r_c, r_r, beta=beta, anchor="zero" if loss_type == "apo_zero" else "down")
+    return losses, *rewards
+
+
+def dpop_loss(chosen_logratio: Tensor, rejected_logratio: Tensor, *, beta: float | int, dpop_lambda: float | int):
+    """(b,) DPO-Positive (Pal et al. 2024, "Smaug", arXiv 2402.13228, Eq. 3), from r = policy - ref per response:
+    -log s(beta (r_c - r_r - lambda max(0, -r_c))). The penalty is zero while the chosen response is at
+    least as likely as under the reference, and grows as DPO's displacement pushes it below."""
+    penalty = torch.relu(-chosen_logratio)  # max(0, log ref(y_c) - log policy(y_c))
+    return -F.logsigmoid(beta * (chosen_logratio - rejected_logratio - dpop_lambda * penalty))
+
+
+def apo_loss(chosen_logratio: Tensor, rejected_logratio: Tensor, *, beta: float | int, anchor: str):
+    """(b,) Anchored Preference Optimization (D'Oosterlinck et al. 2024, arXiv 2408.06266), from r = policy - ref:
+    "zero" (Eq. 7): 1 - s(beta r_c) + s(beta r_r), raise the chosen and lower the rejected, each on its own
+    (for chosen answers better than the model's own); "down" (Eq. 8): s(beta r_c) + 1 - s(beta (r_c - r_r)),
+    lower both, the rejected more (for chosen answers worse than the model's own). The constant 1 keeps
+    the loss in [0, 2]; the paper's form omits it (same gradients)."""
+    if anchor == "zero":
+        return 1 - torch.sigmoid(beta * chosen_logratio) + torch.sigmoid(beta * rejected_logratio)
+    if anchor == "down":
+        return torch.sigmoid(beta * chosen_logratio) + 1 - torch.sigmoid(beta * (chosen_logratio - rejected_logratio))
+    raise ValueError(f"anchor must be 'zero' or 'down', got {anchor!r}")
+
+
+def nca_loss(chosen_logratio: Tensor, rejected_logratio: Tensor, *, beta: float | int):
+    """(b,) Noise-contrastive alignment, pairwise form (Chen et al. 2024, arXiv 2402.05369, Sec. 4, K = 2), from
+    r = policy - ref: -log s(beta r_c) - 0.5 log s(-beta r_c) - 0.5 log s(-beta r_r). Each response's own
+    likelihood ratio is scored against an absolute 0 (not only their difference, as in DPO), so the chosen
+    response is not lowered as long as it is pushed up more than the noise term pulls it down."""
+    return (
+        -F.logsigmoid(beta * chosen_logratio)
+        - 0.5 * F.logsigmoid(-beta * chosen_logratio)
+        - 0.5 * F.logsigmoid(-beta * rejected_logratio)
+    )
+
+
+def simpo_loss(
+    mean_chosen: Tensor, mean_rejected: Tensor, *, beta: float | int, gamma: float | int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """SimPO (Meng et al. 2024, arXiv 2405.14734, Eq. 6) -> (losses, rewards_c, rewards_r), reference-free:
+    -log s(beta m_c - beta m_r - gamma) with m the per-token mean log-prob; the rewards beta m are its
+    implicit rewards (Eq. 4). The paper's beta is 2-10 and gamma 0.3-1.6 (gamma / beta about 0.5)."""
+    reward_c, reward_r = beta * mean_chosen, beta * mean_rejected
+    return -F.logsigmoid(reward_c - reward_r - gamma), reward_c.detach(), reward_r.detach()
+
+
+def orpo_loss(mean_chosen: Tensor, mean_rejected: Tensor, *, orpo_lambda: float | int) -> tuple[Tensor, Tensor, Tensor]:
+    """ORPO (Hong et al. 2024, arXiv 2403.07691, Eq. 6-7) -> (losses, log_odds_c, log_odds_r), reference-free:
+    -m_c + lambda (-log s(log odds(y_c) - log odds(y_r))), where m is the per-token mean log-prob,
+    P = exp(m) and odds = P / (1 - P); -m_c is the chosen response's NLL (the paper's L_SFT). The log
+    odds stand in for implicit rewards (their difference is what the sigmoid sees)."""
+    # m = 0 (P = 1) has infinite odds: stop just short of it, where the gradient is already ~0.
+    m_c, m_r = mean_chosen.clamp(max=-1e-6), mean_rejected.clamp(max=-1e-6)
+    log_odds_c = m_c - torch.log(-torch.expm1(m_c))  # log(P / (1 - P)), expm1 exact for P near 1
+    log_odds_r = m_r - torch.log(-torch.expm1(m_r))
+    losses = -mean_chosen - orpo_lambda * F.logsigmoid(log_odds_c - log_odds_r)
+    return losses, log_odds_c.detach(), log_odds_r.detach()
 
 
 @beartype
