@@ -86,7 +86,7 @@ def test_concatenated_forward_equals_separate_forwards(tiny_model):
     pairs = encode_pairs(preference_records(6), TOK)
     batch = collate_pairs(pairs, TOK.pad_id)
     assert batch["input_ids"].shape[0] == 12  # 2b rows in one forward
-    chosen, rejected, _ = pair_logprobs(tiny_model, batch)
+    chosen, rejected, *_ = pair_logprobs(tiny_model, batch)
     for key, got in (("chosen", chosen), ("rejected", rejected)):
         alone = collate_examples([p[key] for p in pairs], TOK.pad_id)
         expected = model_sequence_logprobs(tiny_model, alone["input_ids"], alone["is_response"])
@@ -143,7 +143,7 @@ def test_sft_term_adds_weighted_chosen_cross_entropy(tiny_model):
     loss, metrics = task.step(tiny_model, batch)
     with torch.no_grad():
         logits = tiny_model(batch["input_ids"])
-        chosen, rejected, _ = pair_logprobs(tiny_model, batch)
+        chosen, rejected, *_ = pair_logprobs(tiny_model, batch)
         dpo = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta=0.2)[0].mean()
         sft = sft_loss(logits[:4], batch["input_ids"][:4], batch["is_response"][:4]).mean()
     torch.testing.assert_close(loss.detach(), dpo + 0.5 * sft, atol=1e-5, rtol=0)

@@ -15,7 +15,7 @@ from beartype import beartype
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["model_sequence_logprobs", "sequence_logprobs", "token_logprobs"]
+__all__ = ["model_sequence_logprobs", "response_token_counts", "sequence_logprobs", "token_logprobs"]
 
 _REDUCTIONS = ("sum", "mean")
 
@@ -92,6 +92,15 @@ def sequence_logprobs(logits: Tensor, input_ids: Tensor, is_response: Tensor, re
     if reduction == "sum":
         return total
     return total / mask.sum(dim=-1).clamp(min=1).to(total.dtype)
+
+
+@beartype
+def response_token_counts(is_response: Tensor) -> Tensor:
+    """(b,) how many tokens `sequence_logprobs` sums over per row: the marked tokens after token 0.
+
+    Read from the mask, so a loss on per-token means gets its lengths from the same forward as its sums.
+    """
+    return is_response[:, 1:].sum(dim=-1)
 
 
 @beartype

@@ -38,6 +38,9 @@ class _PreferenceDPOFields(TrainingFields):
     dpo_loss_type: str = field(default="sigmoid", kw_only=True)
     dpo_label_smoothing: float = field(default=0.0, kw_only=True)
     sft_weight: float = field(default=0.0, kw_only=True)
+    dpop_lambda: float = field(default=50.0, kw_only=True)
+    simpo_gamma: float = field(default=0.5, kw_only=True)
+    orpo_lambda: float = field(default=0.1, kw_only=True)
     num_candidate_responses: int = field(default=4, kw_only=True)
     gen_temperature: float = field(default=0.7, kw_only=True)
     gen_top_p: float | None = field(default=0.9, kw_only=True)
@@ -75,8 +78,20 @@ class _PreferenceDPOFields(TrainingFields):
             raise ValueError(f"num_generated_preference_pairs must be >= 1, got {self.num_generated_preference_pairs}")
         if self.num_candidate_responses < 2:
             raise ValueError(f"num_candidate_responses must be >= 2, got {self.num_candidate_responses}")
-        _check_dpo_args(self.dpo_beta, self.dpo_loss_type, self.dpo_label_smoothing, self.sft_weight)
+        _check_dpo_args(**self._loss_kwargs())
         make_pair_policy(self.pair_policy, **self.pair_policy_kwargs)  # unknown names fail here
+
+    def _loss_kwargs(self) -> dict:
+        """The DPO loss settings as `train_dpo` / `DPOTask` name them."""
+        return dict(
+            beta=self.dpo_beta,
+            loss_type=self.dpo_loss_type,
+            label_smoothing=self.dpo_label_smoothing,
+            sft_weight=self.sft_weight,
+            dpop_lambda=self.dpop_lambda,
+            simpo_gamma=self.simpo_gamma,
+            orpo_lambda=self.orpo_lambda,
+        )
 
     # --- what differs between the two stages ---
 
@@ -118,10 +133,7 @@ class _PreferenceDPOFields(TrainingFields):
             result.records,
             tokenizer=ctx.tokenizer,
             precompute_ref_logprobs=self.precompute_ref_logprobs,
-            beta=self.dpo_beta,
-            loss_type=self.dpo_loss_type,
-            label_smoothing=self.dpo_label_smoothing,
-            sft_weight=self.sft_weight,
+            **self._loss_kwargs(),
             max_seq_len=self.max_seq_len,
             accelerator=ctx.accelerator,
             checkpoint_folder=ctx.stage_dir / "train",

@@ -17,7 +17,9 @@ __all__ = ["SelfPlayConfig"]
 class SelfPlayConfig(TrainingFields):
     """SPIN (Chen et al. 2024): `num_iterations` rounds of DPO with chosen = the ground-truth response,
     rejected = the previous iterate's own sample, reference = the previous iterate. `spin_λ` is the
-    paper's lambda (DPO's beta); `mix_previous_synthetic` adds the last round's samples as pairs too."""
+    paper's lambda (DPO's beta); `mix_previous_synthetic` adds the last round's samples as pairs too.
+    `dpo_loss_type` (default the paper's "sigmoid") with `dpop_lambda`, `simpo_gamma`, `orpo_lambda`
+    swaps in another `dpo_loss` variant, as in the DPO stages."""
 
     kind: ClassVar[str] = "spin"
 
@@ -29,6 +31,10 @@ class SelfPlayConfig(TrainingFields):
     gen_top_p: float | None = field(default=0.9, kw_only=True)
     mix_previous_synthetic: bool = field(default=False, kw_only=True)
     precompute_ref_logprobs: bool = field(default=True, kw_only=True)
+    dpo_loss_type: str = field(default="sigmoid", kw_only=True)
+    dpop_lambda: float = field(default=50.0, kw_only=True)
+    simpo_gamma: float = field(default=0.5, kw_only=True)
+    orpo_lambda: float = field(default=0.1, kw_only=True)
 
     sampling: SamplingConfig | dict | None = field(default=None, kw_only=True)
 
@@ -41,6 +47,8 @@ class SelfPlayConfig(TrainingFields):
 
     def __post_init__(self):
         super().__post_init__()
+        from self_rewarding_lm_pytorch.core.losses import check_dpo_loss_args
+
         if self.num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
         if not self.spin_λ > 0:
@@ -49,6 +57,15 @@ class SelfPlayConfig(TrainingFields):
 
         object.__setattr__(self, "sampling", as_sampling_config(self.sampling, where="SelfPlayConfig.sampling"))
         spin_sampling(self.sampling_config, temperature=0.7, top_p=0.9, top_k=None)  # fails here, not mid-run
+        check_dpo_loss_args(beta=self.spin_λ, **self._loss_kwargs())
+
+    def _loss_kwargs(self) -> dict:
+        return dict(
+            loss_type=self.dpo_loss_type,
+            dpop_lambda=self.dpop_lambda,
+            simpo_gamma=self.simpo_gamma,
+            orpo_lambda=self.orpo_lambda,
+        )
 
     def run(self, ctx: StageContext) -> dict:
         """Builds and calls `SPINTrainer`, the one SPIN driver (iteration seeds, resume rule, files)."""
@@ -67,6 +84,7 @@ class SelfPlayConfig(TrainingFields):
             mix_previous_synthetic=self.mix_previous_synthetic,
             sampling=self.sampling_config,
             precompute_ref_logprobs=self.precompute_ref_logprobs,
+            **self._loss_kwargs(),
             accelerator=ctx.accelerator,
             checkpoint_folder=ctx.stage_dir,
             resume=ctx.resume,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence, Sized
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from accelerate.utils import gather_object
@@ -31,8 +31,13 @@ from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.core.batching import ListDataset, SizedDataset, collate_examples, encode_example
 from self_rewarding_lm_pytorch.core.files import atomic_write_bytes
-from self_rewarding_lm_pytorch.core.logprobs import sequence_logprobs
-from self_rewarding_lm_pytorch.core.losses import DPO_LOSS_TYPES, dpo_loss, sft_loss
+from self_rewarding_lm_pytorch.core.logprobs import response_token_counts, sequence_logprobs
+from self_rewarding_lm_pytorch.core.losses import (
+    DPO_LOSS_TYPES,
+    REFERENCE_FREE_LOSS_TYPES,
+    check_dpo_loss_args,
+    dpo_loss,
+)
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, CallableTokenizer, as_tokenizer
 from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, make_accelerator, train
 
@@ -40,6 +45,7 @@ __all__ = [
     "DPO_LOSS_TYPES",
     "DPOTask",
     "DPOTrainer",
+    "PairLogprobs",
     "PairTask",
     "PreferenceRecordError",
     "collate_pairs",
@@ -184,12 +190,21 @@ def collate_pairs(items: Sequence[dict], pad_id: int) -> dict[str, Tensor]:
     return batch
 
 
-def pair_logprobs(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """(chosen (b,), rejected (b,), logits (2b, n, v)) from one forward over the 2b rows."""
-    logits = model(batch["input_ids"])
-    logps = sequence_logprobs(logits, batch["input_ids"], batch["is_response"])
+class PairLogprobs(NamedTuple):
+    """Summed response log-probs (b,) of a pair batch and the response token counts (b,) behind them."""
+
+    chosen: Tensor
+    rejected: Tensor
+    chosen_tokens: Tensor
+    rejected_tokens: Tensor
+
+
+def pair_logprobs(model: nn.Module, batch: dict[str, Tensor]) -> PairLogprobs:
+    """Summed log-probs and token counts of the chosen and rejected rows, from one forward over the 2b rows."""
+    logps = sequence_logprobs(model(batch["input_ids"]), batch["input_ids"], batch["is_response"])
     chosen, rejected = rearrange(logps, "(two b) -> two b", two=2)
-    return chosen, rejected, logits
+    chosen_tokens, rejected_tokens = rearrange(response_token_counts(batch["is_response"]), "(two b) -> two b", two=2)
+    return PairLogprobs(chosen, rejected, chosen_tokens, rejected_tokens)
 
 
 @torch.no_grad()
@@ -211,7 +226,7 @@ def compute_ref_logprobs(
         for start in tqdm(starts, desc="reference log-probs", disable=not progress, leave=False):
             idx = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in idx], pad_id).items()}
-            chosen, rejected, _ = pair_logprobs(ref_model, batch)
+            chosen, rejected, *_ = pair_logprobs(ref_model, batch)
             out[idx] = torch.stack((chosen, rejected), dim=-1).float().cpu()
     finally:
         ref_model.train(was_training)
@@ -283,8 +298,13 @@ def _sharded(compute: Callable, pairs: list[dict], accelerator) -> Tensor:
 class PairTask:
     """The loop's task for pair losses: one concatenated forward, a reference, TRL metric names.
 
-    `pair_loss(policy_a, policy_b, ref_a, ref_b) -> (losses (b,), rewards_a, rewards_b)`. The reference
-    is either stored per item (`ref` in each item, precomputed) or a frozen `ref_model` run here.
+    `pair_loss(policy_a, policy_b, ref_a, ref_b, chosen_tokens=, rejected_tokens=) -> (losses (b,),
+    rewards_a, rewards_b)`, on summed log-probs and response token counts. The reference is stored per
+    item (`ref` in each item, precomputed) or a frozen `ref_model` run here; with `needs_reference`
+    False (reference-free losses) there is none and the loss gets None.
+
+    `sft_weight` adds RPO's NLL term (Pang et al. 2024, arXiv 2404.19733, Eq. 3): the chosen response's
+    NLL per token (its summed log-prob over its token count, from the same forward), averaged over the batch.
     """
 
     key_metric = "rewards/accuracies"
@@ -298,9 +318,10 @@ class PairTask:
         sft_weight: float = 0.0,
         names: tuple[str, str] = ("chosen", "rejected"),
         autocast: Callable = nullcontext,
+        needs_reference: bool = True,
     ):
         self.pair_loss, self.pad_id, self.ref_model = pair_loss, pad_id, ref_model
-        self.sft_weight, self.names = sft_weight, names
+        self.sft_weight, self.names, self.needs_reference = sft_weight, names, needs_reference
         # The prepared policy runs under the accelerator's mixed precision; the unprepared reference
         # must too, or the implicit rewards start off zero from precision alone.
         self.autocast = autocast
@@ -308,18 +329,30 @@ class PairTask:
     def collate(self, items: list) -> dict[str, Tensor]:
         return collate_pairs(items, self.pad_id)
 
-    def step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def _reference(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        if not self.needs_reference:
+            return None, None
         if "ref_chosen" in batch:
-            ref_a, ref_b = batch["ref_chosen"], batch["ref_rejected"]
-        elif self.ref_model is not None:
-            # The reference runs first: its temporaries are freed before the policy's activations
-            # (kept for backward) pile up, so the step's peak memory is not the sum of both.
-            with torch.no_grad(), self.autocast():
-                ref_a, ref_b, _ = pair_logprobs(self.ref_model, batch)
-        else:
+            return batch["ref_chosen"], batch["ref_rejected"]
+        if self.ref_model is None:
             raise RuntimeError("PairTask has neither stored reference log-probs nor a reference model")
-        policy_a, policy_b, logits = pair_logprobs(model, batch)
-        losses, rewards_a, rewards_b = self.pair_loss(policy_a, policy_b, ref_a.to(policy_a), ref_b.to(policy_a))
+        with torch.no_grad(), self.autocast():
+            ref_a, ref_b, *_ = pair_logprobs(self.ref_model, batch)
+        return ref_a, ref_b
+
+    def step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        # The reference runs first: its temporaries are freed before the policy's activations
+        # (kept for backward) pile up, so the step's peak memory is not the sum of both.
+        ref_a, ref_b = self._reference(batch)
+        policy_a, policy_b, tokens_a, tokens_b = pair_logprobs(model, batch)
+        losses, rewards_a, rewards_b = self.pair_loss(
+            policy_a,
+            policy_b,
+            None if ref_a is None else ref_a.to(policy_a),
+            None if ref_b is None else ref_b.to(policy_a),
+            chosen_tokens=tokens_a,
+            rejected_tokens=tokens_b,
+        )
         loss = losses.mean()
         a, b = self.names
         metrics = {
@@ -331,8 +364,7 @@ class PairTask:
             f"logps/{b}": policy_b.detach().mean(),
         }
         if self.sft_weight > 0:
-            half = batch["input_ids"].shape[0] // 2  # the first b rows are the chosen sequences
-            sft = sft_loss(logits[:half], batch["input_ids"][:half], batch["is_response"][:half]).mean()
+            sft = (-policy_a / tokens_a.clamp(min=1).to(policy_a.dtype)).mean()  # per-token NLL, per response
             metrics["sft_loss"] = sft.detach()
             loss = loss + self.sft_weight * sft
         metrics["loss"] = loss.detach()
@@ -340,7 +372,7 @@ class PairTask:
 
 
 class DPOTask(PairTask):
-    """The DPO task (Rafailov et al. 2023): a `PairTask` with `losses.dpo_loss`."""
+    """The DPO task (Rafailov et al. 2023): a `PairTask` with `losses.dpo_loss` (any of its loss types)."""
 
     def __init__(
         self,
@@ -350,20 +382,38 @@ class DPOTask(PairTask):
         loss_type: str = "sigmoid",
         label_smoothing: float = 0.0,
         sft_weight: float = 0.0,
+        dpop_lambda: float = 50.0,
+        simpo_gamma: float = 0.5,
+        orpo_lambda: float = 0.1,
         ref_model: nn.Module | None = None,
         autocast: Callable = nullcontext,
+        names: tuple[str, str] = ("chosen", "rejected"),
     ):
-        _check_dpo_args(beta, loss_type, label_smoothing, sft_weight)
-        pair_loss = partial(dpo_loss, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
-        super().__init__(pair_loss, pad_id=pad_id, ref_model=ref_model, sft_weight=sft_weight, autocast=autocast)
+        loss_kwargs = dict(
+            beta=beta,
+            loss_type=loss_type,
+            label_smoothing=label_smoothing,
+            dpop_lambda=dpop_lambda,
+            simpo_gamma=simpo_gamma,
+            orpo_lambda=orpo_lambda,
+        )
+        _check_dpo_args(sft_weight=sft_weight, **loss_kwargs)
+        super().__init__(
+            partial(dpo_loss, **loss_kwargs),
+            pad_id=pad_id,
+            ref_model=ref_model,
+            sft_weight=sft_weight,
+            autocast=autocast,
+            names=names,
+            needs_reference=loss_type not in REFERENCE_FREE_LOSS_TYPES,
+        )
 
 
-def _check_dpo_args(beta, loss_type, label_smoothing, sft_weight):
-    """Raise at construction what `dpo_loss` would raise at the first step (its rules, not a copy)."""
-    if sft_weight < 0:
+def _check_dpo_args(*, sft_weight: float = 0.0, **loss_kwargs):
+    """Raise at construction what `dpo_loss` would raise at the first step (its own checks)."""
+    if not sft_weight >= 0:
         raise ValueError(f"sft_weight must be >= 0, got {sft_weight}")
-    zero = torch.zeros(1)
-    dpo_loss(zero, zero, zero, zero, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+    check_dpo_loss_args(**loss_kwargs)
 
 
 def train_pairs(
@@ -381,15 +431,19 @@ def train_pairs(
     valid_pairs: list[dict] | None = None,
     desc: str = "dpo",
     saved_config: dict | None = None,
+    reference_free: bool = False,
 ) -> TrainResult:
     """Train `model` in place on encoded pairs; the reference is `ref_model` or the policy as it is now.
 
     With precomputed reference log-probs the reference is only used before training (no copy of the
-    policy is made when it is the policy itself); otherwise a frozen copy runs in every step.
+    policy is made when it is the policy itself); otherwise a frozen copy runs in every step. A
+    `reference_free` loss gets neither: no reference pass, no copy.
     """
 
     splits = {"train": pairs} | ({"valid": valid_pairs} if valid_pairs else {})
-    if precompute_ref_logprobs:
+    if reference_free:
+        task = make_task(ref_model=None, autocast=accelerator.autocast)
+    elif precompute_ref_logprobs:
         ref = ref_model if ref_model is not None else model
         ref_logps = load_or_compute_ref_logprobs(
             ref.to(accelerator.device),
@@ -438,6 +492,9 @@ def train_dpo(
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
     sft_weight: float = 0.0,
+    dpop_lambda: float = 50.0,
+    simpo_gamma: float = 0.5,
+    orpo_lambda: float = 0.1,
     ref_model: nn.Module | None = None,
     precompute_ref_logprobs: bool = True,
     resume: bool = False,
@@ -458,6 +515,9 @@ def train_dpo(
         loss_type=loss_type,
         label_smoothing=label_smoothing,
         sft_weight=sft_weight,
+        dpop_lambda=dpop_lambda,
+        simpo_gamma=simpo_gamma,
+        orpo_lambda=orpo_lambda,
         max_seq_len=max_seq_len,
         valid_data=valid_records,
         accelerator=accelerator,
@@ -500,6 +560,9 @@ class DPOTrainer:
         loss_type: str = "sigmoid",
         label_smoothing: float = 0.0,
         sft_weight: float = 0.0,
+        dpop_lambda: float = 50.0,
+        simpo_gamma: float = 0.5,
+        orpo_lambda: float = 0.1,
         max_seq_len: int | None = None,
         valid_data: SizedDataset | None = None,
         accelerator=None,
@@ -508,7 +571,17 @@ class DPOTrainer:
         resume: bool = False,
         **train_config,
     ):
-        _check_dpo_args(beta, loss_type, label_smoothing, sft_weight)
+        self.loss_kwargs: dict[str, Any] = dict(
+            beta=beta,
+            loss_type=loss_type,
+            label_smoothing=label_smoothing,
+            sft_weight=sft_weight,
+            dpop_lambda=dpop_lambda,
+            simpo_gamma=simpo_gamma,
+            orpo_lambda=orpo_lambda,
+        )
+        _check_dpo_args(**self.loss_kwargs)
+        self.reference_free = loss_type in REFERENCE_FREE_LOSS_TYPES
         self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
         self.model, self.tokenizer = model, default_tokenizer(model, tokenizer)
         limits = _limits(model, max_seq_len)
@@ -518,15 +591,12 @@ class DPOTrainer:
             if valid_data
             else None
         )
-        self.loss_kwargs: dict[str, Any] = dict(
-            beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, sft_weight=sft_weight
-        )
         self.precompute_ref_logprobs, self.resume, self.max_seq_len = precompute_ref_logprobs, resume, max_seq_len
         self.checkpoint_folder = None if checkpoint_folder is None else Path(checkpoint_folder)
         self.accelerator, self.accelerate_kwargs = accelerator, accelerate_kwargs
         # Live reference: the frozen copy is the policy at construction, as documented.
         self.ref_model = ref_model
-        if not precompute_ref_logprobs and ref_model is None:
+        if not precompute_ref_logprobs and ref_model is None and not self.reference_free:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
 
     def __call__(self) -> TrainResult:
@@ -549,6 +619,7 @@ class DPOTrainer:
             saved_config=_dpo_record(
                 **self.loss_kwargs, precompute_ref_logprobs=self.precompute_ref_logprobs, max_seq_len=self.max_seq_len
             ),
+            reference_free=self.reference_free,
         )
         if self.precompute_ref_logprobs:
             self.ref_model = None  # the log-probs are stored; do not keep a second model alive

@@ -3,7 +3,8 @@
 Each iteration, the frozen previous iterate answers every SFT prompt once (batched, KV-cached,
 before any training step); the policy then learns to prefer the real SFT response over that
 synthetic one, with the previous iterate as the reference. That is DPO on (real, generated) pairs
-with `losses.spin_loss`, run through the DPO stage's pair machinery (`stages.dpo.train_pairs`).
+with `losses.spin_loss` (or any other `dpo_loss` type, beta = lambda), run through the DPO trainer's
+pair machinery (`trainers.dpo.train_pairs`).
 
 Shapes: b batch, n sequence (the tensors live in `stages.dpo` and `sampling`; this module handles ids).
 """
@@ -24,10 +25,10 @@ from torch import nn
 from self_rewarding_lm_pytorch.core import sampling as sampler  # looked up per call: tests patch sampler.sample
 from self_rewarding_lm_pytorch.core.batching import SizedDataset
 from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_json_if_exists, read_jsonl, write_jsonl
-from self_rewarding_lm_pytorch.core.losses import spin_loss
+from self_rewarding_lm_pytorch.core.losses import REFERENCE_FREE_LOSS_TYPES
 from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig, resolve_sampling
 from self_rewarding_lm_pytorch.core.seeding import derive_seed
-from self_rewarding_lm_pytorch.trainers.dpo import PairTask, default_tokenizer, train_pairs
+from self_rewarding_lm_pytorch.trainers.dpo import DPOTask, _check_dpo_args, default_tokenizer, train_pairs
 from self_rewarding_lm_pytorch.trainers.sft import NoResponseTokens, to_sft_example
 from self_rewarding_lm_pytorch.training.checkpoint import load_model
 from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, make_accelerator
@@ -216,6 +217,10 @@ def train_spin_iteration(
     config: TrainConfig,
     max_seq_len: int,
     lambda_: float = 0.1,
+    loss_type: str = "sigmoid",
+    dpop_lambda: float = 50.0,
+    simpo_gamma: float = 0.5,
+    orpo_lambda: float = 0.1,
     previous_synthetic: list | None = None,
     temperature: float = 0.7,
     top_p: float | None = 0.9,
@@ -231,8 +236,14 @@ def train_spin_iteration(
 
     The model as it is on entry is both the sampler and the reference. `previous_synthetic` (the
     last iteration's responses, aligned with `sft_items`) adds those pairs too, as the SPIN paper
-    does from its second iteration. Returns (TrainResult, this iteration's synthetic responses).
+    does from its second iteration. `loss_type` "sigmoid" is the paper's loss (`losses.spin_loss`);
+    the others are `dpo_loss`'s, with beta = `lambda_`. Returns (TrainResult, this iteration's synthetic
+    responses).
     """
+    loss_kwargs = dict(
+        beta=lambda_, loss_type=loss_type, dpop_lambda=dpop_lambda, simpo_gamma=simpo_gamma, orpo_lambda=orpo_lambda
+    )
+    _check_dpo_args(**loss_kwargs)
     tokenizer = default_tokenizer(model, tokenizer)
     encode = partial(
         encode_sft_items, tokenizer=tokenizer, max_seq_len=max_seq_len, num_tokens=getattr(model, "num_tokens", None)
@@ -263,9 +274,7 @@ def train_spin_iteration(
                 f"previous_synthetic has {len(previous_synthetic)} responses for {len(examples)} SFT items"
             )
         pairs += _pairs(examples, previous_synthetic)
-    make_task = partial(
-        PairTask, partial(spin_loss, lambda_=lambda_), pad_id=tokenizer.pad_id, names=("real", "generated")
-    )
+    make_task = partial(DPOTask, pad_id=tokenizer.pad_id, names=("real", "generated"), **loss_kwargs)
     result = train_pairs(
         model,
         pairs,
@@ -278,6 +287,7 @@ def train_spin_iteration(
         resume=resume,
         desc="spin",
         valid_pairs=_pairs(valid_examples, everything[len(examples) :]) or None,
+        reference_free=loss_type in REFERENCE_FREE_LOSS_TYPES,
     )
     return result, generated
 
@@ -287,7 +297,9 @@ class SPINTrainer:
     train_sft_dataset=..., checkpoint_every=100, spin_kwargs=dict(λ=0.1))`, then `spin_trainer()`.
 
     Iteration k trains in `checkpoint_folder/iteration-k/` (synthetic.jsonl, reference log-probs,
-    checkpoints, metrics). Remaining keyword arguments are `TrainConfig` fields.
+    checkpoints, metrics). `loss_type` (default the paper's "sigmoid") and `dpop_lambda`, `simpo_gamma`,
+    `orpo_lambda` pick another `dpo_loss` variant, with beta = λ. Remaining keyword arguments are
+    `TrainConfig` fields.
     """
 
     @beartype
@@ -308,6 +320,10 @@ class SPINTrainer:
         sampling: SamplingConfig | None = None,
         sample_batch_size: int | None = None,
         precompute_ref_logprobs: bool = True,
+        loss_type: str = "sigmoid",
+        dpop_lambda: float = 50.0,
+        simpo_gamma: float = 0.5,
+        orpo_lambda: float = 0.1,
         accelerator=None,
         accelerate_kwargs: dict | None = None,
         checkpoint_folder: str | Path | None = "./spin-checkpoints",
@@ -322,6 +338,10 @@ class SPINTrainer:
         if max_seq_len < 2 or (model_len is not None and max_seq_len > model_len):
             raise ValueError(f"max_seq_len must be in [2, {model_len}] (the model's length), got {max_seq_len}")
         self.spin = resolve_spin_kwargs({"λ": 0.1} if spin_kwargs is None else spin_kwargs)
+        self.spin |= dict(
+            loss_type=loss_type, dpop_lambda=dpop_lambda, simpo_gamma=simpo_gamma, orpo_lambda=orpo_lambda
+        )
+        _check_dpo_args(beta=self.spin["lambda_"], **{k: v for k, v in self.spin.items() if k != "lambda_"})
         self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
         self.model, self.tokenizer = model, default_tokenizer(model, tokenizer)
         # Fixed once: mock datasets draw anew per index. Bad items fail here, not mid-run.
