@@ -389,7 +389,7 @@ class DPOTask(PairTask):
         autocast: Callable = nullcontext,
         names: tuple[str, str] = ("chosen", "rejected"),
     ):
-        loss_kwargs = dict(
+        loss_kwargs: dict[str, Any] = dict(
             beta=beta,
             loss_type=loss_type,
             label_smoothing=label_smoothing,

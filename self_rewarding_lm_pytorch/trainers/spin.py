@@ -240,7 +240,7 @@ def train_spin_iteration(
     the others are `dpo_loss`'s, with beta = `lambda_`. Returns (TrainResult, this iteration's synthetic
     responses).
     """
-    loss_kwargs = dict(
+    loss_kwargs: dict[str, Any] = dict(
         beta=lambda_, loss_type=loss_type, dpop_lambda=dpop_lambda, simpo_gamma=simpo_gamma, orpo_lambda=orpo_lambda
     )
     _check_dpo_args(**loss_kwargs)
