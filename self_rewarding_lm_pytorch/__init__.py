@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.config_file import ConfigError as ConfigError
     from self_rewarding_lm_pytorch.core.batching import create_mock_dataset as create_mock_dataset
     from self_rewarding_lm_pytorch.core.logprobs import sequence_logprobs as sequence_logprobs
+    from self_rewarding_lm_pytorch.core.losses import DPO_LOSS_TYPES as DPO_LOSS_TYPES
     from self_rewarding_lm_pytorch.core.losses import dpo_loss as dpo_loss
     from self_rewarding_lm_pytorch.core.losses import ranking_loss as ranking_loss
     from self_rewarding_lm_pytorch.core.losses import sft_loss as sft_loss
@@ -136,6 +137,7 @@ _EXPORTS = {
     "sequence_logprobs": "core.logprobs",
     "sft_loss": "core.losses",
     "dpo_loss": "core.losses",
+    "DPO_LOSS_TYPES": "core.losses",
     "spin_loss": "core.losses",
     "ranking_loss": "core.losses",
     # tokenizers and data
