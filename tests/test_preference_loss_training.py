@@ -263,7 +263,7 @@ simpo_gamma = 0.25
 """
 
 
-def test_a_loss_selected_in_toml_reaches_the_trainer(tmp_path, monkeypatch):
+def test_a_loss_selected_in_toml_reaches_the_trainer(tiny_model, tmp_path, monkeypatch):
     from self_rewarding_lm_pytorch.config_file import build_stage_configs, load_pipeline_file
     from self_rewarding_lm_pytorch.self_reward import preferences
     from self_rewarding_lm_pytorch.trainers import spin
@@ -284,8 +284,8 @@ def test_a_loss_selected_in_toml_reaches_the_trainer(tmp_path, monkeypatch):
     monkeypatch.setattr(
         spin, "train_spin_iteration", lambda *a, **k: seen.setdefault("spin", k) and (SimpleNamespace(steps=1), [])
     )
-    ctx = SimpleNamespace(  # a StageContext's fields, with no accelerator (the trainers are stubbed)
-        model=SimpleNamespace(max_seq_len=16),
+    ctx = SimpleNamespace(  # a StageContext's fields; the trainers make their own accelerator
+        model=tiny_model,
         tokenizer=TOK,
         accelerator=None,
         stage_dir=tmp_path / "stage",
