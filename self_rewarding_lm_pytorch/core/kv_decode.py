@@ -55,9 +55,9 @@ except ImportError as _error:
     class _Missing:
         """Stands in for a missing x-transformers class: no module is ever an instance of it."""
 
-    AbsolutePositionalEmbedding = Attention = DynamicTanh = FeedForward = Identity = LayerNorm = _Missing  # type: ignore[misc,assignment]
-    Residual = RMSNorm = ScaleNorm = SimpleRMSNorm = TokenEmbedding = always = _Missing  # type: ignore[misc,assignment]
-    softclamp = None  # type: ignore[assignment]
+    AbsolutePositionalEmbedding = Attention = DynamicTanh = FeedForward = Identity = LayerNorm = _Missing
+    Residual = RMSNorm = ScaleNorm = SimpleRMSNorm = TokenEmbedding = always = _Missing
+    softclamp = None
 
 __all__ = [
     "FastDecoder",

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from self_rewarding_lm_pytorch.core.batching import ListDataset
+from self_rewarding_lm_pytorch.core.batching import ListDataset, SizedDataset
 from self_rewarding_lm_pytorch.core.files import read_records
 
 __all__ = ["StageContext", "StageEnd", "resolve_dataset"]
@@ -50,7 +50,7 @@ class StageEnd:
     summary: dict
 
 
-def resolve_dataset(data: Any, *, name: str = "dataset") -> Dataset:
+def resolve_dataset(data: Any, *, name: str = "dataset") -> SizedDataset:
     """A Dataset from a Dataset, a list/tuple, or a path to a JSONL (or JSON list) file."""
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
