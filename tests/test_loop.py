@@ -325,7 +325,7 @@ def test_only_trainable_parameters_change(accelerator):
     [
         (dict(batch_size=0), "batch_size"),
         (dict(lr_schedule="step"), "lr_schedule"),
-        (dict(num_train_steps=3, num_epochs=1), "not both"),
+        (dict(num_epochs=0.0), "num_epochs"),
         (dict(early_stopping_patience=2), "needs valid_every"),
         (dict(early_stopping_mode="up"), "early_stopping_mode"),
         (dict(learning_rate=0.0), "learning_rate"),
@@ -370,6 +370,9 @@ def test_total_steps_from_epochs():
     assert TrainConfig(batch_size=4, grad_accum_steps=2).total_steps(20) == math.ceil(20 / 8)
     assert TrainConfig(num_epochs=2.5, batch_size=4).total_steps(10) == math.ceil(25 / 4)
     assert TrainConfig(num_train_steps=7).total_steps(1000) == 7
+    # both: epochs over the data actually given, num_train_steps the upper bound
+    assert TrainConfig(num_epochs=2, num_train_steps=100, batch_size=16).total_steps(93) == math.ceil(2 * 93 / 16)
+    assert TrainConfig(num_epochs=2, num_train_steps=100, batch_size=16).total_steps(1000) == 100
 
 
 def test_tensorboard_requested_but_missing_still_logs_jsonl(tmp_path, accelerator, caplog):

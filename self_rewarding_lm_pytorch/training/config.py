@@ -15,7 +15,13 @@ __all__ = ["TrainConfig"]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything the loop needs; defaults live here only. Neither steps nor epochs -> one epoch."""
+    """Everything the loop needs; defaults live here only.
+
+    Length of training: `num_epochs` over the dataset actually given, `num_train_steps` alone, or
+    both, when `num_train_steps` is an upper bound on the epochs' steps (a preference stage makes
+    tens to thousands of pairs, so a fixed step count is 0.1 epoch of one and 20 of another).
+    Neither -> one epoch.
+    """
 
     num_train_steps: int | None = None
     num_epochs: float | None = None
@@ -51,7 +57,6 @@ class TrainConfig:
             check(
                 value is None or (_is_int(value) and value >= 1), f"{name} must be None or an int >= 1, got {value!r}"
             )
-        check(self.num_train_steps is None or self.num_epochs is None, "give num_train_steps or num_epochs, not both")
         check(self.num_epochs is None or self.num_epochs > 0, f"num_epochs must be > 0, got {self.num_epochs}")
         check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps must be an int >= 0")
         check(self.learning_rate > 0 and self.weight_decay >= 0, "learning_rate must be > 0 and weight_decay >= 0")
@@ -70,11 +75,12 @@ class TrainConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def total_steps(self, num_items: int) -> int:
-        """Optimizer steps for a dataset of `num_items`: num_train_steps, or epochs rounded up."""
-        if self.num_train_steps is not None:
+        """Optimizer steps for a dataset of `num_items`: epochs rounded up, capped by num_train_steps."""
+        if self.num_epochs is None and self.num_train_steps is not None:
             return self.num_train_steps
         epochs = 1 if self.num_epochs is None else self.num_epochs
-        return max(1, math.ceil(epochs * num_items / (self.batch_size * self.grad_accum_steps)))
+        steps = max(1, math.ceil(epochs * num_items / (self.batch_size * self.grad_accum_steps)))
+        return steps if self.num_train_steps is None else min(steps, self.num_train_steps)
 
 
 def _is_int(value) -> bool:
