@@ -120,6 +120,9 @@ _EXPORTS = {
     "best_vs_worst": "self_reward.pairs",
     "length_controlled": "self_reward.pairs",
     "make_pair_policy": "self_reward.pairs",
+    "SelfConsistencyReward": "self_reward.consistency",
+    "consistency_scores": "self_reward.consistency",
+    "make_answer_extractor": "self_reward.consistency",
     # sampling, best-of-N, synthetic data
     "sample": "core.sampling",
     "SamplingConfig": "core.sampling_config",
