@@ -54,6 +54,11 @@ class _PreferenceDPOFields(TrainingFields):
     sampling: SamplingConfig | dict | None = field(default=None, kw_only=True)
     # candidates cut at max_new_tokens are never chosen unless True (then trained without a fake EOS)
     allow_unfinished_chosen: bool = field(default=False, kw_only=True)
+    # Keeping the judge alive (trainers.judge_mixing): {"prompt", "response"} judge examples whose NLL,
+    # times judge_weight, joins every DPO step, judge_examples_per_pair of them per pair.
+    judge_examples: Any = field(default=None, kw_only=True)
+    judge_weight: float = field(default=1.0, kw_only=True)
+    judge_examples_per_pair: int = field(default=1, kw_only=True)
 
     # the seed-compatible loose fields and the SamplingConfig field each stands for
     _SAMPLING_FIELDS: ClassVar[dict[str, str]] = {
@@ -80,6 +85,10 @@ class _PreferenceDPOFields(TrainingFields):
             raise ValueError(f"num_candidate_responses must be >= 2, got {self.num_candidate_responses}")
         _check_dpo_args(**self._loss_kwargs())
         make_pair_policy(self.pair_policy, **self.pair_policy_kwargs)  # unknown names fail here
+        if not self.judge_weight >= 0:
+            raise ValueError(f"judge_weight must be >= 0, got {self.judge_weight}")
+        if self.judge_examples_per_pair < 1:
+            raise ValueError(f"judge_examples_per_pair must be >= 1, got {self.judge_examples_per_pair}")
 
     def _loss_kwargs(self) -> dict:
         """The DPO loss settings as `train_dpo` / `DPOTask` name them."""
@@ -135,9 +144,17 @@ class _PreferenceDPOFields(TrainingFields):
             precompute_ref_logprobs=self.precompute_ref_logprobs,
             **self._loss_kwargs(),
             max_seq_len=self.max_seq_len,
+            judge_data=self._judge_records(),
+            judge_weight=self.judge_weight,
+            judge_per_pair=self.judge_examples_per_pair,
             accelerator=ctx.accelerator,
             checkpoint_folder=ctx.stage_dir / "train",
             resume=ctx.resume,
             **train_config_of(self, seed=ctx.seed, progress=ctx.progress).to_kwargs(),
         )()
         return summary | {"trained": True, "train_steps": train_result.steps}
+
+    def _judge_records(self):
+        if self.judge_examples is None:
+            return None
+        return resolve_dataset(self.judge_examples, name="judge_examples")

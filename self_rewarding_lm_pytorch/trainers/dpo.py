@@ -37,8 +37,10 @@ from self_rewarding_lm_pytorch.core.losses import (
     REFERENCE_FREE_LOSS_TYPES,
     check_dpo_loss_args,
     dpo_loss,
+    sft_loss,
 )
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, CallableTokenizer, as_tokenizer
+from self_rewarding_lm_pytorch.trainers.judge_mixing import attach_judge_examples, encode_judge_examples
 from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, make_accelerator, train
 
 __all__ = [
@@ -187,6 +189,10 @@ def collate_pairs(items: Sequence[dict], pad_id: int) -> dict[str, Tensor]:
     if all("ref" in it for it in items):
         ref = torch.tensor([it["ref"] for it in items], dtype=torch.float32)  # (b, 2)
         batch["ref_chosen"], batch["ref_rejected"] = ref.unbind(dim=-1)
+    judge = [example for it in items for example in it.get("judge", ())]
+    if judge:  # judge examples riding along (trainers.judge_mixing)
+        rows = collate_examples(judge, pad_id)
+        batch["judge_ids"], batch["judge_is_response"] = rows["input_ids"], rows["is_response"]
     return batch
 
 
@@ -316,12 +322,14 @@ class PairTask:
         pad_id: int,
         ref_model: nn.Module | None = None,
         sft_weight: float = 0.0,
+        judge_weight: float = 0.0,
         names: tuple[str, str] = ("chosen", "rejected"),
         autocast: Callable = nullcontext,
         needs_reference: bool = True,
     ):
         self.pair_loss, self.pad_id, self.ref_model = pair_loss, pad_id, ref_model
-        self.sft_weight, self.names, self.needs_reference = sft_weight, names, needs_reference
+        self.sft_weight, self.judge_weight = sft_weight, judge_weight
+        self.names, self.needs_reference = names, needs_reference
         # The prepared policy runs under the accelerator's mixed precision; the unprepared reference
         # must too, or the implicit rewards start off zero from precision alone.
         self.autocast = autocast
@@ -367,6 +375,12 @@ class PairTask:
             sft = (-policy_a / tokens_a.clamp(min=1).to(policy_a.dtype)).mean()  # per-token NLL, per response
             metrics["sft_loss"] = sft.detach()
             loss = loss + self.sft_weight * sft
+        if self.judge_weight > 0 and "judge_ids" in batch:
+            # A forward of its own: judge rows are longer than answers and need not pad the pair rows.
+            judge_logits = model(batch["judge_ids"])
+            judge = sft_loss(judge_logits, batch["judge_ids"], batch["judge_is_response"]).mean()
+            metrics["judge_nll"] = judge.detach()
+            loss = loss + self.judge_weight * judge
         metrics["loss"] = loss.detach()
         return loss, metrics
 
@@ -385,6 +399,7 @@ class DPOTask(PairTask):
         dpop_lambda: float = 50.0,
         simpo_gamma: float = 0.5,
         orpo_lambda: float = 0.1,
+        judge_weight: float = 0.0,
         ref_model: nn.Module | None = None,
         autocast: Callable = nullcontext,
         names: tuple[str, str] = ("chosen", "rejected"),
@@ -403,6 +418,7 @@ class DPOTask(PairTask):
             pad_id=pad_id,
             ref_model=ref_model,
             sft_weight=sft_weight,
+            judge_weight=judge_weight,
             autocast=autocast,
             names=names,
             needs_reference=loss_type not in REFERENCE_FREE_LOSS_TYPES,
@@ -500,10 +516,15 @@ def train_dpo(
     resume: bool = False,
     max_seq_len: int | None = None,
     valid_records: SizedDataset | None = None,
+    judge_records: SizedDataset | None = None,
+    judge_weight: float = 1.0,
+    judge_per_pair: int = 1,
 ) -> TrainResult:
     """DPO on preference records with a built `TrainConfig`: `DPOTrainer` (the one implementation) run once.
 
-    The reference is the policy as it is on entry. Returns the loop's `TrainResult`; `model` is trained in place.
+    The reference is the policy as it is on entry. `judge_records` ({"prompt", "response"} judge
+    examples) add `judge_weight` times their mean NLL to every step, `judge_per_pair` of them per pair
+    (`trainers.judge_mixing`). Returns the loop's `TrainResult`; `model` is trained in place.
     """
     return DPOTrainer(
         model,
@@ -520,6 +541,9 @@ def train_dpo(
         orpo_lambda=orpo_lambda,
         max_seq_len=max_seq_len,
         valid_data=valid_records,
+        judge_data=judge_records,
+        judge_weight=judge_weight,
+        judge_per_pair=judge_per_pair,
         accelerator=accelerator,
         checkpoint_folder=run_dir,
         resume=resume,
@@ -565,6 +589,9 @@ class DPOTrainer:
         orpo_lambda: float = 0.1,
         max_seq_len: int | None = None,
         valid_data: SizedDataset | None = None,
+        judge_data: SizedDataset | None = None,
+        judge_weight: float = 1.0,
+        judge_per_pair: int = 1,
         accelerator=None,
         accelerate_kwargs: dict | None = None,
         checkpoint_folder: str | Path | None = None,
@@ -591,6 +618,12 @@ class DPOTrainer:
             if valid_data
             else None
         )
+        if judge_weight < 0:
+            raise ValueError(f"judge_weight must be >= 0, got {judge_weight}")
+        if judge_data is not None:  # keeping the judge alive (trainers.judge_mixing)
+            judge = encode_judge_examples(judge_data, self.tokenizer, max_seq_len=limits["max_seq_len"])
+            self.pairs = attach_judge_examples(self.pairs, judge, per_pair=judge_per_pair, seed=self.config.seed)
+        self.loss_kwargs["judge_weight"] = judge_weight if judge_data is not None else 0.0
         self.precompute_ref_logprobs, self.resume, self.max_seq_len = precompute_ref_logprobs, resume, max_seq_len
         self.checkpoint_folder = None if checkpoint_folder is None else Path(checkpoint_folder)
         self.accelerator, self.accelerate_kwargs = accelerator, accelerate_kwargs
