@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.rl.ppo import PPOConfig as PPOConfig
     from self_rewarding_lm_pytorch.rl.ppo import PPOTrainer as PPOTrainer
     from self_rewarding_lm_pytorch.rl.value_head import ValueHeadModel as ValueHeadModel
+    from self_rewarding_lm_pytorch.self_reward.consistency import SelfConsistencyReward as SelfConsistencyReward
+    from self_rewarding_lm_pytorch.self_reward.consistency import consistency_scores as consistency_scores
+    from self_rewarding_lm_pytorch.self_reward.consistency import make_answer_extractor as make_answer_extractor
     from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG as DEFAULT_REWARD_CONFIG
     from self_rewarding_lm_pytorch.self_reward.judge import RewardConfig as RewardConfig
     from self_rewarding_lm_pytorch.self_reward.judge import RewardTemplateError as RewardTemplateError
@@ -52,10 +55,15 @@ if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.self_reward.pairs import make_pair_policy as make_pair_policy
     from self_rewarding_lm_pytorch.self_reward.preferences import BudgetError as BudgetError
     from self_rewarding_lm_pytorch.self_reward.preferences import generate_preferences as generate_preferences
+    from self_rewarding_lm_pytorch.self_reward.prompt_filters import PromptFilter as PromptFilter
+    from self_rewarding_lm_pytorch.self_reward.prompt_filters import ngram_overlap as ngram_overlap
+    from self_rewarding_lm_pytorch.self_reward.prompt_generation import generate_prompts as generate_prompts
+    from self_rewarding_lm_pytorch.self_reward.prompt_generation import render_few_shot as render_few_shot
     from self_rewarding_lm_pytorch.stages.context import StageContext as StageContext
     from self_rewarding_lm_pytorch.stages.context import StageEnd as StageEnd
     from self_rewarding_lm_pytorch.stages.external_reward_dpo import ExternalRewardDPOConfig as ExternalRewardDPOConfig
     from self_rewarding_lm_pytorch.stages.ppo import PPOStageConfig as PPOStageConfig
+    from self_rewarding_lm_pytorch.stages.prompt_generation import PromptGenerationConfig as PromptGenerationConfig
     from self_rewarding_lm_pytorch.stages.registry import STAGE_KINDS as STAGE_KINDS
     from self_rewarding_lm_pytorch.stages.self_reward_dpo import SelfRewardDPOConfig as SelfRewardDPOConfig
     from self_rewarding_lm_pytorch.stages.sft import SFTConfig as SFTConfig
@@ -88,6 +96,7 @@ _EXPORTS = {
     "SelfRewardDPOConfig": "stages.self_reward_dpo",
     "ExternalRewardDPOConfig": "stages.external_reward_dpo",
     "PPOStageConfig": "stages.ppo",
+    "PromptGenerationConfig": "stages.prompt_generation",
     "STAGE_KINDS": "stages.registry",
     "StageContext": "stages.context",
     "StageEnd": "stages.context",
@@ -123,6 +132,10 @@ _EXPORTS = {
     "SelfConsistencyReward": "self_reward.consistency",
     "consistency_scores": "self_reward.consistency",
     "make_answer_extractor": "self_reward.consistency",
+    "generate_prompts": "self_reward.prompt_generation",
+    "render_few_shot": "self_reward.prompt_generation",
+    "PromptFilter": "self_reward.prompt_filters",
+    "ngram_overlap": "self_reward.prompt_filters",
     # sampling, best-of-N, synthetic data
     "sample": "core.sampling",
     "SamplingConfig": "core.sampling_config",

@@ -223,6 +223,8 @@ def _is_path_field(name: str, tp: Any) -> bool:
     """Fields whose string values name files: datasets, and anything annotated as a path."""
     if name.endswith("dataset") or name.endswith("_data") or name in ("train_data", "valid_data"):
         return True
+    if name in ("seed_prompts", "avoid", "judge_examples"):  # prompt generation, judge-alive mixing
+        return True
     text = str(tp)
     return "Path" in text or "PathLike" in text
 
@@ -252,6 +254,8 @@ def _resolve_value(name: str, value: Any, tp: Any, where: str, base_dir: Path, i
         if "Callable" in str(tp) and not callable(obj) and "Dataset" not in str(tp):
             raise ConfigError(f"{where}: {value['import']} is not callable")
         return obj
+    if value == "@previous":  # the prompts of the pipeline's latest prompt-generation stage (stages.prompt_generation)
+        return value
     if isinstance(value, str) and _is_path_field(name, tp):
         path = Path(value) if Path(value).is_absolute() else base_dir / value
         if not path.exists():

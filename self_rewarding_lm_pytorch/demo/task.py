@@ -1,7 +1,7 @@
 """The demo's built-in verifiable task: multi-digit addition, with seed data for the paper's recipe.
 
-A prompt is `"37+485="`, the answer `"522"` (the demo uses up to two digits by default). Quality is measured
-exactly by `is_correct`.
+A prompt is `"37+485="`, the answer `"522"` (the demo uses up to two digits by default). Quality is
+measured exactly by `is_correct`.
 
 The seed data follows Yuan et al. (2024): instruction-following examples (prompt -> correct answer)
 and evaluation-fine-tuning examples (a judge prompt rendered with `DEMO_JUDGE_TEMPLATE` -> a short
@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 from beartype import beartype
 
+from self_rewarding_lm_pytorch.self_reward.consistency import SelfConsistencyReward
+
 __all__ = [
     "CORRECT_SCORE",
     "DEMO_JUDGE_REGEX",
@@ -29,8 +31,10 @@ __all__ = [
     "WRONG_SCORE",
     "AdditionTask",
     "DemoData",
+    "consistency_reward",
     "demo_reward_config",
     "digit_marks",
+    "is_addition_prompt",
     "is_correct",
     "judge_target",
     "parse_prompt",
@@ -56,6 +60,11 @@ def parse_prompt(prompt: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def is_addition_prompt(text: str) -> bool:
+    """The parse check for self-generated prompts: `"a+b="` with decimal operands (no answer needed)."""
+    return _PROMPT.match(text) is not None and not text.startswith(" ")
+
+
 @beartype
 def is_correct(prompt: str, response: str) -> bool:
     """True iff `response` (surrounding whitespace ignored) is exactly the decimal sum."""
@@ -66,6 +75,17 @@ def is_correct(prompt: str, response: str) -> bool:
 def verifier_reward(prompts: list[str], responses: list[str]) -> list[float]:
     """The ground-truth reward for the oracle line: 1.0 for a correct answer, 0.0 otherwise."""
     return [float(is_correct(p, r)) for p, r in zip(prompts, responses, strict=True)]
+
+
+def _extract_number(response: str) -> str | None:
+    """The answer a response gives: its leading decimal number (leading zeros dropped), None if there is none."""
+    match = re.match(r"\s*(\d+)", response)
+    return None if match is None else str(int(match.group(1)))
+
+
+# The self-consistency reward of the demo's consistency line: a candidate scores the share of its
+# prompt's samples that give the same number.
+consistency_reward = SelfConsistencyReward(_extract_number)
 
 
 def render_judge_prompt(prompt: str, response: str) -> str:

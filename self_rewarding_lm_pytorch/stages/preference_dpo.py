@@ -110,9 +110,10 @@ class _PreferenceDPOFields(TrainingFields):
     def run(self, ctx: StageContext) -> dict:
         from self_rewarding_lm_pytorch.self_reward.pairs import make_pair_policy
         from self_rewarding_lm_pytorch.self_reward.preferences import generate_preferences
+        from self_rewarding_lm_pytorch.stages.prompt_generation import resolve_prompt_dataset
         from self_rewarding_lm_pytorch.trainers.dpo import DPOTrainer
 
-        prompts = resolve_dataset(self.prompt_dataset, name="prompt_dataset")
+        prompts = resolve_prompt_dataset(self.prompt_dataset, ctx)
         result = generate_preferences(
             ctx.model,
             ctx.tokenizer,
