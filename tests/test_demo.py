@@ -100,9 +100,18 @@ def test_settings_that_need_more_prompts_than_exist_fail_early():
     from self_rewarding_lm_pytorch.demo.run import DemoSettings
 
     with pytest.raises(ValueError, match="only 10000"):  # 2-digit operands 0..99: 100 * 100 prompts
-        DemoSettings(num_instruction=4000, num_evaluation=6000)
+        DemoSettings(num_instruction=4000, num_evaluation=6000, num_heldout=400)
     with pytest.raises(ValueError, match="correct_fraction"):
         AdditionTask().evaluation_examples(["1+2="], random.Random(0), correct_fraction=1.5)
+
+
+def test_wilson_interval_by_hand():
+    from self_rewarding_lm_pytorch.demo.iterations import wilson_interval
+
+    # p = 0.5, n = 100, z = 1.96: centre 0.5, half-width 1.96 * sqrt(0.0025 + 0.96^2/40000) / 1.0384 = 0.0955
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
 
 
 def test_pairwise_accuracy_and_best_of_k():
@@ -135,18 +144,31 @@ ROWS = [
         "judge_pairwise_accuracy": math.nan,
         "judge_parse_failure_rate": 0.1,
         "pairs_made": 12,
+        "pairs_correct_first": 7,
+        "pairs_wrong_first": 2,
+        "reward_agreement": 0.625,
+        "dpo_margin": 0.5,
         "mean_response_length": 2.25,
         "num_heldout": 40,
+        "accuracy_ci_low": 0.22,
+        "accuracy_ci_high": 0.51,
     },
+    {"run": "oracle", "stage": "M1", "accuracy": 0.25, "num_heldout": 40},
+    {"run": "oracle", "stage": "M3", "accuracy": 0.275, "num_heldout": 40},
 ]
 
 
 def test_report_table_and_verdict():
     table = format_table(ROWS)
-    assert "| self-reward | M1 | 25.0% | 30.0% | 50.0% | 60.0% | 0.0% | - | 2.0 |" in table
-    assert "| self-reward | M3 | 35.0% | 40.0% | 50.0% | - | 10.0% | 12 | 2.2 |" in table
+    assert "| self-reward | M1 | 25.0% | 30.0% | 50.0% | 60.0% | 0.0% | - | - | - | - | - | 2.0 |" in table
+    assert (
+        "| self-reward | M3 | 35.0% [22.0, 51.0] | 40.0% | 50.0% | - | 10.0% | 12 | 7 | 2 | 62.5% | 0.5 | 2.2 |"
+        in table
+    )
     text = render_report(ROWS, settings={"dim": 64}, seconds=90, command="srlm demo", plot_name=None)
-    assert "M3 beats M1 on greedy accuracy: 25.0% -> 35.0% (+10.0 points, on 40 held-out prompts)" in text
+    assert "self-reward: M3 beats M1 on greedy accuracy, 25.0% -> 35.0% (+10.0 points, on 40 held-out prompts)" in text
+    assert "Goal oracle M3 >= M1 + 5 points: not met." in text  # +2.5 points
+    assert "Goal a self-reward line M3 >= M1 + 3 points: met (best: self-reward)." in text
     assert "| `dim` | 64 |" in text and "No plot" in text
 
 
@@ -182,6 +204,9 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
         ("self-reward", "M1"),
         ("self-reward", "M2"),
         ("self-reward", "M3"),
+        ("consistency", "M1"),
+        ("consistency", "M2"),
+        ("consistency", "M3"),
         ("oracle", "M1"),
         ("oracle", "M2"),
         ("oracle", "M3"),
@@ -190,8 +215,16 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["judge_parse_failure_rate"] <= 1
     report = (out / "report.md").read_text()
     assert "| self-reward | M3 |" in report and "Wall time" in report
-    assert (out / "self-reward" / "manifest.json").exists() and (out / "oracle" / "manifest.json").exists()
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 5  # oracle M1 is M1, not re-measured
+    for line in ("self-reward", "consistency", "oracle"):
+        assert (out / line / "manifest.json").exists()
+    assert (out / "self-reward" / "02-prompt-generation" / "stats.json").exists()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 7  # M1 is measured once, not again for the consistency and oracle lines
+    for row in metrics:
+        assert {"run", "stage", "accuracy", "num_heldout", "accuracy_ci_low", "accuracy_ci_high"} <= set(row)
+        assert row["accuracy_ci_low"] <= row["accuracy"] <= row["accuracy_ci_high"]
+    for row in metrics[1:]:
+        assert {"pairs_made", "pairs_correct_first", "pairs_wrong_first", "reward_agreement", "dpo_margin"} <= set(row)
     try:
         import matplotlib  # noqa: F401
 

@@ -1,7 +1,7 @@
 """The demo's report: a Markdown table per stage, the settings, the run time, and a PNG plot.
 
-Rows are dicts `{"run": "self-reward" | "oracle", "stage": "M1", ...metrics}`; both writers read
-only those, so they are testable without training anything.
+Rows are dicts `{"run": "self-reward" | "consistency" | "oracle", "stage": "M1", ...metrics}`; the
+writers read only those, so they are testable without training anything.
 """
 
 from __future__ import annotations
@@ -16,14 +16,21 @@ __all__ = ["METRICS", "format_table", "render_report", "write_plot", "write_repo
 
 # (key, column title, is a rate shown as a percentage)
 METRICS = [
-    ("accuracy", "accuracy (greedy)", True),
+    ("accuracy", "accuracy (greedy) [95% CI]", True),
     ("best_of_4_accuracy", "best-of-4 by own judge", True),
     ("oracle_best_of_4", "any of 4 right", True),
     ("judge_pairwise_accuracy", "judge pairwise acc.", True),
     ("judge_parse_failure_rate", "judge parse failures", True),
     ("pairs_made", "pairs made", False),
+    ("pairs_correct_first", "pairs right over wrong", False),
+    ("pairs_wrong_first", "pairs wrong over right", False),
+    ("reward_agreement", "reward agrees with verifier (own answers)", True),
+    ("dpo_margin", "DPO reward margin", False),
     ("mean_response_length", "mean answer length", False),
 ]
+LINES = ("self-reward", "consistency", "oracle")
+# The issue's goals, checked against what the run measured (points of greedy accuracy, M1 -> M3).
+ORACLE_GOAL, SELF_REWARD_GOAL = 5.0, 3.0
 
 
 def _cell(value, is_rate: bool) -> str:
@@ -41,25 +48,36 @@ def format_table(rows: list[dict]) -> str:
     lines = [header, rule]
     for row in rows:
         cells = [_cell(row.get(key), rate) for key, _, rate in METRICS]
+        if row.get("accuracy_ci_low") is not None:
+            cells[0] += f" [{100 * row['accuracy_ci_low']:.1f}, {100 * row['accuracy_ci_high']:.1f}]"
         lines.append(f"| {row['run']} | {row['stage']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _verdict(rows: list[dict]) -> str:
     by = {(r["run"], r["stage"]): r for r in rows}
-    m1, m3 = by.get(("self-reward", "M1")), by.get(("self-reward", "M3"))
-    if m1 is None or m3 is None:
+    sentences, gains = [], {}
+    for line in LINES:
+        m1, m3 = by.get((line, "M1")), by.get((line, "M3"))
+        if m1 is None or m3 is None:
+            continue
+        gains[line] = delta = 100 * (m3["accuracy"] - m1["accuracy"])
+        word = "beats" if delta > 0 else "ties" if delta == 0 else "does not beat"
+        sentences.append(
+            f"{line}: M3 {word} M1 on greedy accuracy, {100 * m1['accuracy']:.1f}% -> {100 * m3['accuracy']:.1f}% "
+            f"({delta:+.1f} points, on {m1.get('num_heldout', '?')} held-out prompts)."
+        )
+    if not sentences:
         return "The run did not reach M3."
-    delta = m3["accuracy"] - m1["accuracy"]
-    word = "beats" if delta > 0 else "ties" if delta == 0 else "does not beat"
-    text = (
-        f"Self-rewarding M3 {word} M1 on greedy accuracy: {100 * m1['accuracy']:.1f}% -> "
-        f"{100 * m3['accuracy']:.1f}% ({100 * delta:+.1f} points, on {m1.get('num_heldout', '?')} held-out prompts)."
-    )
-    oracle = by.get(("oracle", "M3"))
-    if oracle is not None:
-        text += f" The oracle line (ground-truth reward from M1) reaches {100 * oracle['accuracy']:.1f}%."
-    return text
+    if "oracle" in gains:
+        met = "met" if gains["oracle"] >= ORACLE_GOAL else "not met"
+        sentences.append(f"Goal oracle M3 >= M1 + {ORACLE_GOAL:.0f} points: {met}.")
+    own = {k: v for k, v in gains.items() if k != "oracle"}
+    if own:
+        best = max(own, key=own.get)
+        met = "met" if own[best] >= SELF_REWARD_GOAL else "not met"
+        sentences.append(f"Goal a self-reward line M3 >= M1 + {SELF_REWARD_GOAL:.0f} points: {met} (best: {best}).")
+    return "\n".join(f"- {s}" for s in sentences)
 
 
 def render_report(rows: list[dict], *, settings: dict, seconds: float, command: str, plot_name: str | None) -> str:
@@ -73,11 +91,16 @@ Wall time: {seconds:.0f} s ({seconds / 60:.1f} min)
 
 {_verdict(rows)}
 
-M1 is the SFT model (instruction data + evaluation data); M2 and M3 are the two self-reward DPO
-iterations, where the model judges its own candidates. The oracle rows run the same two
-iterations from M1 with the ground-truth verifier as an external reward. Metrics are measured on
-held-out prompts after each stage; "judge pairwise acc." compares the judge's scores for a correct
-and a deliberately wrong answer to each prompt (50% is chance). Every number comes from this run.
+M1 is the SFT model (instruction data + evaluation data + prompt-writing examples); it then writes
+the prompts of every DPO iteration itself (prompt self-generation). M2 and M3 are two DPO
+iterations: `self-reward` rows judge their own candidates (the paper's LLM-as-a-judge, with judge
+examples mixed into each iteration), `consistency` rows reward the share of the model's own samples
+that agree (no judge, no labels), `oracle` rows reward with the ground-truth verifier (the ceiling).
+Metrics are measured on held-out prompts after each stage; "judge pairwise acc." compares the
+judge's scores for a correct and a deliberately wrong answer (50% is chance); the pair columns and
+"reward agrees with verifier" describe each iteration's own candidates and pairs, checked by the
+verifier for this report only; "DPO reward margin" is the mean `rewards/margins` of the iteration's
+last logged steps. Every number comes from this run.
 
 {format_table(rows)}
 {plot}
@@ -112,7 +135,7 @@ def write_plot(path: Path, rows: list[dict]) -> Path | None:
     fig, axes = plt.subplots(1, len(rates), figsize=(3.2 * len(rates), 3.2), squeeze=False)
     stages = list(dict.fromkeys(r["stage"] for r in rows))
     for ax, (key, title) in zip(axes[0], rates, strict=True):
-        for run, style in (("self-reward", "o-"), ("oracle", "s--")):
+        for run, style in (("self-reward", "o-"), ("consistency", "^-."), ("oracle", "s--")):
             points = [(stages.index(r["stage"]), r.get(key)) for r in rows if r["run"] == run]
             points = [(x, y) for x, y in points if y is not None and not (isinstance(y, float) and math.isnan(y))]
             if points:

@@ -1,11 +1,13 @@
 """`srlm demo`: the paper's recipe on a tiny byte-level model and a verifiable task, measured.
 
-    M0 --SFT on instruction + evaluation data--> M1 --self-reward DPO--> M2 --self-reward DPO--> M3
-                                                 M1 --verifier-reward DPO--> M2' --> M3'  (oracle)
+    M0 --SFT on instruction + evaluation data--> M1 --writes prompts--> P
+    M1 --self-reward DPO on P--> M2 --self-reward DPO on P--> M3        (self-reward: LLM-as-a-judge)
+    M1 --self-consistency DPO on P--> M2' --> M3'                        (consistency: no judge, no labels)
+    M1 --verifier-reward DPO on P--> M2'' --> M3''                       (oracle: ground truth, the ceiling)
 
-Everything lands in one run folder: `data/` (the seed data as JSONL), `self-reward/` and
-`oracle/` (pipeline runs: per-stage checkpoints, candidates, judgments, pairs), `metrics.jsonl`
-(one row per evaluated model), `report.md`, `metrics.png` and `manifest.json`.
+Everything lands in one run folder: `data/` (the seed data as JSONL), `self-reward/`, `consistency/`
+and `oracle/` (pipeline runs: per-stage checkpoints, prompts, candidates, judgments, pairs),
+`metrics.jsonl` (one row per evaluated model), `report.md`, `metrics.png` and `manifest.json`.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from self_rewarding_lm_pytorch.core.files import JsonlAppender, atomic_write_json, write_jsonl
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
 from self_rewarding_lm_pytorch.demo.evaluate import evaluate_model
+from self_rewarding_lm_pytorch.demo.iterations import iteration_stats, wilson_interval
+from self_rewarding_lm_pytorch.demo.lines import consistency_stages, oracle_stages, self_reward_stages
 from self_rewarding_lm_pytorch.demo.report import format_table, write_plot, write_report
-from self_rewarding_lm_pytorch.demo.task import AdditionTask, demo_reward_config, verifier_reward
+from self_rewarding_lm_pytorch.demo.task import AdditionTask, demo_reward_config
 
 __all__ = ["PRESETS", "DemoSettings", "RunFolderExistsError", "run_demo"]
 
@@ -46,38 +49,51 @@ class DemoSettings:
     max_seq_len: int = 64
     # Fewer instruction than evaluation examples: the judge recomputes sums in its own context, and
     # the solver should leave headroom (attempt 10 in bench/results/demo.md). 2-digit addition has
-    # only 10,000 distinct prompts (operands 0..99), so these four sets together must stay below that.
+    # only 10,000 distinct prompts (operands 0..99), so the drawn sets together must stay below that.
     num_instruction: int = 2000
     num_evaluation: int = 6000
     eval_correct_fraction: float = 0.5
-    num_self_reward_prompts: int = 1600
-    num_heldout: int = 200
+    # Seed examples of writing a new prompt from `prompt_shots` others (the paper's base model can
+    # already do this; ours learns it in SFT), and how many prompts the model then writes itself.
+    num_prompt_writing: int = 1000
+    prompt_shots: int = 4  # the paper uses 8; 4 fit the 64-token context with room for the answer
+    num_self_reward_prompts: int = 1200
+    num_heldout: int = 400
     # The digit-mark judgments need about twice the steps of the old one-verdict format to be learned.
     sft_steps: int = 2400
     sft_batch_size: int = 32
     sft_learning_rate: float = 2e-3
-    dpo_pairs: tuple[int, ...] = (1000, 1000)
-    dpo_steps: int = 25  # few self-reward pairs (60-100): more steps only overfit their noise (attempt 12)
+    dpo_pairs: tuple[int, ...] = (600, 600)
+    # Epochs over the pairs actually made (tens for the judge, a thousand for the oracle), capped.
+    dpo_epochs: float = 2.0
+    dpo_max_steps: int = 100
     dpo_batch_size: int = 16
-    # At 3e-4 DPO cut held-out accuracy in both lines (65.5% -> 26.5% self-reward; attempt 11 in
-    # bench/results/demo.md); at 1e-3 it wiped out the judge format, which DPO never trains. Small.
-    dpo_learning_rate: float = 3e-5
+    dpo_learning_rate: float = 1e-4
     dpo_beta: float = 0.1
-    # NLL on the chosen answer beside DPO (Pang et al. 2024, iterative RPO): without it a first run's
-    # DPO (lr 2e-4) lowered greedy accuracy even on verifier-chosen pairs (87.5% -> 45.5%).
+    dpo_loss_type: str = "sigmoid"
+    # NLL on the chosen answer beside DPO (Pang et al. 2024, iterative RPO), per token.
     dpo_sft_weight: float = 1.0
+    # Judge examples mixed into every self-reward iteration (0 turns it off), so DPO does not erase the judge.
+    judge_weight: float = 1.0
     num_candidates: int = 4
     # One greedy judgment per candidate: the judge's verdict is deterministic, so a candidate's score
     # is what the judge believes, not sampling noise (at temperature 0.7 three samples were needed).
     num_sampled_reward_responses: int = 1
     judge_temperature: float = 0.0
+    # The consistency line: 8 samples at temperature 1 (DESIGN.md's table: 57% of its pairs put a right
+    # answer first, 4% a wrong one), a pair only where the majority leads by `consistency_min_margin`.
+    consistency: bool = True
+    consistency_samples: int = 8
+    consistency_temperature: float = 1.0
+    consistency_min_margin: float = 0.25
     eval_num_judgments: int = 1
     max_new_tokens: int = 6
     judge_max_new_tokens: int = 40
     oracle: bool = True
 
     def __post_init__(self):
-        needed = self.num_instruction + self.num_evaluation + self.num_self_reward_prompts + self.num_heldout
+        # self-reward prompts are written by the model, not drawn
+        needed = self.num_instruction + self.num_evaluation + self.num_heldout
         available = (10**self.max_digits) ** 2  # operands 0 .. 10**max_digits - 1
         if needed > available:
             raise ValueError(
@@ -91,11 +107,13 @@ PRESETS = {
     "quick": DemoSettings(
         num_instruction=1000,
         num_evaluation=1500,
-        num_self_reward_prompts=300,
+        num_prompt_writing=300,
+        num_self_reward_prompts=200,
         num_heldout=60,
         sft_steps=800,
         dpo_pairs=(100, 100),
-        dpo_steps=20,
+        dpo_max_steps=15,
+        consistency_samples=4,
     ),
     # test-only (hidden from --help): the smallest run that still exercises every stage and file.
     "tiny": DemoSettings(
@@ -104,14 +122,16 @@ PRESETS = {
         heads=2,
         num_instruction=200,
         num_evaluation=100,
+        num_prompt_writing=50,
         num_self_reward_prompts=24,
         num_heldout=12,
         sft_steps=40,
         dpo_pairs=(4, 4),
-        dpo_steps=2,
+        dpo_max_steps=2,
         dpo_batch_size=4,
         eval_num_judgments=1,
         num_sampled_reward_responses=1,
+        consistency_samples=4,
     ),
 }
 
@@ -126,48 +146,6 @@ def _build_model(s: DemoSettings, vocab_size: int):
     )
 
 
-def _stage_configs(s: DemoSettings, data_dir: Path, *, oracle: bool) -> list:
-    from self_rewarding_lm_pytorch.stages.external_reward_dpo import ExternalRewardDPOConfig
-    from self_rewarding_lm_pytorch.stages.self_reward_dpo import SelfRewardDPOConfig
-    from self_rewarding_lm_pytorch.stages.sft import SFTConfig
-
-    common: dict[str, Any] = dict(
-        num_train_steps=s.dpo_steps,
-        batch_size=s.dpo_batch_size,
-        learning_rate=s.dpo_learning_rate,
-        dpo_beta=s.dpo_beta,
-        sft_weight=s.dpo_sft_weight,
-        num_candidate_responses=s.num_candidates,
-        max_new_tokens=s.max_new_tokens,
-        log_every=5,
-        max_passes=2,
-    )
-    prompts = str(data_dir / "self_reward_prompts.jsonl")
-    if oracle:
-        return [ExternalRewardDPOConfig(verifier_reward, prompts, n, **common) for n in s.dpo_pairs]
-    sft = SFTConfig(
-        str(data_dir / "sft.jsonl"),
-        num_train_steps=s.sft_steps,
-        batch_size=s.sft_batch_size,
-        learning_rate=s.sft_learning_rate,
-        warmup_steps=min(100, s.sft_steps // 10),
-        lr_schedule="cosine",
-        log_every=50,
-    )
-    return [sft] + [
-        SelfRewardDPOConfig(
-            prompts,
-            n,
-            num_sampled_reward_responses=s.num_sampled_reward_responses,
-            judge_max_new_tokens=s.judge_max_new_tokens,
-            eval_temperature=s.judge_temperature,
-            eval_top_p=0.9 if s.judge_temperature > 0 else None,
-            **common,
-        )
-        for n in s.dpo_pairs
-    ]
-
-
 def _prepare_out(out: Path, overwrite: bool):
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -179,19 +157,27 @@ def _prepare_out(out: Path, overwrite: bool):
 
 
 def _write_data(s: DemoSettings, seed: int, data_dir: Path, reward_config) -> dict:
-    data = AdditionTask(s.max_digits).build(
+    import random
+
+    task = AdditionTask(s.max_digits)
+    data = task.build(
         num_instruction=s.num_instruction,
         num_evaluation=s.num_evaluation,
-        num_self_reward_prompts=s.num_self_reward_prompts,
+        num_self_reward_prompts=0,  # written by the model (prompt self-generation)
         num_heldout=s.num_heldout,
         seed=seed,
         correct_fraction=s.eval_correct_fraction,
         render=lambda p, r: reward_config.render(prompt=p, response=r),
     )
-    write_jsonl(data_dir / "sft.jsonl", data.sft)
-    write_jsonl(data_dir / "self_reward_prompts.jsonl", [{"prompt": p} for p in data.self_reward_prompts])
+    seed_prompts = [r["prompt"] for r in data.instruction]
+    writing = task.prompt_writing_examples(seed_prompts, s.num_prompt_writing, s.prompt_shots, random.Random(seed + 1))
+    write_jsonl(data_dir / "sft.jsonl", data.sft + writing)
+    write_jsonl(data_dir / "evaluation.jsonl", data.evaluation)
+    write_jsonl(data_dir / "seed_prompts.jsonl", [{"prompt": p} for p in seed_prompts])
     write_jsonl(data_dir / "heldout.jsonl", [{"prompt": p} for p in data.heldout_prompts])
-    return {"heldout": data.heldout_prompts, "stats": data.stats}
+    stats = {**data.stats, "num_prompt_writing": len(writing)}
+    stats.pop("num_self_reward_prompts", None)
+    return {"heldout": data.heldout_prompts, "stats": stats}
 
 
 @dataclass
@@ -207,11 +193,15 @@ class _Evaluator:
     stage_seconds: dict
     log: JsonlAppender
 
-    def hook(self, run: str, offset: int):
-        clock = {"t": time.time()}
+    def hook(self, run: str, first_label: int):
+        clock = {"t": time.time(), "label": first_label}
 
         def on_stage_end(info):
-            label = f"M{info.index + 1 + offset}"
+            if type(info.config).kind == "prompt-generation":
+                print(f"[demo] {run}: prompts written: {info.summary.get('prompts')}", flush=True)
+                return  # the model did not change: nothing to measure
+            label = f"M{clock['label']}"
+            clock["label"] += 1
             self.stage_seconds[f"{run}/{label}"] = round(time.time() - clock["t"], 1)
             print(f"[demo] {run}: evaluating {label} on {len(self.heldout)} held-out prompts...", flush=True)
             s = self.settings
@@ -227,7 +217,12 @@ class _Evaluator:
                 judge_temperature=s.judge_temperature,
                 seed=self.seed,
             )
+            n = metrics["num_heldout"]
+            low, high = wilson_interval(round(metrics["accuracy"] * n), n)
             row = {"run": run, "stage": label, "pairs_made": info.summary.get("num_pairs"), **metrics}
+            row |= {"accuracy_ci_low": low, "accuracy_ci_high": high}
+            if "num_pairs" in info.summary:
+                row |= iteration_stats(info.stage_dir)
             self.rows.append(row)
             self.log.write(row)
             print(format_table([row]).splitlines()[-1], flush=True)
@@ -260,8 +255,23 @@ def run_demo(
         torch.set_num_threads(previous)
 
 
-def _run(out: Path, settings: DemoSettings, seed: int, overwrite: bool, progress: bool, command: str) -> dict:
+def _pipeline(model, stages, folder: Path, hook, *, tokenizer, reward_config, seed: int, progress: bool):
     from self_rewarding_lm_pytorch.pipeline import SelfRewardingTrainer
+
+    SelfRewardingTrainer(
+        model,
+        stages,
+        tokenizer=tokenizer,
+        self_reward_prompt_config=reward_config,
+        accelerate_kwargs={"cpu": True},
+        checkpoints_folder=folder,
+        seed=seed,
+        on_stage_end=hook,
+        progress=progress,
+    )()
+
+
+def _run(out: Path, settings: DemoSettings, seed: int, overwrite: bool, progress: bool, command: str) -> dict:
     from self_rewarding_lm_pytorch.training.checkpoint import load_model
 
     started = time.time()
@@ -272,43 +282,28 @@ def _run(out: Path, settings: DemoSettings, seed: int, overwrite: bool, progress
     stage_seconds: dict[str, float] = {}
     log = JsonlAppender(out / "metrics.jsonl")
     evaluator = _Evaluator(settings, tokenizer, reward_config, data["heldout"], seed, rows, stage_seconds, log)
+    common = dict(tokenizer=tokenizer, reward_config=reward_config, seed=seed, progress=progress)
 
     torch.manual_seed(seed)
     model = _build_model(settings, tokenizer.vocab_size)
     print(
-        f"[demo] self-rewarding run: SFT ({settings.sft_steps} steps) then {len(settings.dpo_pairs)} "
-        f"self-reward DPO iterations -> {out / 'self-reward'}",
+        f"[demo] self-rewarding run: SFT ({settings.sft_steps} steps), prompt self-generation, then "
+        f"{len(settings.dpo_pairs)} self-reward DPO iterations -> {out / 'self-reward'}",
         flush=True,
     )
-    SelfRewardingTrainer(
-        model,
-        _stage_configs(settings, out / "data", oracle=False),
-        tokenizer=tokenizer,
-        self_reward_prompt_config=reward_config,
-        accelerate_kwargs={"cpu": True},
-        checkpoints_folder=out / "self-reward",
-        seed=seed,
-        on_stage_end=evaluator.hook("self-reward", 0),
-        progress=progress,
-    )()
-    if settings.oracle:
-        print(
-            f"[demo] oracle run: the same iterations from M1, rewarded by the verifier -> {out / 'oracle'}", flush=True
-        )
-        rows.append({**rows[0], "run": "oracle"})  # the oracle line starts from the same M1
-        oracle_model = _build_model(settings, tokenizer.vocab_size)
-        load_model(oracle_model, out / "self-reward" / "01-sft" / "model.safetensors")
-        SelfRewardingTrainer(
-            oracle_model,
-            _stage_configs(settings, out / "data", oracle=True),
-            tokenizer=tokenizer,
-            self_reward_prompt_config=reward_config,
-            accelerate_kwargs={"cpu": True},
-            checkpoints_folder=out / "oracle",
-            seed=seed,
-            on_stage_end=evaluator.hook("oracle", 1),
-            progress=progress,
-        )()
+    stages = self_reward_stages(settings, out / "data")
+    _pipeline(model, stages, out / "self-reward", evaluator.hook("self-reward", 1), **common)
+    m1 = out / "self-reward" / "01-sft" / "model.safetensors"
+    prompts_file = out / "self-reward" / "02-prompt-generation" / "prompts.jsonl"
+    others = [("consistency", settings.consistency, consistency_stages), ("oracle", settings.oracle, oracle_stages)]
+    for run, wanted, make_stages in others:
+        if not wanted:
+            continue
+        print(f"[demo] {run} run: the same iterations from M1, on the same prompts -> {out / run}", flush=True)
+        rows.append({**rows[0], "run": run})  # every line starts from the same M1
+        line_model = _build_model(settings, tokenizer.vocab_size)
+        load_model(line_model, m1)
+        _pipeline(line_model, make_stages(settings, prompts_file), out / run, evaluator.hook(run, 2), **common)
     log.close()
     return _finish(out, rows, settings, seed, data["stats"], stage_seconds, time.time() - started, command)
 

@@ -26,6 +26,7 @@ from self_rewarding_lm_pytorch.self_reward.consistency import SelfConsistencyRew
 
 __all__ = [
     "CORRECT_SCORE",
+    "DEMO_FEW_SHOT_TEMPLATE",
     "DEMO_JUDGE_REGEX",
     "DEMO_JUDGE_TEMPLATE",
     "WRONG_SCORE",
@@ -41,6 +42,10 @@ __all__ = [
     "render_judge_prompt",
     "verifier_reward",
 ]
+
+# How the demo's model is shown seed prompts to write a new one (prompt self-generation): compact,
+# so four shots and the new prompt fit the 64-token context.
+DEMO_FEW_SHOT_TEMPLATE = "New {% for example in examples %}{{ example }} {% endfor %}->"
 
 # Compact on purpose: the judge prompt, the candidate and the judgment must fit a ~128-token
 # byte-level context (the reference package's default judge prompt alone is ~2,700 bytes).
@@ -218,6 +223,17 @@ class AdditionTask:
         for p in prompts:
             response = self.answer(p) if rng.random() < correct_fraction else self.wrong_answer(p, rng)
             records.append({"prompt": render(p, response), "response": judge_target(p, response)})
+        return records
+
+    def prompt_writing_examples(self, prompts: list[str], count: int, shots: int, rng: random.Random) -> list[dict]:
+        """Seed examples of the task the paper's base model can already do: given `shots` prompts in the
+        few-shot template, write another one (drawn from the same prompts, never one of the shots)."""
+        from self_rewarding_lm_pytorch.self_reward.prompt_generation import render_few_shot
+
+        records = []
+        for _ in range(count):
+            drawn = rng.sample(prompts, shots + 1)
+            records.append({"prompt": render_few_shot(DEMO_FEW_SHOT_TEMPLATE, drawn[:shots]), "response": drawn[-1]})
         return records
 
     def build(
