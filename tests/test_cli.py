@@ -30,6 +30,7 @@ REDUCED = {
     ],
     "spin.toml": ["stages.0.num_train_steps=2", "stages.1.num_iterations=1", "stages.1.num_train_steps=1"],
     "ppo.toml": ["stages.0.num_train_steps=2", "stages.1.num_ppo_steps=1"],
+    "prompt_generation.toml": ["stages.0.num_train_steps=2", "stages.1.max_batches=1", "stages.2.num_train_steps=1"],
 }
 
 
@@ -80,7 +81,8 @@ def test_every_stage_kind_has_an_example():
         (
             'kind = "sft"',
             'kind = "rlhf"',
-            "unknown stage kind 'rlhf'; known kinds: external-reward-dpo, ppo, self-reward-dpo, sft, spin",
+            "unknown stage kind 'rlhf'; known kinds: external-reward-dpo, ppo, prompt-generation, self-reward-dpo, "
+            "sft, spin",
         ),
         ("[accelerate]", "[acceleration]", "unknown top-level key(s) acceleration"),
         ("dim = 32", "dim = 32\nwidth = 3", "x-transformers rejected the model kwargs"),

@@ -124,7 +124,8 @@ def generate_prompts(
         for b in range(len(batches), max_batches):
             if len(kept) >= num_prompts:
                 break
-            rng = random.Random(seed * 1_000_003 + b)
+            batch_seed = (seed * 1_000_003 + b) % 2**63  # stage seeds may be 64-bit hashes
+            rng = random.Random(batch_seed)
             shots = [rng.sample(list(seed_prompts), num_shots) for _ in range(batch_size)]
             out = sample(
                 model,
@@ -134,7 +135,7 @@ def generate_prompts(
                 top_p=top_p,
                 eos_id=tokenizer.eos_id,
                 pad_id=tokenizer.pad_id,
-                generator=torch.Generator().manual_seed(seed * 1_000_003 + b),
+                generator=torch.Generator().manual_seed(batch_seed),
             )
             ended = [
                 bool(m.any()) and int(ids[m][-1]) == tokenizer.eos_id
