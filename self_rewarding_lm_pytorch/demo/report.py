@@ -74,7 +74,7 @@ def _verdict(rows: list[dict]) -> str:
         sentences.append(f"Goal oracle M3 >= M1 + {ORACLE_GOAL:.0f} points: {met}.")
     own = {k: v for k, v in gains.items() if k != "oracle"}
     if own:
-        best = max(own, key=own.get)
+        best = max(own, key=lambda line: own[line])
         met = "met" if own[best] >= SELF_REWARD_GOAL else "not met"
         sentences.append(f"Goal a self-reward line M3 >= M1 + {SELF_REWARD_GOAL:.0f} points: {met} (best: {best}).")
     return "\n".join(f"- {s}" for s in sentences)

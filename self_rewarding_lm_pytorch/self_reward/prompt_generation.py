@@ -14,6 +14,7 @@ generators seeded by (seed, b), so a resumed run writes the same files as an uni
 
 from __future__ import annotations
 
+import importlib
 import math
 import random
 from collections import Counter
@@ -39,10 +40,8 @@ DEFAULT_FEW_SHOT_TEMPLATE = (
 
 def _environment():
     """The project's sandboxed jinja2 environment: a template cannot reach Python's object graph."""
-    try:  # the shared helper, where it exists
-        from self_rewarding_lm_pytorch.core.templates import sandboxed_environment
-
-        return sandboxed_environment()
+    try:  # the shared helper (core/templates.py), where it exists
+        return importlib.import_module("self_rewarding_lm_pytorch.core.templates").sandboxed_environment()
     except ImportError:
         import jinja2
         from jinja2.sandbox import ImmutableSandboxedEnvironment

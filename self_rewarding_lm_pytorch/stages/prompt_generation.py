@@ -30,7 +30,7 @@ def _default_template() -> str:
 
 def _texts(data: Any, name: str) -> list[str]:
     """Prompt strings from a dataset of strings or {"prompt": ...} records."""
-    items = resolve_dataset(data, name=name)
+    items: Any = resolve_dataset(data, name=name)  # a list or a map-style Dataset with a length
     out = []
     for i in range(len(items)):
         item = items[i]

@@ -14,9 +14,7 @@ a resumed run and every process of a sharded one see the same judge rows beside 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-
-from torch.utils.data import Dataset
+from typing import Any
 
 from self_rewarding_lm_pytorch.core.batching import encode_example
 
@@ -27,8 +25,9 @@ class JudgeRecordError(ValueError):
     """A judge (evaluation) example that cannot be trained on; the message names the record."""
 
 
-def encode_judge_examples(records: Sequence | Dataset, tokenizer, *, max_seq_len: int | None = None) -> list:
-    """(ids, prompt_len) of each {"prompt", "response"} record (a judge prompt and its judgment text)."""
+def encode_judge_examples(records: Any, tokenizer, *, max_seq_len: int | None = None) -> list:
+    """(ids, prompt_len) of each {"prompt", "response"} record (a judge prompt and its judgment text);
+    `records` is a list or a map-style Dataset with a length."""
     out = []
     for index in range(len(records)):
         record = records[index]
