@@ -13,6 +13,8 @@ from self_rewarding_lm_pytorch.generation.best_of_n import (
 )
 from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
 
+pytestmark = pytest.mark.unit
+
 QUERIES = ["Hello", "The cat", "1 + 1 ="]
 CFG = GenerationConfig(max_new_tokens=6, temperature=1.0)
 

@@ -18,6 +18,8 @@ from self_rewarding_lm_pytorch.training.checkpoint import (
     set_rng_state,
 )
 
+pytestmark = pytest.mark.unit
+
 
 class TiedLM(nn.Module):
     """Embedding and output projection share one weight tensor (two state_dict names, one storage)."""

@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from self_rewarding_lm_pytorch.cli import main
 from self_rewarding_lm_pytorch.core.files import read_jsonl
+
+pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -59,6 +63,11 @@ def test_example_configs_run(name, tmp_path, capsys):
     assert len(manifest["finished"]) == len(manifest["stages"])
     for stage in manifest["stages"]:
         assert (run_dir / stage["folder"] / "model.safetensors").exists()
+    # the run trained: the last stage's weights are finite and differ from the ones it started with
+    initial = load_file(str(run_dir / "initial-model.safetensors"))
+    final = load_file(str(run_dir / manifest["stages"][-1]["folder"] / "model.safetensors"))
+    assert initial.keys() == final.keys() and all(t.isfinite().all() for t in final.values())
+    assert any(not torch.equal(initial[k], final[k]) for k in initial)
 
 
 def test_every_stage_kind_has_an_example():
@@ -224,9 +233,15 @@ def test_tools_judge_generate_reward_model(tmp_path, capsys):
     assert code == 2 and "does not fit the [model] kwargs" in err
 
 
-@pytest.mark.parametrize(
-    "script", ["readme_paper_recipe.py", "readme_custom_reward_config.py", "readme_interleaved.py", "readme_spin.py"]
-)
+SEED_README_SCRIPTS = {  # script: what it prints when it ran as documented
+    "readme_paper_recipe.py": ["stages finished: 3"],
+    "readme_custom_reward_config.py": ["Pretty please rate the following user prompt and response", "parsed: 7.0"],
+    "readme_interleaved.py": ["1 - 2\n", "2 - [2]\n", "5 - [2]\n"],  # stage, pairs, steps
+    "readme_spin.py": ["SPIN done"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(SEED_README_SCRIPTS))
 def test_readme_example_scripts_run(script, tmp_path, monkeypatch, capsys):
     """The seed README's examples as scripts, each end to end on a tiny model."""
     import runpy
@@ -234,3 +249,6 @@ def test_readme_example_scripts_run(script, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # they write only to temporary folders; make sure of it
     runpy.run_path(str(EXAMPLES / script), run_name="__main__")
     assert list(tmp_path.iterdir()) == []
+    out = capsys.readouterr().out
+    for expected in SEED_README_SCRIPTS[script]:
+        assert expected in out, (expected, out)

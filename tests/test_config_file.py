@@ -19,6 +19,8 @@ from self_rewarding_lm_pytorch.config_file import (
     validate_stage,
 )
 
+pytestmark = pytest.mark.unit
+
 
 @dataclass(frozen=True)
 class FakeSFT:

@@ -37,16 +37,19 @@ from self_rewarding_lm_pytorch.demo.task import (
         ("5+5=", "1 0", False),
     ],
 )
+@pytest.mark.unit
 def test_verifier(prompt, response, expected):
     assert is_correct(prompt, response) is expected
 
 
+@pytest.mark.unit
 def test_bad_prompt_is_a_clear_error():
     with pytest.raises(ValueError, match="not an addition prompt"):
         parse_prompt("12-3=")
     assert verifier_reward(["1+2=", "1+2="], ["3", "4"]) == [1.0, 0.0]
 
 
+@pytest.mark.unit
 def test_wrong_answers_are_wrong_and_plausible():
     task, rng = AdditionTask(max_digits=3), random.Random(0)
     for prompt in task.sample_prompts(300, rng):
@@ -57,6 +60,7 @@ def test_wrong_answers_are_wrong_and_plausible():
     assert "15" in seen and "125" not in seen
 
 
+@pytest.mark.unit
 def test_judge_prompt_matches_the_reward_config_and_targets_parse():
     config = demo_reward_config()
     assert config.render(prompt="12+34=", response="46") == render_judge_prompt("12+34=", "46") == "Judge 46 ? 12+34="
@@ -65,6 +69,7 @@ def test_judge_prompt_matches_the_reward_config_and_targets_parse():
     assert config.parse("46 44= 66= Score: 9") is None  # out of the 1..5 range
 
 
+@pytest.mark.unit
 def test_digit_marks_line_up_from_the_left_and_pad():
     """Hand-derived: 100 vs 10 -> (1,1)= (0,0)= (0,_)!; 7 vs 17 -> (7,1)! (_,7)!; equal -> all `=`."""
     assert digit_marks("100", "10") == "11= 00= 0_!"
@@ -77,6 +82,7 @@ def test_digit_marks_line_up_from_the_left_and_pad():
         assert "!" not in judge_target(prompt, right) and "!" in judge_target(prompt, wrong)
 
 
+@pytest.mark.unit
 def test_seed_data_is_disjoint_balanced_and_reproducible():
     task = AdditionTask(max_digits=2)
     kwargs = dict(num_instruction=300, num_evaluation=400, num_self_reward_prompts=100, num_heldout=50, seed=3)
@@ -96,6 +102,7 @@ def test_seed_data_is_disjoint_balanced_and_reproducible():
     assert len(data.sft) == 700
 
 
+@pytest.mark.unit
 def test_settings_that_need_more_prompts_than_exist_fail_early():
     from self_rewarding_lm_pytorch.demo.run import DemoSettings
 
@@ -105,6 +112,7 @@ def test_settings_that_need_more_prompts_than_exist_fail_early():
         AdditionTask().evaluation_examples(["1+2="], random.Random(0), correct_fraction=1.5)
 
 
+@pytest.mark.unit
 def test_wilson_interval_by_hand():
     from self_rewarding_lm_pytorch.demo.iterations import wilson_interval
 
@@ -114,6 +122,7 @@ def test_wilson_interval_by_hand():
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
 
 
+@pytest.mark.unit
 def test_pairwise_accuracy_and_best_of_k():
     """Hand-derived: pairs (5,1) win, (3,3) tie, (nan,1) loses (NaN ranks lowest) -> (1 + 0.5 + 0) / 3."""
     assert pairwise_accuracy([5.0, 3.0, math.nan], [1.0, 3.0, 1.0]) == pytest.approx(0.5)
@@ -158,6 +167,7 @@ ROWS = [
 ]
 
 
+@pytest.mark.unit
 def test_report_table_and_verdict():
     table = format_table(ROWS)
     assert "| self-reward | M1 | 25.0% | 30.0% | 50.0% | 60.0% | 0.0% | - | - | - | - | - | 2.0 |" in table
@@ -172,6 +182,7 @@ def test_report_table_and_verdict():
     assert "| `dim` | 64 |" in text and "No plot" in text
 
 
+@pytest.mark.e2e
 def test_plot_is_a_png_or_skipped_with_a_warning(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     path = write_plot(tmp_path / "m.png", ROWS)
@@ -191,6 +202,7 @@ def test_plot_is_a_png_or_skipped_with_a_warning(tmp_path, monkeypatch):
     assert not (tmp_path / "n.png").exists()
 
 
+@pytest.mark.e2e
 def test_demo_end_to_end_tiny(tmp_path, capsys):
     """`srlm demo` with the hidden test-only "tiny" preset (smaller than --quick): every stage runs,
     and the run folder gets the report, the plot, the manifest and both pipeline runs."""

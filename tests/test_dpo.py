@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from conftest import letter_preferences, params_equal
 
 from self_rewarding_lm_pytorch.core.batching import collate_examples
 from self_rewarding_lm_pytorch.core.files import read_jsonl
@@ -29,26 +30,10 @@ def train_records(result):
     return [r for r in result.history if "loss" in r]
 
 
-def preference_records(n=16):
-    """A learnable set: the chosen answer repeats the prompt's letter, the rejected one does not."""
-    letters = "abcdefghijklmnop"
-    return [
-        {
-            "prompt": f"{letters[i % 16]}?",
-            "chosen": letters[i % 16] * 3,
-            "rejected": letters[(i + 5) % 16] * (2 + i % 3),
-        }
-        for i in range(n)
-    ]
-
-
-def all_params_equal(a, b):
-    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
-
-
 # --- records -------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "bad, message",
     [
@@ -65,6 +50,7 @@ def test_bad_records_are_errors_naming_the_record(bad, message):
         encode_pairs([("ok", "yes", "no"), bad], TOK)
 
 
+@pytest.mark.unit
 def test_records_as_dicts_tuples_and_ids_encode_alike():
     """'ab' is bytes [97, 98]; EOS (258) ends each response; prompt_len counts the prompt only."""
     from_dict = encode_pairs([{"prompt": "ab", "chosen": "c", "rejected": "dd"}], TOK)
@@ -72,6 +58,7 @@ def test_records_as_dicts_tuples_and_ids_encode_alike():
     assert from_dict == from_ids == [{"chosen": ([97, 98, 99, 258], 2), "rejected": ([97, 98, 100, 100, 258], 2)}]
 
 
+@pytest.mark.unit
 def test_max_seq_len_cuts_responses_and_rejects_overlong_prompts():
     pairs = encode_pairs([("ab", "cccccc", "d")], TOK, max_seq_len=4)
     assert pairs[0]["chosen"] == ([97, 98, 99, 99], 2)
@@ -82,8 +69,9 @@ def test_max_seq_len_cuts_responses_and_rejects_overlong_prompts():
 # --- one forward, reference log-probs -----------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_concatenated_forward_equals_separate_forwards(tiny_model):
-    pairs = encode_pairs(preference_records(6), TOK)
+    pairs = encode_pairs(letter_preferences(6), TOK)
     batch = collate_pairs(pairs, TOK.pad_id)
     assert batch["input_ids"].shape[0] == 12  # 2b rows in one forward
     chosen, rejected, *_ = pair_logprobs(tiny_model, batch)
@@ -93,17 +81,19 @@ def test_concatenated_forward_equals_separate_forwards(tiny_model):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.unit
 def test_ref_logprobs_do_not_depend_on_batching(tiny_model):
-    pairs = encode_pairs(preference_records(7), TOK)
+    pairs = encode_pairs(letter_preferences(7), TOK)
     one_by_one = torch.cat([compute_ref_logprobs(tiny_model, [p], pad_id=TOK.pad_id, progress=False) for p in pairs])
     batched = compute_ref_logprobs(tiny_model, pairs, pad_id=TOK.pad_id, batch_size=3, progress=False)
     torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=0)
     assert tiny_model.training  # the mode is restored
 
 
+@pytest.mark.unit
 def test_task_step_with_stored_and_live_reference_agree(tiny_model):
     """Same loss and metrics whether the reference log-probs ride in the batch or a frozen copy runs."""
-    pairs = encode_pairs(preference_records(4), TOK)
+    pairs = encode_pairs(letter_preferences(4), TOK)
     ref = copy.deepcopy(tiny_model)
     with torch.no_grad():  # move the policy away from the reference so the loss is not trivially log 2
         for p in tiny_model.parameters():
@@ -132,11 +122,12 @@ def test_task_step_with_stored_and_live_reference_agree(tiny_model):
         torch.testing.assert_close(live_metrics[k], stored_metrics[k], atol=1e-6, rtol=0)
 
 
+@pytest.mark.unit
 def test_sft_term_adds_weighted_chosen_cross_entropy(tiny_model):
     """loss = mean DPO loss + w * mean token NLL of the chosen responses (the first b rows)."""
     from self_rewarding_lm_pytorch.core.losses import sft_loss
 
-    pairs = encode_pairs(preference_records(4), TOK)
+    pairs = encode_pairs(letter_preferences(4), TOK)
     items = [p | {"ref": (-30.0, -31.0)} for p in pairs]
     task = DPOTask(pad_id=TOK.pad_id, sft_weight=0.5, beta=0.2)
     batch = task.collate(items)
@@ -150,6 +141,7 @@ def test_sft_term_adds_weighted_chosen_cross_entropy(tiny_model):
     torch.testing.assert_close(metrics["sft_loss"], sft, atol=1e-5, rtol=0)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "kwargs, error",
     [
@@ -161,12 +153,13 @@ def test_sft_term_adds_weighted_chosen_cross_entropy(tiny_model):
 )
 def test_bad_knobs_fail_at_construction(tiny_model, kwargs, error):
     with pytest.raises(ValueError, match=error):
-        DPOTrainer(tiny_model, preference_records(2), **kwargs)
+        DPOTrainer(tiny_model, letter_preferences(2), **kwargs)
 
 
+@pytest.mark.unit
 def test_unknown_train_config_key_fails_at_construction(tiny_model):
     with pytest.raises(TypeError):
-        DPOTrainer(tiny_model, preference_records(2), num_train_step=3)
+        DPOTrainer(tiny_model, letter_preferences(2), num_train_step=3)
 
 
 # --- training through the loop ----------------------------------------------------------------------
@@ -176,20 +169,22 @@ def train_kwargs(**overrides):
     return dict(num_train_steps=6, batch_size=4, learning_rate=3e-3, log_every=1, progress=False) | overrides
 
 
+@pytest.mark.stage
 def test_live_reference_never_changes_and_every_policy_param_moves(tiny_model, tmp_path):
     initial = copy.deepcopy(tiny_model)
     trainer = DPOTrainer(
-        tiny_model, preference_records(8), precompute_ref_logprobs=False, checkpoint_folder=tmp_path, **train_kwargs()
+        tiny_model, letter_preferences(8), precompute_ref_logprobs=False, checkpoint_folder=tmp_path, **train_kwargs()
     )
     ref = trainer.ref_model
-    assert ref is not tiny_model and all_params_equal(ref, initial)
+    assert ref is not tiny_model and params_equal(ref, initial)
     trainer()
-    assert all_params_equal(ref, initial)  # bitwise: the frozen copy saw no optimizer step
+    assert params_equal(ref, initial)  # bitwise: the frozen copy saw no optimizer step
     assert not any(p.requires_grad for p in ref.parameters())
     for (name, p), q in zip(tiny_model.named_parameters(), initial.parameters(), strict=True):
         assert not torch.equal(p, q), f"{name} did not change"
 
 
+@pytest.mark.stage
 def test_precomputed_reference_is_the_policy_at_entry(tiny_model, tmp_path):
     """train_dpo's stored log-probs equal a fresh computation from the policy as it was on entry."""
     from safetensors.torch import load_file
@@ -197,7 +192,7 @@ def test_precomputed_reference_is_the_policy_at_entry(tiny_model, tmp_path):
     from self_rewarding_lm_pytorch.trainers.dpo import train_dpo
     from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
 
-    records = preference_records(8)
+    records = letter_preferences(8)
     initial = copy.deepcopy(tiny_model)
     result = train_dpo(
         tiny_model,
@@ -217,9 +212,10 @@ def test_precomputed_reference_is_the_policy_at_entry(tiny_model, tmp_path):
         assert not torch.equal(p, q), f"{name} did not change"
 
 
+@pytest.mark.stage
 def test_accuracies_rise_to_near_one_on_a_learnable_set(tiny_model, tmp_path):
     trainer = DPOTrainer(
-        tiny_model, preference_records(16), checkpoint_folder=tmp_path, **train_kwargs(num_train_steps=40, batch_size=8)
+        tiny_model, letter_preferences(16), checkpoint_folder=tmp_path, **train_kwargs(num_train_steps=40, batch_size=8)
     )
     history = train_records(trainer())
     assert len(history) == 40
@@ -230,13 +226,14 @@ def test_accuracies_rise_to_near_one_on_a_learnable_set(tiny_model, tmp_path):
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == list(range(1, 41))
 
 
+@pytest.mark.stage
 def test_precomputed_and_live_reference_give_the_same_per_step_losses(tiny_model, tmp_path):
     runs = {}
     for precompute in (True, False):
         model = copy.deepcopy(tiny_model)
         trainer = DPOTrainer(
             model,
-            preference_records(8),
+            letter_preferences(8),
             precompute_ref_logprobs=precompute,
             checkpoint_folder=tmp_path / str(precompute),
             **train_kwargs(num_train_steps=10),
@@ -249,10 +246,11 @@ def test_precomputed_and_live_reference_give_the_same_per_step_losses(tiny_model
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
 
 
+@pytest.mark.stage
 def test_resume_reuses_the_stored_reference_and_matches_a_straight_run(tiny_model, tmp_path, monkeypatch):
     from self_rewarding_lm_pytorch.trainers import dpo
 
-    records = preference_records(8)
+    records = letter_preferences(8)
     straight = copy.deepcopy(tiny_model)
     straight_run = DPOTrainer(
         straight, records, checkpoint_folder=tmp_path / "straight", **train_kwargs(num_train_steps=8)
@@ -277,6 +275,7 @@ def test_resume_reuses_the_stored_reference_and_matches_a_straight_run(tiny_mode
         DPOTrainer(tiny_model, records[:6], checkpoint_folder=tmp_path / "split", resume=True, **train_kwargs())()
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize(
     "loss_type, label_smoothing", [("sigmoid", 0.1), ("robust", 0.2), ("ipo", 0.0), ("hinge", 0.0)]
 )
@@ -284,7 +283,7 @@ def test_every_loss_type_trains(tiny_model, loss_type, label_smoothing):
     before = copy.deepcopy(tiny_model)
     trainer = DPOTrainer(
         tiny_model,
-        preference_records(4),
+        letter_preferences(4),
         loss_type=loss_type,
         label_smoothing=label_smoothing,
         checkpoint_folder=None,
@@ -292,9 +291,10 @@ def test_every_loss_type_trains(tiny_model, loss_type, label_smoothing):
     )
     history = train_records(trainer())
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
-    assert not all_params_equal(tiny_model, before)
+    assert not params_equal(tiny_model, before)
 
 
+@pytest.mark.unit
 def test_a_response_that_encodes_to_nothing_is_an_error():
     from self_rewarding_lm_pytorch.core.tokenizer import CallableTokenizer
 
@@ -303,10 +303,11 @@ def test_a_response_that_encodes_to_nothing_is_an_error():
         encode_pairs([("p", "c", "xx")], drops_x)
 
 
+@pytest.mark.stage
 def test_validation_pairs_get_their_own_reference(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    records = preference_records(12)
+    records = letter_preferences(12)
     result = DPOTrainer(
         tiny_model,
         records[:8],
@@ -319,6 +320,7 @@ def test_validation_pairs_get_their_own_reference(tiny_model, tmp_path):
     assert load_file(str(tmp_path / REF_LOGPROBS_FILE))["valid"].shape == (4, 2)
 
 
+@pytest.mark.unit
 def test_ids_outside_the_vocabulary_and_default_length_limit(tiny_model):
     with pytest.raises(PreferenceRecordError, match=r"record 1: rejected has token ids outside .*\[0, 259\)"):
         DPOTrainer(tiny_model, [([1], [2], [3]), ([1], [2], [300])])
@@ -355,6 +357,7 @@ report = {"world": acc.num_processes, "calls": calls, "diff": float((stored - fr
 """
 
 
+@pytest.mark.distributed
 def test_two_processes_split_the_reference_pass(tmp_path):
     """Under `accelerate launch` (2 CPU processes, gloo) each process computes its share of the reference
     log-probs (6 + 5 of 11 pairs); the gathered table equals a one-process computation and both

@@ -15,6 +15,8 @@ from self_rewarding_lm_pytorch.self_reward.judge import (
     judge_scores,
 )
 
+pytestmark = pytest.mark.unit
+
 
 class ScriptedModel(torch.nn.Module):
     """A fake causal LM (for the byte tokenizer) whose continuations the test dictates.

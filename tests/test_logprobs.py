@@ -7,6 +7,8 @@ from self_rewarding_lm_pytorch.core import logprobs as lp_module
 from self_rewarding_lm_pytorch.core.batching import collate_examples
 from self_rewarding_lm_pytorch.core.logprobs import model_sequence_logprobs, sequence_logprobs, token_logprobs
 
+pytestmark = pytest.mark.unit
+
 LOG2 = math.log(2.0)
 
 

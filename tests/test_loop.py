@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from conftest import assert_same_weights, weights
 from torch import nn
 
 from self_rewarding_lm_pytorch.training.loop import (
@@ -59,16 +60,6 @@ def make_model(dropout=0.0, seed=0):
     return nn.Sequential(nn.Linear(4, 32), nn.GELU(), nn.Dropout(dropout), nn.Linear(32, 2))
 
 
-def weights(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_weights(a, b, atol=1e-5):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
-
-
 def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -87,6 +78,7 @@ RESUME_CONFIG = dict(
 )
 
 
+@pytest.mark.stage
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, accelerator):
     """20 steps straight vs a crash inside step 11 (after the step-10 checkpoint), then resume:
     per-step losses and final weights agree to 1e-5. Dropout + python/torch noise make RNG restore matter;
@@ -129,6 +121,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, accelerator):
     assert_same_weights(weights(straight), weights(resumed))
 
 
+@pytest.mark.stage
 def test_resume_without_checkpoint_starts_fresh(tmp_path, accelerator):
     config = TrainConfig(num_train_steps=5, batch_size=4, log_every=1, progress=False)
     a, b = make_model(), make_model()
@@ -138,6 +131,7 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, accelerator):
     assert_same_weights(weights(a), weights(b), atol=0)
 
 
+@pytest.mark.stage
 def test_resume_of_finished_run_does_nothing_more(tmp_path, accelerator):
     config = TrainConfig(num_train_steps=4, batch_size=4, log_every=1, progress=False)
     model = make_model()
@@ -149,6 +143,7 @@ def test_resume_of_finished_run_does_nothing_more(tmp_path, accelerator):
     assert_same_weights(weights(model), weights(again), atol=0)
 
 
+@pytest.mark.stage
 def test_resume_with_changed_batch_size_is_an_error(tmp_path, accelerator):
     train(
         make_model(),
@@ -170,6 +165,7 @@ def test_resume_with_changed_batch_size_is_an_error(tmp_path, accelerator):
         )
 
 
+@pytest.mark.unit
 def test_lr_schedules_against_hand_values():
     """warmup 2, total 6: warmup gives (s+1)/2 = 0.5, 1.0; then p = (s-2)/4 for s = 2..5 is 0, .25, .5, .75;
     linear 1-p = 1, .75, .5, .25; cosine (1+cos(pi p))/2 = 1, .853553, .5, .146447; constant 1."""
@@ -183,6 +179,7 @@ def test_lr_schedules_against_hand_values():
     assert lr_multiplier(0, warmup_steps=0, total_steps=4, schedule="linear") == 1.0
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
 def test_loop_applies_the_schedule(schedule, accelerator):
     config = TrainConfig(
@@ -199,6 +196,7 @@ def test_loop_applies_the_schedule(schedule, accelerator):
     assert [r["lr"] for r in result.history] == pytest.approx(expected)
 
 
+@pytest.mark.stage
 def test_grad_accumulation_equals_the_full_batch(accelerator):
     """accum 2 x batch 4 reads the same 8 items per step as batch 8; equal-sized micro-batches make
     the mean of the two mean losses the mean over 8, so losses and updates match exactly (to 1e-5)."""
@@ -213,6 +211,7 @@ def test_grad_accumulation_equals_the_full_batch(accelerator):
     assert_same_weights(weights(a), weights(b))
 
 
+@pytest.mark.stage
 def test_early_stopping_restores_the_best_weights(tmp_path, accelerator):
     """Validation targets are the negated training targets, so validation loss only rises after the first
     check (step 2): with patience 2 training stops at step 6 and the weights are those of step 2."""
@@ -256,6 +255,7 @@ def test_early_stopping_restores_the_best_weights(tmp_path, accelerator):
     assert_same_weights(weights(saved), weights(reference))
 
 
+@pytest.mark.stage
 def test_metrics_jsonl_content(tmp_path, accelerator):
     """log_every 3 over 7 steps logs steps 3, 6 and the last (7); each record averages its window."""
     config = TrainConfig(num_train_steps=7, batch_size=4, log_every=3, valid_every=5, progress=False)
@@ -289,6 +289,7 @@ def test_metrics_jsonl_content(tmp_path, accelerator):
     assert set(valid_records[0]) == {"step", "valid/loss", "valid/mse"}
 
 
+@pytest.mark.stage
 def test_each_epoch_visits_every_item_once(accelerator):
     task = RegressionTask()
     result = train(
@@ -304,6 +305,7 @@ def test_each_epoch_visits_every_item_once(accelerator):
     assert torch.equal(epoch_permutation(0, 1, 12), epoch_permutation(0, 1, 12))
 
 
+@pytest.mark.stage
 def test_only_trainable_parameters_change(accelerator):
     model = make_model()
     model[0].requires_grad_(False)
@@ -320,6 +322,7 @@ def test_only_trainable_parameters_change(accelerator):
     assert not torch.equal(before["3.weight"], after["3.weight"])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -336,6 +339,7 @@ def test_bad_config_is_rejected_at_construction(kwargs, message):
         TrainConfig(**kwargs)
 
 
+@pytest.mark.unit
 def test_bad_task_and_metrics_are_typed_errors(accelerator):
     with pytest.raises(TypeError, match="collate"):
         train(
@@ -357,6 +361,7 @@ def test_bad_task_and_metrics_are_typed_errors(accelerator):
         )
 
 
+@pytest.mark.unit
 def test_make_accelerator_reuses_and_refuses_accumulation():
     assert make_accelerator(dict(cpu=True)) is make_accelerator(dict(cpu=True))
     with pytest.raises(ValueError, match="grad_accum_steps"):
@@ -366,6 +371,7 @@ def test_make_accelerator_reuses_and_refuses_accumulation():
         make_accelerator(dict(cpu=True, mixed_precision="bf16"))
 
 
+@pytest.mark.unit
 def test_total_steps_from_epochs():
     assert TrainConfig(batch_size=4, grad_accum_steps=2).total_steps(20) == math.ceil(20 / 8)
     assert TrainConfig(num_epochs=2.5, batch_size=4).total_steps(10) == math.ceil(25 / 4)
@@ -375,6 +381,7 @@ def test_total_steps_from_epochs():
     assert TrainConfig(num_epochs=2, num_train_steps=100, batch_size=16).total_steps(1000) == 100
 
 
+@pytest.mark.stage
 def test_tensorboard_requested_but_missing_still_logs_jsonl(tmp_path, accelerator, caplog):
     """tensorboard is not installed here: asking for it warns and metrics.jsonl is still written."""
     try:
@@ -390,6 +397,7 @@ def test_tensorboard_requested_but_missing_still_logs_jsonl(tmp_path, accelerato
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
 
 
+@pytest.mark.stage
 def test_task_valid_step_is_used_and_weighted_by_items(accelerator):
     """valid_step's per-batch metrics are averaged weighted by batch size: 5 items in batches of 4 and 1,
     metric = batch size, so the mean is (4*4 + 1*1) / 5 = 3.4."""

@@ -17,6 +17,8 @@ from self_rewarding_lm_pytorch.core.losses import (
     whiten,
 )
 
+pytestmark = pytest.mark.unit
+
 LOG2 = math.log(2.0)
 
 L1 = math.log1p(math.exp(-1.0))  # -log sigmoid(1) = 0.31326168751822286

@@ -6,6 +6,8 @@ import torch
 
 from self_rewarding_lm_pytorch.self_reward.pairs import Pair, best_vs_worst, length_controlled, make_pair_policy
 
+pytestmark = pytest.mark.unit
+
 NAN = math.nan
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from x_transformers import Decoder, TransformerWrapper
+from conftest import assert_same_weights, tiny_lm, upper_case_sft, weights
 
 from self_rewarding_lm_pytorch import (
     ByteTokenizer,
@@ -20,12 +20,11 @@ from self_rewarding_lm_pytorch import (
 )
 
 PROMPTS = ["ab", "cd", "ef", "gh", "ij", "kl"]
-SFT_DATA = [{"prompt": p, "response": p.upper()} for p in PROMPTS]
+SFT_DATA = upper_case_sft(PROMPTS)
 
 
 def make_model(seed=0, max_seq_len=48):
-    torch.manual_seed(seed)
-    return TransformerWrapper(num_tokens=259, max_seq_len=max_seq_len, attn_layers=Decoder(dim=16, depth=1, heads=2))
+    return tiny_lm(max_seq_len=max_seq_len, dim=16, seed=seed)
 
 
 def count_a(prompts, responses):
@@ -40,16 +39,6 @@ def small_pipeline(**dpo_overrides):
         SFTConfig(SFT_DATA, num_train_steps=3, batch_size=2, learning_rate=1e-3),
         ExternalRewardDPOConfig(count_a, PROMPTS, 6, **dpo),
     ]
-
-
-def weights(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_weights(a, b, atol=1e-5):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
 
 
 def run(tmp_path, stages, name="run", seed=7, model=None, **kwargs):
@@ -67,6 +56,7 @@ def run(tmp_path, stages, name="run", seed=7, model=None, **kwargs):
     return trainer, model
 
 
+@pytest.mark.e2e
 def test_stages_run_in_order_each_in_its_folder(tmp_path):
     trainer, _model = run(tmp_path, small_pipeline())
     summaries = trainer()
@@ -82,6 +72,7 @@ def test_stages_run_in_order_each_in_its_folder(tmp_path):
     assert summaries[0]["train_steps"] == 3 and summaries[1]["train_steps"] == 4
 
 
+@pytest.mark.e2e
 def test_same_seed_same_weights_and_rerun_is_a_no_op(tmp_path):
     trainer_a, model_a = run(tmp_path, small_pipeline(), name="a")
     trainer_a()
@@ -97,6 +88,7 @@ def test_same_seed_same_weights_and_rerun_is_a_no_op(tmp_path):
     assert (tmp_path / "a" / "02-external-reward-dpo" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.e2e
 def test_a_different_pipeline_never_silently_overwrites(tmp_path):
     run(tmp_path, small_pipeline())[0]()
     other, _ = run(tmp_path, small_pipeline(dpo_beta=0.5))
@@ -107,6 +99,7 @@ def test_a_different_pipeline_never_silently_overwrites(tmp_path):
     assert len(manifest["finished"]) == 2
 
 
+@pytest.mark.e2e
 def test_crash_in_second_stage_then_rerun_matches_uninterrupted(tmp_path, monkeypatch):
     """A crash after the stage's step-2 checkpoint; the rerun resumes inside stage 2 from it."""
     reference, model_ref = run(tmp_path, small_pipeline(), name="straight")
@@ -125,6 +118,7 @@ def test_crash_in_second_stage_then_rerun_matches_uninterrupted(tmp_path, monkey
     assert_same_weights(weights(model_resumed), weights(model_ref))
 
 
+@pytest.mark.e2e
 def test_garbage_judge_makes_no_pairs_and_the_pipeline_goes_on(tmp_path):
     """A judge whose text never parses: the stage trains nothing, says so, still checkpoints."""
     never = RewardConfig("Rate {{ prompt }} / {{ response }}. Score:", "Rating: {{ reward }} of 10")
@@ -149,6 +143,7 @@ def test_garbage_judge_makes_no_pairs_and_the_pipeline_goes_on(tmp_path):
     assert (tmp_path / "run" / "02-sft" / "model.safetensors").exists()
 
 
+@pytest.mark.unit
 def test_dict_configs_mean_the_paper_recipe():
     stages = create_default_paper_config(
         train_sft_dataset=SFT_DATA, self_reward_prompt_dataset=PROMPTS, dpo_num_train_steps=5
@@ -160,6 +155,7 @@ def test_dict_configs_mean_the_paper_recipe():
     assert stages[1].gen_temperature == 0.7 and stages[1].gen_top_p == 0.9
 
 
+@pytest.mark.unit
 def test_bad_configs_fail_at_construction():
     with pytest.raises(TypeError, match="not a stage config"):
         SelfRewardingTrainer(make_model(), [SFTConfig(SFT_DATA), "sft"])
@@ -175,6 +171,7 @@ def test_bad_configs_fail_at_construction():
         ExternalRewardDPOConfig(42, PROMPTS, 4)
 
 
+@pytest.mark.e2e
 def test_a_reward_model_plugs_into_the_external_reward_stage(tmp_path):
     """The stage scores with RewardModel.score; pairs.jsonl agrees with the model's own scores."""
     from self_rewarding_lm_pytorch import RewardModel
@@ -227,6 +224,7 @@ def launch_pipeline(out, *, processes, seed="7"):
     assert done.returncode == 0, done.stderr[-4000:]
 
 
+@pytest.mark.distributed
 def test_two_processes_run_the_pipeline_to_the_weights_of_one(tmp_path):
     """`accelerate launch` with 2 processes (gloo): they split preference generation, make the same
     pairs as one process, and both end with the single-process weights."""
@@ -244,6 +242,7 @@ def test_two_processes_run_the_pipeline_to_the_weights_of_one(tmp_path):
     assert (two / "pairs.jsonl").read_text() == (one / "pairs.jsonl").read_text()
 
 
+@pytest.mark.distributed
 def test_two_processes_without_a_seed_agree_on_one(tmp_path):
     """seed=None: the main process draws the seed and every process runs with it (each drawing its
     own would give every rank different samples and data order, which DDP would hide)."""
@@ -273,6 +272,7 @@ def crash_at_call(monkeypatch, stage: str, n: int):
     return lambda: monkeypatch.setattr(task, "step", original)
 
 
+@pytest.mark.e2e
 def test_an_unfinished_stage_with_a_changed_config_is_refused(tmp_path, monkeypatch):
     """Its candidates were sampled with the old settings; reusing them silently would be wrong."""
     undo = crash_at_call(monkeypatch, "dpo", 3)
@@ -283,6 +283,7 @@ def test_an_unfinished_stage_with_a_changed_config_is_refused(tmp_path, monkeypa
         run(tmp_path, small_pipeline(gen_temperature=1.5))[0]()
 
 
+@pytest.mark.e2e
 def test_a_retry_before_any_checkpoint_starts_from_the_initial_weights(tmp_path, monkeypatch):
     """A crash inside the first stage leaves a half-trained model in memory; the retry, even with a
     freshly initialised model, must start where the interrupted attempt started."""
@@ -298,6 +299,7 @@ def test_a_retry_before_any_checkpoint_starts_from_the_initial_weights(tmp_path,
     assert_same_weights(weights(model_retry), weights(model_straight))
 
 
+@pytest.mark.e2e
 def test_foreign_folders_and_manifests_are_refused(tmp_path):
     (tmp_path / "run" / "01-sft").mkdir(parents=True)  # stage folders with no manifest
     with pytest.raises(RunMismatchError, match=r"no manifest\.json"):
@@ -308,6 +310,7 @@ def test_foreign_folders_and_manifests_are_refused(tmp_path):
         run(tmp_path, small_pipeline(), name="other")[0]()
 
 
+@pytest.mark.e2e
 def test_overwrite_removes_only_what_a_run_wrote(tmp_path):
     folder = tmp_path / "run"
     run(tmp_path, small_pipeline())[0]()
@@ -318,6 +321,7 @@ def test_overwrite_removes_only_what_a_run_wrote(tmp_path):
     assert json.loads((folder / "manifest.json").read_text())["finished"][1]["kind"] == "external-reward-dpo"
 
 
+@pytest.mark.unit
 def test_what_a_stage_hash_sees(tmp_path):
     """Data contents and the judge template change a stage; how often it logs does not."""
     from self_rewarding_lm_pytorch.manifest import stage_hash
@@ -341,6 +345,7 @@ def test_what_a_stage_hash_sees(tmp_path):
     assert h_file != stage_hash(SelfRewardDPOConfig(str(data), 4), DEFAULT_REWARD_CONFIG)
 
 
+@pytest.mark.unit
 def test_a_seed_out_of_range_is_refused_at_construction():
     with pytest.raises(ValueError, match="seed"):
         SelfRewardingTrainer(make_model(), small_pipeline(), seed=2**40)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from x_transformers import Decoder, TransformerWrapper
+from conftest import tiny_lm, unchanged_parameters, weights
 
 from self_rewarding_lm_pytorch.core.files import read_jsonl
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, CallableTokenizer
@@ -31,8 +31,7 @@ VOCAB, TARGET = 6, 3
 
 
 def toy_model(seed=0):
-    torch.manual_seed(seed)
-    return TransformerWrapper(num_tokens=VOCAB, max_seq_len=16, attn_layers=Decoder(dim=16, depth=1, heads=2))
+    return tiny_lm(num_tokens=VOCAB, max_seq_len=16, dim=16, seed=seed)
 
 
 def toy_tokenizer():
@@ -83,11 +82,13 @@ def mean_of(history, key, sl):
         (dict(learning_rate="1e-4"), TypeError, "learning_rate"),
     ],
 )
+@pytest.mark.unit
 def test_config_rejects_bad_values(kwargs, error, fragment):
     with pytest.raises(error, match=fragment):
         PPOConfig(**kwargs)
 
 
+@pytest.mark.unit
 def test_config_accepts_ints_for_floats_and_is_frozen():
     config = PPOConfig(learning_rate=1, horizon=100)
     assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
@@ -98,6 +99,7 @@ def test_config_accepts_ints_for_floats_and_is_frozen():
 # --- rollout bookkeeping ---
 
 
+@pytest.mark.unit
 def test_assemble_rollouts_respects_eos_and_padding():
     """Row 0: query [5, 6], response [7, EOS=9, pad, pad] -> tokens 5 6 7 9, the pads after EOS dropped.
     Row 1: query [1], response [2, 3, 4] (no EOS) -> tokens 1 2 3 4. Padded to n=4 with pad 0.
@@ -109,6 +111,7 @@ def test_assemble_rollouts_respects_eos_and_padding():
     assert mask.tolist() == [[False, True, True], [True, True, True]]
 
 
+@pytest.mark.unit
 def test_assemble_rollouts_pads_shorter_rows_and_rejects_empty():
     ids, mask = assemble_rollouts([[4, 4, 4], [1]], [[2], [3]], pad_id=0)
     assert ids.tolist() == [[4, 4, 4, 2], [1, 3, 0, 0]]
@@ -121,6 +124,7 @@ def test_assemble_rollouts_pads_shorter_rows_and_rejects_empty():
         assemble_rollouts([[1], [2]], [[1]], pad_id=0)
 
 
+@pytest.mark.unit
 def test_per_token_rewards_hand_computation():
     """The padded batch above, kl_coef 0.5, scores (2.0, -1.0), per-token kl:
         row 0: kl = [9, 0.2, -0.4]  mask [F, T, T] -> non_score = [0, -0.1, 0.2], score on col 2 -> [0, -0.1, 2.2]
@@ -135,6 +139,7 @@ def test_per_token_rewards_hand_computation():
         per_token_rewards(kl, torch.tensor([1.0, 1.0]), torch.tensor([[False] * 3, [True] * 3]), 0.1)
 
 
+@pytest.mark.unit
 def test_running_moments_match_the_whole_stream():
     stream = torch.tensor([1.0, 4.0, -2.0, 0.5, 3.0, 3.0, 10.0], dtype=torch.float64)
     moments = RunningMoments()
@@ -145,6 +150,7 @@ def test_running_moments_match_the_whole_stream():
     assert math.isclose(moments.std, float(stream.std(unbiased=False)), rel_tol=1e-9)
 
 
+@pytest.mark.unit
 def test_token_entropy_of_uniform_and_peaked():
     """Uniform over 4 -> log 4; a one-hot-like distribution -> ~0."""
     assert math.isclose(float(token_entropy(torch.zeros(4))), math.log(4), rel_tol=1e-6)
@@ -154,6 +160,7 @@ def test_token_entropy_of_uniform_and_peaked():
 # --- the value-head model ---
 
 
+@pytest.mark.unit
 def test_value_head_forward_matches_plain_transformer(tiny_model):
     ids = torch.randint(0, 256, (2, 7))
     model = ValueHeadModel(tiny_model)
@@ -163,22 +170,19 @@ def test_value_head_forward_matches_plain_transformer(tiny_model):
     assert torch.count_nonzero(values) == 0  # zero-initialised head
 
 
+@pytest.mark.unit
 def test_value_head_save_loads_into_plain_transformer(tiny_model, tmp_path):
     model = ValueHeadModel(tiny_model)
     torch.nn.init.normal_(model.value_head.weight)
     model.save(tmp_path)
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "value_head.safetensors").exists()
 
-    torch.manual_seed(123)
-    plain = TransformerWrapper(num_tokens=259, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2))
+    plain = tiny_lm(seed=123)
     load_model(plain, tmp_path / "model.safetensors")
     ids = torch.randint(0, 256, (2, 5))
     torch.testing.assert_close(plain(ids), tiny_model(ids))
 
-    torch.manual_seed(321)
-    fresh = ValueHeadModel(
-        TransformerWrapper(num_tokens=259, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2))
-    )
+    fresh = ValueHeadModel(tiny_lm(seed=321))
     fresh.load(tmp_path)
     for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
@@ -187,6 +191,7 @@ def test_value_head_save_loads_into_plain_transformer(tiny_model, tmp_path):
 # --- the trainer ---
 
 
+@pytest.mark.unit
 def test_step_rejects_bad_scores():
     trainer = PPOTrainer(toy_model(), config=PPOConfig(batch_size=2, mini_batch_size=2), tokenizer=toy_tokenizer())
     queries, responses = toy_queries(2), [torch.tensor([2, 3]), torch.tensor([4])]
@@ -198,6 +203,7 @@ def test_step_rejects_bad_scores():
         trainer.step(queries, [torch.ones(20, dtype=torch.long)] * 2, [1.0, 1.0])
 
 
+@pytest.mark.stage
 def test_scores_are_normalised_by_running_moments_then_clipped():
     """Step 1 scores (1, 3): running mean 2, std 1 -> (-1, 1), mean 0.
     Step 2 scores (5, 7): the stream 1 3 5 7 has mean 4, std sqrt(5) -> (0.447, 1.342), clipped at 1 -> (0.447, 1.0),
@@ -212,6 +218,7 @@ def test_scores_are_normalised_by_running_moments_then_clipped():
     assert second["ppo/mean_scores"] == pytest.approx(6.0)
 
 
+@pytest.mark.stage
 def test_padding_after_eos_changes_nothing():
     """The same rollouts given trimmed, or padded after their EOS as a batched sampler returns them,
     train two identically seeded trainers to identical weights."""
@@ -233,6 +240,7 @@ def test_padding_after_eos_changes_nothing():
         torch.testing.assert_close(states[1][0][k], v, msg=k)
 
 
+@pytest.mark.stage
 def test_unscored_rollout_is_masked_out():
     """One minibatch per epoch: rollouts (A, B, C) with C's score NaN train exactly as (A, B) alone."""
     queries = [torch.tensor([1]), torch.tensor([2]), torch.tensor([4])]
@@ -253,6 +261,7 @@ def test_unscored_rollout_is_masked_out():
         torch.testing.assert_close(weights_nan[k], v, msg=k)
 
 
+@pytest.mark.stage
 def test_k3_kl_estimate_is_never_negative():
     config = PPOConfig(
         batch_size=8,
@@ -267,6 +276,7 @@ def test_k3_kl_estimate_is_never_negative():
     assert all(h["objective/kl"] >= 0 for h in history) and history[-1]["objective/kl"] > 0
 
 
+@pytest.mark.unit
 def test_generate_returns_responses_without_prompt():
     trainer = PPOTrainer(toy_model(), config=PPOConfig(batch_size=2, mini_batch_size=2), tokenizer=toy_tokenizer())
     queries = [torch.tensor([1, 2]), torch.tensor([4])]
@@ -276,6 +286,7 @@ def test_generate_returns_responses_without_prompt():
     assert full[0][:2].tolist() == [1, 2] and full[1][:1].tolist() == [4] and [len(f) for f in full] == [5, 4]
 
 
+@pytest.mark.stage
 def test_trl_quick_start_runs_as_written(tiny_model):
     """Steps 3-6 of TRL's PPO quick start with its Hugging Face generation kwargs, batch size 1."""
     tok = ByteTokenizer()
@@ -291,10 +302,14 @@ def test_trl_quick_start_runs_as_written(tiny_model):
     }
     response_tensor = ppo_trainer.generate([item for item in query_tensor], return_prompt=False, **generation_kwargs)
     assert 1 <= len(response_tensor[0]) <= 20 and isinstance(tok.decode(response_tensor[0]), str)
+    before = weights(tiny_model)
     train_stats = ppo_trainer.step([query_tensor[0]], [response_tensor[0]], [torch.tensor(1.0)])
-    assert train_stats["ppo/mean_scores"] == 1.0 and math.isfinite(train_stats["ppo/loss/total"])
+    assert train_stats["ppo/mean_scores"] == 1.0
+    assert all(math.isfinite(v) for v in train_stats.values()), train_stats
+    assert not unchanged_parameters(before, tiny_model)  # the step moved every policy parameter
 
 
+@pytest.mark.stage
 def test_value_loss_falls_on_a_fixed_batch():
     """kl_coef 0, gamma = lam = 1: every return is the rollout's score, whatever the values, so the
     value head has a fixed regression target (each row has its own first token, so it is learnable)
@@ -319,6 +334,7 @@ def test_value_loss_falls_on_a_fixed_batch():
     assert losses[-1] < 0.25 * losses[0], losses
 
 
+@pytest.mark.stage
 def test_reference_is_frozen_and_policy_moves():
     config = PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, learning_rate=1e-3)
     trainer = PPOTrainer(toy_model(), config=config, tokenizer=toy_tokenizer())
@@ -360,6 +376,7 @@ def exact_kl(trainer, n=64):
     return float((kl * mask).sum(-1).mean())
 
 
+@pytest.mark.stage
 def test_mean_reward_rises_with_bounded_kl():
     """kl_coef 0.1 fixed. Scores lie in [0, 1], so the KL-regularised optimum pi* = ref exp(r / beta) / Z has
     KL = E_pi*[r] / beta - log E_ref[exp(r / beta)] <= (E_pi*[r] - E_ref[r]) / beta <= (1 - 0) / 0.1 = 10
@@ -374,6 +391,7 @@ def test_mean_reward_rises_with_bounded_kl():
     assert 0.1 < exact_kl(trainer) < 10.0
 
 
+@pytest.mark.stage
 def test_large_kl_coef_keeps_policy_near_reference():
     """Same task, same seed, kl_coef 0 vs 20: without the penalty the policy runs off to the reward;
     with it the policy stays within a small exact KL of the reference and the reward does not rise."""
@@ -389,6 +407,7 @@ def test_large_kl_coef_keeps_policy_near_reference():
     assert held_score < free_score - 0.3, runs
 
 
+@pytest.mark.stage
 def test_adaptive_kl_coef_follows_the_target():
     """target_kl far below the KL the policy reaches -> the adaptive coefficient grows; the stats report
     the coefficient each step's rewards used."""
@@ -432,6 +451,7 @@ def fraction_ascii(prompts, responses):
 STAGE_PPO = PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, learning_rate=1e-3)
 
 
+@pytest.mark.unit
 def test_stage_config_validation():
     assert PPOStageConfig(["x"], ppo={"batch_size": 2, "mini_batch_size": 1}).ppo == PPOConfig(
         batch_size=2, mini_batch_size=1
@@ -444,6 +464,7 @@ def test_stage_config_validation():
         PPOStageConfig(["x"], num_ppo_steps=0)
 
 
+@pytest.mark.stage
 def test_stage_with_callable_reward_trains_in_place_and_logs(tiny_model, tmp_path):
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     stage = PPOStageConfig(
@@ -460,6 +481,7 @@ def test_stage_with_callable_reward_trains_in_place_and_logs(tiny_model, tmp_pat
     assert (tmp_path / "value_head.safetensors").exists()
 
 
+@pytest.mark.stage
 def test_stage_self_judge_scores_and_drops_unparsed(tiny_model, tmp_path):
     """The self-judge path: the policy judges its own rollouts via `judge_scores`. A judgment that
     parses scores the rollout; when none parses, every rollout is unscored (null), none trains."""
@@ -496,14 +518,12 @@ class CrashAfter:
         return fraction_ascii(prompts, responses)
 
 
+@pytest.mark.stage
 def test_stage_resume_matches_uninterrupted(tmp_path):
     """4 steps with a checkpoint every 2: crash in step 3, rerun with resume -> the same weights and
     the same logged stats as a run that was never interrupted."""
 
-    def model():
-        torch.manual_seed(0)
-        return TransformerWrapper(num_tokens=259, max_seq_len=64, attn_layers=Decoder(dim=32, depth=1, heads=2))
-
+    model = tiny_lm
     common = dict(num_ppo_steps=4, ppo=STAGE_PPO, max_new_tokens=6, checkpoint_every=2)
     straight = model()
     PPOStageConfig(["ab", "cd", "ef"], reward=fraction_ascii, **common).run(stage_context(straight, tmp_path / "a"))
@@ -526,6 +546,7 @@ def test_stage_resume_matches_uninterrupted(tmp_path):
     assert read_jsonl(tmp_path / "a" / "rollouts.jsonl") == read_jsonl(tmp_path / "b" / "rollouts.jsonl")
 
 
+@pytest.mark.stage
 def test_stage_with_reward_model_scores_through_it(tiny_model, tmp_path):
     torch.manual_seed(1)
     reward_model = RewardModel(num_tokens=259, max_seq_len=64, dim=16, depth=1, heads=2, tokenizer=ByteTokenizer())

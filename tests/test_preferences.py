@@ -3,9 +3,8 @@ import json
 import math
 
 import pytest
-import torch
+from conftest import tiny_lm
 from test_judge import ScriptedModel  # tests/ is on sys.path (rootdir conftest, no package)
-from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch.core.files import read_jsonl
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
@@ -49,6 +48,7 @@ def expected_pairs(records):
     return out
 
 
+@pytest.mark.stage
 def test_scripted_judge_gives_exactly_the_expected_pairs(tmp_path):
     prompts = ["p0|", "tie|", "p1|", "garbage|", "p2|", "p3|"]
     result = run(prompts, tmp_path, chunk_size=4)
@@ -81,6 +81,7 @@ def test_scripted_judge_gives_exactly_the_expected_pairs(tmp_path):
     assert stats["mean_chosen_length"] == pytest.approx(sum(len(r["chosen"]) for r in result.records) / len(got))
 
 
+@pytest.mark.stage
 def test_garbage_judge_gives_zero_pairs_without_crashing(tmp_path):
     prompts = ["garbage|"] * 5
     with pytest.warns(UserWarning, match="no preference pairs"):
@@ -92,6 +93,7 @@ def test_garbage_judge_gives_zero_pairs_without_crashing(tmp_path):
     assert read_jsonl(tmp_path / "pairs.jsonl") == [] and len(read_jsonl(tmp_path / "candidates.jsonl")) == 5
 
 
+@pytest.mark.stage
 def test_empty_candidates_are_not_judged_nor_paired(tmp_path):
     """Candidates '', 'A' or 'DDDD': an empty one (EOS at once) gets no judgments and no score."""
     model = ScriptedModel(
@@ -106,12 +108,14 @@ def test_empty_candidates_are_not_judged_nor_paired(tmp_path):
     assert result.records and all(r["chosen"] == "DDDD" and r["rejected"] == "A" for r in result.records)
 
 
+@pytest.mark.stage
 def test_stops_when_enough_pairs(tmp_path):
     result = run([f"p{i}|" for i in range(20)], tmp_path, num_pairs=2, chunk_size=1)
     assert result.stats["stop_reason"] == "enough_pairs" and len(result.records) == 2
     assert result.stats["prompts_processed"] < 20  # it stopped early
 
 
+@pytest.mark.stage
 def test_more_passes_only_when_asked(tmp_path):
     one = run(["p0|", "p1|"], tmp_path / "one", num_pairs=10)
     two = run(["p0|", "p1|"], tmp_path / "two", num_pairs=10, max_passes=2)
@@ -119,6 +123,7 @@ def test_more_passes_only_when_asked(tmp_path):
     assert {r["pass"] for r in two.records} <= {0, 1} and len(two.records) > len(one.records)
 
 
+@pytest.mark.stage
 def test_external_reward_fn_needs_no_judge(tmp_path):
     """Reward = response length: chosen is the longest letter string sampled, rejected the shortest."""
 
@@ -135,6 +140,7 @@ def test_external_reward_fn_needs_no_judge(tmp_path):
         run(["p0|"], tmp_path, model=model, reward_fn=lambda ps, rs: [1.0])
 
 
+@pytest.mark.stage
 def test_separate_judge_model(tmp_path):
     policy = ScriptedModel(TOK, lambda prefix: list(SCORE_OF), max_seq_len=64)
     judge = ScriptedModel(TOK, script, max_seq_len=64)
@@ -144,6 +150,7 @@ def test_separate_judge_model(tmp_path):
     assert all(c["judgments"] for rec in records for c in rec["candidates"])
 
 
+@pytest.mark.stage
 def test_pair_policy_is_pluggable(tmp_path):
     """rho = 1: every candidate is in both tiers, so chosen = shortest and rejected = longest; that
     pair always scores chosen below rejected here, so the policy drops every prompt."""
@@ -163,6 +170,7 @@ def test_pair_policy_is_pluggable(tmp_path):
         run(["p0|"], tmp_path, pair_policy=bad_policy)
 
 
+@pytest.mark.stage
 def test_too_long_and_empty_prompts_are_skipped_and_counted(tmp_path):
     """Explicit budgets 20 + 10 with max_seq_len 64 and a 3-token template leave prompts 64-3-30 = 31 tokens."""
     prompts = ["p0|", "x" * 40 + "|", "", 12345, "p1|"]
@@ -174,6 +182,7 @@ def test_too_long_and_empty_prompts_are_skipped_and_counted(tmp_path):
     assert {r["prompt"] for r in read_jsonl(tmp_path / "candidates.jsonl")} == {"p0|", "p1|"}
 
 
+@pytest.mark.unit
 def test_impossible_budget_fails_before_any_generation(tmp_path):
     model = ScriptedModel(TOK, script, max_seq_len=64)
     with pytest.raises(BudgetError, match=r"judge template 3 \+ prompt \(>= 1\) \+ candidate 40 \+ judgment 30 = 74"):
@@ -181,6 +190,7 @@ def test_impossible_budget_fails_before_any_generation(tmp_path):
     assert model.calls == 0
 
 
+@pytest.mark.unit
 def test_default_judge_prompt_too_long_for_a_tiny_context(tiny_model, tmp_path):
     """The reference package's failure: a judge prompt longer than the model's context. Here it is an
     error naming the lengths (the default template is ~300 byte tokens; tiny_model has 64)."""
@@ -188,6 +198,7 @@ def test_default_judge_prompt_too_long_for_a_tiny_context(tiny_model, tmp_path):
         generate_preferences(tiny_model, TOK, ["hi"], out_dir=tmp_path, progress=False)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("max_len", [16, 64, 300, 512, 2048])
 @pytest.mark.parametrize("template_len", [3, 100, 280])
 @pytest.mark.parametrize("prompt_len", [1, 10, 200, 5000])
@@ -203,6 +214,7 @@ def test_derived_budgets_always_fit(max_len, template_len, prompt_len):
     assert b.max_prompt_len + b.max_new_tokens <= max_len
 
 
+@pytest.mark.unit
 def test_budget_hand_values():
     """max_seq_len 64, template 3, prompts up to 6: room 61, prompt cap min(6, 61 // 3) = 6,
     judge gets (64 - 3 - 6) // 2 = 27, candidate 55 - 27 = 28, prompts may have 64 - 3 - 28 - 27 = 6."""
@@ -216,6 +228,7 @@ def test_budget_hand_values():
         resolve_budgets([6], template_len=3, policy_max_len=None, judge_max_len=None)
 
 
+@pytest.mark.stage
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     prompts = [f"p{i}|" for i in range(5)]
     full = run(prompts, tmp_path / "full", chunk_size=2)
@@ -242,11 +255,11 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
         run([f"q{i}|" for i in range(5)], tmp_path / "crash", chunk_size=2, resume=True)
 
 
+@pytest.mark.stage
 def test_real_tiny_model_with_default_judge_runs_to_the_end(tmp_path):
     """An untrained byte model with the default judge (budgets derived from max_seq_len 512): random
     bytes never parse, so no pairs, but every candidate and judgment is written and it terminates."""
-    torch.manual_seed(0)
-    model = TransformerWrapper(num_tokens=259, max_seq_len=512, attn_layers=Decoder(dim=16, depth=1, heads=2))
+    model = tiny_lm(max_seq_len=512, dim=16)
     with pytest.warns(UserWarning):
         result = generate_preferences(
             model,

@@ -20,6 +20,7 @@ def tiny_rm(encoder=False, seed=0):
     return RewardModel(num_tokens=259, max_seq_len=48, dim=32, depth=1, heads=2, encoder=encoder)
 
 
+@pytest.mark.unit
 def test_decoder_reads_last_real_token_padding_does_not_matter():
     rm = tiny_rm().eval()
     tok = ByteTokenizer()
@@ -31,6 +32,7 @@ def test_decoder_reads_last_real_token_padding_does_not_matter():
     assert torch.allclose(both[0], alone[0], atol=1e-5)
 
 
+@pytest.mark.stage
 def test_encoder_mean_pool_ignores_padding():
     rm = tiny_rm(encoder=True).eval()
     ids = torch.tensor([[1, 2, 3, 256, 256]])
@@ -40,6 +42,7 @@ def test_encoder_mean_pool_ignores_padding():
     assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.unit
 def test_wraps_a_given_network(tmp_path):
     from x_transformers import Encoder, TransformerWrapper
 
@@ -53,6 +56,7 @@ def test_wraps_a_given_network(tmp_path):
         RewardModel.from_pretrained(rm.save(tmp_path / "rm.safetensors"))
 
 
+@pytest.mark.unit
 def test_score_on_strings_and_call_forms_agree():
     rm = tiny_rm()
     rm.train()
@@ -64,6 +68,7 @@ def test_score_on_strings_and_call_forms_agree():
     assert torch.allclose(rm.score(["yo"], [" man"]), s[1:], atol=1e-5)
 
 
+@pytest.mark.unit
 def test_save_load_roundtrip(tmp_path):
     rm = tiny_rm(seed=1)
     path = rm.save(tmp_path / "rm.safetensors")
@@ -74,6 +79,7 @@ def test_save_load_roundtrip(tmp_path):
     assert torch.equal(other.score(["q"], ["answer"]), s)
 
 
+@pytest.mark.unit
 def test_bad_construction():
     with pytest.raises(ValueError, match="missing"):
         RewardModel(num_tokens=10, dim=8)
@@ -81,6 +87,7 @@ def test_bad_construction():
         RewardModel(num_tokens=100, max_seq_len=8, dim=8, depth=1, heads=1)  # ByteTokenizer has 259 ids
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "record, message",
     [
@@ -97,6 +104,7 @@ def test_bad_records_name_the_record(record, message):
         load_ranked_records([good, record])
 
 
+@pytest.mark.unit
 def test_bad_record_in_jsonl_names_the_line(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text(
@@ -112,6 +120,7 @@ def test_bad_record_in_jsonl_names_the_line(tmp_path):
     assert load_ranked_records(jpath)[0]["ranked_outputs"] == ["x", "y", "z"]
 
 
+@pytest.mark.unit
 def test_collate_is_rank_major_with_missing_ranks_masked():
     task = RankingTask(ByteTokenizer(), max_ranks_per_batch=4)
     batch = task.collate(
@@ -127,6 +136,7 @@ def test_collate_is_rank_major_with_missing_ranks_masked():
     assert batch["slot"].tolist() == [0, 1, 2, 3, 4]  # (k b) flat slots: rank * b + record
 
 
+@pytest.mark.unit
 def test_large_k_takes_an_ordered_subset():
     torch.manual_seed(0)
     task = RankingTask(ByteTokenizer(), max_ranks_per_batch=3)
@@ -140,6 +150,7 @@ def test_large_k_takes_an_ordered_subset():
     assert len(seen) > 3
 
 
+@pytest.mark.unit
 def test_k2_training_loss_is_the_pairwise_loss():
     """With K = 2 the multinomial loss is -log sigmoid(r_chosen - r_rejected) per record, averaged."""
     rm = tiny_rm()
@@ -154,6 +165,7 @@ def test_k2_training_loss_is_the_pairwise_loss():
     assert metrics["rewards/accuracies"].item() == ((r_c > r_r).float().mean()).item()
 
 
+@pytest.mark.unit
 def test_each_output_encoded_once_per_step():
     rm = tiny_rm()
     rows = []
@@ -169,6 +181,7 @@ def test_each_output_encoded_once_per_step():
     assert rows == [4 + 3 + 2]  # one forward, one row per output; the pairs would be 6 + 3 + 1 = 10
 
 
+@pytest.mark.stage
 def test_trainer_encodes_each_output_once_per_step(tmp_path):
     pytest.importorskip("self_rewarding_lm_pytorch.training.loop")
     rm = tiny_rm()
@@ -198,6 +211,7 @@ def test_trainer_encodes_each_output_once_per_step(tmp_path):
     assert valid and "valid/rewards/margins" in valid[0]
 
 
+@pytest.mark.unit
 def test_pairwise_metrics_by_hand():
     """Row [3, 1, 2] best first: pairs 3-1=2 right, 3-2=1 right, 1-2=-1 wrong -> acc 2/3, margin 2/3.
     Row [0, 5, pad]: one pair, 0-5=-5 wrong -> acc 0, margin -5. Means over records: acc 1/3,
@@ -226,6 +240,7 @@ def _ranking_records(n, seed):
     return recs
 
 
+@pytest.mark.stage
 def test_learns_a_ranking_rule_held_out(tmp_path):
     pytest.importorskip("self_rewarding_lm_pytorch.training.loop")
     rm = tiny_rm(seed=3)
@@ -263,6 +278,7 @@ def _score_grid(rm, records):
     return grid, mask
 
 
+@pytest.mark.unit
 def test_trainer_rejects_unknown_arguments_and_bad_data():
     rm = tiny_rm()
     pytest.importorskip("self_rewarding_lm_pytorch.training.loop")

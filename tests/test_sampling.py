@@ -62,11 +62,13 @@ def probs_to_logits(probs):
 # ---- pure functions, exact values ----------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_top_k_keeps_the_k_largest():
     out = filter_logits(torch.tensor([[1.0, 3.0, 2.0, 0.0]]), top_k=2)
     assert out.tolist() == [[NEG, 3.0, 2.0, NEG]]
 
 
+@pytest.mark.unit
 def test_top_p_keeps_smallest_prefix_reaching_p():
     """Probabilities (0.15, 0.5, 0.05, 0.3): sorted 0.5, 0.3, 0.15, 0.05 with mass before each
     0, 0.5, 0.8, 0.95. A token stays iff the mass before it is < p: p=0.4 keeps {0.5};
@@ -79,6 +81,7 @@ def test_top_p_keeps_smallest_prefix_reaching_p():
     assert kept(1.0) == [True, True, True, True]
 
 
+@pytest.mark.unit
 def test_min_p_keeps_tokens_above_fraction_of_the_max():
     """Max probability 0.5: min_p=0.25 -> threshold 0.125 drops only 0.05; min_p=0.5 -> 0.25 drops 0.15 too."""
     logits = probs_to_logits([0.15, 0.5, 0.05, 0.3])
@@ -86,6 +89,7 @@ def test_min_p_keeps_tokens_above_fraction_of_the_max():
     assert torch.isfinite(filter_logits(logits, min_p=0.5))[0].tolist() == [False, True, False, True]
 
 
+@pytest.mark.unit
 def test_filters_compose_on_the_renormalized_distribution():
     """top_k=3 leaves (0.5, 0.3, 0.15)/0.95 = (0.526, 0.316, 0.158); top_p=0.8: masses before
     0, 0.526, 0.842, so the 0.15 token goes too."""
@@ -93,6 +97,7 @@ def test_filters_compose_on_the_renormalized_distribution():
     assert torch.isfinite(filter_logits(logits, top_k=3, top_p=0.8))[0].tolist() == [False, True, False, True]
 
 
+@pytest.mark.unit
 def test_inverse_cdf_draw_by_hand():
     """Probabilities (0.25, 0, 0.75): CDF (0.25, 0.25, 1). u=0.1 -> 0, u=0.3 -> 2, and no u in a fine
     sweep of [0, 1) (including the edge 0.25) draws token 1, whose CDF interval is empty.
@@ -112,6 +117,7 @@ def test_inverse_cdf_draw_by_hand():
     assert sample_from_logits(last_empty, torch.tensor([1 - 2**-53], dtype=torch.float64)).tolist() == [1]
 
 
+@pytest.mark.unit
 def test_splitmix64_matches_python_reference():
     def reference(x):
         mask = (1 << 64) - 1
@@ -125,6 +131,7 @@ def test_splitmix64_matches_python_reference():
     assert splitmix64(torch.tensor(inputs)).tolist() == [reference(x & ((1 << 64) - 1)) for x in inputs]
 
 
+@pytest.mark.unit
 def test_draw_frequencies_match_probabilities():
     """4000 draws from (0.1, 0.2, 0.7) with hashed uniforms: counts within 4.5 binomial sigmas."""
     keys = splitmix64(torch.arange(4000))
@@ -137,6 +144,7 @@ def test_draw_frequencies_match_probabilities():
 # ---- backends agree ----------------------------------------------------------------------------
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_fast_decoder_logits_match_full_forward(name):
     model = make_model(**CONFIGS[name]).eval()
@@ -151,6 +159,7 @@ def test_fast_decoder_logits_match_full_forward(name):
             torch.testing.assert_close(got[row], want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("name", [*list(CONFIGS), "alibi_fallback"])
 def test_greedy_identical_across_backends_and_reference(name):
     model = make_model(**CONFIGS.get(name, dict(alibi_pos_bias=True)))
@@ -168,6 +177,7 @@ def test_greedy_identical_across_backends_and_reference(name):
     )
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("backend", ["fast", "xtransformers", "full"])
 def test_mixed_length_batch_equals_each_prompt_alone(backend):
     model = make_model(rotary_pos_emb=True)
@@ -178,6 +188,7 @@ def test_mixed_length_batch_equals_each_prompt_alone(backend):
         assert batched[row].tolist() == alone[0].tolist()
 
 
+@pytest.mark.unit
 def test_unsupported_configs_are_detected_and_fall_back():
     assert "alibi" in fast_decode_support(make_model(alibi_pos_bias=True))
     with pytest.raises(UnsupportedModelError):
@@ -189,6 +200,7 @@ def test_unsupported_configs_are_detected_and_fall_back():
     assert sample(model, make_prompts(), max_new_tokens=2, temperature=0).backend == "xtransformers"
 
 
+@pytest.mark.stage
 def test_wrong_x_transformers_cache_is_detected():
     """Token shifting passes x-transformers' can_cache_kv, yet its cached decode is wrong: the probe
     sends such a model to the full forward, which matches the reference loop."""
@@ -205,6 +217,7 @@ def test_wrong_x_transformers_cache_is_detected():
 # ---- randomness -------------------------------------------------------------------------------
 
 
+@pytest.mark.stage
 def test_same_seed_same_samples_and_independent_of_batching_and_backend():
     model = make_model(rotary_pos_emb=True)
     prompts = make_prompts()
@@ -231,6 +244,7 @@ def test_same_seed_same_samples_and_independent_of_batching_and_backend():
     assert torch.equal(a, sample(model, prompts, max_new_tokens=4).response_ids)
 
 
+@pytest.mark.unit
 def test_sampled_tokens_stay_inside_the_filtered_set():
     model = make_model()
     prompt = make_prompts((4,))
@@ -253,6 +267,7 @@ def test_sampled_tokens_stay_inside_the_filtered_set():
             assert len(drawn) > 1, kwargs
 
 
+@pytest.mark.unit
 def test_logprobs_are_the_raw_model_log_probabilities():
     model = make_model()
     prompts = make_prompts((2, 5))
@@ -276,6 +291,7 @@ def test_logprobs_are_the_raw_model_log_probabilities():
 # ---- EOS, layout, modes, validation -------------------------------------------------------------
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("backend", ["fast", "xtransformers", "full"])
 def test_eos_stops_rows_independently_and_keeps_the_prefix(backend):
     """With the same generator, a row's tokens before its first EOS equal the run without EOS
@@ -298,6 +314,7 @@ def test_eos_stops_rows_independently_and_keeps_the_prefix(backend):
     assert stopped >= 4
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("stepper", [FastDecoder, XCacheStepper, FullStepper])
 def test_dropping_finished_rows_leaves_the_others_unchanged(stepper):
     """select() (compaction of finished rows) keeps the kept rows' logits exactly on track."""
@@ -315,6 +332,7 @@ def test_dropping_finished_rows_leaves_the_others_unchanged(stepper):
             torch.testing.assert_close(part.step(tokens[keep, s]), whole.step(tokens[:, s])[keep], rtol=0, atol=1e-5)
 
 
+@pytest.mark.unit
 def test_loop_ends_when_all_rows_finished():
     """Greedy with 4 identical samples: all rows end at the same EOS, so the model's head runs once
     for the prompt plus once per fed-back token, and the output is only as wide as the answer."""
@@ -332,6 +350,7 @@ def test_loop_ends_when_all_rows_finished():
     assert out.texts(ByteTokenizer()) == [ByteTokenizer().decode(greedy[: end - 1])] * 4
 
 
+@pytest.mark.stage
 def test_prompt_major_rows_and_prompt_encoded_once():
     model = make_model()
     prompts = make_prompts((3, 6))
@@ -345,6 +364,7 @@ def test_prompt_major_rows_and_prompt_encoded_once():
         assert out.response_ids[row].tolist() == reference_greedy(model, prompts[row // 3], 3).tolist()
 
 
+@pytest.mark.unit
 def test_train_eval_modes_restored_and_eval_during_sampling():
     model = make_model().train()
     model.attn_layers.layers[0][1].eval()
@@ -356,6 +376,7 @@ def test_train_eval_modes_restored_and_eval_during_sampling():
     assert {name: m.training for name, m in model.named_modules()} == before
 
 
+@pytest.mark.stage
 def test_max_seq_len_is_respected():
     absolute = make_model(max_seq_len=12)
     with pytest.raises(ValueError, match="max_seq_len"):
@@ -386,12 +407,14 @@ def test_max_seq_len_is_respected():
         dict(use_cache=False, backend="fast"),
     ],
 )
+@pytest.mark.unit
 def test_bad_arguments_raise_value_error(kwargs):
     args = {"prompts": make_prompts((3,)), "max_new_tokens": 2, **kwargs}
     with pytest.raises(ValueError):
         sample(make_model(), args.pop("prompts"), **args)
 
 
+@pytest.mark.unit
 def test_whole_number_float_prompts_are_accepted():
     model = make_model()
     ids = make_prompts((4,))
@@ -399,6 +422,7 @@ def test_whole_number_float_prompts_are_accepted():
     assert torch.equal(sample(model, [ids[0].float()], max_new_tokens=3, temperature=0).response_ids, want)
 
 
+@pytest.mark.unit
 def test_any_causal_model_runs_on_the_full_backend():
     torch.manual_seed(0)
     bigram = torch.nn.Sequential(torch.nn.Embedding(V, 16), torch.nn.Linear(16, V))

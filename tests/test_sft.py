@@ -1,5 +1,6 @@
 """SFT: item forms, truncation/skipping, response-only loss, and learning a small fixed mapping."""
 
+import conftest
 import pytest
 import torch
 from torch import nn
@@ -11,14 +12,10 @@ from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerato
 
 
 def tiny_lm(num_tokens=259, max_seq_len=32, seed=0):
-    from x_transformers import Decoder, TransformerWrapper
-
-    torch.manual_seed(seed)
-    return TransformerWrapper(
-        num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=Decoder(dim=32, depth=1, heads=2)
-    )
+    return conftest.tiny_lm(num_tokens=num_tokens, max_seq_len=max_seq_len, seed=seed)
 
 
+@pytest.mark.unit
 def test_item_forms():
     tok = ByteTokenizer()
     assert to_sft_example(("ab", "c"), tok) == ([97, 98, 99, tok.eos_id], 2)
@@ -34,6 +31,7 @@ def test_item_forms():
         to_sft_example({"prompt": "x"}, tok)
 
 
+@pytest.mark.unit
 def test_long_items_truncated_or_skipped_and_counted():
     """max_seq_len 6: a long response loses its end (and its EOS); a prompt that fills the budget, or
     ids with no token after prompt_len, leave no response token and are skipped and counted."""
@@ -44,11 +42,13 @@ def test_long_items_truncated_or_skipped_and_counted():
     assert skipped == 3
 
 
+@pytest.mark.unit
 def test_out_of_vocabulary_ids_are_an_early_error():
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
         prepare_sft_examples([("a", "b")], ByteTokenizer(), num_tokens=256)  # EOS 258 does not fit 256 tokens
 
 
+@pytest.mark.unit
 def test_prompt_tokens_never_contribute_to_the_loss():
     """With logits as a leaf tensor, the loss gradient is zero at every position that predicts a prompt
     or pad token (and at the last position), nonzero where a response token is predicted; and changing
@@ -73,6 +73,7 @@ def test_prompt_tokens_never_contribute_to_the_loss():
     assert task.step(FixedLogits(), changed)[0].item() == pytest.approx(loss.item(), abs=0)
 
 
+@pytest.mark.stage
 def test_tiny_model_learns_a_fixed_mapping():
     """Eight prompts each with one fixed 3-letter answer: loss ends well below its start."""
     words = ["cat", "dog", "sun", "sky", "red", "top", "map", "jam"]
@@ -100,6 +101,7 @@ def test_tiny_model_learns_a_fixed_mapping():
     assert tok.decode(ids[0, 2:]) == "sky"
 
 
+@pytest.mark.stage
 def test_seed_readme_mock_dataset_and_trainer(tmp_path):
     """The seed README's SFT data, a 256-token model (pad id falls back into its vocabulary), trainer API."""
     torch.manual_seed(0)
@@ -121,6 +123,7 @@ def test_seed_readme_mock_dataset_and_trainer(tmp_path):
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "metrics.jsonl").is_file()
 
 
+@pytest.mark.unit
 def test_trainer_rejects_unknown_arguments():
     with pytest.raises(TypeError, match="num_steps"):
         SFTTrainer(tiny_lm(), [("a", "b")], num_steps=3)

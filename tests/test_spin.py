@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_lm
 
 from self_rewarding_lm_pytorch.core.batching import create_mock_dataset
 from self_rewarding_lm_pytorch.core.files import read_jsonl
@@ -27,11 +28,13 @@ def sft_items(n=8):
 # --- knobs and items ---------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("kwargs, expected", [({"λ": 0.3}, 0.3), ({"lambda_": 0.2}, 0.2), ({}, 0.1), (None, 0.1)])
 def test_lambda_spellings(kwargs, expected):
     assert resolve_spin_kwargs(kwargs) == {"lambda_": expected}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
@@ -46,6 +49,7 @@ def test_bad_spin_kwargs_are_errors(kwargs, error, message):
         resolve_spin_kwargs(kwargs)
 
 
+@pytest.mark.unit
 def test_spin_trainer_rejects_bad_settings_at_construction(tiny_model, tmp_path):
     with pytest.raises(TypeError, match="unknown spin_kwargs"):
         SPINTrainer(tiny_model, sft_items(), max_seq_len=16, spin_kwargs=dict(lam=0.1), checkpoint_folder=tmp_path)
@@ -57,6 +61,7 @@ def test_spin_trainer_rejects_bad_settings_at_construction(tiny_model, tmp_path)
         SPINTrainer(tiny_model, [("a", "b"), ("a", "b", "c")], max_seq_len=16, checkpoint_folder=tmp_path)
 
 
+@pytest.mark.unit
 def test_sft_items_in_every_form():
     """(ids, prompt_len) is taken as is (no EOS); strings and dicts get the tokenizer's EOS (258)."""
     items = [
@@ -73,6 +78,7 @@ def test_sft_items_in_every_form():
     assert encode_sft_items(items[:1], TOK, max_seq_len=3) == [([5], [6, 7])]
 
 
+@pytest.mark.unit
 def test_bad_sft_items_name_the_item(caplog):
     with pytest.raises(SFTRecordError, match="SFT item 1: no response tokens"):
         encode_sft_items([("a", "b"), (torch.tensor([1, 2]), torch.tensor(2))], TOK, max_seq_len=8)
@@ -105,6 +111,7 @@ def margins(model, examples, generated):
     return logps[:, 0] - logps[:, 1]
 
 
+@pytest.mark.stage
 def test_an_iteration_raises_real_over_generated_likelihood(tiny_model, tmp_path):
     from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration
     from self_rewarding_lm_pytorch.training.loop import make_accelerator
@@ -153,12 +160,10 @@ def seed_readme_trainer(model, folder, dataset, **kwargs):
 @pytest.fixture
 def seed_model():
     """The seed README's 256-token model, shrunk (no pad or EOS id of its own)."""
-    from x_transformers import Decoder, TransformerWrapper
-
-    torch.manual_seed(0)
-    return TransformerWrapper(num_tokens=256, max_seq_len=32, attn_layers=Decoder(dim=32, depth=1, heads=2))
+    return tiny_lm(num_tokens=256, max_seq_len=32)
 
 
+@pytest.mark.stage
 def test_seed_readme_api_samples_once_per_iteration_and_mixes_previous(seed_model, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
@@ -196,6 +201,7 @@ def test_seed_readme_api_samples_once_per_iteration_and_mixes_previous(seed_mode
     )
 
 
+@pytest.mark.stage
 def test_resume_after_a_finished_iteration_matches_a_straight_run(seed_model, tmp_path, monkeypatch):
     from self_rewarding_lm_pytorch.core import sampling
 
@@ -219,6 +225,7 @@ def test_resume_after_a_finished_iteration_matches_a_straight_run(seed_model, tm
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
 
 
+@pytest.mark.stage
 def test_live_reference_spin_matches_precomputed(tiny_model, tmp_path):
     from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration
     from self_rewarding_lm_pytorch.training.loop import make_accelerator
@@ -240,6 +247,7 @@ def test_live_reference_spin_matches_precomputed(tiny_model, tmp_path):
     torch.testing.assert_close(losses[True], losses[False], atol=1e-5, rtol=0)
 
 
+@pytest.mark.stage
 def test_resume_mid_iteration_reuses_samples_and_reference(tiny_model, tmp_path, monkeypatch):
     """A crash after sampling: the rerun must not sample again from (or take as reference) a moved policy."""
     from self_rewarding_lm_pytorch.core import sampling
@@ -267,12 +275,14 @@ def test_resume_mid_iteration_reuses_samples_and_reference(tiny_model, tmp_path,
     )
 
 
+@pytest.mark.unit
 def test_ids_outside_the_vocabulary_are_an_error_naming_the_item(seed_model, tmp_path):
     items = [(torch.tensor([1, 2, 3]), torch.tensor(1)), (torch.tensor([1, 300, 3]), torch.tensor(1))]
     with pytest.raises(SFTRecordError, match=r"SFT item 1 has token ids outside the model's vocabulary \[0, 256\)"):
         SPINTrainer(seed_model, items, max_seq_len=8, checkpoint_folder=tmp_path)
 
 
+@pytest.mark.stage
 def test_validation_items_are_sampled_in_the_same_call_and_validated(tiny_model, tmp_path, monkeypatch):
     from self_rewarding_lm_pytorch.core import sampling
 

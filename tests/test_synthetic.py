@@ -17,6 +17,7 @@ def ascii_share(prompts, responses):
     return [sum(c.isascii() for c in r) / max(len(r), 1) for r in responses]
 
 
+@pytest.mark.unit
 def test_uniform_model_perplexity_is_vocab_size():
     """All-zero logits are uniform over 259 ids, so every token has log p = -log 259 and the
     perplexity of any response (its bytes plus EOS) is exactly 259."""
@@ -29,6 +30,7 @@ def test_uniform_model_perplexity_is_vocab_size():
     assert torch.allclose(ppl, torch.full((2,), 259.0), rtol=1e-4)
 
 
+@pytest.mark.stage
 def test_perplexity_scorer_prefers_the_trained_sentence(tiny_model, tmp_path):
     from self_rewarding_lm_pytorch.trainers.sft import SFTTrainer
 
@@ -50,6 +52,7 @@ def test_perplexity_scorer_prefers_the_trained_sentence(tiny_model, tmp_path):
     assert ppl[0] < 0.1 * min(ppl[1], ppl[3])  # unrelated texts are far worse; the anagram (2) only a little
 
 
+@pytest.mark.stage
 def test_writes_kept_responses_best_first(tiny_model, tmp_path):
     out = tmp_path / "syn.jsonl"
     stats = generate_synthetic_dataset(
@@ -74,6 +77,7 @@ def test_writes_kept_responses_best_first(tiny_model, tmp_path):
         assert first["score"] == pytest.approx(ascii_share(None, [first["response"]])[0])
 
 
+@pytest.mark.stage
 def test_lower_is_better_scorer_and_nan_never_kept(tiny_model, tmp_path):
     def lengthy(prompts, responses):
         return [math.nan if i % 4 == 0 else float(len(r) + i % 4) for i, r in enumerate(responses)]
@@ -88,6 +92,7 @@ def test_lower_is_better_scorer_and_nan_never_kept(tiny_model, tmp_path):
         assert None in rec["discarded_scores"]  # the NaN candidate was discarded, written as null
 
 
+@pytest.mark.stage
 def test_resume_after_partial_write_matches_uninterrupted(tiny_model, tmp_path):
     kw = dict(n=3, keep=2, generation_config=CFG, prompts_per_batch=2, seed=5, progress=False)
     full = tmp_path / "full.jsonl"
@@ -103,6 +108,7 @@ def test_resume_after_partial_write_matches_uninterrupted(tiny_model, tmp_path):
     assert again["prompts_written"] == 0 and part.read_text() == full.read_text()
 
 
+@pytest.mark.unit
 def test_resume_with_other_prompts_is_an_error(tiny_model, tmp_path):
     out = tmp_path / "syn.jsonl"
     generate_synthetic_dataset(
@@ -114,6 +120,7 @@ def test_resume_with_other_prompts_is_an_error(tiny_model, tmp_path):
         )
 
 
+@pytest.mark.stage
 def test_output_feeds_sft(tiny_model, tmp_path):
     from self_rewarding_lm_pytorch.trainers.sft import SFTTrainer
 
@@ -135,6 +142,7 @@ def test_output_feeds_sft(tiny_model, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, tiny_model.parameters(), strict=True))
 
 
+@pytest.mark.unit
 def test_bad_arguments(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="keep"):
         generate_synthetic_dataset(tiny_model, PROMPTS, ascii_share, out=tmp_path / "x.jsonl", n=2, keep=3)
@@ -148,6 +156,7 @@ def test_bad_arguments(tiny_model, tmp_path):
         )
 
 
+@pytest.mark.stage
 def test_reward_model_scorer_and_dataset_prompts(tiny_model, tmp_path):
     from self_rewarding_lm_pytorch.core.batching import create_mock_dataset
     from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel

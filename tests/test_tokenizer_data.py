@@ -7,6 +7,8 @@ from self_rewarding_lm_pytorch.core.batching import create_mock_dataset, pad_rig
 from self_rewarding_lm_pytorch.core.files import JsonlAppender, read_jsonl, write_jsonl
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, CallableTokenizer, as_tokenizer
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("text", ["", "hello", "héllo wörld ✓", "emoji 🙂 and \n newlines\t"])
 def test_byte_tokenizer_round_trips(text):

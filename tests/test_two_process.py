@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.distributed
+
 SCRIPT = Path(__file__).parent / "scripts" / "two_process_train.py"
 
 
