@@ -1,4 +1,5 @@
-"""The docs: imports from the top-level package only, shown code comes from tested example files."""
+"""The docs and the README: imports from the top-level package only, shown code comes from tested
+example files, the README stays short and its quickstart is the tested one."""
 
 import re
 import runpy
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC_FILES = sorted((ROOT / "docs").rglob("*.md"))
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 SNIPPET = re.compile(r'^-{2}8<-{2} "([^":]+)(?::\d+:\d+)?"', re.M)
 SUBMODULE_IMPORT = re.compile(r"^\s*(from|import)\s+self_rewarding_lm_pytorch\.\w", re.M)
 
@@ -39,6 +40,14 @@ def test_every_included_example_exists_and_is_run_by_a_test():
     assert all(f.is_file() for f in included), [str(f) for f in included if not f.is_file()]
     scripts = {f.name for f in included if f.suffix == ".py"}
     assert scripts <= set(EXAMPLE_SCRIPTS) | set(SEED_README_SCRIPTS), scripts - set(EXAMPLE_SCRIPTS)
+
+
+@pytest.mark.unit
+def test_readme_is_short_and_shows_the_tested_quickstart():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 250
+    code = (ROOT / "examples" / "quickstart.py").read_text(encoding="utf-8").split('"""\n', 1)[1].strip()
+    assert code in readme, "README's quickstart differs from examples/quickstart.py"
 
 
 @pytest.mark.e2e
