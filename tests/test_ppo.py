@@ -558,6 +558,7 @@ def test_stage_with_reward_model_scores_through_it(tiny_model, tmp_path):
     assert [r["score"] for r in rollouts] == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.stage
 def test_stage_scores_a_reward_model_through_its_own_tokenizer(tiny_model, tmp_path):
     """Issue #11 defect 1: a RewardModel built for another tokenizer than the policy's is scored with
     its own ids (here every character shifted), so the stage's scores equal the model's own scores."""
