@@ -64,3 +64,27 @@ def test_package_is_typed_and_licensed():
     assert (ROOT / "self_rewarding_lm_pytorch" / "py.typed").is_file()
     assert "py.typed" in (ROOT / "pyproject.toml").read_text()
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+# The layers (docs/architecture.md): a subpackage imports only from lower ranks or from itself.
+LAYER_RANK = {"core": 0, "training": 1, "trainers": 2, "rl": 2, "self_reward": 2, "generation": 2, "stages": 3}
+
+
+def _layer(module: str) -> str:
+    """'self_rewarding_lm_pytorch.core.files' -> 'core'; a top-level module is its own name."""
+    return module.split(".")[1] if module.count(".") else module
+
+
+def test_imports_only_go_down_the_layers():
+    package = ROOT / "self_rewarding_lm_pytorch"
+    wrong = []
+    for path in sorted(package.rglob("*.py")):
+        layer = path.relative_to(package).parts[0] if len(path.relative_to(package).parts) > 1 else None
+        if layer not in LAYER_RANK:
+            continue  # pipeline, manifest, recipes, config_file, cli, demo/ sit on top and may import anything
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("self_rewarding_lm_pytorch."):
+                target = _layer(node.module)
+                if target != layer and LAYER_RANK.get(target, 99) >= LAYER_RANK[layer]:
+                    wrong.append(f"{path.relative_to(ROOT)}: {layer} imports {node.module}")
+    assert not wrong, "\n".join(wrong)
