@@ -137,7 +137,6 @@ def test_spin_and_ppo_refuse_what_they_cannot_honour():
         PPOStageConfig(["p"], sampling=SamplingConfig(temperature=1.0))
 
 
-@pytest.mark.e2e
 def test_vocabulary_example_runs(tmp_path, monkeypatch, capsys):
     """examples/vocabulary.py, the guide's code, runs as written."""
     import runpy
