@@ -22,8 +22,6 @@ from self_rewarding_lm_pytorch import (
 )
 from self_rewarding_lm_pytorch.training import checkpoint as ckpt
 
-pytestmark = pytest.mark.stage
-
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import train_until_signalled as script  # noqa: E402
@@ -78,6 +76,7 @@ class SignalsItself(script.SlowTask):
         return super().step(model, x)
 
 
+@pytest.mark.stage
 def test_sigint_stops_at_the_step_boundary_and_resumes_to_the_same_weights(tmp_path):
     with pytest.raises(TrainingStopped) as info:
         train_script_model(tmp_path / "run", task=SignalsItself(7, signal.SIGINT))
@@ -110,6 +109,7 @@ class GoesNonFinite(script.SlowTask):
         return loss, metrics
 
 
+@pytest.mark.stage
 @pytest.mark.parametrize("kind", ["loss", "gradient"])
 def test_a_non_finite_loss_stops_before_the_update_and_leaves_files_finite(tmp_path, kind):
     from self_rewarding_lm_pytorch import TrainConfig
