@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.recipes import create_default_paper_config as create_default_paper_config
     from self_rewarding_lm_pytorch.rl.ppo import PPOConfig as PPOConfig
     from self_rewarding_lm_pytorch.rl.ppo import PPOTrainer as PPOTrainer
+    from self_rewarding_lm_pytorch.rl.ppo import UnsupportedSamplingError as UnsupportedSamplingError
     from self_rewarding_lm_pytorch.rl.value_head import ValueHeadModel as ValueHeadModel
     from self_rewarding_lm_pytorch.self_reward.consistency import SelfConsistencyReward as SelfConsistencyReward
     from self_rewarding_lm_pytorch.self_reward.consistency import consistency_scores as consistency_scores

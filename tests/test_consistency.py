@@ -9,9 +9,8 @@ from hypothesis import strategies as st
 
 from self_rewarding_lm_pytorch import SelfConsistencyReward, consistency_scores, make_answer_extractor
 
-pytestmark = pytest.mark.unit
 
-
+@pytest.mark.unit
 def test_shares_by_hand():
     # prompt a: answers 5, 5, 7, (none) -> 2/4, 2/4, 1/4, NaN; prompt b: 3, 3 -> 1, 1
     prompts = ["a", "a", "b", "a", "a", "b"]
@@ -22,12 +21,14 @@ def test_shares_by_hand():
     assert scores[5] == 1.0
 
 
+@pytest.mark.unit
 def test_eight_samples_majority_of_five():
     responses = ["46"] * 5 + ["45", "56", "45"]
     scores = SelfConsistencyReward()(["12+34="] * 8, responses)
     assert scores == [5 / 8] * 5 + [2 / 8, 1 / 8, 2 / 8]
 
 
+@pytest.mark.unit
 def test_prompts_and_answers_must_align():
     with pytest.raises(ValueError, match="2 prompts but 1"):
         SelfConsistencyReward()(["a", "b"], ["x"])
@@ -35,6 +36,7 @@ def test_prompts_and_answers_must_align():
         consistency_scores(["a"], ["x", "y"])
 
 
+@pytest.mark.unit
 def test_bad_extractors_are_errors():
     with pytest.raises(re.error):
         SelfConsistencyReward("(unclosed")
@@ -45,12 +47,14 @@ def test_bad_extractors_are_errors():
         reward(["p"], ["abc"])
 
 
+@pytest.mark.unit
 @given(st.text())
 def test_no_extractor_means_the_stripped_response(text):
     answer = make_answer_extractor(None)(text)
     assert answer == (text.strip() or None)
 
 
+@pytest.mark.unit
 @given(st.text(alphabet="0123456789 =ab-\n", max_size=30))
 def test_regex_takes_the_first_group_of_the_first_match(text):
     pattern = re.compile(r"=\s*(-?\d+)")
@@ -59,12 +63,14 @@ def test_regex_takes_the_first_group_of_the_first_match(text):
     assert make_answer_extractor(pattern)(text) == expected
 
 
+@pytest.mark.unit
 @given(st.text(alphabet="0123456789 ab", max_size=20))
 def test_regex_without_a_group_takes_the_whole_match(text):
     match = re.search(r"\d+", text)
     assert make_answer_extractor(r"\d+")(text) == (None if match is None else match.group(0))
 
 
+@pytest.mark.unit
 @given(st.lists(st.sampled_from(["1", "2", "3", None]), min_size=1, max_size=12))
 def test_scores_are_vote_shares_over_all_samples(answers):
     scores = consistency_scores(["p"] * len(answers), answers)
