@@ -3,7 +3,8 @@
 A step checkpoint is a folder `run_dir/checkpoint/step-00000010/` holding
 
 - `model.safetensors`  the (unwrapped) model's weights,
-- `optimizer.pt`       the optimizer's state_dict,
+- `optimizer.pt`       the optimizer's state_dict (sharded training: a folder `optimizer/` that every
+                       process writes its shard into with torch.distributed.checkpoint),
 - `state.pt`           step, scheduler, RNG states of every process, data position, logged history,
                        early-stopping state (plain tensors/lists/dicts: loads with `weights_only=True`),
 - `config.json`        the resolved configuration,
@@ -43,6 +44,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "RunState",
     "clear_run",
+    "clear_staging",
     "get_rng_state",
     "latest_checkpoint",
     "load_model",
@@ -53,12 +55,14 @@ __all__ = [
     "save_training_state",
     "seed_everything",
     "set_rng_state",
+    "staging_dir",
     "truncate_metrics",
 ]
 
 CHECKPOINT_DIR = "checkpoint"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-_REQUIRED = ("model.safetensors", "optimizer.pt", "state.pt", "config.json")
+_REQUIRED = ("model.safetensors", "state.pt", "config.json")
+_OPTIMIZER_FILES = ("optimizer.pt", "optimizer/.metadata")  # one process's file, or the sharded folder
 
 
 @beartype
@@ -141,9 +145,27 @@ def _step_dirs(root: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The newest complete step folder under `run_dir/checkpoint/`, or None when there is none."""
     for _, path in reversed(_step_dirs(Path(run_dir) / CHECKPOINT_DIR)):
-        if all((path / name).is_file() for name in _REQUIRED):
+        if not _missing_files(path):
             return path
     return None
+
+
+def _missing_files(path: Path) -> list[str]:
+    missing = [name for name in _REQUIRED if not (path / name).is_file()]
+    if not any((path / name).is_file() for name in _OPTIMIZER_FILES):
+        missing.append(" or ".join(_OPTIMIZER_FILES))
+    return missing
+
+
+def staging_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    """The temp folder a sharded step checkpoint is assembled in; every process knows its name."""
+    return Path(run_dir) / CHECKPOINT_DIR / f".tmp-step-{step:08d}-sharded"
+
+
+def clear_staging(path: Path):
+    """An empty staging folder (what a crashed save left there is removed). Main process only."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
 
 
 def _replace_dir(tmp: Path, final: Path):
@@ -177,24 +199,32 @@ def save_training_state(
     step: int,
     *,
     model: nn.Module,
-    optimizer: Any,  # a torch Optimizer or a wrapper with state_dict() (accelerate's)
+    optimizer: Any,  # a torch Optimizer, a wrapper with state_dict() (accelerate's), or None (sharded)
     state: dict,
     config: dict,
     best_weights: dict[str, Tensor] | None = None,
     keep_last: int = 2,
+    staging: Path | None = None,
 ) -> Path:
-    """Write one step checkpoint folder atomically (temp folder, then rename). Main process only."""
+    """Write one step checkpoint folder atomically (temp folder, then rename). Main process only.
+
+    `optimizer=None` with a `staging` folder: the (sharded) optimizer state is already in it.
+    """
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    if (optimizer is None) != (staging is not None):
+        raise ValueError("give an optimizer, or a staging folder that already holds the optimizer state")
     root = Path(checkpoint_root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = staging if staging is not None else root / f".tmp-step-{step:08d}-{os.getpid()}"
+    if staging is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
     try:
         save_model(model, tmp / "model.safetensors")
-        _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if optimizer is not None:
+            _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
         _torch_save(state, tmp / "state.pt")
         if best_weights is not None:
             _save_state_dict(best_weights, tmp / "best_model.safetensors")
@@ -212,21 +242,25 @@ def save_training_state(
 def load_training_state(
     checkpoint_dir: str | os.PathLike,
     *,
-    model: nn.Module,
+    model: nn.Module | None,
     optimizer: Any = None,  # a torch Optimizer or a wrapper with load_state_dict() (accelerate's)
 ) -> dict:
     """Load a step folder: weights into `model`, state into `optimizer`; returns the state dict.
 
     The returned dict also carries `"config"` (config.json) and `"best_weights"` (or None).
+    `model=None` / `optimizer=None`: the caller loads them (sharded training does).
     """
     import json
 
     path = Path(checkpoint_dir)
-    missing = [name for name in _REQUIRED if not (path / name).is_file()]
+    missing = _missing_files(path)
     if missing:
         raise FileNotFoundError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
-    load_model(model, path / "model.safetensors")
+    if model is not None:
+        load_model(model, path / "model.safetensors")
     if optimizer is not None:
+        if not (path / "optimizer.pt").is_file():
+            raise ValueError(f"{path} holds sharded optimizer state (fsdp=True); resume it with fsdp=True")
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     state["config"] = json.loads((path / "config.json").read_text(encoding="utf-8"))
@@ -268,6 +302,7 @@ def save_run_checkpoint(
     config: dict,
     items_per_step: int,
     dataset_size: int,
+    staging: Path | None = None,
 ) -> Path:
     """One step folder for the loop (main process only). `rng_states` holds every process's RNG state."""
     consumed = run.step * items_per_step
@@ -289,16 +324,28 @@ def save_run_checkpoint(
         state=state,
         config=config,
         best_weights=run.best_weights,
+        staging=staging,
     )
 
 
-def load_run_checkpoint(path: Path, *, model, optimizer, scheduler, config_now: dict) -> tuple[RunState, list]:
+def load_run_checkpoint(
+    path: Path, *, model, optimizer, scheduler, config_now: dict, sharded=None
+) -> tuple[RunState, list]:
     """Restore model, optimizer and scheduler from a step folder; returns (RunState, per-process RNG states).
 
     A resume whose data order would differ (batch size, accumulation, seed, process count, dataset
-    size) is a ValueError naming what changed.
+    size) is a ValueError naming what changed. With `sharded` (a `sharding.ShardedTraining`, every
+    process calls this) the full weights are scattered into the shards and each process reads its
+    optimizer shard.
     """
-    state = load_training_state(path, model=model, optimizer=optimizer)
+    if sharded is None:
+        state = load_training_state(path, model=model, optimizer=optimizer)
+    else:
+        state = load_training_state(path, model=None)
+        if not (path / "optimizer" / ".metadata").is_file():
+            raise ValueError(f"cannot resume sharded training from {path}: it holds no sharded optimizer state")
+        sharded.load_full_file(path / "model.safetensors")
+        sharded.load_optimizer(optimizer, path / "optimizer")
     saved = state["config"]
     changed = [
         f"{k}: {saved['train'][k]!r} -> {config_now['train'][k]!r}"

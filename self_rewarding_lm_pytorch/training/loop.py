@@ -37,6 +37,7 @@ from self_rewarding_lm_pytorch.training.dropout import dropout_disabled
 from self_rewarding_lm_pytorch.training.faults import NonFiniteLossError, StopSignals, TrainingStopped
 from self_rewarding_lm_pytorch.training.metrics import MetricWindow, as_metric
 from self_rewarding_lm_pytorch.training.schedule import DataStream, epoch_permutation, lr_multiplier
+from self_rewarding_lm_pytorch.training.sharding import OPTIMIZER_DIR, ShardedTraining, fsdp_enabled
 
 __all__ = ["TrainConfig", "TrainResult", "epoch_permutation", "lr_multiplier", "make_accelerator", "train"]
 
@@ -177,11 +178,19 @@ class _Run:
         self.tb: Any = None
         self.bar: Any = None  # tqdm, opened in _open_outputs
         self.signals, self.stop_agreed = StopSignals(), False
+        self.sharded: ShardedTraining | None = None
 
     def execute(self, resume: bool) -> TrainResult:
         was_training = self.core.training
-        optimizer, self.params = _build_optimizer(self.core, self.config)
-        self.model, self.optimizer = self.acc.prepare(self.core, optimizer)
+        if fsdp_enabled(self.config.fsdp, self.nproc):
+            # No accelerate.prepare: the shards replace DDP, and the optimizer sees only this process's slices.
+            self.sharded = ShardedTraining(self.core, device=self.acc.device, mixed_precision=self.acc.mixed_precision)
+            self.model = self.sharded.module
+            self.optimizer, self.params = _build_optimizer(self.model, self.config)
+            optimizer = self.optimizer
+        else:
+            optimizer, self.params = _build_optimizer(self.core, self.config)
+            self.model, self.optimizer = self.acc.prepare(self.core, optimizer)
         cfg, total = self.config, self.total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
@@ -227,7 +236,12 @@ class _Run:
         if path is None:
             return False
         self.s, rngs = ckpt.load_run_checkpoint(
-            path, model=self.core, optimizer=self.optimizer, scheduler=self.scheduler, config_now=self._config_record()
+            path,
+            model=self.core,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            config_now=self._config_record(),
+            sharded=self.sharded,
         )
         ckpt.set_rng_state(rngs[self.rank])
         self.last_saved = self.s.step
@@ -303,6 +317,9 @@ class _Run:
         mine = self.stream.take(start, size)[self.rank * share : (self.rank + 1) * share]
         return send_to_device(self.task.collate([self.train_dataset[i] for i in mine]), self.acc.device)
 
+    def _no_sync(self):
+        return self.acc.no_sync(self.model) if self.sharded is None else self.sharded.no_gradient_sync()
+
     def _train_step(self):
         cfg, acc = self.config, self.acc
         self.model.train()
@@ -310,7 +327,7 @@ class _Run:
         for micro in range(cfg.grad_accum_steps):
             batch = self._micro_batch(micro)
             # Gradients are all-reduced once per optimizer step, on the last micro-batch.
-            with nullcontext() if micro == cfg.grad_accum_steps - 1 else acc.no_sync(self.model):
+            with nullcontext() if micro == cfg.grad_accum_steps - 1 else self._no_sync():
                 loss, metrics = self.task.step(self.model, batch)
                 if not isinstance(loss, Tensor) or loss.numel() != 1:
                     raise ValueError(f"task.step must return a scalar loss tensor, got {type(loss).__name__}")
@@ -321,7 +338,8 @@ class _Run:
             for k, v in values.items():
                 step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum_steps
         if cfg.max_grad_norm:
-            grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            clip = acc.clip_grad_norm_ if self.sharded is None else self.sharded.clip_grad_norm
+            grad_norm = clip(self.params, cfg.max_grad_norm)
             if grad_norm is not None:
                 step_metrics["grad_norm"] = grad_norm.detach().float().reshape(())
         self._check_before_update(step_metrics)
@@ -381,13 +399,19 @@ class _Run:
         self.bar.set_postfix(postfix, refresh=False)
 
     def _valid_shards(self):
-        """Global batches of `batch_size`, each split as evenly as possible over the processes."""
+        """(items, weight) per global batch of `batch_size`, split as evenly as possible over the processes.
+
+        Unsharded, a process with no items in a batch skips it. Sharded, every forward is a collective,
+        so such a process runs the batch's first item with weight 0 instead.
+        """
         n, size = len(self.valid_dataset), self.config.batch_size
         for start in range(0, n, size):
             count = min(size, n - start)
             lo, hi = start + count * self.rank // self.nproc, start + count * (self.rank + 1) // self.nproc
             if lo < hi:
-                yield [self.valid_dataset[i] for i in range(lo, hi)]
+                yield [self.valid_dataset[i] for i in range(lo, hi)], hi - lo
+            elif self.sharded is not None:
+                yield [self.valid_dataset[start]], 0
 
     def _valid_step(self, model, batch) -> dict:
         if callable(getattr(self.task, "valid_step", None)):
@@ -396,18 +420,20 @@ class _Run:
         return {"loss": loss, **metrics}
 
     def _validate(self):
-        # The unwrapped model: no gradient sync is needed, and processes may run different batch counts.
-        device, was_training = self.acc.device, self.core.training
+        # Unsharded: the unwrapped model (no gradient sync is needed, and processes may run different
+        # batch counts). Sharded: the shards, every process in step.
+        model = self.core if self.sharded is None else self.model
+        device, was_training = self.acc.device, model.training
         sums: dict[str, Tensor] = {}
         count = 0
-        self.core.eval()
+        model.eval()
         with torch.no_grad():
-            for items in self._valid_shards():
-                metrics = self._valid_step(self.core, send_to_device(self.task.collate(items), device))
+            for items, weight in self._valid_shards():
+                metrics = self._valid_step(model, send_to_device(self.task.collate(items), device))
                 for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + as_metric(k, v, device) * len(items)
-                count += len(items)
-        self.core.train(was_training)
+                    sums[k] = sums.get(k, 0.0) + as_metric(k, v, device) * weight
+                count += weight
+        model.train(was_training)
         names = sorted(sums)
         stacked = torch.stack([sums[k] for k in names] + [torch.tensor(float(count), device=device)])
         totals = self.acc.reduce(stacked, reduction="sum").tolist()  # item-weighted means over all processes
@@ -426,7 +452,7 @@ class _Run:
         if not math.isnan(value) and better:
             s.best, s.best_step, s.bad_evals = dict(metrics), s.step, 0
             if cfg.early_stopping_patience is not None:
-                s.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.core.state_dict().items()}
+                s.best_weights = self._full_weights()
             return
         s.bad_evals += 1
         if cfg.early_stopping_patience is not None and s.bad_evals >= cfg.early_stopping_patience:
@@ -434,34 +460,58 @@ class _Run:
 
     # --- checkpoints and the end ---
 
+    def _full_weights(self) -> dict[str, Tensor]:
+        """A CPU copy of the full weights, on every process (a collective when sharded)."""
+        if self.sharded is not None:
+            return self.sharded.full_state_dict(all_ranks=True)
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.core.state_dict().items()}
+
     def _save(self):
         assert self.run_dir is not None  # only called with a run folder
         rng = ckpt.get_rng_state()
         # Every process's RNG goes into the one checkpoint the main process writes.
         rngs = gather_object([rng]) if self.nproc > 1 else [rng]
-        if self.is_main:
-            ckpt.save_run_checkpoint(
-                self.run_dir,
-                self.s,
-                model=self.core,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                rng_states=rngs,
-                config=self._config_record(),
-                items_per_step=self.items_per_step,
-                dataset_size=len(self.train_dataset),
-            )
+        record = dict(
+            scheduler=self.scheduler,
+            rng_states=rngs,
+            config=self._config_record(),
+            items_per_step=self.items_per_step,
+            dataset_size=len(self.train_dataset),
+        )
+        if self.sharded is None:
+            if self.is_main:
+                ckpt.save_run_checkpoint(self.run_dir, self.s, model=self.core, optimizer=self.optimizer, **record)
+        else:
+            self._save_sharded(record)
         self.last_saved = self.s.step
         self.acc.wait_for_everyone()
+
+    def _save_sharded(self, record: dict):
+        """Full weights from the main process, optimizer shards from every process, into one staging folder."""
+        full = self.sharded.full_state_dict(all_ranks=False)
+        staging = ckpt.staging_dir(self.run_dir, self.s.step)
+        if self.is_main:
+            ckpt.clear_staging(staging)
+        self.acc.wait_for_everyone()
+        self.sharded.save_optimizer(self.optimizer, staging / OPTIMIZER_DIR)
+        self.acc.wait_for_everyone()
+        if self.is_main:
+            with self.sharded.full_core(full) as core:
+                ckpt.save_run_checkpoint(self.run_dir, self.s, model=core, optimizer=None, staging=staging, **record)
 
     def _finish(self):
         if self.window.steps:
             self._log()
         if self.s.stopped_early and self.s.best_weights is not None:
-            self.core.load_state_dict(self.s.best_weights)
+            if self.sharded is None:
+                self.core.load_state_dict(self.s.best_weights)
+            else:
+                self.sharded.load_full(self.s.best_weights)
+        if self.run_dir is not None and (self.last_saved != self.s.step or self.s.stopped_early):
+            self._save()
+        if self.sharded is not None:
+            self.sharded.restore_core()  # the user's model holds the full trained weights again
         if self.run_dir is not None:
-            if self.last_saved != self.s.step or self.s.stopped_early:
-                self._save()
             if self.is_main:
                 ckpt.save_model(self.core, self.run_dir / "model.safetensors")
             self.acc.wait_for_everyone()

@@ -1,0 +1,92 @@
+"""Trains a tiny model with SFT or DPO through the loop, with `fsdp=True`; launched by tests/test_fsdp.py
+under `accelerate launch --multi_gpu --num_processes 2` (gloo on CPU) and called in-process for the
+one-process baseline.
+
+Usage: python fsdp_train.py OUT_DIR KIND [KILL_AT_STEP]. KIND is sft, dpo (precomputed reference
+log-probs) or dpo-live (a frozen reference copy in every step). With KILL_AT_STEP, process 1 kills
+itself (SIGKILL) inside that training step; a rerun resumes from the last checkpoint. Each process
+writes OUT_DIR/report-rank{r}.json: the parameter elements it held while training, and the total.
+"""
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+NUM_STEPS, BATCH_SIZE, CHECKPOINT_EVERY = 6, 4, 2
+
+
+def make_model():
+    from x_transformers import Decoder, TransformerWrapper
+
+    torch.manual_seed(0)
+    return TransformerWrapper(num_tokens=259, max_seq_len=32, attn_layers=Decoder(dim=16, depth=2, heads=2))
+
+
+def sft_data(n=16):
+    return [{"prompt": f"q{i}: ", "response": "abc"[: 1 + i % 3] * (1 + i % 4)} for i in range(n)]
+
+
+def dpo_records(n=16):
+    return [{"prompt": f"{i}?", "chosen": "yes" * (1 + i % 3), "rejected": "no" * (1 + i % 5)} for i in range(n)]
+
+
+def run(out_dir: Path, kind: str, accelerate_kwargs: dict, kill_at_step: int | None = None) -> dict:
+    from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+    from self_rewarding_lm_pytorch.trainers import dpo, sft
+    from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
+    from self_rewarding_lm_pytorch.training.sharding import local_parameter_count
+
+    accelerator = make_accelerator(accelerate_kwargs)
+    rank = accelerator.process_index
+    model = make_model()
+    total = sum(p.numel() for p in model.parameters())
+    held, calls = [], []
+    task_class = sft.SFTTask if kind == "sft" else dpo.DPOTask
+    inner = task_class.step
+
+    def step(self, module, batch):
+        if module.training:
+            calls.append(1)
+            held.append(local_parameter_count(module))
+            if kill_at_step is not None and rank == 1 and len(calls) == kill_at_step:
+                os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no exception handler: a real kill
+        return inner(self, module, batch)
+
+    task_class.step = step
+    config = TrainConfig(
+        num_train_steps=NUM_STEPS,
+        batch_size=BATCH_SIZE,
+        learning_rate=1e-2,
+        log_every=1,
+        checkpoint_every=CHECKPOINT_EVERY,
+        progress=False,
+        fsdp=True,
+    )
+    common = dict(accelerator=accelerator, run_dir=out_dir / "run", config=config, resume=True)
+    tok = ByteTokenizer()
+    try:
+        if kind == "sft":
+            sft.train_sft(model, sft_data(), tokenizer=tok, **common)
+        else:
+            dpo.train_dpo(model, dpo_records(), tokenizer=tok, precompute_ref_logprobs=kind == "dpo", **common)
+    finally:
+        task_class.step = inner
+    report = {
+        "rank": rank,
+        "num_processes": accelerator.num_processes,
+        "held": held,
+        "total": total,
+        "after": local_parameter_count(model),  # the user's model holds everything again
+    }
+    (out_dir / f"report-rank{rank}.json").write_text(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    kill = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    run(Path(sys.argv[1]), sys.argv[2], dict(cpu=True), kill_at_step=kill)

@@ -1,0 +1,108 @@
+"""Sharded training (FSDP2, `fsdp=True`): two CPU processes (gloo) train the weights one process trains
+on the same global batches, each holding about half of the parameters; a process killed mid-run (SIGKILL)
+and a rerun resume from the sharded checkpoint to the same weights.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.distributed
+
+SCRIPT = Path(__file__).parent / "scripts" / "fsdp_train.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("fsdp_train", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two(*args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu"]
+    cmd += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["--main_process_port", str(free_port()), str(SCRIPT), *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail("two-process run timed out:\n" + stderr[-4000:])
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def assert_same_weights(a: Path, b: Path, atol: float):
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert sorted(wa) == sorted(wb)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=0, msg=k)
+
+
+def assert_half_each(out: Path):
+    reports = [json.loads((out / f"report-rank{r}.json").read_text()) for r in (0, 1)]
+    total = reports[0]["total"]
+    held = [r["held"][-1] for r in reports]
+    assert [r["num_processes"] for r in reports] == [2, 2]
+    assert sum(held) == total  # the shards partition the parameters
+    for h in held:
+        assert abs(h - total / 2) <= 0.01 * total, (held, total)
+    assert [r["after"] for r in reports] == [total, total]  # the full weights are back after training
+
+
+def one_process(tmp_path: Path, kind: str) -> Path:
+    script = load_script()
+    out = tmp_path / f"one-{kind}"
+    out.mkdir()
+    with pytest.warns(UserWarning, match="fsdp=True with one process"):
+        script.run(out, kind, dict(cpu=True))
+    return out / "run" / "model.safetensors"
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_killed_sharded_run_resumes_to_the_one_process_weights(tmp_path, kind):
+    """Process 1 is killed in step 5 (after the step-4 checkpoint); the rerun resumes from the sharded
+    optimizer state and ends where an uninterrupted one-process run ends."""
+    out = tmp_path / "two"
+    out.mkdir()
+    killed = launch_two(out, kind, 5)
+    assert killed.returncode != 0
+    steps = sorted(p.name for p in (out / "run" / "checkpoint").iterdir() if p.name.startswith("step-"))
+    assert steps == ["step-00000002", "step-00000004"]
+    assert (out / "run" / "checkpoint" / "step-00000004" / "optimizer" / ".metadata").is_file()
+    assert not (out / "run" / "model.safetensors").exists()
+
+    resumed = launch_two(out, kind)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    reports = [json.loads((out / f"report-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [len(r["held"]) for r in reports] == [2, 2]  # only steps 5 and 6 ran again
+    assert_half_each(out)
+    assert_same_weights(out / "run" / "model.safetensors", one_process(tmp_path, kind), atol=1e-4)
+
+
+def test_sharded_dpo_with_a_live_reference_matches_one_process(tmp_path):
+    out = tmp_path / "two"
+    out.mkdir()
+    run = launch_two(out, "dpo-live")
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert_half_each(out)
+    assert_same_weights(out / "run" / "model.safetensors", one_process(tmp_path, "dpo-live"), atol=1e-4)
