@@ -286,6 +286,7 @@ def sample(
     return_logprobs: bool = False,
     backend: str = "auto",
     progress: bool = False,
+    first_row: int = 0,
 ) -> SampleOutput:
     """Sample `num_samples` continuations of each prompt; see the module docstring and README section.
 
@@ -295,6 +296,9 @@ def sample(
     temperature 0 is greedy. `batch_size` caps rows per forward (None: all rows at once). `backend`
     "auto" takes the fast KV decoder when the model passes `fast_decode_support`, else x-transformers'
     own cache, else ("full", also `use_cache=False`) a full forward per step. Returned tensors are on CPU.
+    `first_row`: the global index of this call's first row, when the call is one process's share of a
+    larger call split across processes (with the same generator seed); its rows then draw exactly what
+    they would draw in the whole call.
     """
     loose = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     config = resolve_sampling(
@@ -307,6 +311,8 @@ def sample(
         max_new_tokens, config.temperature, config.top_k, config.top_p, config.min_p, eos_id, pad_id, return_logprobs
     )
     _check_counts(num_samples, batch_size)
+    if first_row < 0:
+        raise ValueError(f"first_row must be >= 0, got {first_row}")
     net = unwrap_network(model)
     device = next(itertools.chain(net.parameters(), net.buffers())).device
     if not prompts:
@@ -317,7 +323,8 @@ def sample(
     rng_device = generator.device if generator is not None else "cpu"
     base = torch.randint(-(2**63), 2**63 - 1, (), generator=generator, dtype=torch.long, device=rng_device).cpu()
     num_rows = len(prompts) * num_samples
-    row_keys = splitmix64(base + torch.arange(num_rows) * _to_uint64_signed(_GAMMA)).to(device)
+    global_rows = torch.arange(first_row, first_row + num_rows)
+    row_keys = splitmix64(base + global_rows * _to_uint64_signed(_GAMMA)).to(device)
 
     ids = torch.full((num_rows, max_new_tokens), pad_id, dtype=torch.long)
     mask = torch.zeros(num_rows, max_new_tokens, dtype=torch.bool)

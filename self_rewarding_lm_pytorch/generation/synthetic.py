@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.core.batching import collate_examples, encode_example
+from self_rewarding_lm_pytorch.core.distributed import Shard
 from self_rewarding_lm_pytorch.core.files import JsonlAppender, resume_jsonl
 from self_rewarding_lm_pytorch.core.reward_source import Scorer, scoring_fn
 from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig
@@ -121,6 +124,7 @@ def generate_synthetic_dataset(
     seed: int = 0,
     prompts_per_batch: int = 16,
     progress: bool = True,
+    accelerator: Any = None,
 ) -> dict:
     """Samples `n` responses per prompt with `model`, scores them with `scorer`, and appends the best
     `keep` per prompt to the JSONL file `out` (streamed; an existing file is resumed, done prompts skipped).
@@ -129,6 +133,8 @@ def generate_synthetic_dataset(
     `(prompts, responses) -> scores` (higher is better, or set `higher_is_better = False` on it).
     Candidates with a NaN score are never kept. Returns counts: prompts done before, prompts written,
     records written, prompts with no scorable candidate (not written; retried on resume).
+    With an `accelerator` of several processes, each samples and scores its share of the chunks and the
+    main process writes them in order: the same file as one process, with the same resume rule.
     """
     if not 1 <= keep <= n:
         raise ValueError(f"keep must be in [1, n={n}], got {keep}")
@@ -144,30 +150,43 @@ def generate_synthetic_dataset(
     if empty:
         raise ValueError(f"prompt {empty[0]} is empty: the sampler needs at least one prompt token")
     score_fn = scoring_fn(scorer, name="scorer")
-    config, path = generation_config or GenerationConfig(), Path(out)
+    config, path, shard = generation_config or GenerationConfig(), Path(out), Shard.of(accelerator)
     if config.max_new_tokens is None:
         raise ValueError("generation_config.max_new_tokens must be set")
-    done = _completed_prompts(path, prompts)
+    # The main process owns the file: it trims a half-written prompt, the others learn what is done.
+    done = set(shard.from_main(sorted(_completed_prompts(path, prompts)) if shard.rank == 0 else None))
     stats = dict(prompts_done_before=len(done), prompts_written=0, records_written=0, prompts_without_score=0)
-    bar = tqdm(total=len(prompts), initial=len(done), desc="best-of-n data", disable=not progress)
-    with JsonlAppender(path) as appender:
-        for start in range(0, len(prompts), prompts_per_batch):
-            chunk = range(start, min(start + prompts_per_batch, len(prompts)))
-            if all(i in done for i in chunk):
-                continue
-            # the whole chunk is resampled with its own seed even if partly done, so the records
-            # written now equal those an uninterrupted run writes
-            generator = torch.Generator().manual_seed(derive_seed(seed, "synthetic-chunk", start // prompts_per_batch))
-            responses = sample_responses(
-                model, tok, [encoded[i] for i in chunk], num_samples=n, config=config, generator=generator
-            )
-            scores, order = _score_chunk(score_fn, [prompts[i] for i in chunk], responses)
-            for row, i in enumerate(chunk):
-                if i not in done:
-                    _write_prompt(appender, stats, i, prompts[i], responses[row], scores[row], order[row], keep)
-                    bar.update(1)
+    starts = range(0, len(prompts), prompts_per_batch)
+    todo = [range(s, min(s + prompts_per_batch, len(prompts))) for s in starts]
+    todo = [chunk for chunk in todo if not all(i in done for i in chunk)]
+    bar = tqdm(total=len(prompts), initial=len(done), desc="best-of-n data", disable=not progress or shard.rank > 0)
+    make = partial(_make_chunk, model, tok, encoded, prompts, score_fn, n, config, seed)
+    with JsonlAppender(path) if shard.rank == 0 else nullcontext() as appender:
+        # Rounds of one chunk per process, gathered and written in chunk order: the file one process writes.
+        for first in range(0, len(todo), shard.world):
+            round_ = todo[first : first + shard.world]
+            mine = make(round_[shard.rank], prompts_per_batch) if shard.rank < len(round_) else None
+            for chunk, (responses, scores, order) in zip(round_, shard.gather(mine)[: len(round_)], strict=True):
+                for row, i in enumerate(chunk):
+                    if i not in done:
+                        _write_prompt(appender, stats, i, prompts[i], responses[row], scores[row], order[row], keep)
+                        bar.update(1)
     bar.close()
     return stats
+
+
+def _make_chunk(model, tok, encoded, prompts, score_fn: Scorer, n, config, seed, chunk, prompts_per_batch):
+    """Candidates and scores of one chunk of prompts; its randomness comes from its index alone.
+
+    The whole chunk is resampled even if partly done, so the records written now equal those an
+    uninterrupted run writes.
+    """
+    generator = torch.Generator().manual_seed(derive_seed(seed, "synthetic-chunk", chunk.start // prompts_per_batch))
+    responses = sample_responses(
+        model, tok, [encoded[i] for i in chunk], num_samples=n, config=config, generator=generator
+    )
+    scores, order = _score_chunk(score_fn, [prompts[i] for i in chunk], responses)
+    return responses, scores, order
 
 
 def _score_chunk(score_fn: Scorer, prompts, responses) -> tuple[list[list[float]], list[list[int]]]:
@@ -187,6 +206,8 @@ def _write_prompt(appender, stats, index, prompt, responses, scores, order, keep
         return
     discarded = [_finite_or_none(scores[j]) for j in order if j not in kept]
     for rank, j in enumerate(kept):
+        if appender is None:  # not the main process: it counts, the main process writes
+            continue
         appender.write(
             {
                 "prompt": prompt,

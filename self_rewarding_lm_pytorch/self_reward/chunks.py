@@ -10,46 +10,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
+
+from self_rewarding_lm_pytorch.core.distributed import Shard
 
 __all__ = ["Shard", "resume_chunks", "run_chunks"]
 
 ChunkKey = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This process's place among `world` processes; one process by default."""
-
-    rank: int = 0
-    world: int = 1
-    accelerator: Any = None
-
-    @classmethod
-    def of(cls, accelerator) -> Shard:
-        if accelerator is None or accelerator.num_processes == 1:
-            return cls()
-        return cls(accelerator.process_index, accelerator.num_processes, accelerator)
-
-    def gather(self, obj) -> list:
-        """`obj` of every process, in rank order (a collective: every process must call it)."""
-        if self.world == 1:
-            return [obj]
-        from accelerate.utils import gather_object
-
-        return gather_object([obj])
-
-    def from_main(self, obj):
-        """The main process's `obj` on every process (the others may not read its files)."""
-        if self.world == 1:
-            return obj
-        from accelerate.utils import broadcast_object_list
-
-        return broadcast_object_list([obj], from_process=0)[0]
 
 
 def resume_chunks(path: Path, chunk_prompts: dict[ChunkKey, list[int]], texts: list) -> dict[ChunkKey, list[dict]]:
@@ -91,7 +60,7 @@ def run_chunks(
     done: dict[ChunkKey, list[dict]],
     cand_path: Path | None,
     num_pairs: int | None,
-    shard: Shard = Shard(),
+    shard: Shard | None = None,
     progress: bool = True,
 ) -> tuple[list[dict], Counter]:
     """Chunks in plan order until `num_pairs` pairs exist, each finished chunk streamed to `cand_path`.
@@ -102,6 +71,7 @@ def run_chunks(
     """
     from self_rewarding_lm_pytorch.core.files import JsonlAppender, atomic_write_text
 
+    shard = shard or Shard()
     if cand_path is not None and not done:
         atomic_write_text(cand_path, "")  # a fresh run never appends to an old file
     appender = JsonlAppender(cand_path) if cand_path is not None else None

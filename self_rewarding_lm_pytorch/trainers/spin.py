@@ -24,6 +24,7 @@ from torch import nn
 
 from self_rewarding_lm_pytorch.core import sampling as sampler  # looked up per call: tests patch sampler.sample
 from self_rewarding_lm_pytorch.core.batching import SizedDataset
+from self_rewarding_lm_pytorch.core.distributed import Shard
 from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_json_if_exists, read_jsonl, write_jsonl
 from self_rewarding_lm_pytorch.core.losses import REFERENCE_FREE_LOSS_TYPES
 from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig, resolve_sampling
@@ -125,32 +126,42 @@ def generate_synthetic(
     batch_size: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    shard: Shard | None = None,
 ) -> list[list[int]]:
     """One sampled response per prompt, each with room for at most `max_seq_len - len(prompt)` tokens.
 
     Prompts are grouped by that budget and each group is one sampler call (it batches and KV-caches):
     a single call with the shortest prompt's budget would run longer prompts past `max_seq_len`,
-    which a model with absolute positions cannot do. Groups run in order of budget from one generator.
+    which a model with absolute positions cannot do. Each group draws from its own generator, seeded
+    by `seed` and the budget. With a `shard` of several processes each samples a contiguous share of
+    every group (its rows keyed by their index in the group, see `sampling.sample`'s `first_row`) and
+    the shares are gathered, so every process returns what one process would.
     """
     sampling = spin_sampling(sampling, temperature=temperature, top_p=top_p, top_k=top_k)
+    shard = shard or Shard()
     device = next(model.parameters()).device
     budgets = [max_seq_len - len(p) for p, _ in examples]
-    generator = torch.Generator().manual_seed(seed)  # the sampler draws one base key on the CPU
     responses: list[list[int]] = [[] for _ in examples]
-    for budget in sorted(set(budgets)):
+    for budget in sorted(set(budgets)):  # the same order on every process: one gather per group
         rows = [i for i, b in enumerate(budgets) if b == budget]
-        out = sampler.sample(
-            model,
-            [torch.tensor(examples[i][0], dtype=torch.long, device=device) for i in rows],
-            sampling=dataclasses.replace(sampling, max_new_tokens=budget),
-            eos_id=tokenizer.eos_id,
-            pad_id=tokenizer.pad_id,
-            generator=generator,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        for row, i in enumerate(rows):
-            responses[i] = out.response_ids[row][out.response_mask[row]].tolist()
+        mine = shard.share(len(rows))
+        generated: list[list[int]] = []
+        if mine:
+            generator = torch.Generator().manual_seed(derive_seed(seed, "spin-budget", budget))
+            out = sampler.sample(
+                model,
+                [torch.tensor(examples[rows[j]][0], dtype=torch.long, device=device) for j in mine],
+                first_row=mine.start,
+                sampling=dataclasses.replace(sampling, max_new_tokens=budget),
+                eos_id=tokenizer.eos_id,
+                pad_id=tokenizer.pad_id,
+                generator=generator,
+                batch_size=batch_size,
+                progress=progress,
+            )
+            generated = [out.response_ids[r][out.response_mask[r]].tolist() for r in range(len(mine))]
+        for i, ids in zip(rows, shard.gather_lists(generated), strict=True):
+            responses[i] = ids
     return responses
 
 
@@ -176,7 +187,7 @@ def _pairs(examples, generated) -> list[dict]:
     ]
 
 
-def _load_or_generate(model, examples, run_dir, *, resume, is_main, tokenizer, num_train, **sample_kwargs):
+def _load_or_generate(model, examples, run_dir, *, resume, shard, tokenizer, num_train, **sample_kwargs):
     """This iteration's synthetic responses, reused from `run_dir` on resume (the policy has moved since).
 
     `examples` are the training items then the validation items (one sampler call for both).
@@ -187,8 +198,8 @@ def _load_or_generate(model, examples, run_dir, *, resume, is_main, tokenizer, n
         if len(records) == len(examples) and all(r["prompt"] == p for r, (p, _) in zip(records, examples, strict=True)):
             return [r["generated"] for r in records]
         raise ValueError(f"{path} holds samples for other prompts; cannot resume this SPIN run with new data")
-    generated = generate_synthetic(model, examples, tokenizer=tokenizer, **sample_kwargs)
-    if path is not None and is_main:
+    generated = generate_synthetic(model, examples, tokenizer=tokenizer, shard=shard, **sample_kwargs)
+    if path is not None and shard.rank == 0:
         write_jsonl(
             path,
             (
@@ -258,7 +269,7 @@ def train_spin_iteration(
         run_dir,
         resume=resume,
         num_train=len(examples),
-        is_main=accelerator.is_main_process,
+        shard=Shard.of(accelerator),
         tokenizer=tokenizer,
         max_seq_len=max_seq_len,
         sampling=spin_sampling(sampling, temperature=temperature, top_p=top_p, top_k=top_k),
