@@ -69,6 +69,11 @@ def assert_half_each(out: Path):
     assert [r["after"] for r in reports] == [total, total]  # the full weights are back after training
 
 
+def assert_trained(weights: Path, script):
+    trained, initial = load_file(str(weights)), script.make_model().state_dict()
+    assert max(float((trained[k] - initial[k]).abs().max()) for k in trained) > 1e-3
+
+
 def one_process(tmp_path: Path, kind: str) -> Path:
     script = load_script()
     out = tmp_path / f"one-{kind}"
@@ -97,6 +102,7 @@ def test_killed_sharded_run_resumes_to_the_one_process_weights(tmp_path, kind):
     assert [len(r["held"]) for r in reports] == [2, 2]  # only steps 5 and 6 ran again
     assert_half_each(out)
     assert_same_weights(out / "run" / "model.safetensors", one_process(tmp_path, kind), atol=1e-4)
+    assert_trained(out / "run" / "model.safetensors", load_script())
 
 
 def test_sharded_dpo_with_a_live_reference_matches_one_process(tmp_path):

@@ -74,6 +74,7 @@ class TrainingFields:
     checkpoint_every: int | None = None
     tensorboard: bool = False
     disable_dropout: bool = True
+    fsdp: bool = False
 
     def __post_init__(self):
         # Bad training settings fail when the stage config is built, not when the stage starts.

@@ -42,6 +42,7 @@ from self_rewarding_lm_pytorch.core.losses import (
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, CallableTokenizer, as_tokenizer
 from self_rewarding_lm_pytorch.trainers.judge_mixing import attach_judge_examples, encode_judge_examples
 from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, make_accelerator, train
+from self_rewarding_lm_pytorch.training.sharding import shard_in_place
 
 __all__ = [
     "DPO_LOSS_TYPES",
@@ -478,8 +479,11 @@ def train_pairs(
     else:
         # A given reference is frozen in place (no second copy); otherwise the policy is copied now.
         frozen = ref_model if ref_model is not None else copy.deepcopy(model)
-        frozen.eval().requires_grad_(False)
-        task = make_task(ref_model=frozen.to(accelerator.device), autocast=accelerator.autocast)
+        frozen.eval().requires_grad_(False).to(accelerator.device)
+        if ref_model is None and config.fsdp and accelerator.num_processes > 1:
+            # Our own copy is sharded like the policy; a reference the caller passed is left as it is.
+            shard_in_place(frozen, mixed_precision=accelerator.mixed_precision)
+        task = make_task(ref_model=frozen, autocast=accelerator.autocast)
     valid = ListDataset(splits["valid"]) if "valid" in splits else None
     return train(
         model,

@@ -488,6 +488,7 @@ class _Run:
 
     def _save_sharded(self, record: dict):
         """Full weights from the main process, optimizer shards from every process, into one staging folder."""
+        assert self.sharded is not None and self.run_dir is not None  # only called so
         full = self.sharded.full_state_dict(all_ranks=False)
         staging = ckpt.staging_dir(self.run_dir, self.s.step)
         if self.is_main:
@@ -510,6 +511,7 @@ class _Run:
         if self.run_dir is not None and (self.last_saved != self.s.step or self.s.stopped_early):
             self._save()
         if self.sharded is not None:
+            self.optimizer.state.clear()  # saved above if it was wanted; its memory goes before the gather
             self.sharded.restore_core()  # the user's model holds the full trained weights again
         if self.run_dir is not None:
             if self.is_main:

@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,7 @@ __all__ = [
     "ShardedTraining",
     "fsdp_enabled",
     "local_parameter_count",
+    "shard_in_place",
     "transformer_blocks",
 ]
 
@@ -83,6 +85,26 @@ def _forward_units(entry: nn.Module) -> list[nn.Module]:
     ]
 
 
+def shard_in_place(module: nn.Module, *, mixed_precision: str = "no") -> nn.Module:
+    """`fully_shard` each transformer block of `module`, then its root; returns `module`, now sharded.
+
+    Also used alone for a frozen reference model, which then costs 1/N of its size per process (its
+    forward is a collective, run in step by every process).
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    dtype = _PRECISIONS.get(mixed_precision)
+    # Parameters are cast for compute only; gradients are reduced and Adam runs in float32.
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
+    blocks = transformer_blocks(module)
+    if not blocks:
+        log.warning("fsdp: no transformer block list found in %s; sharding it as one unit", type(module).__name__)
+    for block in blocks:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(module, mp_policy=policy)
+    return module
+
+
 def local_parameter_count(module: nn.Module) -> int:
     """Parameter elements this process holds (its shards under FSDP, everything otherwise)."""
     total = 0
@@ -99,21 +121,11 @@ class ShardedTraining:
     """
 
     def __init__(self, core: nn.Module, *, device: torch.device, mixed_precision: str = "no"):
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
         self.core = core.to(device)
         self._params = dict(core.named_parameters())  # deduplicated: a tied weight appears once
         self._lent: dict[str, tuple[torch.Size, torch.dtype]] = {}
-        dtype = _PRECISIONS.get(mixed_precision)
-        # Parameters are cast for compute only; gradients are reduced and Adam runs in float32.
-        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
-        self.module = _meta_copy(core)
-        blocks = transformer_blocks(self.module)
-        if not blocks:
-            log.warning("fsdp: no transformer block list found in %s; sharding it as one unit", type(core).__name__)
-        for block in blocks:
-            fully_shard(block, mp_policy=policy)
-        fully_shard(self.module, mp_policy=policy)
+        # nn.Module and FSDPModule at once (its class is swapped); Any, as no static type says both.
+        self.module: Any = shard_in_place(_meta_copy(core), mixed_precision=mixed_precision)
         self.module.to_empty(device=device)
         for name, buffer in core.named_buffers():
             self.module.get_buffer(name).copy_(buffer)
@@ -145,10 +157,16 @@ class ShardedTraining:
         return self.core
 
     def restore_core(self):
-        """Gather the trained weights and put them back into the user's model, for good (collective)."""
-        full = self.full_state_dict(all_ranks=True)
+        """Gather the trained weights and put them back into the user's model, for good (collective).
+
+        One parameter at a time (every process in the same order), so no second full copy is made.
+        """
+        shards = dict(self.module.named_parameters())
         for name, p in self._params.items():
-            p.data = full[name].to(p.device, p.dtype)
+            shard = shards[name]
+            full = shard.full_tensor() if hasattr(shard, "full_tensor") else shard
+            # A copy: the gathered tensor may be a view into a padded buffer (safetensors refuses those).
+            p.data = full.detach().to(p.device, p.dtype, copy=True)
         self._lent.clear()
 
     # --- weights and optimizer state (collectives) ---
@@ -159,13 +177,14 @@ class ShardedTraining:
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks)
         state = get_model_state_dict(self.module, options=options)
-        return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        return {k: cast(Tensor, v).detach().to("cpu", copy=True) for k, v in state.items()}
 
     def load_full(self, state_dict: dict[str, Tensor]):
         """Scatter full weights (every process passes the same) into the shards."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(self.module, state_dict, options=StateDictOptions(full_state_dict=True))
+        full = cast(dict[str, Any], state_dict)
+        set_model_state_dict(self.module, full, options=StateDictOptions(full_state_dict=True))
 
     def load_full_file(self, path: Path):
         """Load a `model.safetensors` written from the full model (ties as `save_model` stores them)."""
