@@ -93,14 +93,19 @@ def encode_example(
 ) -> tuple[list[int], int]:
     """(ids, prompt_len) for one example: prompt ids, then response ids, then EOS if the tokenizer has one.
 
-    Strings go through the tokenizer; ids (lists or tensors) are taken as they are. An example longer
+    Strings go through the tokenizer; ids (lists or tensors) are taken as they are. A tokenizer with a
+    chat template renders a string prompt as the user turn and a string response as the assistant turn
+    (`HFTokenizer.encode_chat`), so prompt_len covers everything before the assistant part. An example longer
     than `max_len` loses response tokens from its end; one whose prompt leaves no room for a single
     response token is a ValueError (callers skip and count those).
     """
-    from self_rewarding_lm_pytorch.core.tokenizer import to_id_list
+    from self_rewarding_lm_pytorch.core.tokenizer import encode_prompt, to_id_list
 
-    p = tokenizer.encode(prompt) if isinstance(prompt, str) else to_id_list(prompt)
-    r = tokenizer.encode(response) if isinstance(response, str) else to_id_list(response)
+    if isinstance(prompt, str) and isinstance(response, str) and hasattr(tokenizer, "encode_chat"):
+        p, r = tokenizer.encode_chat(prompt, response)
+    else:
+        p = encode_prompt(tokenizer, prompt) if isinstance(prompt, str) else to_id_list(prompt)
+        r = tokenizer.encode(response) if isinstance(response, str) else to_id_list(response)
     eos = getattr(tokenizer, "eos_id", None) if tokenizer is not None else None
     if add_eos and eos is not None and (not r or r[-1] != eos):
         r = [*r, eos]

@@ -1,4 +1,5 @@
-"""Batched, KV-cached sampling from an x-transformers `TransformerWrapper` (or any causal LM).
+"""Batched, KV-cached sampling from an x-transformers `TransformerWrapper`, a Hugging Face causal LM
+(KV cache: `hf_decode.HFCacheStepper`), or any causal LM.
 
     out = sample(model, prompts, max_new_tokens=64, num_samples=4, temperature=0.7, top_p=0.9,
                  eos_id=tokenizer.eos_id, generator=torch.Generator().manual_seed(0))
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from x_transformers import TransformerWrapper
 
+from self_rewarding_lm_pytorch.core.hf_decode import HFCacheStepper, hf_model_inside
 from self_rewarding_lm_pytorch.core.kv_decode import (
     FastDecoder,
     FullStepper,
@@ -47,7 +49,7 @@ __all__ = [
     "xcache_support",
 ]
 
-BACKENDS = ("auto", "fast", "xtransformers", "full")
+BACKENDS = ("auto", "fast", "xtransformers", "hf", "full")
 _GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment (the golden ratio in 64 bits)
 
 
@@ -60,7 +62,7 @@ class SampleOutput:
     logprobs: Tensor | None  # (b, m) float: log p(token), raw model (temperature 1, unfiltered); 0 where masked
     prompt_index: Tensor  # (b,) long
     eos_id: int | None = None
-    backend: str = "auto"  # the backend that actually ran: "fast", "xtransformers" or "full"
+    backend: str = "auto"  # the backend that actually ran: "fast", "xtransformers", "hf" or "full"
 
     @property
     def lengths(self) -> Tensor:
@@ -206,13 +208,19 @@ def _plan_chunks(lengths: list[int], num_samples: int, batch_size: int | None, b
     return [*chunks, current]
 
 
-def _resolve_backend(net, backend: str, use_cache: bool) -> str:
+def _resolve_backend(net, backend: str, use_cache: bool, is_hf: bool) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not use_cache:
-        if backend in ("fast", "xtransformers"):
+        if backend in ("fast", "xtransformers", "hf"):
             raise ValueError(f"use_cache=False contradicts backend={backend!r}")
         return "full"
+    if is_hf:
+        if backend not in ("auto", "hf", "full"):
+            raise UnsupportedModelError(f"backend={backend!r} runs x-transformers models, not Hugging Face ones")
+        return "full" if backend == "full" else "hf"
+    if backend == "hf":
+        raise UnsupportedModelError("backend='hf' runs Hugging Face models only")
     if backend in ("fast", "auto"):
         problem = fast_decode_support(net)
         if problem is None:
@@ -236,9 +244,20 @@ def _as_ids(prompt: Tensor, i: int) -> Tensor:
     return prompt.long()
 
 
-def _check_prompts(net, prompts: list[Tensor], max_new_tokens: int) -> list[int]:
+def _check_prompts(net, prompts: list[Tensor], max_new_tokens: int, is_hf: bool) -> list[int]:
     lengths = [len(p) for p in prompts]
-    if isinstance(net, TransformerWrapper):
+    if is_hf:
+        vocab, limit = net.get_output_embeddings().weight.shape[0], getattr(net.config, "max_position_embeddings", None)
+        low, high = min(int(p.min()) for p in prompts), max(int(p.max()) for p in prompts)
+        if low < 0 or high >= vocab:
+            raise ValueError(f"prompt ids must lie in [0, {vocab}), got ids from {low} to {high}")
+        need = max(lengths) + max_new_tokens
+        if isinstance(limit, int) and need > limit:
+            raise ValueError(
+                f"longest prompt ({max(lengths)}) + max_new_tokens ({max_new_tokens}) = {need} exceeds the model's "
+                f"max_position_embeddings {limit}"
+            )
+    elif isinstance(net, TransformerWrapper):
         low, high = min(int(p.min()) for p in prompts), max(int(p.max()) for p in prompts)
         if low < 0 or high >= net.num_tokens:
             raise ValueError(f"prompt ids must lie in [0, {net.num_tokens}), got ids from {low} to {high}")
@@ -263,7 +282,17 @@ def _check_counts(num_samples: int, batch_size: int | None) -> None:
 _LOOSE_DEFAULTS = dict(max_new_tokens=None, temperature=1.0, top_k=None, top_p=None, min_p=None)
 
 
-_STEPPERS = {"fast": FastDecoder, "xtransformers": XCacheStepper, "full": FullStepper}
+class _HFLogits:
+    """`ids -> logits` of a bare HF model, for the uncached `FullStepper`."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __call__(self, ids: Tensor) -> Tensor:
+        return self.model(input_ids=ids, use_cache=False).logits
+
+
+_STEPPERS = {"fast": FastDecoder, "xtransformers": XCacheStepper, "hf": HFCacheStepper, "full": FullStepper}
 
 
 @beartype
@@ -295,10 +324,11 @@ def sample(
     `sampling` is a `SamplingConflictError`); `max_new_tokens` must be set by one of them.
     temperature 0 is greedy. `batch_size` caps rows per forward (None: all rows at once). `backend`
     "auto" takes the fast KV decoder when the model passes `fast_decode_support`, else x-transformers'
-    own cache, else ("full", also `use_cache=False`) a full forward per step. Returned tensors are on CPU.
-    `first_row`: the global index of this call's first row, when the call is one process's share of a
-    larger call split across processes (with the same generator seed); its rows then draw exactly what
-    they would draw in the whole call.
+    own cache, else ("full", also `use_cache=False`) a full forward per step; a Hugging Face model
+    (bare, in `HFCausalLM`, or a `peft.PeftModel`) decodes with its own KV cache ("hf"). Returned
+    tensors are on CPU. `first_row`: the global index of this call's first row, when the call is one
+    process's share of a larger call split across processes (with the same generator seed); its rows
+    then draw exactly what they would draw in the whole call.
     """
     loose = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     config = resolve_sampling(
@@ -314,12 +344,15 @@ def sample(
     if first_row < 0:
         raise ValueError(f"first_row must be >= 0, got {first_row}")
     net = unwrap_network(model)
+    hf = hf_model_inside(net)
+    net = hf if hf is not None else net
     device = next(itertools.chain(net.parameters(), net.buffers())).device
     if not prompts:
         raise ValueError("prompts is empty")
     prompts = [_as_ids(p, i).to(device) for i, p in enumerate(prompts)]
-    lengths = _check_prompts(net, prompts, max_new_tokens)
-    chosen = _resolve_backend(net, backend, use_cache)
+    lengths = _check_prompts(net, prompts, max_new_tokens, is_hf=hf is not None)
+    chosen = _resolve_backend(net, backend, use_cache, is_hf=hf is not None)
+    runner = _HFLogits(net) if hf is not None and chosen == "full" else net
     rng_device = generator.device if generator is not None else "cpu"
     base = torch.randint(-(2**63), 2**63 - 1, (), generator=generator, dtype=torch.long, device=rng_device).cpu()
     num_rows = len(prompts) * num_samples
@@ -339,7 +372,7 @@ def sample(
             unique = [p for p, _ in itertools.groupby(prompt_ids)]
             counts = [len(list(group)) for _, group in itertools.groupby(prompt_ids)]
             with torch.inference_mode():
-                stepper = _STEPPERS[chosen](net, [prompts[p] for p in unique], counts, max_new_tokens)
+                stepper = _STEPPERS[chosen](runner, [prompts[p] for p in unique], counts, max_new_tokens)
                 c_ids, c_mask, c_lp = _decode_chunk(stepper, row_keys[rows], settings)
             steps, index = c_ids.shape[1], torch.tensor(rows)
             ids[index, :steps], mask[index, :steps] = c_ids, c_mask

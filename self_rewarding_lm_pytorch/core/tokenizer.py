@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["ByteTokenizer", "CallableTokenizer", "Tokenizer", "as_tokenizer", "to_id_list"]
+__all__ = ["ByteTokenizer", "CallableTokenizer", "Tokenizer", "as_tokenizer", "encode_prompt", "to_id_list"]
 
 
 @runtime_checkable
@@ -120,12 +120,23 @@ def as_tokenizer(
     *,
     tokenizer_encode: Callable | None = None,
     tokenizer_decode: Callable | None = None,
+    chat_template: bool = True,
     **kwargs,
 ) -> Tokenizer:
-    """One tokenizer from either a `Tokenizer` object or an encode/decode pair (not both)."""
+    """One tokenizer from either a `Tokenizer` object or an encode/decode pair (not both).
+
+    A Hugging Face tokenizer is wrapped in `HFTokenizer`; `chat_template=False` turns off its chat
+    template (prompts and responses are then plainly concatenated).
+    """
+    from self_rewarding_lm_pytorch.core.hf_tokenizer import HFTokenizer, is_hf_tokenizer
+
     has_callables = tokenizer_encode is not None or tokenizer_decode is not None
     if tokenizer is not None and has_callables:
         raise ValueError("pass either tokenizer= or tokenizer_encode=/tokenizer_decode=, not both")
+    if is_hf_tokenizer(tokenizer):
+        return HFTokenizer(tokenizer, chat_template=chat_template)
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer.with_chat_template(chat_template)
     if tokenizer is not None:
         missing = [a for a in ("encode", "decode", "pad_id", "eos_id") if not hasattr(tokenizer, a)]
         if missing:
@@ -136,3 +147,10 @@ def as_tokenizer(
             raise ValueError("tokenizer_encode and tokenizer_decode must be given together")
         return CallableTokenizer(tokenizer_encode, tokenizer_decode, **kwargs)
     return ByteTokenizer()
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """Ids of a prompt to generate from: through the chat template when the tokenizer has one
+    (`HFTokenizer.encode_prompt`), else plain `encode`."""
+    render = getattr(tokenizer, "encode_prompt", None)
+    return list(render(prompt)) if render is not None else tokenizer.encode(prompt)
