@@ -4,7 +4,9 @@ Layout of a run folder:
     manifest.json              seed, the planned stages (kind + config hash), the one in progress,
                                the finished ones (see manifest.py)
     initial-model.safetensors  the weights the run started from
-    01-sft/                    model.safetensors, config.json, and whatever the stage wrote
+    01-sft/                    model.safetensors, config.json, and whatever the stage wrote; for a
+                               Hugging Face model also model/ (save_pretrained: model or LoRA adapter,
+                               plus the tokenizer; model/merged/ too with save_merged=True)
     02-self-reward-dpo/        candidates.jsonl, pairs.jsonl, train/ (step checkpoints), ...
 
 A rerun on the same folder skips the finished stages (after checking they are the same stages),
@@ -24,7 +26,6 @@ from torch import nn
 from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_json_if_exists
 from self_rewarding_lm_pytorch.core.run_lock import RunLock, RunLockedError
 from self_rewarding_lm_pytorch.core.seeding import derive_seed
-from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer
 from self_rewarding_lm_pytorch.manifest import (
     INITIAL_MODEL,
     MANIFEST,
@@ -33,6 +34,7 @@ from self_rewarding_lm_pytorch.manifest import (
     continue_run,
     stage_folder_name,
 )
+from self_rewarding_lm_pytorch.models import HFCausalLM, model_and_tokenizer
 from self_rewarding_lm_pytorch.stages.context import StageContext, StageEnd
 from self_rewarding_lm_pytorch.stages.fields import describe_config
 from self_rewarding_lm_pytorch.training.checkpoint import load_model, save_model, seed_everything
@@ -52,7 +54,12 @@ def _check_stage(config: Any, index: int):
 
 
 class SelfRewardingTrainer:
-    """Runs `finetune_configs` in order; a dict means the paper's recipe (`create_default_paper_config`)."""
+    """Runs `finetune_configs` in order; a dict means the paper's recipe (`create_default_paper_config`).
+
+    `model` is an x-transformers `TransformerWrapper`, a Hugging Face causal LM or a `peft.PeftModel`;
+    `peft_config=` applies LoRA for you, `chat_template=False` turns off the tokenizer's chat template,
+    `save_merged=True` also writes each stage's LoRA-merged model.
+    """
 
     @beartype
     def __init__(
@@ -69,6 +76,9 @@ class SelfRewardingTrainer:
         seed: int | None = None,
         on_stage_end: Callable[[StageEnd], Any] | None = None,
         progress: bool = True,
+        peft_config: Any = None,
+        chat_template: bool | None = None,
+        save_merged: bool = False,
     ):
         from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG, RewardConfig
 
@@ -85,9 +95,16 @@ class SelfRewardingTrainer:
         if self_reward_prompt_config is not None and not isinstance(self_reward_prompt_config, RewardConfig):
             raise TypeError("self_reward_prompt_config must be a RewardConfig")
 
-        self.model = model
+        self.model, self.tokenizer = model_and_tokenizer(
+            model,
+            tokenizer,
+            peft_config=peft_config,
+            chat_template=chat_template,
+            tokenizer_encode=tokenizer_encode,
+            tokenizer_decode=tokenizer_decode,
+        )
         self.stages = list(finetune_configs)
-        self.tokenizer = as_tokenizer(tokenizer, tokenizer_encode=tokenizer_encode, tokenizer_decode=tokenizer_decode)
+        self.save_merged = save_merged
         self.reward_config = self_reward_prompt_config or DEFAULT_REWARD_CONFIG
         self.accelerate_kwargs = accelerate_kwargs
         self.folder = Path(checkpoints_folder)
@@ -197,6 +214,8 @@ class SelfRewardingTrainer:
         summary = config.run(ctx) or {}
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            save_model(self.model, stage_dir / "model.safetensors")
+            save_model(self.model, stage_dir / "model.safetensors")  # the exact state a resume loads
+            if isinstance(self.model, HFCausalLM):
+                self.model.save_pretrained(stage_dir / "model", tokenizer=self.tokenizer, merged=self.save_merged)
             atomic_write_json(stage_dir / "config.json", describe_config(config))
         return summary

@@ -120,13 +120,14 @@ def as_tokenizer(
     *,
     tokenizer_encode: Callable | None = None,
     tokenizer_decode: Callable | None = None,
-    chat_template: bool = True,
+    chat_template: bool | None = None,
     **kwargs,
 ) -> Tokenizer:
     """One tokenizer from either a `Tokenizer` object or an encode/decode pair (not both).
 
     A Hugging Face tokenizer is wrapped in `HFTokenizer`; `chat_template=False` turns off its chat
-    template (prompts and responses are then plainly concatenated).
+    template (prompts and responses are then plainly concatenated), None keeps what it is (on for a
+    bare HF tokenizer that has one).
     """
     from self_rewarding_lm_pytorch.core.hf_tokenizer import HFTokenizer, is_hf_tokenizer
 
@@ -134,9 +135,9 @@ def as_tokenizer(
     if tokenizer is not None and has_callables:
         raise ValueError("pass either tokenizer= or tokenizer_encode=/tokenizer_decode=, not both")
     if is_hf_tokenizer(tokenizer):
-        return HFTokenizer(tokenizer, chat_template=chat_template)
+        return HFTokenizer(tokenizer, chat_template=chat_template is not False)
     if isinstance(tokenizer, HFTokenizer):
-        return tokenizer.with_chat_template(chat_template)
+        return tokenizer if chat_template is None else tokenizer.with_chat_template(chat_template)
     if tokenizer is not None:
         missing = [a for a in ("encode", "decode", "pad_id", "eos_id") if not hasattr(tokenizer, a)]
         if missing:

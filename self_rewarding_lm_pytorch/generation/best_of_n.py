@@ -22,7 +22,7 @@ from torch import Tensor
 
 from self_rewarding_lm_pytorch.core.reward_source import is_reward_model, scoring_fn
 from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig
-from self_rewarding_lm_pytorch.core.tokenizer import to_id_list
+from self_rewarding_lm_pytorch.core.tokenizer import encode_prompt, to_id_list
 
 __all__ = ["BestOfNSampler", "GenerationConfig", "LengthSampler", "rank_candidates", "sample_responses"]
 
@@ -68,7 +68,7 @@ def _as_query_list(queries, tokenizer) -> list[Tensor]:
         queries = [queries]  # one query given as a list of ids
     out = []
     for i, q in enumerate(queries):
-        ids = tokenizer.encode(q) if isinstance(q, str) else to_id_list(q)
+        ids = encode_prompt(tokenizer, q) if isinstance(q, str) else to_id_list(q)
         if not ids:
             raise ValueError(f"query {i} is empty: the sampler needs at least one prompt token")
         out.append(torch.tensor(ids, dtype=torch.long))

@@ -30,7 +30,7 @@ from self_rewarding_lm_pytorch.core.files import JsonlAppender, resume_jsonl
 from self_rewarding_lm_pytorch.core.reward_source import Scorer, scoring_fn
 from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig
 from self_rewarding_lm_pytorch.core.seeding import derive_seed
-from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer
+from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer, encode_prompt
 from self_rewarding_lm_pytorch.generation.best_of_n import GenerationConfig, rank_candidates, sample_responses
 
 __all__ = ["PerplexityScorer", "generate_synthetic_dataset"]
@@ -145,7 +145,7 @@ def generate_synthetic_dataset(
     not_str = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
     if not_str:
         raise TypeError(f"prompt {not_str[0]} is a {type(prompts[not_str[0]]).__name__}, not a str")
-    encoded = [torch.tensor(tok.encode(p), dtype=torch.long) for p in prompts]
+    encoded = [torch.tensor(encode_prompt(tok, p), dtype=torch.long) for p in prompts]
     empty = [i for i, e in enumerate(encoded) if e.numel() == 0]
     if empty:
         raise ValueError(f"prompt {empty[0]} is empty: the sampler needs at least one prompt token")

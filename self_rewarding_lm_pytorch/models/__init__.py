@@ -9,21 +9,31 @@ generation cache, `save_pretrained` folders, the LoRA adapter switch). Nothing h
 """
 
 from self_rewarding_lm_pytorch.models.base import (
+    AdapterOffReference,
+    AdapterSnapshotReference,
     as_model,
+    enable_gradient_checkpointing,
+    frozen_reference,
     is_hf_model,
     is_hf_tokenizer,
     max_seq_len_of,
+    model_and_tokenizer,
     num_tokens_of,
     unwrap_model,
 )
 from self_rewarding_lm_pytorch.models.hf import HFCausalLM
 
 __all__ = [
+    "AdapterOffReference",
+    "AdapterSnapshotReference",
     "HFCausalLM",
     "as_model",
+    "enable_gradient_checkpointing",
+    "frozen_reference",
     "is_hf_model",
     "is_hf_tokenizer",
     "max_seq_len_of",
+    "model_and_tokenizer",
     "num_tokens_of",
     "unwrap_model",
 ]

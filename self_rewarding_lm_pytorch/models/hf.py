@@ -30,9 +30,19 @@ class HFCausalLM(nn.Module):
             raise TypeError(f"{type(model).__name__} is not a Hugging Face causal LM (no config/output embeddings)")
         self.hf = model
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, return_logits_and_embeddings: bool = False
+    ):
+        """logits (b, n, v); with `return_logits_and_embeddings` also the final hidden states (b, n, d),
+        the keyword x-transformers uses, so a value head reads either kind of model the same way."""
         # Right-padded batches need no attention mask: padding comes after every real token.
-        return self.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        out = self.hf(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            output_hidden_states=return_logits_and_embeddings,
+        )
+        return (out.logits, out.hidden_states[-1]) if return_logits_and_embeddings else out.logits
 
     # --- what the rest of the package reads ---
 
@@ -49,6 +59,10 @@ class HFCausalLM(nn.Module):
     def num_tokens(self) -> int:
         head = self.hf.get_output_embeddings()
         return int(head.weight.shape[0]) if head is not None else int(self.config.vocab_size)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
 
     @property
     def is_peft(self) -> bool:

@@ -11,7 +11,6 @@ aligned as `logprobs.token_logprobs` aligns them (see `ppo_model`).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Sequence
@@ -21,7 +20,6 @@ from typing import Any
 import torch
 from beartype import beartype
 from torch import Tensor, nn
-from x_transformers import TransformerWrapper
 
 from self_rewarding_lm_pytorch.core.logprobs import token_logprobs
 from self_rewarding_lm_pytorch.core.losses import (
@@ -35,7 +33,7 @@ from self_rewarding_lm_pytorch.core.losses import (
     whiten,
 )
 from self_rewarding_lm_pytorch.core.seeding import derive_seed
-from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer
+from self_rewarding_lm_pytorch.models import as_model, frozen_reference, model_and_tokenizer
 from self_rewarding_lm_pytorch.rl.value_head import (
     RunningMoments,
     ValueHeadModel,
@@ -204,14 +202,14 @@ def _sampling_kwargs(kwargs: dict, tokenizer, temperature: float) -> dict:
 class PPOTrainer:
     """Rollout -> score -> optimise, as in TRL's quick start: `generate`, then `step(queries, responses, scores)`.
 
-    `model` is a `TransformerWrapper` (wrapped in a fresh `ValueHeadModel`, trained in place) or a
+    `model` is a `TransformerWrapper` or an HF causal LM (wrapped in a fresh `ValueHeadModel`, trained in place) or a
     `ValueHeadModel`. `ref_model=None` uses a frozen copy of the policy as it is now.
     """
 
     @beartype
     def __init__(
         self,
-        model: ValueHeadModel | TransformerWrapper,
+        model: nn.Module,
         ref_model: nn.Module | None = None,
         config: PPOConfig = PPOConfig(),
         tokenizer: Any = None,
@@ -221,7 +219,11 @@ class PPOTrainer:
         from self_rewarding_lm_pytorch.training.loop import make_accelerator
 
         self.config = config
-        self.tokenizer = as_tokenizer(tokenizer)
+        if not isinstance(model, ValueHeadModel):
+            model = as_model(model)
+        _, self.tokenizer = model_and_tokenizer(
+            model.transformer if isinstance(model, ValueHeadModel) else model, tokenizer
+        )
         self.accelerator = accelerator if accelerator is not None else make_accelerator()
         device = self.accelerator.device
         vmodel = model if isinstance(model, ValueHeadModel) else ValueHeadModel(model)
@@ -230,7 +232,7 @@ class PPOTrainer:
             # start away from 1. In place and for good, as TRL does (the reference is in eval mode).
             disable_dropout(vmodel)
         if ref_model is None:
-            ref_model = copy.deepcopy(vmodel.transformer)
+            ref_model = frozen_reference(vmodel.transformer)
         elif isinstance(ref_model, ValueHeadModel):
             ref_model = ref_model.transformer
         self.ref_model = ref_model.to(device).eval().requires_grad_(False)

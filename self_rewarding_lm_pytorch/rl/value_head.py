@@ -46,10 +46,17 @@ class ValueHeadModel(nn.Module):
     """
 
     @beartype
-    def __init__(self, transformer: TransformerWrapper):
+    def __init__(self, transformer: nn.Module):
         super().__init__()
+        from self_rewarding_lm_pytorch.models import as_model
+
+        # A Hugging Face model is wrapped (HFCausalLM), which returns logits and final hidden states
+        # for the same `return_logits_and_embeddings=True` as x-transformers.
+        transformer = as_model(transformer)
+        if not isinstance(transformer, TransformerWrapper) and not hasattr(transformer, "hidden_size"):
+            raise TypeError(f"ValueHeadModel needs a TransformerWrapper or an HF causal LM, got {type(transformer)}")
         self.transformer = transformer
-        dim = transformer.attn_layers.dim
+        dim = transformer.attn_layers.dim if isinstance(transformer, TransformerWrapper) else transformer.hidden_size
         self.value_head = nn.Linear(dim, 1)
         # zero init: every value starts at 0, so the first advantages are the rewards themselves
         # rather than rewards minus random noise from an untrained head

@@ -240,6 +240,7 @@ def judge_scores(
     (`generate_preferences`) never hit this.
     """
     from self_rewarding_lm_pytorch.core.sampling import sample
+    from self_rewarding_lm_pytorch.core.tokenizer import encode_prompt
 
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
@@ -256,8 +257,10 @@ def judge_scores(
         raise ValueError("judge_scores needs max_new_tokens (as a keyword or in settings.sampling)")
     max_new_tokens = sampling.max_new_tokens
     limit = getattr(model, "max_seq_len", None)
+    # The rendered judge prompt is a user message when the tokenizer has a chat template.
     encoded = [
-        tokenizer.encode(reward_config.render(prompt=p, response=r)) for p, r in zip(prompts, responses, strict=True)
+        encode_prompt(tokenizer, reward_config.render(prompt=p, response=r))
+        for p, r in zip(prompts, responses, strict=True)
     ]
     fits = [len(ids) >= 1 and (limit is None or len(ids) + max_new_tokens <= limit) for ids in encoded]
     judged = [i for i, ok in enumerate(fits) if ok]

@@ -32,6 +32,7 @@ from self_rewarding_lm_pytorch.core.modules import unwrap_network
 from self_rewarding_lm_pytorch.core.reward_source import scoring_fn
 from self_rewarding_lm_pytorch.core.sampling_config import JudgeSettings, SamplingConfig, resolve_sampling
 from self_rewarding_lm_pytorch.core.seeding import derive_seed
+from self_rewarding_lm_pytorch.core.tokenizer import encode_prompt
 from self_rewarding_lm_pytorch.self_reward.chunks import Shard, resume_chunks, run_chunks
 from self_rewarding_lm_pytorch.self_reward.judge import (
     DEFAULT_REWARD_CONFIG,
@@ -149,7 +150,7 @@ def _encode_prompts(prompts, tokenizer) -> list[tuple[str | None, list[int] | No
     for item in prompts:
         try:
             text = _prompt_text(item, tokenizer)
-            out.append((text, list(tokenizer.encode(text)), None))
+            out.append((text, encode_prompt(tokenizer, text), None))  # chat-rendered when there is a template
         except (TypeError, ValueError) as e:
             logger.warning("dropping an unreadable prompt: %s", e)
             out.append((None, None, "invalid"))
@@ -467,7 +468,7 @@ def generate_preferences(
     encoded = _encode_prompts([prompts[i] for i in range(len(cast(Sized, prompts)))], tokenizer)
     budgets = resolve_budgets(
         [len(ids) for _, ids, _ in encoded if ids],
-        template_len=len(tokenizer.encode(reward_config.render(prompt="", response=""))),
+        template_len=len(encode_prompt(tokenizer, reward_config.render(prompt="", response=""))),
         policy_max_len=_max_seq_len(model),
         judge_max_len=_max_seq_len(judge_model),
         max_new_tokens=max_new_tokens,

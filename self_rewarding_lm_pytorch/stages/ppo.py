@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from self_rewarding_lm_pytorch.core.files import JsonlAppender, resume_jsonl
 from self_rewarding_lm_pytorch.core.reward_source import SELF_JUDGE, Scorer, check_reward_source, scoring_fn
 from self_rewarding_lm_pytorch.core.sampling_config import JudgeSettings, SamplingConfig
-from self_rewarding_lm_pytorch.core.tokenizer import to_id_list
+from self_rewarding_lm_pytorch.core.tokenizer import encode_prompt, to_id_list
 from self_rewarding_lm_pytorch.rl.ppo import PPOConfig, PPOTrainer, check_ppo_sampling
 from self_rewarding_lm_pytorch.stages.context import StageContext, resolve_dataset
 from self_rewarding_lm_pytorch.stages.fields import describe_config
@@ -253,7 +253,7 @@ class PPOStageConfig:
     def _one_step(self, step, prompts, ctx, trainer, scorer, sampling, rollouts) -> dict:
         tok = ctx.tokenizer
         batch = [prompts[i] for i in self._batch(step, prompts, ctx)]
-        queries = [torch.tensor(tok.encode(p) if isinstance(p, str) else p, dtype=torch.long) for p in batch]
+        queries = [torch.tensor(encode_prompt(tok, p) if isinstance(p, str) else p, dtype=torch.long) for p in batch]
         responses = trainer.generate(queries, **sampling)
         # the judge and reward models read text without the EOS token
         response_texts = [

@@ -10,7 +10,6 @@ DPO with (real, generated) pairs and a different pair loss, not a copy of this f
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -39,7 +38,9 @@ from self_rewarding_lm_pytorch.core.losses import (
     dpo_loss,
     sft_loss,
 )
-from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, CallableTokenizer, as_tokenizer
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, CallableTokenizer
+from self_rewarding_lm_pytorch.models import as_model, frozen_reference, model_and_tokenizer
+from self_rewarding_lm_pytorch.models.base import AdapterOffReference, AdapterSnapshotReference
 from self_rewarding_lm_pytorch.trainers.judge_mixing import attach_judge_examples, encode_judge_examples
 from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, make_accelerator, train
 from self_rewarding_lm_pytorch.training.sharding import shard_in_place
@@ -71,7 +72,7 @@ class PreferenceRecordError(ValueError):
     """A preference record that cannot be trained on; the message names the record."""
 
 
-def default_tokenizer(model: nn.Module, tokenizer=None):
+def default_tokenizer(model: nn.Module, tokenizer=None, *, chat_template: bool | None = None):
     """The tokenizer to use when the caller gave none, checked against the model's vocabulary.
 
     The byte tokenizer's specials (pad 256, eos 258) do not exist in a 256-token model such as the
@@ -84,7 +85,7 @@ def default_tokenizer(model: nn.Module, tokenizer=None):
         if num_tokens is None or num_tokens >= byte.vocab_size:
             return byte
         return CallableTokenizer(byte.encode, byte.decode, pad_id=0, eos_id=None, vocab_size=256)
-    tokenizer = as_tokenizer(tokenizer)
+    _, tokenizer = model_and_tokenizer(model, tokenizer, chat_template=chat_template)
     for name in ("pad_id", "eos_id"):
         value = getattr(tokenizer, name)
         if num_tokens is not None and value is not None and not 0 <= value < num_tokens:
@@ -477,11 +478,13 @@ def train_pairs(
         }
         task = make_task(ref_model=None, autocast=accelerator.autocast)
     else:
-        # A given reference is frozen in place (no second copy); otherwise the policy is copied now.
-        frozen = ref_model if ref_model is not None else copy.deepcopy(model)
+        # A given reference is frozen in place (no second copy); otherwise the policy as it is now
+        # (a copy, or for a fresh LoRA adapter the adapter-off view: no copy at all).
+        frozen = ref_model if ref_model is not None else frozen_reference(model)
         frozen.eval().requires_grad_(False).to(accelerator.device)
-        if ref_model is None and config.fsdp and accelerator.num_processes > 1:
-            # Our own copy is sharded like the policy; a reference the caller passed is left as it is.
+        is_own_copy = ref_model is None and not isinstance(frozen, (AdapterOffReference, AdapterSnapshotReference))
+        if is_own_copy and config.fsdp and accelerator.num_processes > 1:
+            # Our own copy is sharded like the policy; a given reference or a LoRA view is left as it is.
             shard_in_place(frozen, mixed_precision=accelerator.mixed_precision)
         task = make_task(ref_model=frozen, autocast=accelerator.autocast)
     valid = ListDataset(splits["valid"]) if "valid" in splits else None
@@ -572,7 +575,8 @@ class DPOTrainer:
     """DPO trainer: `DPOTrainer(model, records, beta=0.1, ...)()` trains `model` in place.
 
     Records are dicts {"prompt", "chosen", "rejected"} (str or token ids) or 3-tuples; bad records
-    are an error here, at construction. Remaining keyword arguments are `TrainConfig` fields.
+    are an error here, at construction. Remaining keyword arguments are `TrainConfig` fields. A Hugging
+    Face model takes `peft_config=` (LoRA) and `chat_template=False` (no chat rendering).
     """
 
     @beartype
@@ -600,6 +604,8 @@ class DPOTrainer:
         accelerate_kwargs: dict | None = None,
         checkpoint_folder: str | Path | None = None,
         resume: bool = False,
+        peft_config: Any = None,
+        chat_template: bool | None = None,
         **train_config,
     ):
         self.loss_kwargs: dict[str, Any] = dict(
@@ -614,7 +620,8 @@ class DPOTrainer:
         _check_dpo_args(**self.loss_kwargs)
         self.reference_free = loss_type in REFERENCE_FREE_LOSS_TYPES
         self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
-        self.model, self.tokenizer = model, default_tokenizer(model, tokenizer)
+        model = as_model(model, peft_config=peft_config)
+        self.model, self.tokenizer = model, default_tokenizer(model, tokenizer, chat_template=chat_template)
         limits = _limits(model, max_seq_len)
         self.pairs, self.num_identical_pairs = drop_identical_pairs(encode_pairs(train_data, self.tokenizer, **limits))
         self.valid_pairs = (
@@ -634,7 +641,7 @@ class DPOTrainer:
         # Live reference: the frozen copy is the policy at construction, as documented.
         self.ref_model = ref_model
         if not precompute_ref_logprobs and ref_model is None and not self.reference_free:
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            self.ref_model = frozen_reference(model)
 
     def __call__(self) -> TrainResult:
         if self.accelerator is None:

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.core.batching import ListDataset, collate_examples, encode_example
 from self_rewarding_lm_pytorch.core.losses import sft_loss
-from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer, to_id_list
+from self_rewarding_lm_pytorch.core.tokenizer import to_id_list
+from self_rewarding_lm_pytorch.models import model_and_tokenizer
 from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, make_accelerator, train
 
 __all__ = ["NoResponseTokens", "SFTTask", "SFTTrainer", "prepare_sft_examples", "to_sft_example", "train_sft"]
@@ -146,7 +147,7 @@ def train_sft(
 
     `result.info["num_skipped"]` counts items skipped because no response token fit in max_seq_len.
     """
-    tokenizer = as_tokenizer(tokenizer)
+    model, tokenizer = model_and_tokenizer(model, tokenizer)
     max_seq_len = max_seq_len if max_seq_len is not None else getattr(model, "max_seq_len", None)
     num_tokens = getattr(model, "num_tokens", None)
     examples, skipped = prepare_sft_examples(dataset, tokenizer, max_seq_len, num_tokens)
@@ -182,7 +183,8 @@ class SFTTrainer:
     """Seed-style SFT trainer: `SFTTrainer(model, dataset, **TrainConfig fields)()` -> TrainResult.
 
     Writes to `checkpoint_folder` (metrics.jsonl, step checkpoints, model.safetensors) when given;
-    `checkpoint_every` or `resume` without a folder use "./checkpoints/sft".
+    `checkpoint_every` or `resume` without a folder use "./checkpoints/sft". A Hugging Face model
+    takes `peft_config=` (LoRA via `peft.get_peft_model`) and `chat_template=False` (no chat rendering).
     """
 
     @beartype
@@ -198,6 +200,8 @@ class SFTTrainer:
         accelerate_kwargs: dict | None = None,
         checkpoint_folder: str | Path | None = None,
         resume: bool = False,
+        peft_config: Any = None,
+        chat_template: bool | None = None,
         **train_config,
     ):
         unknown = sorted(set(train_config) - set(TrainConfig.__dataclass_fields__))
@@ -213,8 +217,10 @@ class SFTTrainer:
         if checkpoint_folder is None and (train_config.get("checkpoint_every") or resume):
             checkpoint_folder = Path("./checkpoints/sft")
         self.config = TrainConfig(**train_config)
-        self.model, self.train_dataset, self.valid_dataset = model, train_dataset, valid_dataset
-        self.tokenizer = as_tokenizer(tokenizer)
+        self.model, self.tokenizer = model_and_tokenizer(
+            model, tokenizer, peft_config=peft_config, chat_template=chat_template
+        )
+        self.train_dataset, self.valid_dataset = train_dataset, valid_dataset
         self.max_seq_len, self.resume = max_seq_len, resume
         self.accelerator, self.accelerate_kwargs = accelerator, accelerate_kwargs
         self.checkpoint_folder = Path(checkpoint_folder) if checkpoint_folder is not None else None

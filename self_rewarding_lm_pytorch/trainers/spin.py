@@ -29,6 +29,7 @@ from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_json_if
 from self_rewarding_lm_pytorch.core.losses import REFERENCE_FREE_LOSS_TYPES
 from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig, resolve_sampling
 from self_rewarding_lm_pytorch.core.seeding import derive_seed
+from self_rewarding_lm_pytorch.models import as_model
 from self_rewarding_lm_pytorch.trainers.dpo import DPOTask, _check_dpo_args, default_tokenizer, train_pairs
 from self_rewarding_lm_pytorch.trainers.sft import NoResponseTokens, to_sft_example
 from self_rewarding_lm_pytorch.training.checkpoint import load_model
@@ -255,6 +256,7 @@ def train_spin_iteration(
         beta=lambda_, loss_type=loss_type, dpop_lambda=dpop_lambda, simpo_gamma=simpo_gamma, orpo_lambda=orpo_lambda
     )
     _check_dpo_args(**loss_kwargs)
+    model = as_model(model)
     tokenizer = default_tokenizer(model, tokenizer)
     encode = partial(
         encode_sft_items, tokenizer=tokenizer, max_seq_len=max_seq_len, num_tokens=getattr(model, "num_tokens", None)
@@ -339,12 +341,15 @@ class SPINTrainer:
         accelerate_kwargs: dict | None = None,
         checkpoint_folder: str | Path | None = "./spin-checkpoints",
         resume: bool = False,
+        peft_config: Any = None,
+        chat_template: bool | None = None,
         **train_config,
     ):
         if train_sft_dataset is None:
             raise TypeError("SPINTrainer needs train_sft_dataset")
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+        model = as_model(model, peft_config=peft_config)
         model_len = getattr(model, "max_seq_len", None)
         if max_seq_len < 2 or (model_len is not None and max_seq_len > model_len):
             raise ValueError(f"max_seq_len must be in [2, {model_len}] (the model's length), got {max_seq_len}")
@@ -354,7 +359,7 @@ class SPINTrainer:
         )
         _check_dpo_args(beta=self.spin["lambda_"], **{k: v for k, v in self.spin.items() if k != "lambda_"})
         self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
-        self.model, self.tokenizer = model, default_tokenizer(model, tokenizer)
+        self.model, self.tokenizer = model, default_tokenizer(model, tokenizer, chat_template=chat_template)
         # Fixed once: mock datasets draw anew per index. Bad items fail here, not mid-run.
         self.items = [train_sft_dataset[i] for i in range(len(train_sft_dataset))]
         self.valid_items = (

@@ -45,6 +45,7 @@ class TrainConfig:
     # (see training.dropout). Pair losses compare with a dropout-free reference; set False to keep it on.
     disable_dropout: bool = True
     fsdp: bool = False  # shard parameters, gradients and Adam state over the processes (FSDP2)
+    gradient_checkpointing: bool = False  # recompute activations in backward (Hugging Face models)
 
     def __post_init__(self):
         def check(ok: bool, message: str):
@@ -67,6 +68,7 @@ class TrainConfig:
         check(_is_int(self.seed) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}")
         check(isinstance(self.disable_dropout, bool), f"disable_dropout must be a bool, got {self.disable_dropout!r}")
         check(isinstance(self.fsdp, bool), f"fsdp must be a bool, got {self.fsdp!r}")
+        check(isinstance(self.gradient_checkpointing, bool), "gradient_checkpointing must be a bool")
         check(
             self.early_stopping_patience is None or self.valid_every is not None,
             "early_stopping_patience needs valid_every (how often to validate)",

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.core.files import JsonlAppender
+from self_rewarding_lm_pytorch.models import enable_gradient_checkpointing
 from self_rewarding_lm_pytorch.training import checkpoint as ckpt
 from self_rewarding_lm_pytorch.training.config import TrainConfig
 from self_rewarding_lm_pytorch.training.dropout import dropout_disabled
@@ -182,6 +183,8 @@ class _Run:
 
     def execute(self, resume: bool) -> TrainResult:
         was_training = self.core.training
+        if self.config.gradient_checkpointing:
+            enable_gradient_checkpointing(self.core)
         if fsdp_enabled(self.config.fsdp, self.nproc):
             # No accelerate.prepare: the shards replace DDP, and the optimizer sees only this process's slices.
             self.sharded = ShardedTraining(self.core, device=self.acc.device, mixed_precision=self.acc.mixed_precision)
