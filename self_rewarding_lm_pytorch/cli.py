@@ -113,8 +113,14 @@ def _cmd_run(args) -> int:
     if args.check:
         return _check_run(args.config, tuple(args.set or ()))
     pipeline = load_pipeline_file(args.config, overrides=tuple(args.set or ()))
-    tokenizer = build_tokenizer(pipeline.tokenizer)
-    model = build_model(pipeline.model, tokenizer, where=args.config)
+    peft_config = None
+    if pipeline.hf is not None and pipeline.hf.model is not None:
+        from self_rewarding_lm_pytorch.config_hf import build_hf_model
+
+        model, tokenizer, peft_config = build_hf_model(pipeline.hf)
+    else:
+        tokenizer = build_tokenizer(pipeline.tokenizer)
+        model = build_model(pipeline.model, tokenizer, where=args.config)
     configs = build_stage_configs(pipeline)
     reward_config = build_reward_config(pipeline.judge, where=args.config)
     if pipeline.init_checkpoint is not None:
@@ -138,6 +144,7 @@ def _cmd_run(args) -> int:
         accelerate_kwargs=pipeline.accelerate,
         checkpoints_folder=pipeline.run_dir,
         seed=pipeline.seed,
+        peft_config=peft_config,
     )
     summaries = trainer(overwrite_checkpoints=args.overwrite)
     accelerator.print(f"done: {len(summaries)} stages in {pipeline.run_dir} (manifest.json lists them)")

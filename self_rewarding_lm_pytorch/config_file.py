@@ -12,6 +12,8 @@
     [judge]                          # optional RewardConfig kwargs for the self-judge
     [accelerate]                     # accelerate.Accelerator kwargs, e.g. cpu = true
     [[stages]]                       # in order; kind + the stage config's own fields
+    # A Hugging Face model instead: [model] hf = "folder", optional [tokenizer] hf, [lora] and
+    # mixed_precision (see config_hf.py).
     kind = "sft"
     train_dataset = "data/sft.jsonl" # relative paths are relative to this file
 
@@ -60,7 +62,9 @@ __all__ = [
     "validate_stage",
 ]
 
-TOP_LEVEL_KEYS = {"run_dir", "seed", "tokenizer", "init_checkpoint", "model", "judge", "accelerate", "stages"}
+TOP_LEVEL_KEYS = {
+    "run_dir", "seed", "tokenizer", "init_checkpoint", "model", "judge", "accelerate", "stages", "lora", "mixed_precision",
+}  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -110,6 +114,7 @@ class PipelineFile:
     judge: dict | None
     accelerate: dict
     stages: list[tuple[str, dict]] = field(default_factory=list)
+    hf: Any = None  # config_hf.HFSections: a Hugging Face model, its tokenizer, LoRA, mixed precision
 
 
 def _stage_kinds() -> dict[str, type]:
@@ -319,6 +324,15 @@ def parse_pipeline(
         raise ConfigError(f"{where}: missing run_dir (the run folder)")
     run_dir = Path(_convert(raw["run_dir"], str, f"{where}: run_dir"))
     seed = _convert(raw["seed"], int, f"{where}: seed") if "seed" in raw else None
+    from self_rewarding_lm_pytorch.config_hf import parse_hf_sections
+
+    hf = parse_hf_sections(raw, where=where, base_dir=base_dir)
+    if hf.model is not None:
+        raw = {k: v for k, v in raw.items() if k not in ("model", "tokenizer")} | {"tokenizer": "byte"}
+        if "init_checkpoint" in raw:
+            raise ConfigError(
+                f"{where}: init_checkpoint is for x-transformers models; [model] hf loads its own weights"
+            )
     tokenizer = _convert(raw.get("tokenizer", "byte"), str, f"{where}: tokenizer")
     if tokenizer != "byte" and ":" not in tokenizer:
         raise ConfigError(
@@ -349,7 +363,9 @@ def parse_pipeline(
         if not isinstance(kind, str):
             raise ConfigError(f"{here}: kind must be a string (one of {', '.join(sorted(stage_kinds))}), got {kind!r}")
         stages.append((kind, validate_stage(kind, table, stage_kinds, base_dir=base_dir, where=here, imports=imports)))
-    return PipelineFile(path, run_dir, seed, tokenizer, model, init, judge, accelerate, stages)
+    if hf.mixed_precision is not None:
+        accelerate["mixed_precision"] = hf.mixed_precision
+    return PipelineFile(path, run_dir, seed, tokenizer, model, init, judge, accelerate, stages, hf=hf)
 
 
 def _read_toml(path: Path) -> dict:
