@@ -99,6 +99,7 @@ class SelfRewardingTrainer:
             model,
             tokenizer,
             peft_config=peft_config,
+            seed=seed,
             chat_template=chat_template,
             tokenizer_encode=tokenizer_encode,
             tokenizer_decode=tokenizer_decode,

@@ -32,22 +32,23 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def as_model(model: nn.Module, *, peft_config: Any = None) -> nn.Module:
+def as_model(model: nn.Module, *, peft_config: Any = None, seed: int | None = None) -> nn.Module:
     """The model as the package uses it: HF models wrapped in `HFCausalLM` (once), others unchanged.
 
     `peft_config` (a `peft.LoraConfig` or any peft config) applies `peft.get_peft_model` first; the
     wrapped model's parameters are the user's own, so training updates the object they passed in.
+    `seed` seeds the adapter's initialisation (so runs with one seed start from one adapter).
     """
     from self_rewarding_lm_pytorch.models.hf import HFCausalLM
 
     if isinstance(model, HFCausalLM):
         if peft_config is not None:
-            model.apply_peft(peft_config)
+            model.apply_peft(peft_config, seed=seed)
         return model
     if is_hf_model(model):
         wrapped = HFCausalLM(model)
         if peft_config is not None:
-            wrapped.apply_peft(peft_config)
+            wrapped.apply_peft(peft_config, seed=seed)
         return wrapped
     if peft_config is not None:
         raise TypeError(f"peft_config applies to Hugging Face models only, not to a {type(model).__name__}")
@@ -55,7 +56,13 @@ def as_model(model: nn.Module, *, peft_config: Any = None) -> nn.Module:
 
 
 def model_and_tokenizer(
-    model: nn.Module, tokenizer: Any = None, *, peft_config: Any = None, chat_template: bool | None = None, **kwargs
+    model: nn.Module,
+    tokenizer: Any = None,
+    *,
+    peft_config: Any = None,
+    chat_template: bool | None = None,
+    seed: int | None = None,
+    **kwargs,
 ) -> tuple[nn.Module, Any]:
     """What every trainer does with the model and tokenizer it is given: `as_model`, then `as_tokenizer`.
 
@@ -64,7 +71,7 @@ def model_and_tokenizer(
     from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer
     from self_rewarding_lm_pytorch.models.hf import HFCausalLM
 
-    model = as_model(model, peft_config=peft_config)
+    model = as_model(model, peft_config=peft_config, seed=seed)
     has_callables = kwargs.get("tokenizer_encode") is not None
     if isinstance(model, HFCausalLM) and tokenizer is None and not has_callables:
         raise ValueError("a Hugging Face model needs its tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...)")

@@ -70,13 +70,20 @@ class HFCausalLM(nn.Module):
 
     # --- LoRA ---
 
-    def apply_peft(self, peft_config: Any) -> None:
-        """Wrap the model with `peft.get_peft_model(model, peft_config)`: only adapter weights train."""
+    def apply_peft(self, peft_config: Any, *, seed: int | None = None) -> None:
+        """Wrap the model with `peft.get_peft_model(model, peft_config)`: only adapter weights train.
+
+        `seed` makes the adapter's random initialisation repeatable without touching the global RNG.
+        """
         if self.is_peft:
             raise ValueError("the model is already a peft.PeftModel; pass peft_config only for a plain model")
+        import torch
         from peft import get_peft_model
 
-        self.hf = get_peft_model(self.hf, peft_config)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.hf = get_peft_model(self.hf, peft_config)
 
     def adapter_is_identity(self) -> bool:
         """True when every LoRA update is zero (B = 0, as peft initialises it): disabled == enabled."""

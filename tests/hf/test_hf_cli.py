@@ -89,3 +89,18 @@ def test_lora_table_validation_accepts_exactly_the_valid_values(tmp_path_factory
         assert not (valid_r and valid_dropout)
     else:
         assert valid_r and valid_dropout and lora.r == r
+
+
+@pytest.mark.e2e
+def test_readme_example_runs_on_a_tiny_local_model(hf_folders, tmp_path):
+    import runpy
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    example = runpy.run_path(str(EXAMPLE.parent / "readme_hf_lora.py"), run_name="example")
+    example["main"](str(hf_folders["llama"]), str(tmp_path / "run"))
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert [s["folder"] for s in manifest["finished"]] == ["01-sft", "02-self-reward-dpo", "03-spin"]
+    base = AutoModelForCausalLM.from_pretrained(hf_folders["llama"])
+    PeftModel.from_pretrained(base, tmp_path / "run" / "03-spin" / "model")
