@@ -39,9 +39,7 @@ def main(model_path: str, run_folder: str = "runs/hf-lora"):
         model,
         finetune_configs=[
             SFTConfig(sft_data, num_train_steps=4, batch_size=2, learning_rate=1e-3),
-            SelfRewardDPOConfig(
-                prompts, 4, num_train_steps=2, batch_size=2, max_new_tokens=16, judge_max_new_tokens=8
-            ),
+            SelfRewardDPOConfig(prompts, 4, num_train_steps=2, batch_size=2, max_new_tokens=16, judge_max_new_tokens=8),
             SelfPlayConfig(sft_data, num_train_steps=2, batch_size=2, max_seq_len=64),
         ],
         tokenizer=tokenizer,

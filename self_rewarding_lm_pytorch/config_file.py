@@ -62,9 +62,8 @@ __all__ = [
     "validate_stage",
 ]
 
-TOP_LEVEL_KEYS = {
-    "run_dir", "seed", "tokenizer", "init_checkpoint", "model", "judge", "accelerate", "stages", "lora", "mixed_precision",
-}  # fmt: skip
+TOP_LEVEL_KEYS = {"run_dir", "seed", "tokenizer", "init_checkpoint", "model", "judge", "accelerate", "stages"}
+TOP_LEVEL_KEYS |= {"lora", "mixed_precision"}  # Hugging Face models (config_hf.py)
 
 
 class ConfigError(ValueError):

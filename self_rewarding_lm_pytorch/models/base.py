@@ -9,6 +9,7 @@ from torch import nn
 
 from self_rewarding_lm_pytorch.core.hf_decode import is_hf_model
 from self_rewarding_lm_pytorch.core.hf_tokenizer import is_hf_tokenizer
+from self_rewarding_lm_pytorch.core.modules import unwrap_model
 
 __all__ = [
     "AdapterOffReference",
@@ -23,13 +24,6 @@ __all__ = [
     "num_tokens_of",
     "unwrap_model",
 ]
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module under DDP / DataParallel / accelerate wrappers (the object that owns the attributes)."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
 
 
 def as_model(model: nn.Module, *, peft_config: Any = None, seed: int | None = None) -> nn.Module:

@@ -75,6 +75,7 @@ class TrainingFields:
     tensorboard: bool = False
     disable_dropout: bool = True
     fsdp: bool = False
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         # Bad training settings fail when the stage config is built, not when the stage starts.
