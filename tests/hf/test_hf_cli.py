@@ -104,3 +104,17 @@ def test_readme_example_runs_on_a_tiny_local_model(hf_folders, tmp_path):
     assert [s["folder"] for s in manifest["finished"]] == ["01-sft", "02-self-reward-dpo", "03-spin"]
     base = AutoModelForCausalLM.from_pretrained(hf_folders["llama"])
     PeftModel.from_pretrained(base, tmp_path / "run" / "03-spin" / "model")
+
+
+@pytest.mark.e2e
+def test_readme_section_code_runs_as_written_on_a_tiny_local_model(hf_folders, tmp_path):
+    """The README's "Fine-tune a Hugging Face model" code block, with only the two paths replaced."""
+    readme = (EXAMPLE.parents[1] / "README.md").read_text()
+    section = readme.split("## Fine-tune a Hugging Face model", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert code.count('"path/to/model"') == 2 and code.count('"runs/hf-lora"') == 1
+    code = code.replace('"path/to/model"', repr(str(hf_folders["llama"]))).replace(
+        '"runs/hf-lora"', repr(str(tmp_path / "run"))
+    )
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    assert (tmp_path / "run" / "03-spin" / "model" / "adapter_config.json").exists()
