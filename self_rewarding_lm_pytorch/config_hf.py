@@ -126,6 +126,6 @@ def build_hf_model(sections: HFSections):
     """(model, tokenizer, peft_config) from the folders; transformers is imported only here."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(sections.model)
-    tokenizer = AutoTokenizer.from_pretrained(sections.tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(str(sections.model))
+    tokenizer = AutoTokenizer.from_pretrained(str(sections.tokenizer))
     return model, tokenizer, None if sections.lora is None else sections.lora.peft_config()

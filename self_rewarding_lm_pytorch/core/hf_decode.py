@@ -12,6 +12,7 @@ are needed: every row sees exactly the positions it has alone, and greedy decodi
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +27,7 @@ def is_hf_model(model) -> bool:
     )
 
 
-def hf_model_inside(model) -> nn.Module | None:
+def hf_model_inside(model: Any) -> Any:
     """The HF model itself, whether passed bare or inside the package's `HFCausalLM` (its `.hf`)."""
     if is_hf_model(model):
         return model
@@ -34,7 +35,7 @@ def hf_model_inside(model) -> nn.Module | None:
     return inner if is_hf_model(inner) else None
 
 
-def _cache_keyword(model: nn.Module) -> str:
+def _cache_keyword(model: Any) -> str:
     """`cache` in recent transformers, `past_key_values` before (still accepted, with a warning)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
@@ -46,11 +47,12 @@ class HFCacheStepper:
     def __init__(self, model: nn.Module, prompts: list[Tensor], counts: list[int], max_new_tokens: int):
         if len({len(p) for p in prompts}) != 1:
             raise ValueError("HFCacheStepper takes prompts of one length; the planner groups them")
-        self.model = model
+        self.model: Any = model
         self.ids = torch.stack(prompts)  # (u, n)
         device = self.ids.device
         self.expand = torch.arange(len(prompts), device=device).repeat_interleave(torch.tensor(counts, device=device))
-        self.cache, self.cache_keyword = None, _cache_keyword(model)
+        self.cache: Any = None
+        self.cache_keyword = _cache_keyword(model)
 
     def _forward(self, ids: Tensor) -> Tensor:
         # The cache object is updated in place by the forward; it stays ours across steps.

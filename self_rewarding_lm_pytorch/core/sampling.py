@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -352,7 +353,7 @@ def sample(
     prompts = [_as_ids(p, i).to(device) for i, p in enumerate(prompts)]
     lengths = _check_prompts(net, prompts, max_new_tokens, is_hf=hf is not None)
     chosen = _resolve_backend(net, backend, use_cache, is_hf=hf is not None)
-    runner = _HFLogits(net) if hf is not None and chosen == "full" else net
+    runner: Any = _HFLogits(net) if hf is not None and chosen == "full" else net
     rng_device = generator.device if generator is not None else "cpu"
     base = torch.randint(-(2**63), 2**63 - 1, (), generator=generator, dtype=torch.long, device=rng_device).cpu()
     num_rows = len(prompts) * num_samples

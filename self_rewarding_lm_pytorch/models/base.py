@@ -94,6 +94,8 @@ class AdapterOffReference(nn.Module):
     the reference never touch the policy being trained.
     """
 
+    policy: Any
+
     def __init__(self, policy: nn.Module):
         super().__init__()
         object.__setattr__(self, "policy", policy)
@@ -109,6 +111,9 @@ class AdapterSnapshotReference(nn.Module):
     around each reference forward, then swapped back. Call it before the policy's own forward of a
     step (as the trainers do), never between that forward and its backward.
     """
+
+    policy: Any
+    snapshot: dict[str, torch.Tensor]
 
     def __init__(self, policy: nn.Module):
         super().__init__()

@@ -24,6 +24,8 @@ __all__ = ["HFCausalLM"]
 class HFCausalLM(nn.Module):
     """`model(input_ids) -> logits` for an HF causal LM; see the `models` package docstring."""
 
+    hf: Any  # the transformers model or peft.PeftModel (typed loosely: transformers is optional)
+
     def __init__(self, model: nn.Module):
         super().__init__()
         if not hasattr(model, "get_output_embeddings") or not hasattr(model, "config"):
