@@ -20,6 +20,7 @@ from beartype import beartype
 from einops import rearrange
 from torch import Tensor
 
+from self_rewarding_lm_pytorch.core.hf_tokenizer import HFTokenizer, is_hf_tokenizer
 from self_rewarding_lm_pytorch.core.reward_source import is_reward_model, scoring_fn
 from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig
 from self_rewarding_lm_pytorch.core.tokenizer import encode_prompt, to_id_list
@@ -166,6 +167,8 @@ class BestOfNSampler:
             raise ValueError(f"n_candidates must be in [1, sample_size={sample_size}], got {n_candidates}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        if is_hf_tokenizer(tokenizer):
+            tokenizer = HFTokenizer(tokenizer)  # a Hugging Face tokenizer needs no wrapping by hand
         for attr in ("encode", "decode", "pad_id"):
             if not hasattr(tokenizer, attr):
                 raise TypeError(f"tokenizer lacks {attr} (see the Tokenizer protocol)")

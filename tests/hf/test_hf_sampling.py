@@ -73,3 +73,19 @@ def test_eos_ends_rows_and_prompts_never_come_back(hf_folders, hf_tokenizer):
     assert out.response_ids.shape[0] == len(prompts) * 8
     lengths = out.lengths.tolist()
     assert min(lengths) < 20 and max(lengths) == 20  # some rows stopped at EOS, others ran to the limit
+
+
+def test_best_of_n_takes_an_hf_model_and_tokenizer(hf_folders, hf_tokenizer):
+    from self_rewarding_lm_pytorch import BestOfNSampler
+
+    model = load_model(hf_folders, "llama")
+    best = BestOfNSampler(
+        model,
+        hf_tokenizer,
+        lambda texts: [float(len(t)) for t in texts],
+        length_sampler=lambda: 4,
+        sample_size=3,
+        seed=0,
+    )
+    out = best.generate(["say hello", "the cat"])
+    assert len(out) == 2 and all(isinstance(texts, list) and len(texts) == 1 for texts in out)
