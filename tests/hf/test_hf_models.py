@@ -9,12 +9,13 @@ import warnings
 
 import pytest
 import torch
-from conftest import FAMILIES, load_model
 
 from self_rewarding_lm_pytorch import sequence_logprobs
 from self_rewarding_lm_pytorch.core.batching import collate_examples, encode_example
 from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer
 from self_rewarding_lm_pytorch.models import HFCausalLM, as_model, max_seq_len_of, num_tokens_of
+
+from .conftest import FAMILIES, load_model
 
 pytestmark = pytest.mark.unit
 

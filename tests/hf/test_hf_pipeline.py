@@ -7,7 +7,8 @@ import json
 
 import pytest
 import torch
-from hf_pipeline import make_trainer
+
+from .hf_pipeline import make_trainer
 
 pytestmark = pytest.mark.e2e
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_model
 
 from self_rewarding_lm_pytorch import SFTTrainer
+
+from .conftest import load_model
 
 SFT = [{"prompt": "say hello", "response": "hello!"}, {"prompt": "the cat", "response": "sat."}] * 2
 

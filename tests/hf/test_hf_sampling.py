@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES, load_model
 
 from self_rewarding_lm_pytorch import sample
 from self_rewarding_lm_pytorch.core.tokenizer import as_tokenizer
 from self_rewarding_lm_pytorch.models import as_model
+
+from .conftest import FAMILIES, load_model
 
 pytestmark = pytest.mark.unit
 
