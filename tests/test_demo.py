@@ -182,6 +182,14 @@ def test_report_table_and_verdict():
     assert "| `dim` | 64 |" in text and "No plot" in text
 
 
+@pytest.mark.unit
+def test_report_says_which_loss_and_why():
+    settings = {"dpo_loss_type": "dpop", "dpo_sft_weight": 0.5}
+    text = render_report(ROWS, settings=settings, seconds=1, command="srlm demo", plot_name=None)
+    assert "use `dpop` with a per-token NLL term on the chosen answer of weight 0.5" in text
+    assert "bench/results/preference_losses.md" in text
+
+
 @pytest.mark.e2e
 def test_plot_is_a_png_or_skipped_with_a_warning(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
