@@ -42,6 +42,7 @@ from self_rewarding_lm_pytorch.rl.value_head import (
     token_entropy,
 )
 from self_rewarding_lm_pytorch.training.dropout import disable_dropout
+from self_rewarding_lm_pytorch.training.faults import NonFiniteLossError
 
 __all__ = ["KL_ESTIMATORS", "PPOConfig", "PPOTrainer", "UnsupportedSamplingError", "check_ppo_sampling"]
 
@@ -464,6 +465,18 @@ class PPOTrainer:
                     collected.setdefault(k, []).append(v)
         return {k: torch.stack(v).mean() for k, v in collected.items()}
 
+    def _refuse_non_finite(self, loss: Tensor, grad_norm: Tensor):
+        """A NaN/inf loss or gradient must be caught before optimizer.step() applies it (afterwards every
+        weight and checkpoint carries it); decided jointly so every process raises at the same minibatch.
+        One host sync per minibatch, which the PPO step already pays for its skip decision."""
+        bad = (~torch.isfinite(torch.stack([loss.detach().float(), torch.as_tensor(grad_norm).float()]))).any()
+        if int(self.accelerator.reduce(bad.float(), reduction="sum")):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"ppo: non-finite loss or gradient in PPO step {self.num_steps + 1} (loss {loss.item()}); "
+                "the update was not applied and the checkpoints written so far are intact"
+            )
+
     def _minibatch_step(self, mb: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg = self.config
         # right padding: columns past the longest row of this minibatch hold only pad, drop them
@@ -483,7 +496,11 @@ class PPOTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         if cfg.max_grad_norm is not None:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        else:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        self._refuse_non_finite(loss, grad_norm)
         self.optimizer.step()
 
         with torch.no_grad():

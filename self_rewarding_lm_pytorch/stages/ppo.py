@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
@@ -29,6 +30,7 @@ from self_rewarding_lm_pytorch.rl.ppo import PPOConfig, PPOTrainer, check_ppo_sa
 from self_rewarding_lm_pytorch.stages.context import StageContext, resolve_dataset
 from self_rewarding_lm_pytorch.stages.fields import describe_config
 from self_rewarding_lm_pytorch.stages.sampling import as_sampling_config, stage_sampling
+from self_rewarding_lm_pytorch.training.faults import StopSignals, TrainingStopped
 
 __all__ = ["SELF_JUDGE", "PPOStageConfig"]
 
@@ -175,6 +177,14 @@ class PPOStageConfig:
                 resume_jsonl(ctx.stage_dir / name, lambda records: [r for r in records if r["step"] <= start])
         return start
 
+    @staticmethod
+    def _stop_agreed(signals: StopSignals, ctx: StageContext) -> bool:
+        """Whether any process was asked to stop: all processes stop after the same step."""
+        flag = torch.tensor(float(signals.signum is not None), device=ctx.accelerator.device)
+        if ctx.accelerator.num_processes > 1:
+            flag = ctx.accelerator.reduce(flag, reduction="sum")
+        return bool(flag.item() > 0)
+
     def _save(self, ctx: StageContext, trainer: PPOTrainer, step: int):
         from self_rewarding_lm_pytorch.training.checkpoint import CHECKPOINT_DIR, save_training_state
 
@@ -225,13 +235,24 @@ class PPOStageConfig:
         rollouts = JsonlAppender(ctx.stage_dir / ROLLOUTS_FILE) if ctx.is_main else None
         history = []
         try:
-            for step in tqdm(range(start, self.num_ppo_steps), desc="ppo", disable=not (ctx.progress and ctx.is_main)):
-                stats = self._one_step(step, prompts, ctx, trainer, scorer, sampling, rollouts)
-                history.append(stats)
-                if metrics is not None:
-                    metrics.write(stats)
-                if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and step + 1 < self.num_ppo_steps:
-                    self._save(ctx, trainer, step + 1)
+            with StopSignals() as signals:
+                for step in tqdm(
+                    range(start, self.num_ppo_steps), desc="ppo", disable=not (ctx.progress and ctx.is_main)
+                ):
+                    stats = self._one_step(step, prompts, ctx, trainer, scorer, sampling, rollouts)
+                    history.append(stats)
+                    if metrics is not None:
+                        metrics.write(stats)
+                    is_last = step + 1 == self.num_ppo_steps
+                    if self._stop_agreed(signals, ctx) and not is_last:
+                        # pre-empted (SIGTERM) or Ctrl-C: a checkpoint at this step, then a non-zero exit
+                        self._save(ctx, trainer, step + 1)
+                        signum = signals.signum or signal.SIGTERM  # None here: another process got it
+                        raise TrainingStopped(
+                            signum, f"ppo: stopped by signal {signum} after step {step + 1}; rerun to resume"
+                        )
+                    if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and not is_last:
+                        self._save(ctx, trainer, step + 1)
         finally:
             for appender in (metrics, rollouts):
                 if appender is not None:
