@@ -79,3 +79,13 @@ def test_ppo_first_minibatch_ratio_is_exactly_one_with_dropout_in_the_model():
     # with a tiny clip range any ratio != 1 would be clipped
     assert stats["ppo/policy/clipfrac"] == 0.0 and stats["ppo/policy/approxkl"] == 0.0
     assert not math.isnan(stats["ppo/loss/total"])
+
+
+def test_sft_keeps_dropout_by_default_and_the_preference_stages_turn_it_off():
+    from self_rewarding_lm_pytorch import SelfPlayConfig, SFTConfig, SFTTrainer
+
+    assert SFTConfig([("a", "b")]).disable_dropout is False
+    assert SelfPlayConfig([("a", "b")]).disable_dropout is True
+    model = TransformerWrapper(num_tokens=259, max_seq_len=16, attn_layers=Decoder(dim=8, depth=1, heads=1))
+    assert SFTTrainer(model, [("a", "b")]).config.disable_dropout is False
+    assert SFTTrainer(model, [("a", "b")], disable_dropout=True).config.disable_dropout is True

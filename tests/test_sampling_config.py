@@ -91,8 +91,9 @@ def test_seed_names_map_to_the_sampling_config():
     stage = SelfRewardDPOConfig(["p"], 2, num_sampled_reward_responses=5, judge_max_new_tokens=9, eval_top_p=None)
     assert stage.judge_settings == JudgeSettings(SamplingConfig(temperature=0.7, max_new_tokens=9), 5)
     assert SelfPlayConfig(["x"], gen_temperature=1.0).sampling_config == SamplingConfig(temperature=1.0, top_p=0.9)
-    ppo = PPOStageConfig(["p"], temperature=0.9, top_k=5, min_p=0.1, max_new_tokens=8, judge_temperature=0.3)
-    assert ppo.sampling_config == SamplingConfig(temperature=0.9, top_k=5, min_p=0.1, max_new_tokens=8)
+    # PPO samples unfiltered (its ratio and KL are those of softmax(logits / T)): no top_k/top_p/min_p
+    ppo = PPOStageConfig(["p"], temperature=0.9, max_new_tokens=8, judge_temperature=0.3)
+    assert ppo.sampling_config == SamplingConfig(temperature=0.9, max_new_tokens=8)
     assert ppo.judge_settings == JudgeSettings(SamplingConfig(temperature=0.3, top_p=0.9, max_new_tokens=64), 3)
 
 

@@ -21,6 +21,9 @@ class SFTConfig(TrainingFields):
     train_dataset: Any
     valid_dataset: Any = None
     max_seq_len: int | None = field(default=None, kw_only=True)
+    # Dropout stays on for SFT (as in TRL's SFT trainer): turning it off is for the preference and RL
+    # stages, whose losses compare the policy with a dropout-free reference.
+    disable_dropout: bool = field(default=False, kw_only=True)
 
     def run(self, ctx: StageContext) -> dict:
         from self_rewarding_lm_pytorch.trainers.sft import train_sft

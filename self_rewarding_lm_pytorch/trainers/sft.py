@@ -216,7 +216,8 @@ class SFTTrainer:
             raise ValueError("train_dataset is empty")
         if checkpoint_folder is None and (train_config.get("checkpoint_every") or resume):
             checkpoint_folder = Path("./checkpoints/sft")
-        self.config = TrainConfig(**train_config)
+        # Dropout stays on for SFT unless asked (TRL's SFT trainer keeps it; DPO, SPIN and PPO turn it off).
+        self.config = TrainConfig(**{"disable_dropout": False, **train_config})
         self.model, self.tokenizer = model_and_tokenizer(
             model, tokenizer, peft_config=peft_config, chat_template=chat_template
         )
