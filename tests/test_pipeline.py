@@ -33,7 +33,10 @@ def count_a(prompts, responses):
 
 
 def small_pipeline(**dpo_overrides):
+    # A barely trained tiny model rarely writes EOS within 6 tokens, and unfinished candidates are not
+    # chosen by default (they would teach cut-off answers): these mechanics tests allow them.
     dpo = dict(num_train_steps=4, batch_size=2, max_new_tokens=6, checkpoint_every=2, log_every=1, learning_rate=1e-3)
+    dpo.setdefault("allow_unfinished_chosen", True)
     dpo.update(dpo_overrides)
     return [
         SFTConfig(SFT_DATA, num_train_steps=3, batch_size=2, learning_rate=1e-3),
@@ -178,7 +181,11 @@ def test_a_reward_model_plugs_into_the_external_reward_stage(tmp_path):
 
     torch.manual_seed(3)
     rm = RewardModel(num_tokens=259, max_seq_len=48, dim=16, depth=1, heads=2)
-    stages = [ExternalRewardDPOConfig(rm, PROMPTS, 4, num_train_steps=2, batch_size=2, max_new_tokens=6)]
+    stages = [
+        ExternalRewardDPOConfig(
+            rm, PROMPTS, 4, num_train_steps=2, batch_size=2, max_new_tokens=6, allow_unfinished_chosen=True
+        )
+    ]
     trainer, _ = run(tmp_path, stages)
     summaries = trainer()
     assert summaries[0]["num_pairs"] > 0

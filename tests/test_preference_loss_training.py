@@ -101,7 +101,7 @@ def forbid_reference(monkeypatch, module=dpo):
 
     monkeypatch.setattr(module, "load_or_compute_ref_logprobs", forbidden)
     monkeypatch.setattr(module, "compute_ref_logprobs", forbidden)
-    monkeypatch.setattr(module, "copy", SimpleNamespace(deepcopy=forbidden))
+    monkeypatch.setattr(module, "frozen_reference", forbidden)  # the one way trainers copy the policy
 
 
 @pytest.mark.parametrize("loss_type", REFERENCE_FREE_LOSS_TYPES)
