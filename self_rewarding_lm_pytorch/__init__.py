@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.config_file import ConfigError as ConfigError
     from self_rewarding_lm_pytorch.core.batching import create_mock_dataset as create_mock_dataset
+    from self_rewarding_lm_pytorch.core.field_types import FieldTypeError as FieldTypeError
     from self_rewarding_lm_pytorch.core.logprobs import sequence_logprobs as sequence_logprobs
     from self_rewarding_lm_pytorch.core.losses import DPO_LOSS_TYPES as DPO_LOSS_TYPES
     from self_rewarding_lm_pytorch.core.losses import dpo_loss as dpo_loss
@@ -142,6 +143,7 @@ _EXPORTS = {
     "SamplingConfig": "core.sampling_config",
     "JudgeSettings": "core.sampling_config",
     "SamplingConflictError": "core.sampling_config",
+    "FieldTypeError": "core.field_types",
     "SELF_JUDGE": "core.reward_source",
     "scoring_fn": "core.reward_source",
     "SampleOutput": "core.sampling",

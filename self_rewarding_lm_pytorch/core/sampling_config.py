@@ -15,19 +15,13 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from self_rewarding_lm_pytorch.core.field_types import check_field_types, check_value_type, field_hints
+
 __all__ = ["JudgeSettings", "SamplingConfig", "SamplingConflictError", "resolve_sampling", "validate_sampling"]
 
 
 class SamplingConflictError(ValueError):
     """A config got `sampling=` and a loose sampling field (`gen_temperature=`, ...) that disagree."""
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def validate_sampling(
@@ -40,16 +34,10 @@ def validate_sampling(
     where: str = "SamplingConfig",
 ) -> None:
     """THE check of sampling settings: TypeError for a wrong type, ValueError for a bad value, naming it."""
-    types = {
-        "temperature": (temperature, _is_number(temperature), "a number"),
-        "top_k": (top_k, top_k is None or _is_int(top_k), "an int or None"),
-        "top_p": (top_p, top_p is None or _is_number(top_p), "a number or None"),
-        "min_p": (min_p, min_p is None or _is_number(min_p), "a number or None"),
-        "max_new_tokens": (max_new_tokens, max_new_tokens is None or _is_int(max_new_tokens), "an int or None"),
-    }
-    for name, (value, ok, expected) in types.items():
-        if not ok:
-            raise TypeError(f"{where}: {name} must be {expected}, got {type(value).__name__} {value!r}")
+    given = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, max_new_tokens=max_new_tokens)
+    hints = field_hints(SamplingConfig)
+    for name, value in given.items():
+        check_value_type(name, value, hints[name], where=where)
     values = {
         "temperature must be a finite number >= 0": math.isfinite(temperature) and temperature >= 0,
         "top_k must be >= 1 or None": top_k is None or top_k >= 1,
@@ -58,7 +46,6 @@ def validate_sampling(
         "min_p must be in [0, 1) or None": min_p is None or 0 <= min_p < 1,
         "max_new_tokens must be >= 1 or None": max_new_tokens is None or max_new_tokens >= 1,
     }
-    given = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, max_new_tokens=max_new_tokens)
     for message, ok in values.items():
         if not ok:
             name = message.split()[0]
@@ -102,10 +89,9 @@ class JudgeSettings:
     num_judgments: int = 3
 
     def __post_init__(self):
-        if not isinstance(self.sampling, SamplingConfig):
-            raise TypeError(f"JudgeSettings.sampling must be a SamplingConfig, got {type(self.sampling).__name__}")
-        if not _is_int(self.num_judgments) or self.num_judgments < 1:
-            raise ValueError(f"num_judgments must be an int >= 1, got {self.num_judgments!r}")
+        check_field_types(self)
+        if self.num_judgments < 1:
+            raise ValueError(f"num_judgments must be >= 1, got {self.num_judgments!r}")
 
 
 def resolve_sampling(

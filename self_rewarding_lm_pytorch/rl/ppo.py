@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from beartype import beartype
 from torch import Tensor, nn
 
+from self_rewarding_lm_pytorch.core.field_types import check_field_types
 from self_rewarding_lm_pytorch.core.logprobs import token_logprobs
 from self_rewarding_lm_pytorch.core.losses import (
     AdaptiveKLController,
@@ -94,18 +95,7 @@ class PPOConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("float", "float | None") and isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, f.name, float(value))  # 1 and 1.0 mean the same learning rate
-            elif f.type in ("float", "float | None") and not (
-                isinstance(value, float) or (value is None and "None" in f.type)
-            ):
-                raise TypeError(f"PPOConfig.{f.name} must be a {f.type}, got {type(value).__name__} {value!r}")
-            elif f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TypeError(f"PPOConfig.{f.name} must be an int, got {type(value).__name__} {value!r}")
-            elif f.type in ("bool", "str") and type(value).__name__ != f.type:
-                raise TypeError(f"PPOConfig.{f.name} must be a {f.type}, got {type(value).__name__} {value!r}")
+        check_field_types(self)  # types by beartype (an int is a fine float); the values below
         _check(
             self.temperature > 0, f"temperature must be > 0 (PPO needs a sampling distribution), got {self.temperature}"
         )

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from self_rewarding_lm_pytorch.core.field_types import check_field_types, scalar_field_names
 from self_rewarding_lm_pytorch.stages.walk import DESCEND, is_container, walk_config
 
 __all__ = ["TrainingFields", "describe_config", "train_config_of"]
@@ -78,5 +79,7 @@ class TrainingFields:
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
-        # Bad training settings fail when the stage config is built, not when the stage starts.
+        # Bad settings fail when the stage config is built, not when the stage starts, naming the
+        # stage config: the type of every scalar field (the stage's own too), then the loop's ranges.
+        check_field_types(self, names=scalar_field_names(type(self)))
         train_config_of(self)

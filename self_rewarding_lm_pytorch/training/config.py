@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from self_rewarding_lm_pytorch.core.field_types import check_field_types
 from self_rewarding_lm_pytorch.training.schedule import LR_SCHEDULES
 
 __all__ = ["TrainConfig"]
@@ -48,27 +49,24 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward (Hugging Face models)
 
     def __post_init__(self):
+        check_field_types(self)  # types by beartype; the values' ranges below
+
         def check(ok: bool, message: str):
             if not ok:
                 raise ValueError(f"TrainConfig: {message}")
 
         for name in ("batch_size", "grad_accum_steps", "log_every"):
-            check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be an int >= 1")
+            check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("num_train_steps", "valid_every", "checkpoint_every", "early_stopping_patience"):
             value = getattr(self, name)
-            check(
-                value is None or (_is_int(value) and value >= 1), f"{name} must be None or an int >= 1, got {value!r}"
-            )
+            check(value is None or value >= 1, f"{name} must be None or >= 1, got {value!r}")
         check(self.num_epochs is None or self.num_epochs > 0, f"num_epochs must be > 0, got {self.num_epochs}")
-        check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps must be an int >= 0")
+        check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         check(self.learning_rate > 0 and self.weight_decay >= 0, "learning_rate must be > 0 and weight_decay >= 0")
         check(self.max_grad_norm is None or self.max_grad_norm >= 0, "max_grad_norm must be None or >= 0")
         check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         check(self.early_stopping_mode in ("min", "max"), "early_stopping_mode must be 'min' or 'max'")
-        check(_is_int(self.seed) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}")
-        check(isinstance(self.disable_dropout, bool), f"disable_dropout must be a bool, got {self.disable_dropout!r}")
-        check(isinstance(self.fsdp, bool), f"fsdp must be a bool, got {self.fsdp!r}")
-        check(isinstance(self.gradient_checkpointing, bool), "gradient_checkpointing must be a bool")
+        check(self.seed >= 0, f"seed must be >= 0, got {self.seed!r}")
         check(
             self.early_stopping_patience is None or self.valid_every is not None,
             "early_stopping_patience needs valid_every (how often to validate)",
@@ -85,7 +83,3 @@ class TrainConfig:
         epochs = 1 if self.num_epochs is None else self.num_epochs
         steps = max(1, math.ceil(epochs * num_items / (self.batch_size * self.grad_accum_steps)))
         return steps if self.num_train_steps is None else min(steps, self.num_train_steps)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
