@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import letter_preferences, params_equal
 
+from self_rewarding_lm_pytorch import PreferenceLoss
 from self_rewarding_lm_pytorch.core.batching import collate_examples
 from self_rewarding_lm_pytorch.core.files import read_jsonl
 from self_rewarding_lm_pytorch.core.logprobs import model_sequence_logprobs
@@ -129,7 +130,7 @@ def test_sft_term_adds_weighted_chosen_cross_entropy(tiny_model):
 
     pairs = encode_pairs(letter_preferences(4), TOK)
     items = [p | {"ref": (-30.0, -31.0)} for p in pairs]
-    task = DPOTask(pad_id=TOK.pad_id, sft_weight=0.5, beta=0.2)
+    task = DPOTask(pad_id=TOK.pad_id, loss=PreferenceLoss(sft_weight=0.5, beta=0.2))
     batch = task.collate(items)
     loss, metrics = task.step(tiny_model, batch)
     with torch.no_grad():

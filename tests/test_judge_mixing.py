@@ -7,7 +7,14 @@ import pytest
 import torch
 from x_transformers import Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch import ByteTokenizer, ExternalRewardDPOConfig, SelfRewardingTrainer, SFTConfig, sample
+from self_rewarding_lm_pytorch import (
+    ByteTokenizer,
+    ExternalRewardDPOConfig,
+    PreferenceLoss,
+    SelfRewardingTrainer,
+    SFTConfig,
+    sample,
+)
 from self_rewarding_lm_pytorch.core.batching import collate_examples
 from self_rewarding_lm_pytorch.trainers.dpo import DPOTask, collate_pairs, encode_pairs
 from self_rewarding_lm_pytorch.trainers.judge_mixing import (
@@ -60,8 +67,10 @@ def test_the_loss_grows_by_exactly_the_weighted_judge_nll(tiny_model):
     items = [p | {"ref": (-3.0, -4.0)} for p in items]
     batch = collate_pairs(items, TOK.pad_id)
     assert batch["judge_ids"].shape[0] == 2
-    plain, _ = DPOTask(pad_id=TOK.pad_id, sft_weight=0.5).step(tiny_model, batch)
-    mixed, metrics = DPOTask(pad_id=TOK.pad_id, sft_weight=0.5, judge_weight=0.3).step(tiny_model, batch)
+    plain, _ = DPOTask(pad_id=TOK.pad_id, loss=PreferenceLoss(sft_weight=0.5)).step(tiny_model, batch)
+    mixed, metrics = DPOTask(pad_id=TOK.pad_id, loss=PreferenceLoss(sft_weight=0.5), judge_weight=0.3).step(
+        tiny_model, batch
+    )
     by_hand = _nll_by_hand(tiny_model, [ex for p in items for ex in p["judge"]])
     assert metrics["judge_nll"].item() == pytest.approx(by_hand.item(), abs=1e-5)
     assert (mixed - plain).item() == pytest.approx(0.3 * by_hand.item(), abs=1e-5)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from self_rewarding_lm_pytorch import PreferenceLoss
 from self_rewarding_lm_pytorch.core.losses import REFERENCE_FREE_LOSS_TYPES
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
 from self_rewarding_lm_pytorch.trainers import dpo
@@ -66,7 +67,7 @@ def test_rpo_nll_is_the_chosen_response_per_token_mean():
     """Reference = policy, so DPO gives log 2; the NLL term is (2 + 3) log 2 / 2 = 2.5 log 2 (the chosen
     response's mean over its 2 tokens, PAD and prompt excluded); weight 0.4 -> log 2 + log 2."""
     model = FiveTokenModel()
-    task = DPOTask(pad_id=0, beta=0.5, sft_weight=0.4)
+    task = DPOTask(pad_id=0, loss=PreferenceLoss(beta=0.5, sft_weight=0.4))
     loss, metrics = task.step(model, five_token_batch(ref_chosen=-5 * LOG2, ref_rejected=-2 * LOG2))
     assert metrics["sft_loss"].item() == pytest.approx(2.5 * LOG2, abs=1e-6)
     assert loss.item() == pytest.approx(2 * LOG2, abs=1e-6)
@@ -77,7 +78,7 @@ def test_simpo_takes_token_counts_from_the_same_forward():
     """Means -2.5 log 2 (chosen) and -2 log 2 (rejected); beta 1, gamma 0: -log s(-0.5 log 2) = log(1 + sqrt 2).
     One forward, no reference in the batch and none asked for."""
     model = FiveTokenModel()
-    task = DPOTask(pad_id=0, beta=1.0, loss_type="simpo", simpo_gamma=0.0)
+    task = DPOTask(pad_id=0, loss=PreferenceLoss(beta=1.0, loss_type="simpo", simpo_gamma=0.0))
     loss, metrics = task.step(model, five_token_batch())
     assert loss.item() == pytest.approx(math.log(1 + math.sqrt(2)), abs=1e-6)
     assert metrics["rewards/margins"].item() == pytest.approx(-0.5 * LOG2, abs=1e-6)
@@ -278,9 +279,12 @@ def test_a_loss_selected_in_toml_reaches_the_trainer(tiny_model, tmp_path, monke
     monkeypatch.setattr(
         preferences, "generate_preferences", lambda *a, **k: SimpleNamespace(records=[record], stats={})
     )
-    monkeypatch.setattr(
-        dpo.DPOTrainer, "__call__", lambda self: seen.setdefault("dpo", self.loss_kwargs) and SimpleNamespace(steps=1)
-    )
+
+    def record_dpo(trainer):
+        seen["dpo"] = trainer.loss.to_dict()
+        return SimpleNamespace(steps=1)
+
+    monkeypatch.setattr(dpo.DPOTrainer, "__call__", record_dpo)
     monkeypatch.setattr(
         spin, "train_spin_iteration", lambda *a, **k: seen.setdefault("spin", k) and (SimpleNamespace(steps=1), [])
     )

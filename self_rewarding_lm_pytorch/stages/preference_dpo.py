@@ -77,13 +77,13 @@ class _PreferenceDPOFields(TrainingFields):
         object.__setattr__(self, "sampling", as_sampling_config(self.sampling, where=f"{type(self).__name__}.sampling"))
         _ = self.sampling_config  # a bad setting or a conflict fails at construction
         from self_rewarding_lm_pytorch.self_reward.pairs import make_pair_policy
-        from self_rewarding_lm_pytorch.trainers.dpo import _check_dpo_args
+        from self_rewarding_lm_pytorch.trainers.preference_loss import PreferenceLoss
 
         if self.num_generated_preference_pairs < 1:
             raise ValueError(f"num_generated_preference_pairs must be >= 1, got {self.num_generated_preference_pairs}")
         if self.num_candidate_responses < 2:
             raise ValueError(f"num_candidate_responses must be >= 2, got {self.num_candidate_responses}")
-        _check_dpo_args(**self._loss_kwargs())
+        PreferenceLoss(**self._loss_kwargs())  # bad loss settings fail here
         make_pair_policy(self.pair_policy, **self.pair_policy_kwargs)  # unknown names fail here
         if not self.judge_weight >= 0:
             raise ValueError(f"judge_weight must be >= 0, got {self.judge_weight}")
@@ -91,7 +91,7 @@ class _PreferenceDPOFields(TrainingFields):
             raise ValueError(f"judge_examples_per_pair must be >= 1, got {self.judge_examples_per_pair}")
 
     def _loss_kwargs(self) -> dict:
-        """The DPO loss settings as `train_dpo` / `DPOTask` name them."""
+        """The DPO loss settings as `DPOTrainer` and `PreferenceLoss` name them."""
         return dict(
             beta=self.dpo_beta,
             loss_type=self.dpo_loss_type,

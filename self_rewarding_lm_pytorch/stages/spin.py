@@ -47,7 +47,7 @@ class SelfPlayConfig(TrainingFields):
 
     def __post_init__(self):
         super().__post_init__()
-        from self_rewarding_lm_pytorch.core.losses import check_dpo_loss_args
+        from self_rewarding_lm_pytorch.trainers.preference_loss import PreferenceLoss
 
         if self.num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
@@ -57,7 +57,7 @@ class SelfPlayConfig(TrainingFields):
 
         object.__setattr__(self, "sampling", as_sampling_config(self.sampling, where="SelfPlayConfig.sampling"))
         spin_sampling(self.sampling_config, temperature=0.7, top_p=0.9, top_k=None)  # fails here, not mid-run
-        check_dpo_loss_args(beta=self.spin_λ, **self._loss_kwargs())
+        PreferenceLoss(beta=self.spin_λ, **self._loss_kwargs())  # bad loss settings fail here
 
     def _loss_kwargs(self) -> dict:
         return dict(

@@ -33,15 +33,13 @@ from self_rewarding_lm_pytorch.core.files import atomic_write_bytes
 from self_rewarding_lm_pytorch.core.logprobs import response_token_counts, sequence_logprobs
 from self_rewarding_lm_pytorch.core.losses import (
     DPO_LOSS_TYPES,
-    REFERENCE_FREE_LOSS_TYPES,
-    check_dpo_loss_args,
-    dpo_loss,
     sft_loss,
 )
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, CallableTokenizer
 from self_rewarding_lm_pytorch.models import as_model, frozen_reference, model_and_tokenizer
 from self_rewarding_lm_pytorch.models.base import AdapterOffReference, AdapterSnapshotReference
 from self_rewarding_lm_pytorch.trainers.judge_mixing import attach_judge_examples, encode_judge_examples
+from self_rewarding_lm_pytorch.trainers.preference_loss import PreferenceLoss
 from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, make_accelerator, train
 from self_rewarding_lm_pytorch.training.sharding import shard_in_place
 
@@ -388,50 +386,29 @@ class PairTask:
 
 
 class DPOTask(PairTask):
-    """The DPO task (Rafailov et al. 2023): a `PairTask` with `losses.dpo_loss` (any of its loss types)."""
+    """The DPO task (Rafailov et al. 2023): a `PairTask` with `losses.dpo_loss` (any `PreferenceLoss`)."""
 
     def __init__(
         self,
         *,
         pad_id: int,
-        beta: float = 0.1,
-        loss_type: str = "sigmoid",
-        label_smoothing: float = 0.0,
-        sft_weight: float = 0.0,
-        dpop_lambda: float = 50.0,
-        simpo_gamma: float = 0.5,
-        orpo_lambda: float = 0.1,
+        loss: PreferenceLoss | None = None,
         judge_weight: float = 0.0,
         ref_model: nn.Module | None = None,
         autocast: Callable = nullcontext,
         names: tuple[str, str] = ("chosen", "rejected"),
     ):
-        loss_kwargs: dict[str, Any] = dict(
-            beta=beta,
-            loss_type=loss_type,
-            label_smoothing=label_smoothing,
-            dpop_lambda=dpop_lambda,
-            simpo_gamma=simpo_gamma,
-            orpo_lambda=orpo_lambda,
-        )
-        _check_dpo_args(sft_weight=sft_weight, **loss_kwargs)
+        loss = PreferenceLoss() if loss is None else loss
         super().__init__(
-            partial(dpo_loss, **loss_kwargs),
+            loss.pair_loss(),
             pad_id=pad_id,
             ref_model=ref_model,
-            sft_weight=sft_weight,
+            sft_weight=loss.sft_weight,
             judge_weight=judge_weight,
             autocast=autocast,
             names=names,
-            needs_reference=loss_type not in REFERENCE_FREE_LOSS_TYPES,
+            needs_reference=not loss.reference_free,
         )
-
-
-def _check_dpo_args(*, sft_weight: float = 0.0, **loss_kwargs):
-    """Raise at construction what `dpo_loss` would raise at the first step (its own checks)."""
-    if not sft_weight >= 0:
-        raise ValueError(f"sft_weight must be >= 0, got {sft_weight}")
-    check_dpo_loss_args(**loss_kwargs)
 
 
 def train_pairs(
@@ -511,49 +488,25 @@ def train_dpo(
     accelerator,
     run_dir: str | Path | None,
     config: TrainConfig,
-    beta: float = 0.1,
-    loss_type: str = "sigmoid",
-    label_smoothing: float = 0.0,
-    sft_weight: float = 0.0,
-    dpop_lambda: float = 50.0,
-    simpo_gamma: float = 0.5,
-    orpo_lambda: float = 0.1,
-    ref_model: nn.Module | None = None,
-    precompute_ref_logprobs: bool = True,
-    resume: bool = False,
-    max_seq_len: int | None = None,
     valid_records: SizedDataset | None = None,
     judge_records: SizedDataset | None = None,
-    judge_weight: float = 1.0,
-    judge_per_pair: int = 1,
+    **dpo_settings: Any,
 ) -> TrainResult:
     """DPO on preference records with a built `TrainConfig`: `DPOTrainer` (the one implementation) run once.
 
-    The reference is the policy as it is on entry. `judge_records` ({"prompt", "response"} judge
-    examples) add `judge_weight` times their mean NLL to every step, `judge_per_pair` of them per pair
-    (`trainers.judge_mixing`). Returns the loop's `TrainResult`; `model` is trained in place.
+    `dpo_settings` are `DPOTrainer`'s other keywords (the loss settings, `ref_model`, `judge_weight`,
+    ...). The reference is the policy as it is on entry. Returns the loop's `TrainResult`; `model`
+    is trained in place.
     """
     return DPOTrainer(
         model,
         records,
         tokenizer=tokenizer,
-        ref_model=ref_model,
-        precompute_ref_logprobs=precompute_ref_logprobs,
-        beta=beta,
-        loss_type=loss_type,
-        label_smoothing=label_smoothing,
-        sft_weight=sft_weight,
-        dpop_lambda=dpop_lambda,
-        simpo_gamma=simpo_gamma,
-        orpo_lambda=orpo_lambda,
-        max_seq_len=max_seq_len,
-        valid_data=valid_records,
-        judge_data=judge_records,
-        judge_weight=judge_weight,
-        judge_per_pair=judge_per_pair,
         accelerator=accelerator,
         checkpoint_folder=run_dir,
-        resume=resume,
+        valid_data=valid_records,
+        judge_data=judge_records,
+        **dpo_settings,
         **config.to_kwargs(),
     )()
 
@@ -608,7 +561,7 @@ class DPOTrainer:
         chat_template: bool | None = None,
         **train_config,
     ):
-        self.loss_kwargs: dict[str, Any] = dict(
+        self.loss = PreferenceLoss(
             beta=beta,
             loss_type=loss_type,
             label_smoothing=label_smoothing,
@@ -617,8 +570,6 @@ class DPOTrainer:
             simpo_gamma=simpo_gamma,
             orpo_lambda=orpo_lambda,
         )
-        _check_dpo_args(**self.loss_kwargs)
-        self.reference_free = loss_type in REFERENCE_FREE_LOSS_TYPES
         self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
         model = as_model(model, peft_config=peft_config)
         self.model, self.tokenizer = model, default_tokenizer(model, tokenizer, chat_template=chat_template)
@@ -634,19 +585,19 @@ class DPOTrainer:
         if judge_data is not None:  # keeping the judge alive (trainers.judge_mixing)
             judge = encode_judge_examples(judge_data, self.tokenizer, max_seq_len=limits["max_seq_len"])
             self.pairs = attach_judge_examples(self.pairs, judge, per_pair=judge_per_pair, seed=self.config.seed)
-        self.loss_kwargs["judge_weight"] = judge_weight if judge_data is not None else 0.0
+        self.judge_weight = judge_weight if judge_data is not None else 0.0
         self.precompute_ref_logprobs, self.resume, self.max_seq_len = precompute_ref_logprobs, resume, max_seq_len
         self.checkpoint_folder = None if checkpoint_folder is None else Path(checkpoint_folder)
         self.accelerator, self.accelerate_kwargs = accelerator, accelerate_kwargs
         # Live reference: the frozen copy is the policy at construction, as documented.
         self.ref_model = ref_model
-        if not precompute_ref_logprobs and ref_model is None and not self.reference_free:
+        if not precompute_ref_logprobs and ref_model is None and not self.loss.reference_free:
             self.ref_model = frozen_reference(model)
 
     def __call__(self) -> TrainResult:
         if self.accelerator is None:
             self.accelerator = make_accelerator(self.accelerate_kwargs)
-        make_task = partial(DPOTask, pad_id=self.tokenizer.pad_id, **self.loss_kwargs)
+        make_task = partial(DPOTask, pad_id=self.tokenizer.pad_id, loss=self.loss, judge_weight=self.judge_weight)
         result = train_pairs(
             self.model,
             self.pairs,
@@ -661,9 +612,12 @@ class DPOTrainer:
             valid_pairs=self.valid_pairs,
             desc="dpo",
             saved_config=_dpo_record(
-                **self.loss_kwargs, precompute_ref_logprobs=self.precompute_ref_logprobs, max_seq_len=self.max_seq_len
+                **self.loss.to_dict(),
+                judge_weight=self.judge_weight,
+                precompute_ref_logprobs=self.precompute_ref_logprobs,
+                max_seq_len=self.max_seq_len,
             ),
-            reference_free=self.reference_free,
+            reference_free=self.loss.reference_free,
         )
         if self.precompute_ref_logprobs:
             self.ref_model = None  # the log-probs are stored; do not keep a second model alive

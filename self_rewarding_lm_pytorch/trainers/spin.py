@@ -26,11 +26,11 @@ from self_rewarding_lm_pytorch.core import sampling as sampler  # looked up per 
 from self_rewarding_lm_pytorch.core.batching import SizedDataset
 from self_rewarding_lm_pytorch.core.distributed import Shard
 from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_json_if_exists, read_jsonl, write_jsonl
-from self_rewarding_lm_pytorch.core.losses import REFERENCE_FREE_LOSS_TYPES
 from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig, resolve_sampling
 from self_rewarding_lm_pytorch.core.seeding import derive_seed
 from self_rewarding_lm_pytorch.models import as_model
-from self_rewarding_lm_pytorch.trainers.dpo import DPOTask, _check_dpo_args, default_tokenizer, train_pairs
+from self_rewarding_lm_pytorch.trainers.dpo import DPOTask, default_tokenizer, train_pairs
+from self_rewarding_lm_pytorch.trainers.preference_loss import PreferenceLoss
 from self_rewarding_lm_pytorch.trainers.sft import NoResponseTokens, to_sft_example
 from self_rewarding_lm_pytorch.training.checkpoint import load_model
 from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, make_accelerator
@@ -252,10 +252,9 @@ def train_spin_iteration(
     the others are `dpo_loss`'s, with beta = `lambda_`. Returns (TrainResult, this iteration's synthetic
     responses).
     """
-    loss_kwargs: dict[str, Any] = dict(
+    loss = PreferenceLoss(
         beta=lambda_, loss_type=loss_type, dpop_lambda=dpop_lambda, simpo_gamma=simpo_gamma, orpo_lambda=orpo_lambda
     )
-    _check_dpo_args(**loss_kwargs)
     model = as_model(model)
     tokenizer = default_tokenizer(model, tokenizer)
     encode = partial(
@@ -287,7 +286,7 @@ def train_spin_iteration(
                 f"previous_synthetic has {len(previous_synthetic)} responses for {len(examples)} SFT items"
             )
         pairs += _pairs(examples, previous_synthetic)
-    make_task = partial(DPOTask, pad_id=tokenizer.pad_id, names=("real", "generated"), **loss_kwargs)
+    make_task = partial(DPOTask, pad_id=tokenizer.pad_id, names=("real", "generated"), loss=loss)
     result = train_pairs(
         model,
         pairs,
@@ -300,7 +299,7 @@ def train_spin_iteration(
         resume=resume,
         desc="spin",
         valid_pairs=_pairs(valid_examples, everything[len(examples) :]) or None,
-        reference_free=loss_type in REFERENCE_FREE_LOSS_TYPES,
+        reference_free=loss.reference_free,
     )
     return result, generated
 
@@ -357,7 +356,7 @@ class SPINTrainer:
         self.spin |= dict(
             loss_type=loss_type, dpop_lambda=dpop_lambda, simpo_gamma=simpo_gamma, orpo_lambda=orpo_lambda
         )
-        _check_dpo_args(beta=self.spin["lambda_"], **{k: v for k, v in self.spin.items() if k != "lambda_"})
+        PreferenceLoss(beta=self.spin["lambda_"], **{k: v for k, v in self.spin.items() if k != "lambda_"})  # checks
         self.config = TrainConfig(**train_config)  # an unknown keyword is a TypeError here
         self.model, self.tokenizer = model, default_tokenizer(model, tokenizer, chat_template=chat_template)
         # Fixed once: mock datasets draw anew per index. Bad items fail here, not mid-run.
