@@ -364,38 +364,12 @@ def test_two_processes_split_the_reference_pass(tmp_path):
     log-probs (6 + 5 of 11 pairs); the gathered table equals a one-process computation and both
     processes end with the same weights."""
     import json
-    import os
-    import socket
-    import subprocess
-    import sys
+
+    from launcher import launch
 
     script = tmp_path / "two.py"
     script.write_text(TWO_PROCESS_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.accelerate_cli",
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
-        str(script),
-        str(tmp_path / "run"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch(script, tmp_path / "run", timeout=180)
     reports = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in reports] == [2, 2]
     assert sorted(r["calls"][0] for r in reports) == [5, 6]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from launcher import start
 
 from self_rewarding_lm_pytorch import (
     NonFiniteLossError,
@@ -130,38 +130,9 @@ def test_a_non_finite_loss_stops_before_the_update_and_leaves_files_finite(tmp_p
 def test_under_two_processes_a_signal_to_one_stops_both_at_the_same_step(tmp_path):
     """SIGTERM reaches only the second process; the reduced flag stops both after the same step,
     and the main process writes that step's checkpoint."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     run_dir = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.accelerate_cli",
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
-        str(SCRIPTS / "train_until_signalled.py"),
-        str(run_dir),
-    ]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), str(SCRIPTS)]),
-    }
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    pythonpath = os.pathsep.join([str(Path(__file__).parent.parent), str(SCRIPTS)])
+    proc = start(SCRIPTS / "train_until_signalled.py", run_dir, env={"PYTHONPATH": pythonpath})
     try:
         for _ in range(2400):
             if (tmp_path / "ready-rank1").exists() or proc.poll() is not None:

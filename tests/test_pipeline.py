@@ -1,7 +1,6 @@
 """The staged pipeline: order, folders, manifest, resume after a crash, reproducibility, bad input."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -197,38 +196,9 @@ def test_a_reward_model_plugs_into_the_external_reward_stage(tmp_path):
 
 
 def launch_pipeline(out, *, processes, seed="7"):
-    import subprocess
-    import sys
+    from launcher import launch
 
-    from test_two_process import free_port
-
-    script = str(Path(__file__).parent / "scripts" / "two_process_pipeline.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    if processes == 1:
-        command = [sys.executable, script, str(out), seed]
-    else:
-        command = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.accelerate_cli",
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(free_port()),
-            script,
-            str(out),
-            seed,
-        ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+    launch(Path(__file__).parent / "scripts" / "two_process_pipeline.py", out, seed, processes=processes)
 
 
 @pytest.mark.distributed

@@ -3,14 +3,11 @@ under two processes both ranks hold the statistics one process would compute ove
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launcher import launch
 
 from self_rewarding_lm_pytorch.core.losses import AdaptiveKLController
 from self_rewarding_lm_pytorch.rl.ppo import PPOConfig
@@ -21,21 +18,8 @@ pytestmark = pytest.mark.distributed
 SCRIPT = Path(__file__).parent / "scripts" / "two_process_ppo_stats.py"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_hold_the_union_statistics(tmp_path):
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), str(SCRIPT), str(tmp_path),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launch(SCRIPT, tmp_path)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in reports] == [2, 2]
 

@@ -1,32 +1,20 @@
 """Two processes (gloo on CPU) train the same weights as one process on the same global batches,
 and only the main process writes checkpoints, metrics and the final model.
-
-accelerate 1.15's `accelerate launch --cpu --num_processes 2` starts ONE process (its simple launcher);
-two CPU processes need the torchrun launcher (`--multi_gpu`), which falls back to gloo on CPU.
+Launched by tests/launcher.py (the torchrun launcher; gloo on CPU).
 """
 
 import importlib.util
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launcher import launch
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.distributed
 
 SCRIPT = Path(__file__).parent / "scripts" / "two_process_train.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load_script():
@@ -37,38 +25,7 @@ def load_script():
 
 
 def launch_two(out_dir: Path, crash_at_call: int):
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.accelerate_cli",
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        str(SCRIPT),
-        str(out_dir),
-        str(crash_at_call),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    # A new session, so that on timeout the launcher and both workers are killed together.
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail("two-process run timed out:\n" + stderr[-4000:])
-    assert proc.returncode == 0, stdout[-2000:] + stderr[-4000:]
+    launch(SCRIPT, out_dir, crash_at_call, timeout=180)
 
 
 def metrics(run_dir: Path):

@@ -4,40 +4,29 @@ weights of one process."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launcher import launch as run
 
 pytestmark = pytest.mark.distributed
 
 SCRIPT = str(Path(__file__).parent / "hf_pipeline.py")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(model_folder, out: Path, processes: int, *extra: str):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(SCRIPT).parent), env.get("PYTHONPATH", "")])
-    args = [SCRIPT, str(model_folder), str(out), *extra]
-    if processes == 1:
-        command = [sys.executable, *args]
-    else:
-        command = [
-            sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
-            "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--main_process_port", str(free_port()), *args,
-        ]  # fmt: skip
+    pythonpath = os.pathsep.join([str(Path(SCRIPT).parent), os.environ.get("PYTHONPATH", "")])
     out.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    run(
+        SCRIPT,
+        model_folder,
+        out,
+        *extra,
+        processes=processes,
+        timeout=600,
+        env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath},
+    )
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
