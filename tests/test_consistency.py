@@ -4,6 +4,7 @@ import math
 import re
 
 import pytest
+from conftest import tiny_lm
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -85,13 +86,9 @@ def test_scores_are_vote_shares_over_all_samples(answers):
 def test_usable_as_the_external_reward_of_a_stage(tmp_path):
     import json
 
-    import torch
-    from x_transformers import Decoder, TransformerWrapper
-
     from self_rewarding_lm_pytorch import ByteTokenizer, ExternalRewardDPOConfig, SelfRewardingTrainer
 
-    torch.manual_seed(0)
-    model = TransformerWrapper(num_tokens=259, max_seq_len=32, attn_layers=Decoder(dim=16, depth=1, heads=2))
+    model = tiny_lm(max_seq_len=32, dim=16)
     # the first byte is the answer: tiny random models repeat bytes often enough to make majorities
     reward = SelfConsistencyReward(r"^(.)")
     stage = ExternalRewardDPOConfig(

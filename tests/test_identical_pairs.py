@@ -1,8 +1,8 @@
 """Pairs whose chosen and rejected texts are identical are dropped and counted (issue #11, defect 6)."""
 
 import pytest
+from conftest import tiny_lm
 from test_judge import ScriptedModel  # tests/ is on sys.path (rootdir conftest, no package)
-from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch.core.files import read_jsonl
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
@@ -35,7 +35,7 @@ def test_generation_drops_and_counts_identical_pairs(tmp_path):
 
 
 def tiny():
-    return TransformerWrapper(num_tokens=259, max_seq_len=32, attn_layers=Decoder(dim=16, depth=1, heads=2))
+    return tiny_lm(max_seq_len=32, dim=16)
 
 
 def test_dpo_trainer_drops_and_counts_identical_pairs(tmp_path):

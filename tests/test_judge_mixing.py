@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from x_transformers import Decoder, TransformerWrapper
+from conftest import tiny_lm
 
 from self_rewarding_lm_pytorch import (
     ByteTokenizer,
@@ -94,8 +94,7 @@ def _parse_rate(model, prompts) -> float:
 
 
 def _run(tmp_path, name, *, judge_examples):
-    torch.manual_seed(0)
-    model = TransformerWrapper(num_tokens=259, max_seq_len=32, attn_layers=Decoder(dim=32, depth=1, heads=2))
+    model = tiny_lm(max_seq_len=32)
     sft = SFTConfig(
         JUDGE + [{"prompt": f"q{i}", "response": "aab"} for i in range(20)],
         num_train_steps=150,

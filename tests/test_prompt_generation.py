@@ -5,10 +5,9 @@ from pathlib import Path
 
 import jinja2
 import pytest
-import torch
+from conftest import tiny_lm
 from hypothesis import given
 from hypothesis import strategies as st
-from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import (
     ByteTokenizer,
@@ -108,8 +107,7 @@ def prompt_writer():
 
     from self_rewarding_lm_pytorch import SFTTrainer
 
-    torch.manual_seed(0)
-    model = TransformerWrapper(num_tokens=259, max_seq_len=48, attn_layers=Decoder(dim=32, depth=1, heads=2))
+    model = tiny_lm(max_seq_len=48)
     rng = random.Random(0)
     data = [
         {

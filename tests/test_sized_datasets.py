@@ -2,8 +2,7 @@
 __len__ and __getitem__, as a Hugging Face `datasets.Dataset` is (not a Sequence, not a torch Dataset)."""
 
 import pytest
-import torch
-from x_transformers import Decoder, TransformerWrapper
+from conftest import tiny_lm
 
 from self_rewarding_lm_pytorch.trainers.dpo import DPOTrainer, train_dpo
 from self_rewarding_lm_pytorch.trainers.spin import SPINTrainer, encode_sft_items
@@ -30,8 +29,7 @@ SFT = [("q", "answer"), ("r", "reply")]
 
 
 def tiny():
-    torch.manual_seed(0)
-    return TransformerWrapper(num_tokens=259, max_seq_len=32, attn_layers=Decoder(dim=16, depth=1, heads=2))
+    return tiny_lm(max_seq_len=32, dim=16)
 
 
 def test_dpo_trainer_and_train_dpo_take_a_len_getitem_dataset(tmp_path):

@@ -1,8 +1,7 @@
 """SPIN samples each prompt's response within its own room, max_seq_len - len(prompt) (issue #11, defect 3)."""
 
 import pytest
-import torch
-from x_transformers import Decoder, TransformerWrapper
+from conftest import tiny_lm
 
 from self_rewarding_lm_pytorch.core.tokenizer import CallableTokenizer
 from self_rewarding_lm_pytorch.trainers.spin import generate_synthetic
@@ -13,8 +12,7 @@ NO_EOS = CallableTokenizer(lambda s: [ord(c) % 32 for c in s], lambda ids: "", p
 
 
 def absolute_position_model():
-    torch.manual_seed(0)
-    model = TransformerWrapper(num_tokens=32, max_seq_len=16, attn_layers=Decoder(dim=16, depth=1, heads=2))
+    model = tiny_lm(num_tokens=32, max_seq_len=16, dim=16)
     assert not model.can_cache_kv_outside_max_seq_len  # learned absolute positions: nothing past position 15
     return model
 

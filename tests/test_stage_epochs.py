@@ -3,8 +3,7 @@
 import math
 
 import pytest
-import torch
-from x_transformers import Decoder, TransformerWrapper
+from conftest import tiny_lm
 
 from self_rewarding_lm_pytorch import ByteTokenizer, ExternalRewardDPOConfig, SelfPlayConfig, SelfRewardingTrainer
 
@@ -18,8 +17,7 @@ def count_a(prompts, responses):
 
 
 def run(tmp_path, stages):
-    torch.manual_seed(0)
-    model = TransformerWrapper(num_tokens=259, max_seq_len=32, attn_layers=Decoder(dim=16, depth=1, heads=2))
+    model = tiny_lm(max_seq_len=32, dim=16)
     trainer = SelfRewardingTrainer(
         model,
         stages,

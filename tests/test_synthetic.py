@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from x_transformers import Decoder, TransformerWrapper
+from conftest import tiny_lm
 
 from self_rewarding_lm_pytorch.core.files import read_jsonl
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
@@ -21,7 +21,7 @@ def ascii_share(prompts, responses):
 def test_uniform_model_perplexity_is_vocab_size():
     """All-zero logits are uniform over 259 ids, so every token has log p = -log 259 and the
     perplexity of any response (its bytes plus EOS) is exactly 259."""
-    lm = TransformerWrapper(num_tokens=259, max_seq_len=32, attn_layers=Decoder(dim=16, depth=1, heads=2))
+    lm = tiny_lm(max_seq_len=32, dim=16)
     with torch.no_grad():
         lm.to_logits.weight.zero_()
         if lm.to_logits.bias is not None:
