@@ -24,7 +24,7 @@ judgments = [  # M1 also learns to judge (the paper's evaluation fine-tuning dat
 prompts = [f"{a}+{b}=" for a in range(10, 14) for b in range(2)]  # new prompts, no answers
 
 stages = [
-    SFTConfig(answers + judgments, num_train_steps=60, batch_size=16, learning_rate=1e-3),
+    SFTConfig(answers + judgments, num_train_steps=200, batch_size=16, learning_rate=3e-3),
     SelfRewardDPOConfig(prompts, 4, num_sampled_reward_responses=1, max_new_tokens=3, judge_max_new_tokens=9),
 ]
 with tempfile.TemporaryDirectory() as run_dir:  # a real folder keeps every stage's files

@@ -16,7 +16,7 @@ SUBMODULE_IMPORT = re.compile(r"^\s*(from|import)\s+self_rewarding_lm_pytorch\.\
 # Example scripts shown in the docs, with what each prints when it runs as documented. The seed
 # README's scripts run in tests/test_cli.py (SEED_README_SCRIPTS).
 EXAMPLE_SCRIPTS = {
-    "quickstart.py": ["'train_steps': 60", "'num_pairs':"],
+    "quickstart.py": ["'train_steps': 200", "'trained': True"],  # the self-reward stage made pairs and trained
     "losses.py": ["dpo loss 0.5981"],  # -log sigmoid(0.1 * ((-10 + 11) - (-12 + 11)))
     "judge.py": ["9.0 None"],
     "sampling.py": ["[0, 0, 0, 0, 1, 1, 1, 1]"],
