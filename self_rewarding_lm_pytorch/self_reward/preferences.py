@@ -28,6 +28,7 @@ from einops import rearrange
 from torch import Tensor
 
 from self_rewarding_lm_pytorch.core.batching import SizedDataset
+from self_rewarding_lm_pytorch.core.files import atomic_write_json, write_jsonl
 from self_rewarding_lm_pytorch.core.modules import unwrap_network
 from self_rewarding_lm_pytorch.core.reward_source import scoring_fn
 from self_rewarding_lm_pytorch.core.sampling_config import JudgeSettings, SamplingConfig, resolve_sampling
@@ -452,15 +453,7 @@ def generate_preferences(
         top_p=judge_top_p,
         where="generate_preferences",
     )
-    num_judgments, max_new_tokens = judge.num_judgments, sampling.max_new_tokens
-    judge_max_new_tokens = judge.sampling.max_new_tokens
-    if num_candidates < 2 or num_judgments < 1 or max_passes < 1 or chunk_size < 1:
-        raise ValueError(
-            f"need num_candidates >= 2, num_judgments, max_passes, chunk_size >= 1; got "
-            f"{num_candidates}, {num_judgments}, {max_passes}, {chunk_size}"
-        )
-    if num_pairs is not None and num_pairs < 0:
-        raise ValueError(f"num_pairs must be >= 0 or None, got {num_pairs}")
+    _check_counts(num_candidates, judge.num_judgments, max_passes, chunk_size, num_pairs)
     judge_model = judge_model if judge_model is not None else model
     judged = reward_fn is None
     if reward_fn is not None:  # a RewardModel scores through its own tokenizer (core.reward_source)
@@ -471,8 +464,8 @@ def generate_preferences(
         template_len=len(encode_prompt(tokenizer, reward_config.render(prompt="", response=""))),
         policy_max_len=_max_seq_len(model),
         judge_max_len=_max_seq_len(judge_model),
-        max_new_tokens=max_new_tokens,
-        judge_max_new_tokens=judge_max_new_tokens,
+        max_new_tokens=sampling.max_new_tokens,
+        judge_max_new_tokens=judge.sampling.max_new_tokens,
         judged=judged,
     )
     plan, dropped = _plan_chunks(encoded, budgets, chunk_size, max_passes)
@@ -497,12 +490,7 @@ def generate_preferences(
     )
     cand_path = Path(out_dir) / "candidates.jsonl" if out_dir is not None else None
     shard = Shard.of(accelerator) if seed is not None else Shard()
-    done = {}
-    if resume and cand_path is not None:
-        done = resume_chunks(
-            cand_path, {key: [i for i, _, _ in items] for key, items in plan}, [t for t, _, _ in encoded]
-        )
-    done = shard.from_main(done)
+    done = shard.from_main(_finished_chunks(cand_path, plan, encoded) if resume and cand_path is not None else {})
     records, counts = run_chunks(
         plan,
         partial(_make_chunk, ctx, generator, seed),
@@ -521,19 +509,28 @@ def generate_preferences(
         num_pairs_requested=num_pairs,
         stop_reason="enough_pairs" if enough else "prompts_exhausted",
         num_prompts=len(encoded),
-        budgets={
-            "max_prompt_len": budgets.max_prompt_len,
-            "max_new_tokens": budgets.max_new_tokens,
-            "judge_max_new_tokens": budgets.judge_max_new_tokens,
-        },
+        budgets=dataclasses.asdict(budgets),
     )
     if out_dir is not None:
-        from self_rewarding_lm_pytorch.core.files import atomic_write_json, write_jsonl
-
         write_jsonl(Path(out_dir) / "pairs.jsonl", pair_records)
         atomic_write_json(Path(out_dir) / "preference_stats.json", stats)
     _report(stats)
     return PreferenceResult(records=pair_records, stats=stats)
+
+
+def _check_counts(num_candidates: int, num_judgments: int, max_passes: int, chunk_size: int, num_pairs: int | None):
+    if num_candidates < 2 or num_judgments < 1 or max_passes < 1 or chunk_size < 1:
+        raise ValueError(
+            f"need num_candidates >= 2, num_judgments, max_passes, chunk_size >= 1; got "
+            f"{num_candidates}, {num_judgments}, {max_passes}, {chunk_size}"
+        )
+    if num_pairs is not None and num_pairs < 0:
+        raise ValueError(f"num_pairs must be >= 0 or None, got {num_pairs}")
+
+
+def _finished_chunks(cand_path: Path, plan: list, encoded: list) -> dict:
+    """The chunks an earlier run finished (`core.files.resume_chunks`), checked against this run's prompts."""
+    return resume_chunks(cand_path, {key: [i for i, _, _ in items] for key, items in plan}, [t for t, _, _ in encoded])
 
 
 def _report(stats: dict):
