@@ -28,10 +28,6 @@ def pytest_collection_modifyitems(config, items):
             wrong.append(f"{item.nodeid}: {tiers or 'no tier'}")
     if wrong:
         raise pytest.UsageError(f"each test needs exactly one tier marker of {TIERS}:\n  " + "\n  ".join(wrong))
-    # The multi-process tier runs last (stable sort keeps the order within each group). Its FSDP tests
-    # also train a one-process reference in this process, which leaves state behind that changes the
-    # in-process pipeline crash tests of tests/test_pipeline.py (not yet traced; see the closing note).
-    items.sort(key=lambda item: item.get_closest_marker("distributed") is not None)
 
 
 # --- models ---------------------------------------------------------------------------------------

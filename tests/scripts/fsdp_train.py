@@ -51,6 +51,10 @@ def run(out_dir: Path, kind: str, accelerate_kwargs: dict, kill_at_step: int | N
     held, calls = [], []
     task_class = sft.SFTTask if kind == "sft" else dpo.DPOTask
     inner = task_class.step
+    # DPOTask inherits `step` from PairTask: the wrapper must be deleted afterwards, not replaced by the
+    # inherited function, or DPOTask keeps a `step` of its own that hides later patches of PairTask.step
+    # (the tests' crash injection), in this process, for the rest of the test session.
+    had_own_step = "step" in vars(task_class)
 
     def step(self, module, batch):
         if module.training:
@@ -78,7 +82,10 @@ def run(out_dir: Path, kind: str, accelerate_kwargs: dict, kill_at_step: int | N
         else:
             dpo.train_dpo(model, dpo_records(), tokenizer=tok, precompute_ref_logprobs=kind == "dpo", **common)
     finally:
-        task_class.step = inner
+        if had_own_step:
+            task_class.step = inner
+        else:
+            del task_class.step
     report = {
         "rank": rank,
         "num_processes": accelerator.num_processes,
