@@ -249,7 +249,7 @@ def test_precomputed_and_live_reference_give_the_same_per_step_losses(tiny_model
 
 @pytest.mark.stage
 def test_resume_reuses_the_stored_reference_and_matches_a_straight_run(tiny_model, tmp_path, monkeypatch):
-    from self_rewarding_lm_pytorch.trainers import dpo
+    from self_rewarding_lm_pytorch.trainers import reference_logprobs
 
     records = letter_preferences(8)
     straight = copy.deepcopy(tiny_model)
@@ -262,7 +262,7 @@ def test_resume_reuses_the_stored_reference_and_matches_a_straight_run(tiny_mode
     def must_not_recompute(*args, **kwargs):
         raise AssertionError("resume recomputed the reference from a policy that has already moved")
 
-    monkeypatch.setattr(dpo, "compute_ref_logprobs", must_not_recompute)
+    monkeypatch.setattr(reference_logprobs, "compute_ref_logprobs", must_not_recompute)
     # The moved policy is passed in on purpose: only the stored file knows the reference now.
     resumed = DPOTrainer(
         tiny_model, records, checkpoint_folder=tmp_path / "split", resume=True, **train_kwargs(num_train_steps=8)
@@ -346,8 +346,12 @@ records = [{"prompt": f"{i}?", "chosen": "yes" * (1 + i % 3), "rejected": "no" *
 pairs = dpo.encode_pairs(records, tok)
 fresh = dpo.compute_ref_logprobs(model, pairs, pad_id=tok.pad_id, progress=False)
 calls = []
-inner = dpo.compute_ref_logprobs
-dpo.compute_ref_logprobs = lambda ref, share, **kw: calls.append(len(share)) or inner(ref, share, **kw)
+from self_rewarding_lm_pytorch.trainers import reference_logprobs
+inner = reference_logprobs.compute_ref_logprobs
+def counted(ref, share, **kw):
+    calls.append(len(share))
+    return inner(ref, share, **kw)
+reference_logprobs.compute_ref_logprobs = counted
 config = TrainConfig(num_train_steps=2, batch_size=4, progress=False)
 dpo.train_dpo(model, records, tokenizer=tok, accelerator=acc, run_dir=out, config=config)
 acc.wait_for_everyone()

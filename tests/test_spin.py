@@ -251,7 +251,7 @@ def test_live_reference_spin_matches_precomputed(tiny_model, tmp_path):
 def test_resume_mid_iteration_reuses_samples_and_reference(tiny_model, tmp_path, monkeypatch):
     """A crash after sampling: the rerun must not sample again from (or take as reference) a moved policy."""
     from self_rewarding_lm_pytorch.core import sampling
-    from self_rewarding_lm_pytorch.trainers import dpo
+    from self_rewarding_lm_pytorch.trainers import reference_logprobs
     from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration
     from self_rewarding_lm_pytorch.training.loop import make_accelerator
 
@@ -264,7 +264,8 @@ def test_resume_mid_iteration_reuses_samples_and_reference(tiny_model, tmp_path,
         tiny_model, sft_items(8), config=config(num_train_steps=3, checkpoint_every=3), **run
     )
     monkeypatch.setattr(sampling, "sample", lambda *a, **k: pytest.fail("sampled again on resume"))
-    monkeypatch.setattr(dpo, "compute_ref_logprobs", lambda *a, **k: pytest.fail("recomputed the reference"))
+    recompute = lambda *a, **k: pytest.fail("recomputed the reference")
+    monkeypatch.setattr(reference_logprobs, "compute_ref_logprobs", recompute)
     result, again = train_spin_iteration(tiny_model, sft_items(8), config=config(num_train_steps=6), resume=True, **run)
     assert again == generated == straight_generated and result.steps == 6
     torch.testing.assert_close(

@@ -4,33 +4,24 @@ Shapes: b pairs in a batch, n sequence, v vocab. A batch holds 2b rows: the b ch
 then the b rejected ones ("(two b)" in einops), right padded, so both go through the policy in
 one forward pass.
 
-The pair machinery here (`encode_pairs`, `PairTask`, `train_pairs`) is shared with SPIN, which is
-DPO with (real, generated) pairs and a different pair loss, not a copy of this file.
+The pair machinery (`trainers.pair_data`, `trainers.reference_logprobs`, and `PairTask`, `train_pairs`
+here) is shared with SPIN, which is DPO with (real, generated) pairs and a different pair loss, not a
+copy of this file. Their names stay importable from here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any
 
 import torch
-from accelerate.utils import gather_object
 from beartype import beartype
-from einops import rearrange
-from safetensors import safe_open
-from safetensors.torch import load_file, save
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from self_rewarding_lm_pytorch.core.batching import ListDataset, SizedDataset, collate_examples, encode_example
-from self_rewarding_lm_pytorch.core.files import atomic_write_bytes
-from self_rewarding_lm_pytorch.core.logprobs import response_token_counts, sequence_logprobs
+from self_rewarding_lm_pytorch.core.batching import ListDataset, SizedDataset
 from self_rewarding_lm_pytorch.core.losses import (
     DPO_LOSS_TYPES,
     sft_loss,
@@ -39,12 +30,27 @@ from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, CallableToke
 from self_rewarding_lm_pytorch.models import as_model, frozen_reference, model_and_tokenizer
 from self_rewarding_lm_pytorch.models.base import AdapterOffReference, AdapterSnapshotReference
 from self_rewarding_lm_pytorch.trainers.judge_mixing import attach_judge_examples, encode_judge_examples
+from self_rewarding_lm_pytorch.trainers.pair_data import (
+    PairLogprobs,
+    PreferenceRecordError,
+    collate_pairs,
+    drop_identical_pairs,
+    encode_pairs,
+    normalize_preference,
+    pair_logprobs,
+)
 from self_rewarding_lm_pytorch.trainers.preference_loss import PreferenceLoss
+from self_rewarding_lm_pytorch.trainers.reference_logprobs import (
+    REF_LOGPROBS_FILE,
+    compute_ref_logprobs,
+    load_or_compute_ref_logprobs,
+)
 from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, make_accelerator, train
 from self_rewarding_lm_pytorch.training.sharding import shard_in_place
 
 __all__ = [
     "DPO_LOSS_TYPES",
+    "REF_LOGPROBS_FILE",
     "DPOTask",
     "DPOTrainer",
     "PairLogprobs",
@@ -61,13 +67,6 @@ __all__ = [
     "train_dpo",
     "train_pairs",
 ]
-
-REF_LOGPROBS_FILE = "ref_logprobs.safetensors"
-log = logging.getLogger(__name__)
-
-
-class PreferenceRecordError(ValueError):
-    """A preference record that cannot be trained on; the message names the record."""
 
 
 def default_tokenizer(model: nn.Module, tokenizer=None, *, chat_template: bool | None = None):
@@ -89,216 +88,6 @@ def default_tokenizer(model: nn.Module, tokenizer=None, *, chat_template: bool |
         if num_tokens is not None and value is not None and not 0 <= value < num_tokens:
             raise ValueError(f"tokenizer {name}={value} is outside the model's {num_tokens} tokens")
     return tokenizer
-
-
-def _is_empty(x) -> bool:
-    return (len(x) == 0) if not isinstance(x, Tensor) else x.numel() == 0
-
-
-def normalize_preference(record: Any, index: int) -> tuple:
-    """(prompt, chosen, rejected) of one record: a dict with those keys or a 3-tuple/list."""
-    if isinstance(record, dict):
-        missing = [k for k in ("prompt", "chosen", "rejected") if k not in record]
-        if missing:
-            raise PreferenceRecordError(f"preference record {index} lacks key(s) {missing}: {_show(record)}")
-        fields = (record["prompt"], record["chosen"], record["rejected"])
-    elif isinstance(record, (tuple, list)) and len(record) == 3:
-        fields = tuple(record)
-    else:
-        raise PreferenceRecordError(
-            f"preference record {index} must be a dict with prompt/chosen/rejected or a 3-tuple, got {_show(record)}"
-        )
-    for name, value in zip(("prompt", "chosen", "rejected"), fields, strict=True):
-        if not isinstance(value, (str, list, tuple, Tensor)):
-            raise PreferenceRecordError(
-                f"preference record {index}: {name} must be a str or token ids, got {type(value).__name__}"
-            )
-        if name != "prompt" and _is_empty(value):
-            raise PreferenceRecordError(f"preference record {index}: {name} response is empty")
-    return fields
-
-
-def _show(record, limit: int = 120) -> str:
-    text = repr(record)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def encode_pairs(
-    records: SizedDataset, tokenizer, *, max_seq_len: int | None = None, num_tokens: int | None = None
-) -> list[dict]:
-    """Each record as {"chosen": (ids, prompt_len), "rejected": (ids, prompt_len)}, checked early.
-
-    `num_tokens` (the model's vocabulary) turns an out-of-range id into an error naming the record
-    instead of an index error deep inside the embedding.
-    """
-    pairs = []
-    for index in range(len(cast(Sized, records))):  # by index: map-style Datasets need not be iterable
-        record = records[index]
-        prompt, chosen, rejected = normalize_preference(record, index)
-        # a response cut at the sampler's max_new_tokens did not end: no EOS is appended to it
-        finished = {
-            side: not (isinstance(record, dict) and record.get(f"{side}_finished") is False)
-            for side in ("chosen", "rejected")
-        }
-        try:
-            pairs.append(
-                {
-                    side: encode_example(tokenizer, prompt, text, add_eos=finished[side], max_len=max_seq_len)
-                    for side, text in (("chosen", chosen), ("rejected", rejected))
-                }
-            )
-        except (ValueError, TypeError) as e:
-            raise PreferenceRecordError(f"preference record {index}: {e}") from None
-        for side in ("chosen", "rejected"):
-            ids, prompt_len = pairs[-1][side]
-            if len(ids) == prompt_len:
-                raise PreferenceRecordError(f"preference record {index}: the {side} response encodes to no tokens")
-            if num_tokens is not None and not 0 <= min(ids) <= max(ids) < num_tokens:
-                raise PreferenceRecordError(
-                    f"preference record {index}: {side} has token ids outside the model's "
-                    f"vocabulary [0, {num_tokens}) (min {min(ids)}, max {max(ids)})"
-                )
-        if pairs[-1]["chosen"][1] == 0:
-            raise PreferenceRecordError(
-                f"preference record {index}: the prompt is empty (the first response token "
-                "would have nothing predicting it; start prompts with a BOS token)"
-            )
-    if not pairs:
-        raise PreferenceRecordError("no preference records to train on")
-    return pairs
-
-
-def drop_identical_pairs(pairs: list[dict], *, what: str = "preference records") -> tuple[list[dict], int]:
-    """(pairs whose chosen and rejected sequences differ, how many were dropped).
-
-    An identical pair has a DPO term of exactly 0 (its margin is 0 whatever the weights), so it would
-    only add the NLL of one text and dilute the batch mean; it is dropped and counted instead.
-    """
-    kept = [p for p in pairs if list(p["chosen"][0]) != list(p["rejected"][0])]
-    dropped = len(pairs) - len(kept)
-    if dropped:
-        log.warning("dropped %d of %d %s whose chosen and rejected responses are identical", dropped, len(pairs), what)
-    if not kept:
-        raise PreferenceRecordError(f"all {len(pairs)} {what} have identical chosen and rejected responses")
-    return kept, dropped
-
-
-def collate_pairs(items: Sequence[dict], pad_id: int) -> dict[str, Tensor]:
-    """input_ids/is_response (2b, n): chosen rows then rejected rows; ref_chosen/ref_rejected (b,) if stored."""
-    batch = collate_examples([it["chosen"] for it in items] + [it["rejected"] for it in items], pad_id)
-    if all("ref" in it for it in items):
-        ref = torch.tensor([it["ref"] for it in items], dtype=torch.float32)  # (b, 2)
-        batch["ref_chosen"], batch["ref_rejected"] = ref.unbind(dim=-1)
-    judge = [example for it in items for example in it.get("judge", ())]
-    if judge:  # judge examples riding along (trainers.judge_mixing)
-        rows = collate_examples(judge, pad_id)
-        batch["judge_ids"], batch["judge_is_response"] = rows["input_ids"], rows["is_response"]
-    return batch
-
-
-class PairLogprobs(NamedTuple):
-    """Summed response log-probs (b,) of a pair batch and the response token counts (b,) behind them."""
-
-    chosen: Tensor
-    rejected: Tensor
-    chosen_tokens: Tensor
-    rejected_tokens: Tensor
-
-
-def pair_logprobs(model: nn.Module, batch: dict[str, Tensor]) -> PairLogprobs:
-    """Summed log-probs and token counts of the chosen and rejected rows, from one forward over the 2b rows."""
-    logps = sequence_logprobs(model(batch["input_ids"]), batch["input_ids"], batch["is_response"])
-    chosen, rejected = rearrange(logps, "(two b) -> two b", two=2)
-    chosen_tokens, rejected_tokens = rearrange(response_token_counts(batch["is_response"]), "(two b) -> two b", two=2)
-    return PairLogprobs(chosen, rejected, chosen_tokens, rejected_tokens)
-
-
-@torch.no_grad()
-def compute_ref_logprobs(
-    ref_model: nn.Module, pairs: Sequence[dict], *, pad_id: int, batch_size: int = 16, progress: bool = True
-) -> Tensor:
-    """Reference log-probs (N, 2) [chosen, rejected] of every pair, in eval mode, without grad.
-
-    Pairs are batched longest first so each batch pads little; results are scattered back to the
-    dataset order. Right padding makes each row's value independent of its batch mates.
-    """
-    was_training = ref_model.training
-    ref_model.eval()
-    device = next(ref_model.parameters()).device
-    order = sorted(range(len(pairs)), key=lambda i: -max(len(pairs[i]["chosen"][0]), len(pairs[i]["rejected"][0])))
-    out = torch.empty(len(pairs), 2, dtype=torch.float32)
-    try:
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="reference log-probs", disable=not progress, leave=False):
-            idx = order[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in idx], pad_id).items()}
-            chosen, rejected, *_ = pair_logprobs(ref_model, batch)
-            out[idx] = torch.stack((chosen, rejected), dim=-1).float().cpu()
-    finally:
-        ref_model.train(was_training)
-    return out
-
-
-def _pairs_digest(pairs: Sequence[dict]) -> str:
-    """A hash of the encoded pairs, so stored reference log-probs are only reused for the same data."""
-    h = hashlib.sha256()
-    for p in pairs:
-        h.update(
-            json.dumps(
-                [
-                    list(map(int, p["chosen"][0])),
-                    int(p["chosen"][1]),
-                    list(map(int, p["rejected"][0])),
-                    int(p["rejected"][1]),
-                ]
-            ).encode()
-        )
-    return h.hexdigest()
-
-
-def load_or_compute_ref_logprobs(
-    ref_model: nn.Module,
-    splits: dict[str, list[dict]],
-    *,
-    run_dir: Path | None,
-    resume: bool,
-    pad_id: int,
-    batch_size: int,
-    progress: bool,
-    accelerator=None,
-) -> dict[str, Tensor]:
-    """Reference log-probs per split, reused from `run_dir` on resume (the policy has moved since).
-
-    With several processes each computes an interleaved share of the pairs and all of them gather
-    the whole table; only the main process writes the file.
-    """
-    digest = hashlib.sha256("".join(_pairs_digest(splits[k]) + k for k in sorted(splits)).encode()).hexdigest()
-    path = None if run_dir is None else Path(run_dir) / REF_LOGPROBS_FILE
-    if resume and path is not None and path.exists():
-        with safe_open(str(path), framework="pt") as f:
-            stored_digest = (f.metadata() or {}).get("digest")
-        if stored_digest != digest:
-            raise ValueError(f"{path} was computed for different pairs; cannot resume this run with new data")
-        return load_file(str(path))
-    compute = partial(compute_ref_logprobs, ref_model, pad_id=pad_id, batch_size=batch_size, progress=progress)
-    with nullcontext() if accelerator is None else accelerator.autocast():  # the policy's precision
-        out = {k: _sharded(compute, v, accelerator) for k, v in splits.items()}
-    if path is not None and (accelerator is None or accelerator.is_main_process):
-        atomic_write_bytes(path, save(out, metadata={"digest": digest, "reduction": "sum"}))
-    return out
-
-
-def _sharded(compute: Callable, pairs: list[dict], accelerator) -> Tensor:
-    """compute(pairs) -> (N, 2), split over the processes: rank r takes pairs r, r + N, ... (balanced lengths)."""
-    world = 1 if accelerator is None else accelerator.num_processes
-    if world == 1:
-        return compute(pairs)
-    mine = list(range(accelerator.process_index, len(pairs), world))
-    values = compute([pairs[i] for i in mine]) if mine else torch.empty(0, 2)
-    out = torch.empty(len(pairs), 2, dtype=torch.float32)
-    for indices, rows in gather_object([(mine, values.tolist())]):  # python floats hold float32 exactly
-        out[indices] = torch.tensor(rows, dtype=torch.float32).reshape(-1, 2)
-    return out
 
 
 class PairTask:
