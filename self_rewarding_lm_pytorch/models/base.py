@@ -161,6 +161,9 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     from self_rewarding_lm_pytorch.models.hf import HFCausalLM
 
     model = unwrap_model(model)
+    inner = getattr(model, "net", None)  # a reward model around an HF network
+    if isinstance(inner, HFCausalLM):
+        model = inner
     if isinstance(model, HFCausalLM):
         model.enable_gradient_checkpointing()
         return

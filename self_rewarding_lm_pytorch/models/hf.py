@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,11 @@ class HFCausalLM(nn.Module):
         super().__init__()
         if not hasattr(model, "get_output_embeddings") or not hasattr(model, "config"):
             raise TypeError(f"{type(model).__name__} is not a Hugging Face causal LM (no config/output embeddings)")
+        if not _is_causal_lm(model):
+            raise TypeError(
+                f"{type(model).__name__} is not a Hugging Face causal LM (an encoder or encoder-decoder model): "
+                "load it with AutoModelForCausalLM"
+            )
         self.hf = model
 
     def forward(
@@ -45,6 +51,13 @@ class HFCausalLM(nn.Module):
             output_hidden_states=return_logits_and_embeddings,
         )
         return (out.logits, out.hidden_states[-1]) if return_logits_and_embeddings else out.logits
+
+    def last_hidden_state(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """(b, n, d) final hidden states (after the final norm: what the LM head reads) from the decoder
+        stack alone, LoRA layers included, without computing the (b, n, v) logits."""
+        base = self.hf.get_base_model() if self.is_peft else self.hf
+        out = base.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
 
     # --- what the rest of the package reads ---
 
@@ -109,9 +122,17 @@ class HFCausalLM(nn.Module):
 
     # --- files ---
 
-    def save_pretrained(self, folder: str | os.PathLike, *, tokenizer: Any = None, merged: bool = False) -> Path:
+    def save_pretrained(
+        self,
+        folder: str | os.PathLike,
+        *,
+        tokenizer: Any = None,
+        merged: bool = False,
+        extra_files: Mapping[str, bytes] | None = None,
+    ) -> Path:
         """Write `folder` with `save_pretrained` (the model, or the adapter of a PeftModel) plus the
-        tokenizer; `merged=True` also writes `folder/merged/` with the LoRA update folded in.
+        tokenizer; `merged=True` also writes `folder/merged/` with the LoRA update folded in;
+        `extra_files` ({name: bytes}) go into `folder` with them (e.g. a reward head's weights).
 
         Written into a temp folder renamed into place, so `folder` is always complete.
         """
@@ -120,6 +141,8 @@ class HFCausalLM(nn.Module):
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             self.hf.save_pretrained(tmp)
+            for name, data in (extra_files or {}).items():
+                (tmp / name).write_bytes(data)
             hf_tokenizer = getattr(tokenizer, "hf_tokenizer", tokenizer)
             if hf_tokenizer is not None and hasattr(hf_tokenizer, "save_pretrained"):
                 hf_tokenizer.save_pretrained(tmp)
@@ -137,3 +160,17 @@ class HFCausalLM(nn.Module):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return folder
+
+
+def _is_causal_lm(model: Any) -> bool:
+    """A decoder-only LM: it can generate, is not encoder-decoder, and is not a BERT-style model whose
+    config says it is not a decoder (`is_decoder=False`: bidirectional attention)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    can_generate = getattr(base, "can_generate", None)
+    return (
+        callable(can_generate)
+        and bool(can_generate())
+        and not getattr(config, "is_encoder_decoder", False)
+        and getattr(config, "is_decoder", True) is not False
+    )

@@ -27,21 +27,29 @@ from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.core.batching import ListDataset, collate_examples, encode_example
 from self_rewarding_lm_pytorch.core.files import atomic_write_bytes, read_records
-from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
+from self_rewarding_lm_pytorch.core.hf_tokenizer import HFTokenizer, is_hf_tokenizer
+from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, as_tokenizer, encode_prompt
+from self_rewarding_lm_pytorch.models import HFCausalLM, as_model, is_hf_model, max_seq_len_of
 
 __all__ = ["RankingTask", "RewardModel", "RewardModelTrainer", "load_ranked_records", "pairwise_metrics"]
 
 
 class RewardModel(nn.Module):
-    """An x-transformers network with a scalar head: a decoder read at its last real token, or an
-    encoder mean-pooled over its real tokens.
+    """A network with a scalar head: a decoder read at its last real token, or an encoder mean-pooled
+    over its real tokens.
 
     Build it from sizes, `RewardModel(num_tokens=259, max_seq_len=128, dim=64, depth=2, heads=4)`
-    (a decoder; `encoder=True` for an encoder), or wrap a network, `RewardModel(net=TransformerWrapper(...))`.
+    (an x-transformers decoder; `encoder=True` for an encoder), or wrap a network: an x-transformers
+    `TransformerWrapper`, or a Hugging Face causal LM (or a `peft.PeftModel` around one) with its
+    tokenizer, `RewardModel(net=AutoModelForCausalLM.from_pretrained(...), tokenizer=AutoTokenizer...)`,
+    read at the last real token's final hidden state (the decoder stack alone: no logits computed).
+    `peft_config=` applies LoRA to an HF model; `chat_template=False` turns off its tokenizer's chat template.
     `score(prompts, responses)` scores strings with `tokenizer` (default: `ByteTokenizer`).
     Calling the model on strings, `rm(prompts, responses)`, is `score`, so a `RewardModel` is a
     `reward_fn(prompts, responses) -> scores` wherever one is expected.
     """
+
+    net: Any  # an x-transformers TransformerWrapper or an HFCausalLM (typed loosely: both are optional imports)
 
     @beartype
     def __init__(
@@ -56,40 +64,32 @@ class RewardModel(nn.Module):
         net: nn.Module | None = None,
         tokenizer: Any = None,
         score_batch_size: int = 32,
+        peft_config: Any = None,
+        chat_template: bool | None = None,
     ):
         super().__init__()
         sizes = dict(num_tokens=num_tokens, max_seq_len=max_seq_len, dim=dim, depth=depth, heads=heads)
-        if net is None:
-            missing = [k for k, v in sizes.items() if v is None]
-            if missing:
-                raise ValueError(
-                    f"RewardModel needs net= or all of num_tokens, max_seq_len, dim, depth, heads; missing {missing}"
-                )
-            from x_transformers import Decoder, Encoder, TransformerWrapper
-
-            layers = (Encoder if encoder else Decoder)(dim=dim, depth=depth, heads=heads)
-            net = TransformerWrapper(
-                num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=layers, return_only_embed=True
-            )
-            self.config: dict[str, Any] | None = dict(sizes, encoder=encoder)
-        else:
-            if any(v is not None for v in sizes.values()):
-                raise ValueError("pass either net= or the sizes (num_tokens, ...), not both")
-            if not hasattr(net, "attn_layers") or not hasattr(net, "max_seq_len"):
-                raise TypeError(f"net must be an x-transformers TransformerWrapper, got {type(net).__name__}")
-            self.config = None  # a custom net: `load` fills an existing instance, `from_pretrained` cannot rebuild it
         if score_batch_size < 1:
             raise ValueError(f"score_batch_size must be >= 1, got {score_batch_size}")
-        self.net = net
-        wrapper: Any = net  # an x-transformers TransformerWrapper (untyped)
-        self.causal = bool(getattr(wrapper.attn_layers, "causal", True))
-        self.max_seq_len = int(wrapper.max_seq_len)
-        self.to_reward = nn.Linear(wrapper.attn_layers.dim, 1)
-        self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
+        if net is not None and any(v is not None for v in sizes.values()):
+            raise ValueError("pass either net= or the sizes (num_tokens, ...), not both")
+        # A custom net: `load` fills an existing instance, `from_pretrained` cannot rebuild it from sizes.
+        self.config: dict[str, Any] | None = None if net is not None else dict(sizes, encoder=encoder)
+        self.is_hf = net is not None and (is_hf_model(net) or isinstance(net, HFCausalLM))
+        if self.is_hf:
+            assert net is not None
+            self.net, net_dim, embedded = _hf_net(net, tokenizer, peft_config)
+        else:
+            if peft_config is not None:
+                raise TypeError(f"peft_config applies to Hugging Face models only, not to a {type(net).__name__}")
+            self.net, net_dim, embedded = _x_transformers_net(net, sizes, encoder)
+        self.causal = self.is_hf or bool(getattr(self.net.attn_layers, "causal", True))
+        self.max_seq_len: int | None = max_seq_len_of(self.net)
+        self.to_reward = nn.Linear(net_dim, 1)
+        self.tokenizer = reward_tokenizer(tokenizer, chat_template)
         vocab = getattr(self.tokenizer, "vocab_size", None)
-        n_emb = wrapper.token_emb.emb.num_embeddings if hasattr(wrapper, "token_emb") else None
-        if vocab is not None and n_emb is not None and vocab > n_emb:
-            raise ValueError(f"tokenizer has {vocab} ids but the network embeds only {n_emb}")
+        if vocab is not None and embedded is not None and vocab > embedded:
+            raise ValueError(f"tokenizer has {vocab} ids but the network embeds only {embedded}")
         self.score_batch_size = score_batch_size
 
     def forward(self, input_ids, lengths=None, *, mask: Tensor | None = None) -> Tensor:
@@ -109,14 +109,17 @@ class RewardModel(nn.Module):
         if self.causal:
             # right padding: a real token never attends to the pads after it, so no mask is needed
             # and the last real token has read the whole sequence
-            embeds = self.net(input_ids, return_embeddings=True)
+            embeds = (
+                self.net.last_hidden_state(input_ids) if self.is_hf else self.net(input_ids, return_embeddings=True)
+            )
             last = mask.long().sum(-1) - 1
             pooled = embeds[torch.arange(embeds.shape[0], device=embeds.device), last]
         else:
             embeds = self.net(input_ids, return_embeddings=True, mask=mask)
             weights = rearrange(mask.to(embeds.dtype), "b n -> b n 1")
             pooled = (embeds * weights).sum(1) / weights.sum(1)
-        return rearrange(self.to_reward(pooled), "b 1 -> b")
+        # the head keeps its own dtype (fp32) when the network runs in another (a bf16 HF model)
+        return rearrange(self.to_reward(pooled.to(self.to_reward.weight.dtype)), "b 1 -> b")
 
     @torch.no_grad()
     def score(self, prompts: Sequence[str], responses: Sequence[str], tokenizer: Any = None) -> Tensor:
@@ -127,7 +130,7 @@ class RewardModel(nn.Module):
         """
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        tok = tokenizer if tokenizer is not None else self.tokenizer
+        tok = reward_tokenizer(tokenizer, None) if tokenizer is not None else self.tokenizer
         rows = [encode_example(tok, p, r, max_len=self.max_seq_len) for p, r in zip(prompts, responses, strict=True)]
         by_length = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
         was_training, device = self.training, next(self.parameters()).device
@@ -151,20 +154,35 @@ class RewardModel(nn.Module):
         return lambda prompts, responses: self.score(prompts, responses, tokenizer)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Weights (and the sizes, when built from sizes) to one safetensors file, written atomically."""
+        """x-transformers: weights (and the sizes, when built from sizes) to one safetensors file.
+        Hugging Face: the folder `path` (see `reward_model_hf.save_hf_reward_model`). Written atomically."""
+        if self.is_hf:
+            from self_rewarding_lm_pytorch.trainers.reward_model_hf import save_hf_reward_model
+
+            return save_hf_reward_model(self, path)
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
         meta = {"reward_model_config": json.dumps(self.config)} if self.config else None
         return atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
     def load(self, path: str | os.PathLike) -> RewardModel:
         """Loads weights saved by `save` into this model (strict: every key must match)."""
+        if self.is_hf:
+            from self_rewarding_lm_pytorch.trainers.reward_model_hf import load_hf_reward_model_weights
+
+            return load_hf_reward_model_weights(self, path)
         device = next(self.parameters()).device
         self.load_state_dict({k: v.to(device) for k, v in st_load(Path(path).read_bytes()).items()})
         return self
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, tokenizer: Any = None) -> RewardModel:
-        """Rebuilds a size-built model saved by `save` (a custom `net=` model: build it, then `load`)."""
+    def from_pretrained(cls, path: str | os.PathLike, tokenizer: Any = None, *, base_model: Any = None) -> RewardModel:
+        """Rebuilds a model saved by `save`: a size-built one from its file, or a Hugging Face one from its
+        folder (a LoRA adapter onto `base_model`, a model or path; None: the base path the adapter names).
+        A custom x-transformers `net=` model: build it, then `load`."""
+        if Path(path).is_dir():
+            from self_rewarding_lm_pytorch.trainers.reward_model_hf import load_hf_reward_model
+
+            return load_hf_reward_model(cls, path, tokenizer=tokenizer, base_model=base_model)
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
@@ -174,6 +192,52 @@ class RewardModel(nn.Module):
                 f"{path} has no RewardModel sizes (saved from a net= model): build the model and call load()"
             )
         return cls(**json.loads(meta["reward_model_config"]), tokenizer=tokenizer).load(path)
+
+
+def _x_transformers_net(net: nn.Module | None, sizes: dict, encoder: bool) -> tuple[nn.Module, int, int | None]:
+    """(network, hidden dim, embedded ids) of an x-transformers net, built from `sizes` when `net` is None."""
+    if net is None:
+        missing = [k for k, v in sizes.items() if v is None]
+        if missing:
+            raise ValueError(
+                f"RewardModel needs net= or all of num_tokens, max_seq_len, dim, depth, heads; missing {missing}"
+            )
+        from x_transformers import Decoder, Encoder, TransformerWrapper
+
+        layers = (Encoder if encoder else Decoder)(dim=sizes["dim"], depth=sizes["depth"], heads=sizes["heads"])
+        net = TransformerWrapper(
+            num_tokens=sizes["num_tokens"], max_seq_len=sizes["max_seq_len"], attn_layers=layers, return_only_embed=True
+        )
+    if not hasattr(net, "attn_layers") or not hasattr(net, "max_seq_len"):
+        raise TypeError(
+            f"net must be an x-transformers TransformerWrapper or a Hugging Face causal LM, got {type(net).__name__}"
+        )
+    wrapper: Any = net  # an x-transformers TransformerWrapper (untyped)
+    embedded = wrapper.token_emb.emb.num_embeddings if hasattr(wrapper, "token_emb") else None
+    return net, int(wrapper.attn_layers.dim), embedded
+
+
+def _hf_net(net: nn.Module, tokenizer: Any, peft_config: Any) -> tuple[nn.Module, int, int | None]:
+    """(HFCausalLM, hidden size, embedded ids) of a Hugging Face causal LM (TypeError for any other HF model)."""
+    if tokenizer is None:
+        raise ValueError("a Hugging Face model needs its tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...)")
+    wrapped: Any = as_model(net, peft_config=peft_config)
+    embeddings, lm_head = wrapped.hf.get_input_embeddings(), wrapped.hf.get_output_embeddings()
+    if lm_head is not None and lm_head.weight is not embeddings.weight:
+        # The reward never computes logits: an untied LM head is frozen, so every trainable parameter
+        # gets a gradient (DDP waits for each one) and the optimizer holds no state for it.
+        lm_head.requires_grad_(False)
+    return wrapped, wrapped.hidden_size, getattr(embeddings, "num_embeddings", None)
+
+
+def reward_tokenizer(tokenizer: Any, chat_template: bool | None) -> Any:
+    """The tokenizer a reward model scores with: a Hugging Face one adapted (`as_tokenizer`, its chat
+    template on unless `chat_template=False`), any other kept as given, None the `ByteTokenizer`."""
+    if tokenizer is None:
+        return ByteTokenizer()
+    if is_hf_tokenizer(tokenizer) or isinstance(tokenizer, HFTokenizer):
+        return as_tokenizer(tokenizer, chat_template=chat_template)
+    return tokenizer
 
 
 def _is_text_list(x) -> bool:
@@ -303,7 +367,9 @@ class RewardModelTrainer:
     `RewardModelTrainer(rm, tokenizer, "train.jsonl", valid_data=..., max_ranks_per_batch=4,
     batch_size=8, num_train_steps=1000)` then `trainer()`. Data: a list of
     `{"prompt", "ranked_outputs": [best, ..., worst]}` or a .json/.jsonl path, validated here.
-    Other keyword arguments are `TrainConfig` fields (learning_rate, valid_every, ...).
+    Other keyword arguments are `TrainConfig` fields (learning_rate, valid_every, ...). For a reward model
+    around a Hugging Face model, `peft_config=` applies LoRA (only the adapter and the head train) and
+    `chat_template=False` turns off the tokenizer's chat template.
     Validation reports `rewards/accuracies` (pairwise accuracy) and `rewards/margins`.
     """
 
@@ -321,6 +387,8 @@ class RewardModelTrainer:
         accelerate_kwargs: dict | None = None,
         checkpoint_folder: str | os.PathLike | None = None,
         resume: bool = False,
+        peft_config: Any = None,
+        chat_template: bool | None = None,
         **train_config,
     ):
         from self_rewarding_lm_pytorch.training.loop import TrainConfig
@@ -333,17 +401,21 @@ class RewardModelTrainer:
         if unknown:
             raise TypeError(f"unknown RewardModelTrainer arguments: {sorted(unknown)}")
         self.reward_model = reward_model
+        self.config = TrainConfig(**train_config)
+        if peft_config is not None:  # LoRA on the HF model, in place (a TypeError for any other network)
+            reward_model.net = as_model(reward_model.net, peft_config=peft_config, seed=self.config.seed)
         if tokenizer is not None:  # the model scores strings later with the tokenizer it was trained with
-            reward_model.tokenizer = tokenizer
+            reward_model.tokenizer = reward_tokenizer(tokenizer, chat_template)
+        elif chat_template is not None and isinstance(reward_model.tokenizer, HFTokenizer):
+            reward_model.tokenizer = reward_model.tokenizer.with_chat_template(chat_template)
         self.tokenizer = reward_model.tokenizer
         self.train_records = load_ranked_records(train_data)
         self.valid_records = load_ranked_records(valid_data) if valid_data is not None else None
-        self.config = TrainConfig(**train_config)
         max_len = max_seq_len or reward_model.max_seq_len
         self.task = RankingTask(self.tokenizer, max_ranks_per_batch, max_len)
         for name, records in (("train_data", self.train_records), ("valid_data", self.valid_records or [])):
             for i, rec in enumerate(records):  # raised now, not mid-training from collate
-                if len(self.tokenizer.encode(rec["prompt"])) >= max_len:
+                if max_len is not None and len(encode_prompt(self.tokenizer, rec["prompt"])) >= max_len:
                     raise ValueError(
                         f"{name} record {i}: its prompt leaves no room for an output within max_seq_len={max_len}"
                     )
