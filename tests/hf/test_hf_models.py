@@ -23,7 +23,9 @@ pytestmark = pytest.mark.unit
 def test_importing_the_package_imports_neither_transformers_nor_peft():
     code = (
         "import sys, self_rewarding_lm_pytorch as s\n"
-        "s.SelfRewardingTrainer, s.sample, s.SFTTrainer, s.DPOTrainer\n"
+        "s.SelfRewardingTrainer, s.sample, s.SFTTrainer, s.DPOTrainer, s.SPINTrainer, s.PPOTrainer\n"
+        "s.BestOfNSampler, s.generate_synthetic_dataset, s.RewardModelTrainer\n"
+        "s.RewardModel(num_tokens=259, max_seq_len=16, dim=16, depth=1, heads=2).score(['a'], ['b'])\n"
         "import self_rewarding_lm_pytorch.models\n"
         "print(sorted(m for m in ('transformers', 'peft') if m in sys.modules))"
     )

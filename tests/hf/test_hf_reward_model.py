@@ -155,6 +155,18 @@ def test_lora_trains_only_the_adapter_and_the_head_and_keeps_every_base_weight(h
     assert not torch.equal(head_before, rm.to_reward.weight)  # and the head
 
 
+@pytest.mark.stage
+def test_gradient_checkpointing_trains_the_reward_model_as_without(hf_folders, hf_tokenizer):
+    runs = []
+    for checkpointing in (False, True):
+        rm = reward_model(hf_folders, hf_tokenizer)
+        train(rm, steps=2, gradient_checkpointing=checkpointing)
+        runs.append(rm)
+    assert runs[1].net.hf.model.gradient_checkpointing and not runs[0].net.hf.model.gradient_checkpointing
+    for (name, a), b in zip(runs[0].state_dict().items(), runs[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
 # --- saving and loading ---
 
 
@@ -187,5 +199,5 @@ def test_loading_a_full_model_folder_into_a_lora_reward_model_is_an_error(hf_fol
     folder = reward_model(hf_folders, hf_tokenizer).save(tmp_path / "rm")
     with pytest.raises(ValueError, match="holds a full model but this RewardModel has a LoRA adapter"):
         reward_model(hf_folders, hf_tokenizer, peft_config=lora_config()).load(folder)
-    with pytest.raises(FileNotFoundError, match="reward_head.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"reward_head\.safetensors"):
         RewardModel.from_pretrained(hf_folders["llama"])
