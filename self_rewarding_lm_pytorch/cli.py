@@ -145,6 +145,7 @@ def _cmd_run(args) -> int:
         checkpoints_folder=pipeline.run_dir,
         seed=pipeline.seed,
         peft_config=peft_config,
+        save_merged=pipeline.hf is not None and pipeline.hf.lora is not None and pipeline.hf.lora.save_merged,
     )
     summaries = trainer(overwrite_checkpoints=args.overwrite)
     accelerator.print(f"done: {len(summaries)} stages in {pipeline.run_dir} (manifest.json lists them)")

@@ -10,6 +10,7 @@
     alpha = 16
     dropout = 0.05
     target_modules = ["q_proj", "v_proj"]
+    save_merged = true                # also write each stage's model/merged/ (the LoRA update folded in)
 
 Validated as strictly as the rest of the file: unknown keys, wrong types, missing folders and a
 `[lora]` table without an HF model are `ConfigError`s naming the place.
@@ -34,6 +35,7 @@ class LoraSection:
     alpha: float | None = None
     dropout: float = 0.0
     target_modules: tuple[str, ...] | None = None
+    save_merged: bool = False  # also write each stage's merged model (SelfRewardingTrainer's save_merged)
 
     def peft_config(self):
         from peft import LoraConfig
@@ -70,10 +72,11 @@ def _lora(table: Any, where: str) -> LoraSection:
 
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [lora] must be a table")
-    unknown = sorted(set(table) - {"r", "alpha", "dropout", "target_modules"})
+    unknown = sorted(set(table) - {"r", "alpha", "dropout", "target_modules", "save_merged"})
     if unknown:
         raise ConfigError(
-            f"{where}: [lora]: unknown key(s) {', '.join(unknown)}; allowed: alpha, dropout, r, target_modules"
+            f"{where}: [lora]: unknown key(s) {', '.join(unknown)}; "
+            "allowed: alpha, dropout, r, save_merged, target_modules"
         )
     r = _convert(table.get("r", LoraSection.r), int, f"{where}: [lora] r")
     alpha = _convert(table["alpha"], float, f"{where}: [lora] alpha") if "alpha" in table else None
@@ -85,7 +88,8 @@ def _lora(table: Any, where: str) -> LoraSection:
             raise ConfigError(f"{where}: [lora] target_modules is empty")
     if r < 1 or (alpha is not None and alpha <= 0) or not 0 <= dropout < 1:
         raise ConfigError(f"{where}: [lora] needs r >= 1, alpha > 0 and dropout in [0, 1); got {r}, {alpha}, {dropout}")
-    return LoraSection(r, alpha, dropout, targets)
+    save_merged = _convert(table.get("save_merged", LoraSection.save_merged), bool, f"{where}: [lora] save_merged")
+    return LoraSection(r, alpha, dropout, targets, save_merged)
 
 
 def parse_hf_sections(raw: dict, *, where: str, base_dir: Path) -> HFSections:

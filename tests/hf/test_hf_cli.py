@@ -25,7 +25,7 @@ def test_example_toml_runs_reduced_on_a_tiny_local_model(hf_folders, tmp_path):
     run_dir = tmp_path / "run"
     sets = [
         f"model.hf={hf_folders['llama']}", f"run_dir={run_dir}", "stages.0.num_train_steps=2",
-        "stages.1.num_train_steps=1", "stages.1.batch_size=2",
+        "stages.1.num_train_steps=1", "stages.1.batch_size=2", "lora.save_merged=true",
     ]  # fmt: skip
     assert main(["run", str(EXAMPLE), *[x for s in sets for x in ("--set", s)]]) == 0
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -33,6 +33,8 @@ def test_example_toml_runs_reduced_on_a_tiny_local_model(hf_folders, tmp_path):
     adapter = run_dir / "02-spin" / "model"
     assert (adapter / "adapter_config.json").exists() and (adapter / "tokenizer.json").exists()
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(hf_folders["llama"]), adapter)
+    assert (adapter / "merged" / "config.json").exists()  # [lora] save_merged = true
+    AutoModelForCausalLM.from_pretrained(adapter / "merged")
 
 
 def parse(tmp_path, **raw):
@@ -45,7 +47,8 @@ def test_hf_sections_are_read_and_paths_resolved(tmp_path):
     (tmp_path / "t").mkdir()
     p = parse(tmp_path, model={"hf": "m"}, tokenizer={"hf": "t"}, lora={"r": 4, "target_modules": ["q_proj"]})
     assert (p.hf.model, p.hf.tokenizer) == (tmp_path / "m", tmp_path / "t")
-    assert p.hf.lora.r == 4 and p.hf.lora.target_modules == ("q_proj",)
+    assert p.hf.lora.r == 4 and p.hf.lora.target_modules == ("q_proj",) and not p.hf.lora.save_merged
+    assert parse(tmp_path, model={"hf": "m"}, lora={"save_merged": True}).hf.lora.save_merged
     assert parse(tmp_path, model={"hf": "m"}, mixed_precision="bf16").accelerate["mixed_precision"] == "bf16"
     assert parse(tmp_path, model={"hf": "m"}).hf.tokenizer == tmp_path / "m"  # the model's own folder
 
@@ -59,6 +62,7 @@ def test_hf_sections_are_read_and_paths_resolved(tmp_path):
         (dict(model={"hf": "m"}, lora={"rank": 4}), "unknown key"),
         (dict(model={"hf": "m"}, lora={"r": 0}), "r >= 1"),
         (dict(model={"hf": "m"}, lora={"target_modules": "q_proj"}), "target_modules"),
+        (dict(model={"hf": "m"}, lora={"save_merged": "yes"}), "save_merged"),
         (dict(lora={"r": 4}), "needs a Hugging Face model"),
         (dict(model={"hf": "m"}, tokenizer="byte"), r"\[tokenizer\] hf"),
         (dict(tokenizer={"hf": "m"}), "goes with"),
