@@ -7,6 +7,9 @@ The loss is Ouyang et al. 2022's: for each prompt the mean over its C(K,2) pairs
 the real outputs of a batch are stacked rank-major (all best outputs first, then all second-best,
 ...) into one forward, and their rewards are scattered into a (b, k) grid with a mask for the
 ranks a record lacks, so a record with K outputs costs K rows, not K(K-1) pair rows.
+
+The network is an x-transformers model or a Hugging Face causal LM (checked in `reward_nets`); a
+Hugging Face reward model saves to a `save_pretrained` folder plus its head (`reward_model_hf`).
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.core.batching import ListDataset, collate_examples, encode_example
 from self_rewarding_lm_pytorch.core.files import atomic_write_bytes, read_records
-from self_rewarding_lm_pytorch.core.hf_tokenizer import HFTokenizer, is_hf_tokenizer
-from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, as_tokenizer, encode_prompt
+from self_rewarding_lm_pytorch.core.hf_tokenizer import HFTokenizer
+from self_rewarding_lm_pytorch.core.tokenizer import encode_prompt
 from self_rewarding_lm_pytorch.models import HFCausalLM, as_model, is_hf_model, max_seq_len_of
+from self_rewarding_lm_pytorch.trainers.reward_nets import hf_net, reward_tokenizer, x_transformers_net
 
 __all__ = ["RankingTask", "RewardModel", "RewardModelTrainer", "load_ranked_records", "pairwise_metrics"]
 
@@ -78,11 +82,11 @@ class RewardModel(nn.Module):
         self.is_hf = net is not None and (is_hf_model(net) or isinstance(net, HFCausalLM))
         if self.is_hf:
             assert net is not None
-            self.net, net_dim, embedded = _hf_net(net, tokenizer, peft_config)
+            self.net, net_dim, embedded = hf_net(net, tokenizer, peft_config)
         else:
             if peft_config is not None:
                 raise TypeError(f"peft_config applies to Hugging Face models only, not to a {type(net).__name__}")
-            self.net, net_dim, embedded = _x_transformers_net(net, sizes, encoder)
+            self.net, net_dim, embedded = x_transformers_net(net, sizes, encoder)
         self.causal = self.is_hf or bool(getattr(self.net.attn_layers, "causal", True))
         self.max_seq_len: int | None = max_seq_len_of(self.net)
         self.to_reward = nn.Linear(net_dim, 1)
@@ -192,52 +196,6 @@ class RewardModel(nn.Module):
                 f"{path} has no RewardModel sizes (saved from a net= model): build the model and call load()"
             )
         return cls(**json.loads(meta["reward_model_config"]), tokenizer=tokenizer).load(path)
-
-
-def _x_transformers_net(net: nn.Module | None, sizes: dict, encoder: bool) -> tuple[nn.Module, int, int | None]:
-    """(network, hidden dim, embedded ids) of an x-transformers net, built from `sizes` when `net` is None."""
-    if net is None:
-        missing = [k for k, v in sizes.items() if v is None]
-        if missing:
-            raise ValueError(
-                f"RewardModel needs net= or all of num_tokens, max_seq_len, dim, depth, heads; missing {missing}"
-            )
-        from x_transformers import Decoder, Encoder, TransformerWrapper
-
-        layers = (Encoder if encoder else Decoder)(dim=sizes["dim"], depth=sizes["depth"], heads=sizes["heads"])
-        net = TransformerWrapper(
-            num_tokens=sizes["num_tokens"], max_seq_len=sizes["max_seq_len"], attn_layers=layers, return_only_embed=True
-        )
-    if not hasattr(net, "attn_layers") or not hasattr(net, "max_seq_len"):
-        raise TypeError(
-            f"net must be an x-transformers TransformerWrapper or a Hugging Face causal LM, got {type(net).__name__}"
-        )
-    wrapper: Any = net  # an x-transformers TransformerWrapper (untyped)
-    embedded = wrapper.token_emb.emb.num_embeddings if hasattr(wrapper, "token_emb") else None
-    return net, int(wrapper.attn_layers.dim), embedded
-
-
-def _hf_net(net: nn.Module, tokenizer: Any, peft_config: Any) -> tuple[nn.Module, int, int | None]:
-    """(HFCausalLM, hidden size, embedded ids) of a Hugging Face causal LM (TypeError for any other HF model)."""
-    if tokenizer is None:
-        raise ValueError("a Hugging Face model needs its tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...)")
-    wrapped: Any = as_model(net, peft_config=peft_config)
-    embeddings, lm_head = wrapped.hf.get_input_embeddings(), wrapped.hf.get_output_embeddings()
-    if lm_head is not None and lm_head.weight is not embeddings.weight:
-        # The reward never computes logits: an untied LM head is frozen, so every trainable parameter
-        # gets a gradient (DDP waits for each one) and the optimizer holds no state for it.
-        lm_head.requires_grad_(False)
-    return wrapped, wrapped.hidden_size, getattr(embeddings, "num_embeddings", None)
-
-
-def reward_tokenizer(tokenizer: Any, chat_template: bool | None) -> Any:
-    """The tokenizer a reward model scores with: a Hugging Face one adapted (`as_tokenizer`, its chat
-    template on unless `chat_template=False`), any other kept as given, None the `ByteTokenizer`."""
-    if tokenizer is None:
-        return ByteTokenizer()
-    if is_hf_tokenizer(tokenizer) or isinstance(tokenizer, HFTokenizer):
-        return as_tokenizer(tokenizer, chat_template=chat_template)
-    return tokenizer
 
 
 def _is_text_list(x) -> bool:
