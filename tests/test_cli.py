@@ -33,7 +33,7 @@ REDUCED = {
         "stages.1.num_train_steps=1",
     ],
     "spin.toml": ["stages.0.num_train_steps=2", "stages.1.num_iterations=1", "stages.1.num_train_steps=1"],
-    "ppo.toml": ["stages.0.num_train_steps=2", "stages.1.num_ppo_steps=1"],
+    "ppo.toml": ["stages.0.num_train_steps=2", "stages.1.num_train_steps=1"],
     "prompt_generation.toml": ["stages.0.num_train_steps=2", "stages.1.max_batches=1", "stages.2.num_train_steps=1"],
 }
 

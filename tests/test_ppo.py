@@ -448,27 +448,38 @@ def fraction_ascii(prompts, responses):
     return [sum(c.isascii() for c in r) / max(len(r), 1) for r in responses]
 
 
-STAGE_PPO = PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, learning_rate=1e-3)
+STAGE_PPO = PPOConfig(ppo_epochs=1)
+STAGE_TRAINING = dict(batch_size=4, mini_batch_size=2, learning_rate=1e-3)
 
 
 @pytest.mark.unit
 def test_stage_config_validation():
-    assert PPOStageConfig(["x"], ppo={"batch_size": 2, "mini_batch_size": 1}).ppo == PPOConfig(
-        batch_size=2, mini_batch_size=1
-    )
     with pytest.raises(TypeError, match="unexpected keyword"):
         PPOStageConfig(["x"], ppo={"batchsize": 2})
     with pytest.raises(TypeError, match="reward must be"):
         PPOStageConfig(["x"], reward=42)
     with pytest.raises(ValueError, match="num_ppo_steps"):
         PPOStageConfig(["x"], num_ppo_steps=0)
+    with pytest.raises(ValueError, match="num_train_steps"):
+        PPOStageConfig(["x"], num_train_steps=0)
+    with pytest.raises(ValueError, match="mini_batch_size"):
+        PPOStageConfig(["x"], batch_size=2)  # the default mini_batch_size 4 is more than the batch
+    with pytest.raises(ValueError, match="grad_accum_steps=2 is not supported"):
+        PPOStageConfig(["x"], grad_accum_steps=2)
+    with pytest.raises(ValueError, match="TrainConfig: lr_schedule"):
+        PPOStageConfig(["x"], lr_schedule="exponential")
 
 
 @pytest.mark.stage
 def test_stage_with_callable_reward_trains_in_place_and_logs(tiny_model, tmp_path):
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     stage = PPOStageConfig(
-        ["ab", "cd", {"prompt": "ef"}], num_ppo_steps=3, reward=fraction_ascii, ppo=STAGE_PPO, max_new_tokens=6
+        ["ab", "cd", {"prompt": "ef"}],
+        num_train_steps=3,
+        reward=fraction_ascii,
+        ppo=STAGE_PPO,
+        **STAGE_TRAINING,
+        max_new_tokens=6,
     )
     summary = stage.run(stage_context(tiny_model, tmp_path))
     assert summary["steps"] == 3 and math.isfinite(summary["kl_last"])
@@ -487,7 +498,13 @@ def test_stage_self_judge_scores_and_drops_unparsed(tiny_model, tmp_path):
     parses scores the rollout; when none parses, every rollout is unscored (null), none trains."""
 
     stage = PPOStageConfig(
-        ["ab", "cd"], num_ppo_steps=1, ppo=STAGE_PPO, max_new_tokens=4, num_judgments=2, judge_max_new_tokens=3
+        ["ab", "cd"],
+        num_train_steps=1,
+        ppo=STAGE_PPO,
+        **STAGE_TRAINING,
+        max_new_tokens=4,
+        num_judgments=2,
+        judge_max_new_tokens=3,
     )
     judge = RewardConfig(
         "J: {{ prompt }}|{{ response }}\n", "Score: {{ reward }}", parse_reward=lambda text: float(len(text))
@@ -524,7 +541,7 @@ def test_stage_resume_matches_uninterrupted(tmp_path):
     the same logged stats as a run that was never interrupted."""
 
     model = tiny_lm
-    common = dict(num_ppo_steps=4, ppo=STAGE_PPO, max_new_tokens=6, checkpoint_every=2)
+    common = dict(num_train_steps=4, ppo=STAGE_PPO, **STAGE_TRAINING, max_new_tokens=6, checkpoint_every=2)
     straight = model()
     PPOStageConfig(["ab", "cd", "ef"], reward=fraction_ascii, **common).run(stage_context(straight, tmp_path / "a"))
 
@@ -550,9 +567,9 @@ def test_stage_resume_matches_uninterrupted(tmp_path):
 def test_stage_with_reward_model_scores_through_it(tiny_model, tmp_path):
     torch.manual_seed(1)
     reward_model = RewardModel(num_tokens=259, max_seq_len=64, dim=16, depth=1, heads=2, tokenizer=ByteTokenizer())
-    PPOStageConfig(["ab", "cd"], num_ppo_steps=1, reward=reward_model, ppo=STAGE_PPO, max_new_tokens=4).run(
-        stage_context(tiny_model, tmp_path)
-    )
+    PPOStageConfig(
+        ["ab", "cd"], num_train_steps=1, reward=reward_model, ppo=STAGE_PPO, **STAGE_TRAINING, max_new_tokens=4
+    ).run(stage_context(tiny_model, tmp_path))
     rollouts = read_jsonl(tmp_path / "rollouts.jsonl")
     expected = reward_model.score([r["prompt"] for r in rollouts], [r["response"] for r in rollouts]).tolist()
     assert [r["score"] for r in rollouts] == pytest.approx(expected, abs=1e-5)
@@ -567,9 +584,9 @@ def test_stage_scores_a_reward_model_through_its_own_tokenizer(tiny_model, tmp_p
     )
     torch.manual_seed(1)
     reward_model = RewardModel(num_tokens=43, max_seq_len=64, dim=16, depth=1, heads=2, tokenizer=shifted)
-    PPOStageConfig(["ab", "cd"], num_ppo_steps=1, reward=reward_model, ppo=STAGE_PPO, max_new_tokens=4).run(
-        stage_context(tiny_model, tmp_path)
-    )
+    PPOStageConfig(
+        ["ab", "cd"], num_train_steps=1, reward=reward_model, ppo=STAGE_PPO, **STAGE_TRAINING, max_new_tokens=4
+    ).run(stage_context(tiny_model, tmp_path))
     rollouts = read_jsonl(tmp_path / "rollouts.jsonl")
     expected = reward_model.score([r["prompt"] for r in rollouts], [r["response"] for r in rollouts]).tolist()
     assert [r["score"] for r in rollouts] == pytest.approx(expected, abs=1e-5)

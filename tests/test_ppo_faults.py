@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 from conftest import tiny_lm, weights
-from test_ppo import STAGE_PPO, fraction_ascii, stage_context
+from test_ppo import STAGE_PPO, STAGE_TRAINING, fraction_ascii, stage_context
 
 from self_rewarding_lm_pytorch import NonFiniteLossError, PPOStageConfig, TrainingStopped
 from self_rewarding_lm_pytorch.training.checkpoint import latest_checkpoint
@@ -16,7 +16,7 @@ from self_rewarding_lm_pytorch.training.checkpoint import latest_checkpoint
 pytestmark = pytest.mark.stage
 
 PROMPTS = ["ab", "cd", "ef"]
-COMMON = dict(num_ppo_steps=4, ppo=STAGE_PPO, max_new_tokens=6, checkpoint_every=None)
+COMMON = dict(num_train_steps=4, ppo=STAGE_PPO, **STAGE_TRAINING, max_new_tokens=6, checkpoint_every=None)
 
 
 class SignalsOnCall:

@@ -12,16 +12,17 @@ aligned as `logprobs.token_logprobs` aligns them (see `ppo_model`).
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 from beartype import beartype
 from torch import Tensor, nn
 
-from self_rewarding_lm_pytorch.core.field_types import check_field_types
 from self_rewarding_lm_pytorch.core.logprobs import token_logprobs
 from self_rewarding_lm_pytorch.core.losses import (
     AdaptiveKLController,
@@ -34,7 +35,20 @@ from self_rewarding_lm_pytorch.core.losses import (
     whiten,
 )
 from self_rewarding_lm_pytorch.core.seeding import derive_seed
-from self_rewarding_lm_pytorch.models import as_model, frozen_reference, model_and_tokenizer
+from self_rewarding_lm_pytorch.models import (
+    AdapterOffReference,
+    AdapterSnapshotReference,
+    as_model,
+    frozen_reference,
+    model_and_tokenizer,
+)
+from self_rewarding_lm_pytorch.rl.ppo_config import (
+    KL_ESTIMATORS,
+    PPOConfig,
+    UnsupportedSamplingError,
+    _sampling_kwargs,
+    check_ppo_sampling,
+)
 from self_rewarding_lm_pytorch.rl.value_head import (
     RunningMoments,
     ValueHeadModel,
@@ -44,150 +58,9 @@ from self_rewarding_lm_pytorch.rl.value_head import (
 )
 from self_rewarding_lm_pytorch.training.dropout import disable_dropout
 from self_rewarding_lm_pytorch.training.faults import NonFiniteLossError
+from self_rewarding_lm_pytorch.training.sharding import OPTIMIZER_DIR, ShardedTraining, fsdp_enabled, shard_in_place
 
 __all__ = ["KL_ESTIMATORS", "PPOConfig", "PPOTrainer", "UnsupportedSamplingError", "check_ppo_sampling"]
-
-KL_ESTIMATORS = ("k1", "k3")
-
-
-def _check(condition: bool, message: str):
-    if not condition:
-        raise ValueError(message)
-
-
-@dataclass(frozen=True)
-class PPOConfig:
-    """PPO hyperparameters; defaults follow TRL's PPOConfig except the batch sizes (sized for CPU) and
-    `max_grad_norm` (clipped by default, like the rest of this package's trainers).
-
-    `batch_size` is the number of rollouts a stage samples per PPO step (`step` accepts any number).
-    `target_kl` and `horizon` drive the adaptive KL controller (summed per-sequence KL; Ziegler et al. 2019).
-    `reward_norm` divides scores by a running std after subtracting a running mean (over all scores seen
-    so far); `reward_clip` then clips them to [-reward_clip, reward_clip].
-
-    `disable_dropout` (TRL's name and default) sets the policy's dropout rates to 0 in place.
-
-    `temperature` is the sampling temperature of the rollouts; old, new and reference log-probs are all
-    taken from logits / temperature, the distribution the tokens were actually drawn from (as TRL
-    does), so the clipped ratio and the KL penalty are those of the sampling policy.
-    """
-
-    learning_rate: float = 1.41e-5
-    batch_size: int = 8
-    mini_batch_size: int = 4
-    ppo_epochs: int = 4
-    init_kl_coef: float = 0.2
-    adap_kl_ctrl: bool = True
-    target_kl: float = 6.0
-    horizon: float = 10000.0
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    kl_estimator: str = "k1"
-    whiten_advantages: bool = True
-    reward_clip: float | None = None
-    reward_norm: bool = False
-    max_grad_norm: float | None = 1.0
-    temperature: float = 1.0
-    disable_dropout: bool = True
-    seed: int = 0
-
-    def __post_init__(self):
-        check_field_types(self)  # types by beartype (an int is a fine float); the values below
-        _check(
-            self.temperature > 0, f"temperature must be > 0 (PPO needs a sampling distribution), got {self.temperature}"
-        )
-        _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _check(
-            1 <= self.mini_batch_size <= self.batch_size,
-            f"mini_batch_size must be in [1, batch_size={self.batch_size}], got {self.mini_batch_size}",
-        )
-        _check(self.ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {self.ppo_epochs}")
-        _check(self.init_kl_coef >= 0, f"init_kl_coef must be >= 0, got {self.init_kl_coef}")
-        _check(self.target_kl > 0, f"target_kl must be > 0, got {self.target_kl}")
-        _check(self.horizon > 0, f"horizon must be > 0, got {self.horizon}")
-        _check(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
-        _check(0 <= self.lam <= 1, f"lam must be in [0, 1], got {self.lam}")
-        _check(self.cliprange > 0, f"cliprange must be > 0, got {self.cliprange}")
-        _check(self.cliprange_value > 0, f"cliprange_value must be > 0, got {self.cliprange_value}")
-        _check(self.vf_coef >= 0, f"vf_coef must be >= 0, got {self.vf_coef}")
-        _check(
-            self.kl_estimator in KL_ESTIMATORS,
-            f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}",
-        )
-        _check(
-            self.reward_clip is None or self.reward_clip > 0, f"reward_clip must be > 0 or None, got {self.reward_clip}"
-        )
-        _check(
-            self.max_grad_norm is None or self.max_grad_norm > 0,
-            f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}",
-        )
-
-
-class UnsupportedSamplingError(ValueError):
-    """Sampling settings under which PPO's log-probs would not be those of the distribution sampled."""
-
-
-def check_ppo_sampling(
-    temperature: float, top_k: int | float | None, top_p: float | None, min_p: float | None, *, where: str
-) -> None:
-    """Refuse what PPO cannot account for: greedy decoding and top-k / top-p / min-p filters.
-
-    A filter makes the sampling distribution a truncation of softmax(logits / T) whose support moves
-    with the weights: the new policy (or the reference) can put a sampled token outside its own
-    support, so the ratio and the KL would be taken against a distribution other than the one
-    sampled. TRL's PPO samples unfiltered for the same reason. Disabled values (top_k 0/None,
-    top_p 1/None, min_p 0/None) are accepted.
-    """
-    active = {
-        "top_k": top_k not in (None, 0),
-        "top_p": top_p is not None and top_p != 1.0,
-        "min_p": min_p not in (None, 0),
-    }
-    filters = [f"{name}={value}" for name, value in zip(active, (top_k, top_p, min_p), strict=True) if active[name]]
-    if filters:
-        raise UnsupportedSamplingError(
-            f"{where}: PPO cannot use the sampling filter(s) {', '.join(filters)}: its log-probs, ratio and "
-            "KL are those of softmax(logits / temperature), so sample unfiltered (set them to None)"
-        )
-    if not temperature > 0:
-        raise UnsupportedSamplingError(
-            f"{where}: PPO needs a sampling temperature > 0 (greedy decoding has no log-probs to take a ratio of), "
-            f"got {temperature}"
-        )
-
-
-# Hugging Face `generate` keywords (as in TRL's quick start) mapped onto `sampling.sample`'s.
-def _sampling_kwargs(kwargs: dict, tokenizer, temperature: float) -> dict:
-    kwargs = dict(kwargs)
-    sampling = kwargs.pop("sampling", None)
-    if sampling is not None:  # a SamplingConfig: its fields are checked below like the loose keywords
-        for name in ("temperature", "top_k", "top_p", "min_p", "max_new_tokens"):
-            if getattr(sampling, name) is not None and kwargs.setdefault(name, getattr(sampling, name)) != getattr(
-                sampling, name
-            ):
-                raise ValueError(f"generate: {name}={kwargs[name]} disagrees with sampling.{name}")
-    out: dict[str, Any] = {"eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id}
-    if "pad_token_id" in kwargs:
-        out["pad_id"] = kwargs.pop("pad_token_id")
-    if "eos_token_id" in kwargs:
-        out["eos_id"] = kwargs.pop("eos_token_id")
-    given = 0.0 if kwargs.pop("do_sample", True) is False else kwargs.pop("temperature", temperature)
-    if given != temperature:
-        raise UnsupportedSamplingError(
-            f"generate: sampling at temperature {given} but PPOConfig.temperature is {temperature}; the log-probs "
-            "are taken at PPOConfig.temperature, so set the temperature there (do_sample=False is temperature 0)"
-        )
-    filters = {name: kwargs.pop(name, None) for name in ("top_k", "top_p", "min_p")}
-    check_ppo_sampling(temperature, **filters, where="PPOTrainer.generate")
-    min_length = kwargs.pop("min_length", -1)
-    if min_length > 0:
-        raise ValueError(f"min_length={min_length} is not supported by the sampler (only -1/0, i.e. none)")
-    out.update(kwargs, temperature=temperature)
-    return out
 
 
 class PPOTrainer:
@@ -202,12 +75,12 @@ class PPOTrainer:
         self,
         model: nn.Module,
         ref_model: nn.Module | None = None,
-        config: PPOConfig = PPOConfig(),
+        config: PPOConfig = PPOConfig(),  # noqa: B008 (frozen, so one shared default is safe)
         tokenizer: Any = None,
         *,
         accelerator: Any = None,
     ):
-        from self_rewarding_lm_pytorch.training.loop import make_accelerator
+        from self_rewarding_lm_pytorch.training.loop import _build_optimizer, make_accelerator
 
         self.config = config
         if not isinstance(model, ValueHeadModel):
@@ -222,14 +95,14 @@ class PPOTrainer:
             # Old log-probs are taken without dropout; with it on in the update passes the ratio would
             # start away from 1. In place and for good, as TRL does (the reference is in eval mode).
             disable_dropout(vmodel)
+        is_own_reference = ref_model is None
         if ref_model is None:
             ref_model = frozen_reference(vmodel.transformer)
         elif isinstance(ref_model, ValueHeadModel):
             ref_model = ref_model.transformer
         self.ref_model = ref_model.to(device).eval().requires_grad_(False)
-        vmodel.to(device)
-        optimizer = torch.optim.Adam(vmodel.parameters(), lr=config.learning_rate)
-        self.model, self.optimizer = self.accelerator.prepare(vmodel, optimizer)
+        self._core = vmodel.to(device)  # the unwrapped ValueHeadModel; under fsdp it lends its storage to the shards
+        self._prepare(is_own_reference, _build_optimizer)
         self.kl_ctl = (
             AdaptiveKLController(config.init_kl_coef, config.target_kl, config.horizon)
             if config.adap_kl_ctrl
@@ -241,6 +114,28 @@ class PPOTrainer:
         self.shuffle_generator = torch.Generator().manual_seed(rank_seed)
         self.sample_generator = torch.Generator().manual_seed(rank_seed)  # the sampler draws its keys on CPU
         self.num_steps = 0
+
+    def _prepare(self, is_own_reference: bool, build_optimizer):
+        """The trained module (DDP-prepared, or FSDP2 shards) and its optimizer."""
+        config, acc = self.config, self.accelerator
+        self.sharded: ShardedTraining | None = None
+        self._gathered = False  # inside `full_policy()`: the core holds the full weights
+        self._ended = False  # `end_sharding()` was called
+        if not fsdp_enabled(config.fsdp, acc.num_processes):
+            optimizer, self._params = build_optimizer(self._core, config)
+            self.model, self.optimizer = acc.prepare(self._core, optimizer)
+            return
+        if is_own_reference:
+            if isinstance(self.ref_model, (AdapterOffReference, AdapterSnapshotReference)):
+                # that view reads the policy's own base weights, which the shards hold while training
+                raise ValueError("PPOConfig.fsdp=True with a LoRA policy needs a ref_model (not supported yet)")
+            # As DPO does: our own copy is sharded like the policy (its forward then runs in step on every
+            # process); a reference you pass is left whole.
+            shard_in_place(self.ref_model, mixed_precision=acc.mixed_precision)
+        # No accelerate.prepare: the shards replace DDP, and the optimizer sees only this process's slices.
+        self.sharded = ShardedTraining(self._core, device=acc.device, mixed_precision=acc.mixed_precision)
+        self.model = self.sharded.module
+        self.optimizer, self._params = build_optimizer(self.model, config)
 
     def state_dict(self) -> dict:
         """What besides weights and optimizer a resumed run needs (plain tensors/numbers: loads with weights_only)."""
@@ -261,8 +156,103 @@ class PPOTrainer:
 
     @property
     def policy(self) -> ValueHeadModel:
-        """The unwrapped `ValueHeadModel` (its `.transformer` is the plain policy)."""
-        return self.accelerator.unwrap_model(self.model)
+        """The unwrapped `ValueHeadModel` (its `.transformer` is the plain policy).
+
+        Under fsdp its weights live in the shards between steps: read it inside `full_policy()`, or
+        after `end_sharding()`.
+        """
+        if self.sharded is not None and not (self._gathered or self._ended):
+            raise RuntimeError(
+                "PPOTrainer.policy under fsdp: the weights are sharded between steps; use "
+                "`with trainer.full_policy() as policy:` (on every process) or call `trainer.end_sharding()` first"
+            )
+        return self._core
+
+    @contextmanager
+    def full_policy(self) -> Iterator[ValueHeadModel]:
+        """The policy holding its current full weights, for generation, judging or saving (read-only).
+
+        Without fsdp this is just the policy. Under fsdp the weights are gathered on entry (a collective:
+        every process enters together) and freed on exit, so a process holds them whole only meanwhile;
+        the sampler then runs on a plain module, with no collective per decoded token. Re-entrant.
+        """
+        if self.sharded is None or self._gathered or self._ended:
+            yield self._core
+            return
+        with self.sharded.gathered_core():
+            self._gathered = True
+            try:
+                yield self._core
+            finally:
+                self._gathered = False
+
+    def end_sharding(self) -> ValueHeadModel:
+        """Put the full trained weights back into the policy for good and free the optimizer state
+        (under fsdp a collective; without it nothing to do). The trainer cannot step afterwards."""
+        if self.sharded is not None and not self._ended:
+            self.optimizer.state.clear()  # its memory goes before the gather
+            self.sharded.restore_core()
+            self._ended = True
+        return self._core
+
+    # --- step checkpoints (every process calls these) ---
+
+    def save_checkpoint(self, run_dir: str | os.PathLike, step: int, *, state: dict, config: dict) -> None:
+        """Write `run_dir/checkpoint/step-*/`: full weights (the main process), optimizer state (under fsdp
+        sharded, every process writing its shard with torch.distributed.checkpoint), `state` plus every
+        process's `state_dict()` (each samples and shuffles with its own generators)."""
+        from accelerate.utils import gather_object
+
+        from self_rewarding_lm_pytorch.training.checkpoint import (
+            CHECKPOINT_DIR,
+            clear_staging,
+            save_training_state,
+            staging_dir,
+        )
+
+        acc, root = self.accelerator, Path(run_dir) / CHECKPOINT_DIR
+        mine = self.state_dict()
+        state = {**state, "ppo": gather_object([mine]) if acc.num_processes > 1 else [mine]}
+        if self.sharded is None or self._ended:
+            if acc.is_main_process:
+                save_training_state(root, step, model=self._core, optimizer=self.optimizer, state=state, config=config)
+        else:
+            full = self.sharded.full_state_dict(all_ranks=False)
+            staging = staging_dir(run_dir, step)
+            if acc.is_main_process:
+                clear_staging(staging)
+            acc.wait_for_everyone()
+            self.sharded.save_optimizer(self.optimizer, staging / OPTIMIZER_DIR)
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                with self.sharded.full_core(full) as core:
+                    save_training_state(
+                        root, step, model=core, optimizer=None, state=state, config=config, staging=staging
+                    )
+        acc.wait_for_everyone()
+
+    def load_checkpoint(self, path: str | os.PathLike) -> dict:
+        """Restore weights, optimizer and this process's PPO state from a step folder; returns its state."""
+        from self_rewarding_lm_pytorch.training.checkpoint import load_training_state
+
+        path, acc = Path(path), self.accelerator
+        if self.sharded is None:
+            state = load_training_state(path, model=self._core, optimizer=self.optimizer)
+        else:
+            state = load_training_state(path, model=None)
+            if not (path / OPTIMIZER_DIR / ".metadata").is_file():
+                raise ValueError(f"cannot resume sharded PPO from {path}: it holds no sharded optimizer state")
+            self.sharded.load_full_file(path / "model.safetensors")
+            self.sharded.load_optimizer(self.optimizer, path / OPTIMIZER_DIR)
+        saved = state["ppo"]
+        if isinstance(saved, dict):  # written by one process before the per-process list
+            saved = [saved]
+        if len(saved) != acc.num_processes:
+            raise ValueError(
+                f"{path} was written by {len(saved)} process(es), not {acc.num_processes}: resume as it ran"
+            )
+        self.load_state_dict(saved[acc.process_index])
+        return state
 
     @beartype
     def generate(self, queries: Sequence[Tensor], *, return_prompt: bool = False, **generation_kwargs) -> list[Tensor]:
@@ -280,8 +270,8 @@ class PPOTrainer:
         kwargs.setdefault("generator", self.sample_generator)
         # The prepared model runs its forward under the accelerator's mixed precision; sampling from the
         # plain transformer must too, or the rollouts come from an fp32 policy the update never sees.
-        with self.accelerator.autocast():
-            out = sample(self.policy.transformer, list(queries), **kwargs)
+        with self.accelerator.autocast(), self.full_policy() as policy:
+            out = sample(policy.transformer, list(queries), **kwargs)
         rows = [
             ids[mask] for ids, mask in zip(out.response_ids, out.response_mask, strict=True)
         ]  # on CPU, as sample returns them
@@ -325,7 +315,7 @@ class PPOTrainer:
         return everything[~everything.isnan()]
 
     def _check_length(self, input_ids: Tensor):
-        max_len = getattr(self.policy.transformer, "max_seq_len", None)
+        max_len = getattr(self._core.transformer, "max_seq_len", None)
         if max_len and input_ids.shape[1] > max_len:
             raise ValueError(
                 f"query + response is {input_ids.shape[1]} tokens, more than the model's max_seq_len {max_len}"
@@ -362,6 +352,8 @@ class PPOTrainer:
         number of minibatch passes) but is masked out of every loss and statistic. When no rollout
         of any process is scored, nothing is trained.
         """
+        if self._ended:
+            raise RuntimeError("PPOTrainer.step after end_sharding(): the shards and optimizer state are gone")
         cfg, t0 = self.config, time.perf_counter()
         input_ids, action_mask = assemble_rollouts(
             queries, responses, pad_id=self.tokenizer.pad_id, eos_id=self.tokenizer.eos_id
@@ -485,7 +477,9 @@ class PPOTrainer:
 
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
-        if cfg.max_grad_norm is not None:
+        if self.sharded is not None:  # the norm over every shard; an infinite bound clips nothing
+            grad_norm = self.sharded.clip_grad_norm(self._params, cfg.max_grad_norm or math.inf)
+        elif cfg.max_grad_norm is not None:
             grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
         else:
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]

@@ -149,6 +149,19 @@ class ShardedTraining:
         finally:
             self._lend()
 
+    @contextmanager
+    def gathered_core(self) -> Iterator[nn.Module]:
+        """The user's model holding the current full weights for the duration (gathering is a collective).
+
+        For a trainer that samples between steps (PPO): the weights are gathered on the device, one
+        parameter at a time, and freed again on exit.
+        """
+        self.restore_core()
+        try:
+            yield self.core
+        finally:
+            self._lend()
+
     def empty_core(self) -> nn.Module:
         """The user's model with uninitialised full-size storage, to load a weights file into."""
         for name, p in self._params.items():

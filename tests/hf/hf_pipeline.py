@@ -57,10 +57,13 @@ def stages(*, lr: float = 1e-2, with_ppo: bool = True):
     ] + [
         PPOStageConfig(
             PROMPTS,
-            num_ppo_steps=2,
+            num_train_steps=2,
             reward=short_answers,
             max_new_tokens=4,
-            ppo=PPOConfig(batch_size=2, mini_batch_size=2, ppo_epochs=1, learning_rate=lr),
+            batch_size=2,
+            mini_batch_size=2,
+            learning_rate=lr,
+            ppo=PPOConfig(ppo_epochs=1),
         )
     ] * with_ppo
 
