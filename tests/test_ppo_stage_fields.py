@@ -144,3 +144,20 @@ def test_weight_decay_is_adamw_on_matrices(tmp_path):
     for k, w in initial.items():
         expected = -1e-3 * 0.5 * w if w.ndim >= 2 else torch.zeros_like(w)
         torch.testing.assert_close(decayed[k] - plain[k], expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.stage
+def test_fsdp_with_one_process_warns_and_trains_unsharded(tmp_path):
+    """fsdp=True with one process is a no-op with a warning, as in the loop: the same weights as fsdp=False."""
+
+    def trained(fsdp: bool, folder: str) -> dict:
+        model = tiny_lm()
+        stage = PPOStageConfig(["ab", "cd"], num_train_steps=2, reward=fraction_ascii, ppo=STAGE_PPO, fsdp=fsdp)
+        stage = dataclasses.replace(stage, **STAGE_TRAINING, max_new_tokens=3)
+        stage.run(stage_context(model, tmp_path / folder))
+        return weights(model)
+
+    with pytest.warns(UserWarning, match="fsdp=True with one process"):
+        sharded = trained(True, "fsdp")
+    for k, v in trained(False, "plain").items():
+        assert torch.equal(sharded[k], v), k
