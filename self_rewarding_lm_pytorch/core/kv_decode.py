@@ -1,7 +1,7 @@
 """Decoding backends for `sampling.sample`: a fast preallocated-KV-cache decoder, and two fallbacks.
 
 Every backend ("stepper") has the same three methods:
-  `prefill() -> logits (b, v)`  encode each unique prompt once, expand to its sample rows;
+  `prefill() -> logits (b, v)`  encode each unique prompt once, logits for each of its sample rows;
   `step(tokens (b,)) -> logits (b, v)`  feed one token per row, get the next-token logits;
   `select(keep (b,) bool)`  drop finished rows (compaction).
 
