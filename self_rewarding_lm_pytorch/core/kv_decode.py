@@ -13,7 +13,9 @@ norms, feedforwards, residuals, final norm, logits head) and reimplements only a
 buffers allocated once at their final length and written one slot per step. x-transformers' own
 `cache=` path (`XCacheStepper`) re-concatenates its cache and re-embeds the whole sequence every
 step, which costs more and more as the sequence grows. `FullStepper` re-runs the full forward every
-step: the slowest, but it only needs `model(ids) -> logits`, so it runs any causal model.
+step: the slowest, but it only needs `model(ids) -> logits`, so it runs any causal model. The two
+fallbacks live in `sequence_steppers` (re-exported here); this module also decides which backend
+can run a model exactly (`fast_decode_support`, `xcache_support`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 from x_transformers import Decoder, TransformerWrapper  # public names
 
 from self_rewarding_lm_pytorch.core.prefix_attention import RowLayout, shared_prefix_attention
+from self_rewarding_lm_pytorch.core.sequence_steppers import FullStepper, XCacheStepper
 
 # The fast decoder reimplements x-transformers' decoding step and recognises its building blocks by
 # type, so it needs internal names that a release may rename. Their absence disables the fast path
@@ -454,62 +457,3 @@ def _sdpa(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
         q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=attn.attend.scale, enable_gqa=gqa
     )
     return rearrange(out, "b (g r) n d -> b (r g) n d", g=attn.kv_heads) if gqa else out
-
-
-class _SequenceStepper:
-    """Rows that share one prompt length, so no padding is ever needed: any causal model is exact."""
-
-    def __init__(self, model, prompts: list[Tensor], counts: list[int], max_new_tokens: int):
-        if len({len(p) for p in prompts}) != 1:
-            raise ValueError("fallback steppers take prompts of one length; the planner groups them")
-        self.model = model
-        self.ids = torch.stack(prompts)  # (u, n)
-        self.counts = torch.tensor(counts, device=self.ids.device)
-        rows_ids = self.ids.repeat_interleave(self.counts, dim=0)
-        self.seq = F.pad(rows_ids, (0, max_new_tokens))  # preallocated (b, n + new)
-        self.length = self.ids.shape[1]
-
-    def _append(self, tokens: Tensor) -> None:
-        self.seq[:, self.length] = tokens
-        self.length += 1
-
-
-class FullStepper(_SequenceStepper):
-    """No cache: the full forward every step; needs only `model(ids) -> logits (b, n, v)`."""
-
-    def prefill(self) -> Tensor:
-        return self.model(self.ids)[:, -1].repeat_interleave(self.counts, dim=0)
-
-    def step(self, tokens: Tensor) -> Tensor:
-        self._append(tokens)
-        return self.model(self.seq[:, : self.length])[:, -1]
-
-    def select(self, keep: Tensor) -> None:
-        self.seq = self.seq[keep]
-
-
-class XCacheStepper(_SequenceStepper):
-    """x-transformers' own `cache=` path (`return_intermediates=True`), for models FastDecoder rejects."""
-
-    def prefill(self) -> Tensor:
-        logits, self.cache = self.model(self.ids, return_intermediates=True)
-        self._map_cache(lambda t: t.repeat_interleave(self.counts, dim=0))
-        return logits[:, -1].repeat_interleave(self.counts, dim=0)
-
-    def _map_cache(self, fn) -> None:
-        for inter in self.cache.attn_intermediates:
-            inter.cached_kv = tuple(fn(t) if torch.is_tensor(t) else t for t in inter.cached_kv)
-
-    def step(self, tokens: Tensor) -> Tensor:
-        self._append(tokens)
-        ids = (
-            self.seq[:, self.length - 1 : self.length]
-            if self.model.input_not_include_cache
-            else self.seq[:, : self.length]
-        )
-        logits, self.cache = self.model(ids, cache=self.cache, return_intermediates=True)
-        return logits[:, -1]
-
-    def select(self, keep: Tensor) -> None:
-        self.seq = self.seq[keep]
-        self._map_cache(lambda t: t[keep])
