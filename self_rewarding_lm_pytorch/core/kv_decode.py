@@ -1,7 +1,7 @@
 """Decoding backends for `sampling.sample`: a fast preallocated-KV-cache decoder, and two fallbacks.
 
 Every backend ("stepper") has the same three methods:
-  `prefill() -> logits (b, v)`  encode each unique prompt once, expand to its sample rows;
+  `prefill() -> logits (b, v)`  encode each unique prompt once, logits for each of its sample rows;
   `step(tokens (b,)) -> logits (b, v)`  feed one token per row, get the next-token logits;
   `select(keep (b,) bool)`  drop finished rows (compaction).
 
@@ -13,7 +13,9 @@ norms, feedforwards, residuals, final norm, logits head) and reimplements only a
 buffers allocated once at their final length and written one slot per step. x-transformers' own
 `cache=` path (`XCacheStepper`) re-concatenates its cache and re-embeds the whole sequence every
 step, which costs more and more as the sequence grows. `FullStepper` re-runs the full forward every
-step: the slowest, but it only needs `model(ids) -> logits`, so it runs any causal model.
+step: the slowest, but it only needs `model(ids) -> logits`, so it runs any causal model. The two
+fallbacks live in `sequence_steppers` (re-exported here); this module also decides which backend
+can run a model exactly (`fast_decode_support`, `xcache_support`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from x_transformers import Decoder, TransformerWrapper  # public names
+
+from self_rewarding_lm_pytorch.core.prefix_attention import RowLayout, shared_prefix_attention
+from self_rewarding_lm_pytorch.core.sequence_steppers import FullStepper, XCacheStepper
 
 # The fast decoder reimplements x-transformers' decoding step and recognises its building blocks by
 # type, so it needs internal names that a release may rename. Their absence disables the fast path
@@ -277,10 +282,17 @@ def _rotate(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class FastDecoder:
-    """Prompts left-padded to the longest, so all rows write the same cache slot each step.
+    """Prompts left-padded to the longest; K/V buffers allocated once at their final length.
 
-    A per-row key mask hides the padding and per-row positions (slot - start) give each row exactly
-    the positions it has alone. The last sampled token is never fed back, hence the slot count.
+    Every row writes the same slot each step; an additive key bias hides the padding, and per-row
+    positions (prompt length + step) give each row exactly the positions it has alone. The last
+    sampled token is never fed back, hence max_new_tokens - 1 generated slots.
+
+    Two cache layouts. When some prompt has several sample rows ("shared"), the prompt part of the
+    cache is held once per prompt and only the generated part per row, and a step attends over both
+    with `shared_prefix_attention`: a prompt's cache is read once per step for all its samples (and
+    never copied into them). When every prompt has one row, each row holds its whole sequence in one
+    buffer and a step is one SDPA call over it, which is faster when there is nothing to share.
     """
 
     def __init__(self, model, prompts: list[Tensor], counts: list[int], max_new_tokens: int):
@@ -288,44 +300,46 @@ class FastDecoder:
         self.attns = [
             block for (_, block, _), kind in zip(layers.layers, layers.layer_types, strict=True) if kind == "a"
         ]
-        weight = model.token_emb.emb.weight
-        device = weight.device
+        device = model.token_emb.emb.weight.device
         lengths = torch.tensor([len(p) for p in prompts], device=device)
         self.prompt_len = int(lengths.max())
         self.counts = torch.tensor(counts, device=device)
-        starts = self.prompt_len - lengths  # (u,)
-        self.ids = torch.stack([F.pad(p, (int(s), 0)) for p, s in zip(prompts, starts.tolist(), strict=True)])
-        self.starts = starts
-        self.row_start = starts.repeat_interleave(self.counts)  # (b,)
-        num_slots = self.prompt_len + max_new_tokens - 1
-        self.key_ok = torch.arange(num_slots, device=device) >= self.row_start[:, None]  # (b, n)
-        self.padded = bool((starts > 0).any())
-        self.filled = 0
-        rows = int(self.counts.sum())
-        self.caches = []
-        self.qkv = []
-        for attn in self.attns:
-            dk, dv = attn.to_k.out_features // attn.kv_heads, attn.to_v.out_features // attn.kv_heads
-            dtype = attn.to_k.weight.dtype
-            self.caches.append(
-                (
-                    torch.empty(rows, attn.kv_heads, num_slots, dk, device=device, dtype=dtype),
-                    torch.empty(rows, attn.kv_heads, num_slots, dv, device=device, dtype=dtype),
-                )
-            )
-            # One matmul instead of three per layer and step (concatenated once per call, not per step).
-            projections = (attn.to_q, attn.to_k, attn.to_v)
-            bias = None
-            if any(p.bias is not None for p in projections):
-                bias = torch.cat(
-                    [p.bias if p.bias is not None else p.weight.new_zeros(p.out_features) for p in projections]
-                )
-            self.qkv.append((torch.cat([p.weight for p in projections]), bias, [p.out_features for p in projections]))
+        self.starts = self.prompt_len - lengths  # (u,) left padding per prompt
+        self.ids = torch.stack([F.pad(p, (int(s), 0)) for p, s in zip(prompts, self.starts.tolist(), strict=True)])
+        self.row_prompt = torch.arange(len(prompts), device=device).repeat_interleave(self.counts)  # (b,)
+        self.row_length = lengths[self.row_prompt]  # (b,) position of each row's first generated token
+        self.layout = RowLayout.of(self.row_prompt, len(prompts))
+        self.shared = max(counts) > 1
+        self.generated = 0
+        gen_slots = max(max_new_tokens - 1, 0)
+        # per layer: shared, the generated part (b, g, t, d); else the whole sequence (b, g, p + t, d)
+        slots = gen_slots if self.shared else self.prompt_len + gen_slots
+        self.caches = [self._buffers(attn, len(self.row_prompt), slots) for attn in self.attns]
+        self.prompt_caches: list[tuple[Tensor, Tensor]] = []  # shared: per layer (u, g, p, d), from prefill
+        self.key_bias = self._key_bias(slots)  # (rows of the cache, slots): 0, or -inf on padding; or None
+        self.qkv = [_fused_qkv(attn) for attn in self.attns]
         self.cos: Tensor | None = None
         self.sin: Tensor | None = None
         if layers.rotary_pos_emb is not None:
-            freqs, _ = layers.rotary_pos_emb(torch.arange(max(num_slots, 1), device=device))
+            freqs, _ = layers.rotary_pos_emb(torch.arange(max(self.prompt_len + gen_slots, 1), device=device))
             self.cos, self.sin = freqs[0].cos(), freqs[0].sin()  # (n, r)
+
+    @staticmethod
+    def _buffers(attn: Attention, rows: int, slots: int) -> tuple[Tensor, Tensor]:
+        dk, dv = attn.to_k.out_features // attn.kv_heads, attn.to_v.out_features // attn.kv_heads
+        like = attn.to_k.weight
+        return (
+            like.new_empty(rows, attn.kv_heads, slots, dk),
+            like.new_empty(rows, attn.kv_heads, slots, dv),
+        )
+
+    def _key_bias(self, slots: int) -> Tensor | None:
+        if not bool((self.starts > 0).any()):
+            return None
+        width = self.prompt_len if self.shared else slots  # shared: over the prompt cache only
+        is_pad = torch.arange(width, device=self.starts.device) < self.starts[:, None]  # (u, width)
+        dtype = self.model.token_emb.emb.weight.dtype
+        return torch.zeros(is_pad.shape, dtype=dtype, device=is_pad.device).masked_fill(is_pad, float("-inf"))
 
     def _embed(self, ids: Tensor, pos: Tensor) -> Tensor:
         model = self.model
@@ -346,22 +360,22 @@ class FastDecoder:
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         k_cache, v_cache = self.caches[index]
         n = x.shape[1]
-        if causal:  # prefill: u prompt rows, written to all their sample rows; attend locally
-            k_cache[:, :, :n] = k.repeat_interleave(self.counts, dim=0)
-            v_cache[:, :, :n] = v.repeat_interleave(self.counts, dim=0)
-        else:
-            k_cache[:, :, self.filled : self.filled + n] = k
-            v_cache[:, :, self.filled : self.filled + n] = v
-            k, v = k_cache[:, :, : self.filled + n], v_cache[:, :, : self.filled + n]
-        gqa = attn.kv_heads < attn.heads
-        if gqa:  # x-transformers pairs query head i with kv head i % g; SDPA pairs it with i // (h / g)
-            q = rearrange(q, "b (r g) n d -> b (g r) n d", g=attn.kv_heads)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=attn.attend.scale, enable_gqa=gqa
-        )
-        if gqa:
-            out = rearrange(out, "b (g r) n d -> b (r g) n d", g=attn.kv_heads)
-        return attn.to_out(rearrange(out, "b h n d -> b n (h d)"))
+        if causal:  # prefill: the u prompts, each once
+            if self.shared:
+                self.prompt_caches.append((k.contiguous(), v.contiguous()))
+            else:
+                k_cache[:, :, :n], v_cache[:, :, :n] = k, v
+            return attn.to_out(rearrange(_sdpa(attn, q, k, v, mask, causal=True), "b h n d -> b n (h d)"))
+        slot = self.generated if self.shared else self.prompt_len + self.generated
+        k_cache[:, :, slot], v_cache[:, :, slot] = k[:, :, 0], v[:, :, 0]
+        k, v = k_cache[:, :, : slot + 1], v_cache[:, :, : slot + 1]
+        if self.shared:
+            prompt_k, prompt_v = self.prompt_caches[index]
+            out = shared_prefix_attention(
+                q[:, :, 0], prompt_k, prompt_v, self.key_bias, k, v, self.layout, attn.attend.scale
+            )
+            return attn.to_out(rearrange(out, "b h d -> b 1 (h d)"))
+        return attn.to_out(rearrange(_sdpa(attn, q, k, v, mask, causal=False), "b h n d -> b n (h d)"))
 
     def _layers(self, x: Tensor, pos: Tensor, mask, causal: bool) -> Tensor:
         layers, index = self.model.attn_layers, 0
@@ -390,7 +404,7 @@ class FastDecoder:
         arange = torch.arange(n, device=self.ids.device)
         pos = (arange - self.starts[:, None]).clamp(min=0)  # (u, n)
         mask = None
-        if self.padded:
+        if self.key_bias is not None:
             # A pad query may see only itself: a fully masked row would turn into NaN and spread.
             key_ok = arange >= self.starts[:, None]
             allowed = (arange[None, :] <= arange[:, None]) & (
@@ -398,77 +412,48 @@ class FastDecoder:
             )
             mask = rearrange(allowed, "u i j -> u 1 i j")
         x = self._layers(self._embed(self.ids, pos), pos, mask, causal=True)
-        self.filled = n
         logits = self.model.to_logits(x[:, -1])
         return logits.repeat_interleave(self.counts, dim=0)
 
     def step(self, tokens: Tensor) -> Tensor:
-        pos = (self.filled - self.row_start)[:, None]  # (b, 1)
-        mask = rearrange(self.key_ok[:, : self.filled + 1], "b j -> b 1 1 j") if self.padded else None
+        pos = (self.row_length + self.generated)[:, None]  # (b, 1)
+        mask = None
+        if self.key_bias is not None and not self.shared:  # one bias for all layers of this step
+            mask = rearrange(self.key_bias[:, : self.prompt_len + self.generated + 1], "b j -> b 1 1 j")
         x = self._layers(self._embed(tokens[:, None], pos), pos, mask, causal=False)
-        self.filled += 1
+        self.generated += 1
         return self.model.to_logits(x[:, 0])
 
     def select(self, keep: Tensor) -> None:
         self.caches = [(k[keep], v[keep]) for k, v in self.caches]
-        self.row_start, self.key_ok = self.row_start[keep], self.key_ok[keep]
-        self.padded = bool((self.row_start > 0).any())
+        self.row_prompt, self.row_length = self.row_prompt[keep], self.row_length[keep]
+        alive = torch.zeros(len(self.starts), dtype=torch.bool, device=keep.device)
+        alive[self.row_prompt] = True
+        if not bool(alive.all()):  # prompts without a row left are never read again: drop them
+            self.prompt_caches = [(k[alive], v[alive]) for k, v in self.prompt_caches]
+            self.starts = self.starts[alive]
+            self.row_prompt = (torch.cumsum(alive, 0) - 1)[self.row_prompt]
+            if self.key_bias is not None:
+                self.key_bias = self.key_bias[alive]
+            if not bool((self.starts > 0).any()):
+                self.key_bias = None
+        self.layout = RowLayout.of(self.row_prompt, len(self.starts))
 
 
-class _SequenceStepper:
-    """Rows that share one prompt length, so no padding is ever needed: any causal model is exact."""
-
-    def __init__(self, model, prompts: list[Tensor], counts: list[int], max_new_tokens: int):
-        if len({len(p) for p in prompts}) != 1:
-            raise ValueError("fallback steppers take prompts of one length; the planner groups them")
-        self.model = model
-        self.ids = torch.stack(prompts)  # (u, n)
-        self.counts = torch.tensor(counts, device=self.ids.device)
-        rows_ids = self.ids.repeat_interleave(self.counts, dim=0)
-        self.seq = F.pad(rows_ids, (0, max_new_tokens))  # preallocated (b, n + new)
-        self.length = self.ids.shape[1]
-
-    def _append(self, tokens: Tensor) -> None:
-        self.seq[:, self.length] = tokens
-        self.length += 1
+def _fused_qkv(attn: Attention) -> tuple[Tensor, Tensor | None, list[int]]:
+    """One matmul instead of three per layer and step (concatenated once per call, not per step)."""
+    projections = (attn.to_q, attn.to_k, attn.to_v)
+    bias = None
+    if any(p.bias is not None for p in projections):
+        bias = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features) for p in projections])
+    return torch.cat([p.weight for p in projections]), bias, [p.out_features for p in projections]
 
 
-class FullStepper(_SequenceStepper):
-    """No cache: the full forward every step; needs only `model(ids) -> logits (b, n, v)`."""
-
-    def prefill(self) -> Tensor:
-        return self.model(self.ids)[:, -1].repeat_interleave(self.counts, dim=0)
-
-    def step(self, tokens: Tensor) -> Tensor:
-        self._append(tokens)
-        return self.model(self.seq[:, : self.length])[:, -1]
-
-    def select(self, keep: Tensor) -> None:
-        self.seq = self.seq[keep]
-
-
-class XCacheStepper(_SequenceStepper):
-    """x-transformers' own `cache=` path (`return_intermediates=True`), for models FastDecoder rejects."""
-
-    def prefill(self) -> Tensor:
-        logits, self.cache = self.model(self.ids, return_intermediates=True)
-        self._map_cache(lambda t: t.repeat_interleave(self.counts, dim=0))
-        return logits[:, -1].repeat_interleave(self.counts, dim=0)
-
-    def _map_cache(self, fn) -> None:
-        for inter in self.cache.attn_intermediates:
-            inter.cached_kv = tuple(fn(t) if torch.is_tensor(t) else t for t in inter.cached_kv)
-
-    def step(self, tokens: Tensor) -> Tensor:
-        self._append(tokens)
-        ids = (
-            self.seq[:, self.length - 1 : self.length]
-            if self.model.input_not_include_cache
-            else self.seq[:, : self.length]
-        )
-        logits, self.cache = self.model(ids, cache=self.cache, return_intermediates=True)
-        return logits[:, -1]
-
-    def select(self, keep: Tensor) -> None:
-        self.seq = self.seq[keep]
-        self._map_cache(lambda t: t[keep])
+def _sdpa(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+    gqa = attn.kv_heads < attn.heads
+    if gqa:  # x-transformers pairs query head i with kv head i % g; SDPA pairs it with i // (h / g)
+        q = rearrange(q, "b (r g) n d -> b (g r) n d", g=attn.kv_heads)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=attn.attend.scale, enable_gqa=gqa
+    )
+    return rearrange(out, "b (g r) n d -> b (r g) n d", g=attn.kv_heads) if gqa else out
