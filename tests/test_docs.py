@@ -24,6 +24,34 @@ EXAMPLE_SCRIPTS = {
 }
 
 
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+# Inline doc blocks that are whole programs and run in seconds: the tests run them (the longer ones
+# train models; their code is in examples/ or exercised by the guide's own tests). Every other inline
+# block must at least compile. Keys: (doc file, index of the python block in it).
+RUN_INLINE_BLOCKS = [
+    ("docs/index.md", 0),
+    ("docs/guides/vocabulary.md", 0),
+    ("docs/guides/vocabulary.md", 1),
+    ("docs/guides/vocabulary.md", 3),
+    ("docs/guides/preference-losses.md", 1),
+    ("docs/guides/scale.md", 0),
+    ("docs/guides/self-reward-sources.md", 1),
+    ("docs/guides/ppo.md", 1),
+]
+
+
+def inline_blocks() -> dict[tuple[str, int], str]:
+    """Every ```python block of the README and docs that is written inline (not an included file)."""
+    blocks = {}
+    for doc in DOC_FILES:
+        found = PYTHON_BLOCK.findall(doc.read_text(encoding="utf-8"))
+        for index, code in enumerate(found):
+            if not code.startswith("--8<--"):
+                blocks[(str(doc.relative_to(ROOT)), index)] = code
+    return blocks
+
+
 def included_files() -> set[Path]:
     return {ROOT / m for f in DOC_FILES for m, _ in SNIPPET.findall(f.read_text(encoding="utf-8"))}
 
@@ -61,6 +89,21 @@ def test_every_included_example_exists_and_is_run_by_a_test():
     assert all(f.is_file() for f in included), [str(f) for f in included if not f.is_file()]
     scripts = {f.name for f in included if f.suffix == ".py"}
     assert scripts <= set(EXAMPLE_SCRIPTS) | set(SEED_README_SCRIPTS), scripts - set(EXAMPLE_SCRIPTS)
+
+
+@pytest.mark.unit
+def test_every_inline_code_block_compiles():
+    blocks = inline_blocks()
+    assert set(RUN_INLINE_BLOCKS) <= set(blocks), set(RUN_INLINE_BLOCKS) - set(blocks)  # the list follows the docs
+    for (doc, index), code in blocks.items():
+        compile(code, f"{doc} python block {index}", "exec")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("key", RUN_INLINE_BLOCKS, ids=[f"{Path(d).stem}-{i}" for d, i in RUN_INLINE_BLOCKS])
+def test_inline_code_blocks_run(key, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(inline_blocks()[key], f"{key[0]} python block {key[1]}", "exec"), {"__name__": "__docs__"})
 
 
 @pytest.mark.unit
