@@ -33,7 +33,8 @@ class FieldTypeError(TypeError, ValueError):
 _HINTS: dict[type, dict[str, Any]] = {}
 
 
-def _field_hints(cls: type) -> dict[str, Any]:
+def field_hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a dataclass's fields."""
     if cls not in _HINTS:  # resolving string annotations is slow; a config class's never change
         _HINTS[cls] = typing.get_type_hints(cls)
     return _HINTS[cls]
@@ -60,29 +61,23 @@ def check_value_type(name: str, value: Any, hint: Any, *, where: str) -> Any:
     return value
 
 
-def field_hints(cls: type) -> dict[str, Any]:
-    """The resolved annotations of a dataclass's fields."""
-    return _field_hints(cls)
-
-
 _SCALARS = (int, float, bool, str, type(None))
 
 
 def scalar_field_names(cls: type) -> tuple[str, ...]:
     """The fields of a dataclass whose annotation is built only from int, float, bool, str and None
     (datasets, callables and models are checked where they are used, not by their annotation)."""
-    hints = _field_hints(cls)
+    hints = field_hints(cls)
     return tuple(f.name for f in dataclasses.fields(cls) if all(m in _SCALARS for m in _members(hints[f.name])))
 
 
-def check_field_types(config: Any, *, names: Iterable[str] | None = None, where: str | None = None) -> None:
+def check_field_types(config: Any, *, names: Iterable[str] | None = None) -> None:
     """Raise `FieldTypeError` naming the first field whose value does not satisfy its annotation.
 
     Ints given for float fields are stored as floats (frozen dataclasses too), so `1` and `1.0`
     mean the same learning rate everywhere, including in a config's fingerprint.
     """
-    hints = _field_hints(type(config))
-    where = where or type(config).__name__
+    hints, where = field_hints(type(config)), type(config).__name__
     for name in [f.name for f in dataclasses.fields(config)] if names is None else names:
         value = getattr(config, name)
         checked = check_value_type(name, value, hints[name], where=where)
