@@ -149,3 +149,38 @@ def test_sharded_ppo_matches_ddp_and_resumes(tmp_path):
     assert (resumed / "rollouts.jsonl").read_text() == (fsdp / "rollouts.jsonl").read_text()
     assert (resumed / "checkpoint" / "step-00000002" / "optimizer" / ".metadata").is_file()
     assert_trained(fsdp / "model.safetensors", load_script(script))
+
+
+def test_sharded_self_reward_pipeline_matches_one_process(tmp_path):
+    """SFT -> self-reward DPO with fsdp=True through SelfRewardingTrainer: the sharded model samples and
+    judges the candidates (chunks split across the processes), so the two processes make the same pairs
+    as one process and train to the same weights; every stage output is written once, by rank 0."""
+    script = load_script(SCRIPT.parent / "fsdp_self_reward.py")
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir()
+    one.mkdir()
+    run = launch_two(two, script=SCRIPT.parent / "fsdp_self_reward.py")
+    assert run.returncode == 0, run.stderr[-4000:]
+    with pytest.warns(UserWarning, match="fsdp=True with one process"):
+        script.run(one, dict(cpu=True))
+    stage = "02-self-reward-dpo"
+    pairs = (one / "run" / stage / "pairs.jsonl").read_text()
+    assert pairs.count("\n") >= 2  # pairs were made, so DPO trained on something
+    assert (two / "run" / stage / "pairs.jsonl").read_text() == pairs
+    for file in ("candidates.jsonl", "preference_stats.json"):  # the candidates carry their judgments
+        assert (two / "run" / stage / file).read_text() == (one / "run" / stage / file).read_text(), file
+    assert_same_weights(two / "weights-rank0.safetensors", two / "weights-rank1.safetensors", atol=0)
+    assert_same_weights(two / "weights-rank0.safetensors", one / "weights-rank0.safetensors", atol=1e-4)
+    # the stage's own output is the full model, written by rank 0 (the file a one-process run writes)
+    assert_same_weights(two / "run" / stage / "model.safetensors", one / "weights-rank0.safetensors", atol=1e-4)
+    initial = script_initial_weights()
+    trained = load_file(str(one / "weights-rank0.safetensors"))
+    assert max(float((trained[k] - initial[k]).abs().max()) for k in trained) > 1e-3
+
+
+def script_initial_weights() -> dict:
+    from x_transformers import Decoder, TransformerWrapper
+
+    torch.manual_seed(0)
+    model = TransformerWrapper(num_tokens=259, max_seq_len=64, attn_layers=Decoder(dim=16, depth=2, heads=2))
+    return model.state_dict()
