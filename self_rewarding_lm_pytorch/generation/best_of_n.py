@@ -59,23 +59,26 @@ class LengthSampler:
         return f"LengthSampler({self.min_value}, {self.max_value})"
 
 
-def _as_query_list(queries, tokenizer) -> list[Tensor]:
-    """One query or a list of them (str, id list, 1-D tensor) or a 2-D tensor of queries -> 1-D long tensors."""
+def _as_query_list(queries, tokenizer) -> tuple[list[Tensor], list[str]]:
+    """One query or a list of them (str, id list, 1-D tensor) or a 2-D tensor of queries -> 1-D long
+    tensors to sample from, and each query's text: a string query as given (a chat template renders it
+    into the ids only, so a scorer with its own template does not render it twice), ids decoded."""
     if isinstance(queries, str) or (isinstance(queries, Tensor) and queries.ndim == 1):
         queries = [queries]
     elif isinstance(queries, Tensor):
         queries = list(queries)
     elif isinstance(queries, (list, tuple)) and queries and isinstance(queries[0], (int, float)):
         queries = [queries]  # one query given as a list of ids
-    out = []
+    out, texts = [], []
     for i, q in enumerate(queries):
         ids = encode_prompt(tokenizer, q) if isinstance(q, str) else to_id_list(q)
         if not ids:
             raise ValueError(f"query {i} is empty: the sampler needs at least one prompt token")
         out.append(torch.tensor(ids, dtype=torch.long))
+        texts.append(q if isinstance(q, str) else tokenizer.decode(ids))
     if not out:
         raise ValueError("generate needs at least one query")
-    return out
+    return out, texts
 
 
 @torch.no_grad()
@@ -141,9 +144,10 @@ class BestOfNSampler:
     `queries_to_scores(list[str]) -> list[float]` scores query+response texts (response texts
     alone with `score_completion_only=True`); a `RewardModel` may be passed instead and is called
     as `score(queries, responses)`; a scorer with `higher_is_better = False` ranks low scores first.
-    `generate` returns, per query, its best texts (query + response,
-    as TRL does), best first. A `length_sampler` draws one `max_new_tokens` per query (in query
-    order), without breaking the single batched sampler call. With `seed`, a fresh sampler
+    `generate` returns, per query, its best texts (query + response, as TRL does), best first; a
+    string query is kept as given (scored and returned without the chat template the sampler applied).
+    A `length_sampler` draws one `max_new_tokens` per query (in query order), without breaking the
+    single batched sampler call. With `seed`, a fresh sampler
     reproduces the same outputs; successive `generate` calls continue one random stream.
     """
 
@@ -212,7 +216,7 @@ class BestOfNSampler:
         `queries`: one query or a list (strings, id lists or 1-D tensors), or a 2-D tensor.
         With `return_scores=True` returns `(texts, scores)`, scores also per query, best first.
         """
-        prompts = _as_query_list(queries, self.tokenizer)
+        prompts, query_texts = _as_query_list(queries, self.tokenizer)
         lengths = [self._draw_length() for _ in prompts] if self.length_sampler is not None else None
         responses = sample_responses(
             self.model,
@@ -224,7 +228,6 @@ class BestOfNSampler:
             lengths=lengths,
             batch_size=self.batch_size,
         )
-        query_texts = [self.tokenizer.decode(p) for p in prompts]
         flat_queries = [q for q in query_texts for _ in range(self.sample_size)]
         flat_responses = [r for per_query in responses for r in per_query]
         scores = rearrange(self._score(flat_queries, flat_responses), "(q k) -> q k", k=self.sample_size)

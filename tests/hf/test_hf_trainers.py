@@ -137,11 +137,16 @@ def test_best_of_n_ranks_hf_policy_samples_by_an_hf_reward_model(hf_folders, hf_
     texts, scores = best.generate(PROMPTS[:2], return_scores=True)
     tok = as_tokenizer(hf_tokenizer)
     for prompt, row_texts, row_scores in zip(PROMPTS[:2], texts, scores, strict=True):
-        query = tok.decode(encode_prompt(tok, prompt))  # what the sampler hands the scorer
-        responses = [t[len(query) :] for t in row_texts]
-        assert all(t.startswith(query) for t in row_texts) and len(set(responses)) > 1
+        rendered = tok.decode(encode_prompt(tok, prompt))  # the chat-rendered prompt the policy sampled from
+        assert rendered != prompt
+        # the scorer and the caller get the prompt as given: the reward model applies its own chat
+        # template once (a rendered prompt would be rendered twice)
+        responses = [t[len(prompt) :] for t in row_texts]
+        assert all(t.startswith(prompt) and not t.startswith(rendered) for t in row_texts)
+        assert len(set(responses)) > 1
         assert row_scores == sorted(row_scores, reverse=True)  # best first
-        assert rm.score([query] * 4, responses).tolist() == pytest.approx(row_scores, abs=1e-6)
+        assert rm.score([prompt] * 4, responses).tolist() == pytest.approx(row_scores, abs=1e-6)
+        assert rm.score([rendered] * 4, responses).tolist() != pytest.approx(row_scores, abs=1e-6)
 
 
 @pytest.mark.unit
