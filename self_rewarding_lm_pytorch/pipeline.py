@@ -53,6 +53,17 @@ def _check_stage(config: Any, index: int):
         )
 
 
+def _check_references_shardable(model: nn.Module, stages: Sequence[Any], num_processes: int):
+    """Before any stage runs (nothing written yet): a LoRA policy's live reference cannot be sharded."""
+    from self_rewarding_lm_pytorch.core.losses import REFERENCE_FREE_LOSS_TYPES
+    from self_rewarding_lm_pytorch.trainers.dpo import check_live_reference_shardable
+
+    for config in stages:
+        live = type(config).kind == "ppo" or getattr(config, "precompute_ref_logprobs", True) is False
+        if live and getattr(config, "dpo_loss_type", "sigmoid") not in REFERENCE_FREE_LOSS_TYPES:
+            check_live_reference_shardable(model, sharded=bool(getattr(config, "fsdp", False)) and num_processes > 1)
+
+
 class SelfRewardingTrainer:
     """Runs `finetune_configs` in order; a dict means the paper's recipe (`create_default_paper_config`).
 
@@ -166,6 +177,7 @@ class SelfRewardingTrainer:
             self._lock.release()  # held by the main process only; a no-op elsewhere
 
     def _run(self, accelerator, overwrite_checkpoints: bool) -> list[dict]:
+        _check_references_shardable(self.model, self.stages, accelerator.num_processes)
         manifest = self._agree_on_manifest(accelerator, overwrite_checkpoints)
         self.run_seed = manifest["seed"]
         finished = manifest["finished"]

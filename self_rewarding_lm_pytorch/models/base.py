@@ -19,6 +19,7 @@ __all__ = [
     "frozen_reference",
     "is_hf_model",
     "is_hf_tokenizer",
+    "live_reference_reads_policy",
     "max_seq_len_of",
     "model_and_tokenizer",
     "num_tokens_of",
@@ -135,6 +136,13 @@ class AdapterSnapshotReference(nn.Module):
             with torch.no_grad():
                 for name in self.names:
                     params[name].copy_(current[name])
+
+
+def live_reference_reads_policy(model: nn.Module) -> bool:
+    """True when `frozen_reference(model)` is a view of the policy's own weights (a LoRA model), not a copy."""
+    from self_rewarding_lm_pytorch.models.hf import HFCausalLM
+
+    return isinstance(model, HFCausalLM) and model.is_peft
 
 
 def frozen_reference(model: nn.Module) -> nn.Module:

@@ -28,7 +28,11 @@ from self_rewarding_lm_pytorch.core.losses import (
 )
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, CallableTokenizer
 from self_rewarding_lm_pytorch.models import as_model, frozen_reference, model_and_tokenizer
-from self_rewarding_lm_pytorch.models.base import AdapterOffReference, AdapterSnapshotReference
+from self_rewarding_lm_pytorch.models.base import (
+    AdapterOffReference,
+    AdapterSnapshotReference,
+    live_reference_reads_policy,
+)
 from self_rewarding_lm_pytorch.trainers.judge_mixing import attach_judge_examples, encode_judge_examples
 from self_rewarding_lm_pytorch.trainers.pair_data import (
     PairLogprobs,
@@ -56,6 +60,8 @@ __all__ = [
     "PairLogprobs",
     "PairTask",
     "PreferenceRecordError",
+    "UnshardableReferenceError",
+    "check_live_reference_shardable",
     "collate_pairs",
     "compute_ref_logprobs",
     "default_tokenizer",
@@ -246,6 +252,8 @@ def train_pairs(
     else:
         # A given reference is frozen in place (no second copy); otherwise the policy as it is now
         # (a copy, or for a fresh LoRA adapter the adapter-off view: no copy at all).
+        if ref_model is None:
+            check_live_reference_shardable(model, sharded=config.fsdp and accelerator.num_processes > 1)
         frozen = ref_model if ref_model is not None else frozen_reference(model)
         frozen.eval().requires_grad_(False).to(accelerator.device)
         is_own_copy = ref_model is None and not isinstance(frozen, (AdapterOffReference, AdapterSnapshotReference))
@@ -266,6 +274,24 @@ def train_pairs(
         desc=desc,
         saved_config=saved_config,
     )
+
+
+class UnshardableReferenceError(ValueError):
+    """A live reference that reads the policy's own weights was asked for under FSDP sharding."""
+
+
+def check_live_reference_shardable(model: nn.Module, *, sharded: bool) -> None:
+    """Refuse a LoRA policy's live reference (the adapter-off or adapter-snapshot view of the policy)
+    when training is sharded: that view runs the user's model, whose base weights the shards hold while
+    training (see `training.sharding`), so it would read empty tensors. Precomputed reference
+    log-probs (the default) are computed before sharding and work; so does a `ref_model` of your own."""
+    if sharded and live_reference_reads_policy(model):
+        raise UnshardableReferenceError(
+            "a LoRA policy with a live reference (DPO or SPIN with precompute_ref_logprobs=False, or PPO) "
+            "cannot train with fsdp=True on more than one process: the reference is the policy's own base "
+            "weights, which are sharded while training. For DPO and SPIN use precompute_ref_logprobs=True "
+            "(the default) or pass a ref_model"
+        )
 
 
 @beartype
