@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.rl.ppo import PPOTrainer as PPOTrainer
     from self_rewarding_lm_pytorch.rl.ppo import UnsupportedSamplingError as UnsupportedSamplingError
     from self_rewarding_lm_pytorch.rl.value_head import ValueHeadModel as ValueHeadModel
+    from self_rewarding_lm_pytorch.self_reward.budgets import BudgetError as BudgetError
     from self_rewarding_lm_pytorch.self_reward.consistency import SelfConsistencyReward as SelfConsistencyReward
     from self_rewarding_lm_pytorch.self_reward.consistency import consistency_scores as consistency_scores
     from self_rewarding_lm_pytorch.self_reward.consistency import make_answer_extractor as make_answer_extractor
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.self_reward.pairs import best_vs_worst as best_vs_worst
     from self_rewarding_lm_pytorch.self_reward.pairs import length_controlled as length_controlled
     from self_rewarding_lm_pytorch.self_reward.pairs import make_pair_policy as make_pair_policy
-    from self_rewarding_lm_pytorch.self_reward.preferences import BudgetError as BudgetError
     from self_rewarding_lm_pytorch.self_reward.preferences import generate_preferences as generate_preferences
     from self_rewarding_lm_pytorch.self_reward.prompt_filters import PromptFilter as PromptFilter
     from self_rewarding_lm_pytorch.self_reward.prompt_filters import ngram_overlap as ngram_overlap
@@ -131,7 +131,7 @@ _EXPORTS = {
     "DEFAULT_REWARD_CONFIG": "self_reward.judge",
     "judge_scores": "self_reward.judge",
     "generate_preferences": "self_reward.preferences",
-    "BudgetError": "self_reward.preferences",
+    "BudgetError": "self_reward.budgets",
     "best_vs_worst": "self_reward.pairs",
     "length_controlled": "self_reward.pairs",
     "make_pair_policy": "self_reward.pairs",

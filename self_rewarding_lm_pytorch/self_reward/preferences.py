@@ -16,7 +16,7 @@ import logging
 import math
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any, cast
 import torch
 from beartype import beartype
 from einops import rearrange
-from torch import Tensor
+from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.core.batching import SizedDataset
 from self_rewarding_lm_pytorch.core.files import atomic_write_json, write_jsonl
@@ -34,6 +34,7 @@ from self_rewarding_lm_pytorch.core.reward_source import scoring_fn
 from self_rewarding_lm_pytorch.core.sampling_config import JudgeSettings, SamplingConfig, resolve_sampling
 from self_rewarding_lm_pytorch.core.seeding import derive_seed
 from self_rewarding_lm_pytorch.core.tokenizer import encode_prompt
+from self_rewarding_lm_pytorch.self_reward.budgets import BudgetError, Budgets, resolve_budgets
 from self_rewarding_lm_pytorch.self_reward.chunks import Shard, resume_chunks, run_chunks
 from self_rewarding_lm_pytorch.self_reward.judge import (
     DEFAULT_REWARD_CONFIG,
@@ -42,75 +43,17 @@ from self_rewarding_lm_pytorch.self_reward.judge import (
     resolve_judge_settings,
 )
 from self_rewarding_lm_pytorch.self_reward.pairs import best_vs_worst
+from self_rewarding_lm_pytorch.self_reward.preference_records import (
+    candidate_records,
+    pair_record,
+    preference_stats,
+    report_preferences,
+    select_pairs,
+)
 
 __all__ = ["BudgetError", "Budgets", "PreferenceResult", "generate_preferences", "resolve_budgets"]
 
 logger = logging.getLogger(__name__)
-
-# With only the model's context to go by, a prompt may take at most this share of what the judge
-# template leaves, so one long prompt cannot squeeze the candidate and judge budgets to nothing.
-_MAX_PROMPT_SHARE = 1 / 3
-
-
-class BudgetError(ValueError):
-    """Length budgets that cannot fit the model's context (raised before any generation)."""
-
-
-@dataclass(frozen=True)
-class Budgets:
-    """Token budgets: prompts longer than `max_prompt_len` are skipped; candidates get
-    `max_new_tokens`, judgments `judge_max_new_tokens` (generated tokens only)."""
-
-    max_prompt_len: int
-    max_new_tokens: int
-    judge_max_new_tokens: int
-
-
-@beartype
-def resolve_budgets(
-    prompt_lens: Sequence[int],
-    *,
-    template_len: int,
-    policy_max_len: int | None,
-    judge_max_len: int | None,
-    max_new_tokens: int | None = None,
-    judge_max_new_tokens: int | None = None,
-    judged: bool = True,
-) -> Budgets:
-    """Budgets such that prompt + candidate fits the policy's context and judge template + prompt +
-    candidate + judgment fits the judge's. A missing budget is derived from the contexts: the prompt
-    allowance is the longest prompt (at most a third of the room), the judge gets half of what is
-    left and the candidate the rest. `judged=False` (an external reward) reserves no judge room.
-    """
-    big = 10**9  # "no limit" when a model has no max_seq_len
-    policy_max = policy_max_len or big
-    judge_max = (judge_max_len or big) if judged else big
-    template = template_len if judged else 0
-    judge_new = judge_max_new_tokens if judged else 0
-    for name, value in (("max_new_tokens", max_new_tokens), ("judge_max_new_tokens", judge_new)):
-        if value is not None and value < (1 if judged or name == "max_new_tokens" else 0):
-            raise BudgetError(f"{name} must be >= 1, got {value}")
-    if max_new_tokens is None or judge_new is None:
-        if policy_max_len is None and (not judged or judge_max_len is None):
-            raise BudgetError("the model has no max_seq_len: give max_new_tokens and judge_max_new_tokens explicitly")
-        room = min(judge_max - template, policy_max)
-        prompt_cap = max(1, min(max(prompt_lens, default=1), int(room * _MAX_PROMPT_SHARE)))
-        judge_left, policy_left = judge_max - template - prompt_cap, policy_max - prompt_cap
-        if judge_new is None:
-            judge_new = judge_left // 2 if max_new_tokens is None else judge_left - max_new_tokens
-        if max_new_tokens is None:
-            max_new_tokens = min(judge_left - judge_new, policy_left)
-    judge_need = template + 1 + max_new_tokens + judge_new
-    if max_new_tokens < 1 or (judged and judge_new < 1) or judge_need > judge_max or 1 + max_new_tokens > policy_max:
-        raise BudgetError(
-            f"length budgets cannot fit: judge template {template_len} + prompt (>= 1) + candidate {max_new_tokens} + "
-            f"judgment {judge_new} = {judge_need} tokens for a judge max_seq_len of {judge_max_len}; prompt (>= 1) + "
-            f"candidate = {1 + max_new_tokens} for a policy max_seq_len of {policy_max_len}"
-        )
-    max_prompt = min(policy_max - max_new_tokens, judge_max - template - max_new_tokens - judge_new)
-    return Budgets(
-        max_prompt_len=int(max_prompt), max_new_tokens=int(max_new_tokens), judge_max_new_tokens=int(judge_new)
-    )
 
 
 @dataclass
@@ -174,30 +117,44 @@ def _chunk_generator(generator, seed, pass_idx: int, chunk_idx: int) -> torch.Ge
     return g
 
 
-def _no_pair_reason(row: Tensor) -> str:
-    valid = row[~torch.isnan(row)]
-    if valid.numel() < 2:
-        return "fewer_than_2_valid_scores"
-    return "tied_scores" if bool((valid == valid[0]).all()) else "rejected_by_pair_policy"
+@dataclass(frozen=True)
+class _ChunkContext:
+    """What every chunk of one `generate_preferences` call shares: models, settings, resolved budgets."""
+
+    model: nn.Module
+    tokenizer: Any
+    reward_config: RewardConfig
+    reward_fn: Callable | None  # a Scorer (core.reward_source); None: the model judges itself
+    judge_model: nn.Module
+    num_candidates: int
+    sampling: SamplingConfig  # max_new_tokens filled in from the budgets
+    judge: JudgeSettings
+    budgets: Budgets
+    pair_policy: Callable
+    batch_size: int | None
+    use_cache: bool
+    allow_unfinished_chosen: bool
 
 
-def _score(ctx: dict, prompts_rep: list[str], responses: list[str], generator) -> tuple[Tensor, list, list, dict]:
+def _score(
+    ctx: _ChunkContext, prompts_rep: list[str], responses: list[str], generator
+) -> tuple[Tensor, list, list, dict]:
     """(b,) scores and the judge texts/parsed scores per row (empty lists for a reward function)."""
     b = len(responses)
-    if ctx["reward_fn"] is not None:
-        scores = ctx["reward_fn"](prompts_rep, responses)  # a Scorer: (b,) float32 on the CPU, length-checked
+    if ctx.reward_fn is not None:
+        scores = ctx.reward_fn(prompts_rep, responses)  # a Scorer: (b,) float32 on the CPU, length-checked
         scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, math.nan))
         return scores, [[] for _ in range(b)], [[] for _ in range(b)], {}
     judged = judge_scores(
-        ctx["judge_model"],
-        ctx["tokenizer"],
-        ctx["reward_config"],
+        ctx.judge_model,
+        ctx.tokenizer,
+        ctx.reward_config,
         prompts_rep,
         responses,
-        settings=ctx["judge"],
+        settings=ctx.judge,
         generator=generator,
-        batch_size=ctx["batch_size"],
-        use_cache=ctx["use_cache"],
+        batch_size=ctx.batch_size,
+        use_cache=ctx.use_cache,
     )
     counts = {
         "judgments": judged.num_judgments,
@@ -207,7 +164,7 @@ def _score(ctx: dict, prompts_rep: list[str], responses: list[str], generator) -
     return judged.scores, judged.texts, judged.parsed, counts
 
 
-def _score_nonempty(ctx: dict, prompts_rep: list[str], responses: list[str], generator, counts: Counter):
+def _score_nonempty(ctx: _ChunkContext, prompts_rep: list[str], responses: list[str], generator, counts: Counter):
     """Scores (b,) with NaN for empty candidates: one that is EOS at once cannot be trained on as
     chosen or rejected, so it is not judged."""
     keep = [i for i, r in enumerate(responses) if r]
@@ -224,75 +181,44 @@ def _score_nonempty(ctx: dict, prompts_rep: list[str], responses: list[str], gen
     return scores, texts, parsed
 
 
-def _process_chunk(ctx: dict, items: list[tuple[int, str, list[int]]], generator, counts: Counter) -> list[dict]:
-    """Candidate records (one per prompt, with its pair or drop reason) for one chunk of prompts."""
+def _sample_candidates(ctx: _ChunkContext, items: list, generator, counts: Counter) -> tuple[list[str], list[bool]]:
+    """The chunk's p * k candidate texts (prompt-major), cut to the candidate budget, and which finished."""
     from self_rewarding_lm_pytorch.core.sampling import sample
 
-    k, tok, budgets = ctx["num_candidates"], ctx["tokenizer"], ctx["budgets"]
+    tok = ctx.tokenizer
     out = sample(
-        ctx["model"],
+        ctx.model,
         [torch.tensor(ids, dtype=torch.long) for _, _, ids in items],
-        sampling=ctx["sampling"],
-        num_samples=k,
+        sampling=ctx.sampling,
+        num_samples=ctx.num_candidates,
         eos_id=tok.eos_id,
         pad_id=tok.pad_id,
         generator=generator,
-        use_cache=ctx["use_cache"],
-        batch_size=ctx["batch_size"],
+        use_cache=ctx.use_cache,
+        batch_size=ctx.batch_size,
     )
-    fitted = [_fit_text(t, tok, budgets.max_new_tokens) for t in out.texts(tok)]
+    fitted = [_fit_text(t, tok, ctx.budgets.max_new_tokens) for t in out.texts(tok)]
     counts["candidates_truncated"] += sum(cut for _, cut in fitted)
     finished = _finished(out, tok.eos_id, [cut for _, cut in fitted])
     counts["candidates_unfinished"] += finished.count(False)
-    responses = [t for t, _ in fitted]
+    return [t for t, _ in fitted], finished
+
+
+def _process_chunk(
+    ctx: _ChunkContext, items: list[tuple[int, str, list[int]]], generator, counts: Counter
+) -> list[dict]:
+    """Candidate records (one per prompt, with its pair or drop reason) for one chunk of prompts."""
+    k, tok = ctx.num_candidates, ctx.tokenizer
+    responses, finished = _sample_candidates(ctx, items, generator, counts)
     prompts_rep = [text for _, text, _ in items for _ in range(k)]
     scores, texts, parsed = _score_nonempty(ctx, prompts_rep, responses, generator, counts)
     counts["candidates"] += len(responses)
     lengths = torch.tensor([len(tok.encode(r)) for r in responses])
     scores, lengths = rearrange(scores, "(p k) -> p k", k=k), rearrange(lengths, "(p k) -> p k", k=k)
-    pairs, identical, unfinished = {}, set(), set()
-    for pair in ctx["pair_policy"](scores, lengths):
-        p, c, r = (int(x) for x in pair)
-        if (
-            not (0 <= p < len(items) and 0 <= c < k and 0 <= r < k)
-            or c == r
-            or p in pairs
-            or p in identical
-            or p in unfinished
-            or not (responses[p * k + c] and responses[p * k + r])
-        ):
-            raise ValueError(f"pair policy {ctx['pair_policy']!r} returned an invalid pair {tuple(pair)}")
-        if responses[p * k + c] == responses[p * k + r]:
-            identical.add(p)  # equal texts: the DPO term is exactly 0 and only the NLL of one text remains
-            continue
-        if not finished[p * k + c] and tok.eos_id is not None and not ctx["allow_unfinished_chosen"]:
-            unfinished.add(p)  # cut at max_new_tokens: not an answer to teach
-            continue
-        pairs[p] = (c, r)
-    records = []
-    for p, (index, text, _) in enumerate(items):
-        cands = [
-            {
-                "response": responses[p * k + j],
-                "length": int(lengths[p, j]),
-                "score": _json_float(scores[p, j]),
-                "judgments": texts[p * k + j],
-                "parsed": parsed[p * k + j],
-                "finished": finished[p * k + j],
-            }
-            for j in range(k)
-        ]
-        pair = {"chosen_idx": pairs[p][0], "rejected_idx": pairs[p][1]} if p in pairs else None
-        records.append(
-            {
-                "prompt_index": index,
-                "prompt": text,
-                "candidates": cands,
-                "pair": pair,
-                "dropped": None if pair else _drop_reason(p, identical, unfinished, scores[p]),
-            }
-        )
-    return records
+    # with a tokenizer without EOS nothing can finish, so the unfinished-chosen rule does not apply
+    check_finished = tok.eos_id is not None and not ctx.allow_unfinished_chosen
+    chosen = select_pairs(ctx.pair_policy, scores, lengths, responses, finished, check_finished=check_finished)
+    return candidate_records(items, responses, scores, lengths, (texts, parsed), finished, chosen)
 
 
 def _finished(out, eos_id: int | None, cut: list[bool]) -> list[bool]:
@@ -304,67 +230,10 @@ def _finished(out, eos_id: int | None, cut: list[bool]) -> list[bool]:
     return ended
 
 
-def _drop_reason(p: int, identical: set, unfinished: set, row: Tensor) -> str:
-    if p in identical:
-        return "identical_pair"
-    return "unfinished_chosen" if p in unfinished else _no_pair_reason(row)
-
-
-def _make_chunk(ctx: dict, generator, seed, key: tuple[int, int], items: list) -> tuple[list[dict], Counter]:
+def _make_chunk(ctx: _ChunkContext, generator, seed, key: tuple[int, int], items: list) -> tuple[list[dict], Counter]:
     """One chunk's records and counts, its randomness drawn from its key (see `_chunk_generator`)."""
     counts: Counter[str] = Counter()
     return _process_chunk(ctx, items, _chunk_generator(generator, seed, *key), counts), counts
-
-
-def _json_float(x) -> float | None:
-    x = float(x)
-    return None if math.isnan(x) else x
-
-
-def _pair_record(rec: dict) -> dict:
-    chosen, rejected = (rec["candidates"][rec["pair"][key]] for key in ("chosen_idx", "rejected_idx"))
-    return {
-        "prompt": rec["prompt"],
-        "chosen": chosen["response"],
-        "rejected": rejected["response"],
-        "chosen_score": chosen["score"],
-        "rejected_score": rejected["score"],
-        "chosen_length": chosen["length"],
-        "rejected_length": rejected["length"],
-        # an unfinished response is trained without an EOS appended (it did not end)
-        "chosen_finished": chosen.get("finished", True),
-        "rejected_finished": rejected.get("finished", True),
-        "prompt_index": rec["prompt_index"],
-        "pass": rec["pass"],
-    }
-
-
-def _stats(records: list[dict], pair_records: list[dict], counts: Counter, **extra) -> dict:
-    def mean(key):
-        values = [r[key] for r in pair_records if r[key] is not None]
-        return sum(values) / len(values) if values else None
-
-    judgments = counts["judgments"]
-    dropped = Counter(r["dropped"] for r in records if r["dropped"])
-    return {
-        "num_pairs": len(pair_records),
-        **extra,
-        "prompts_processed": len(records),
-        "prompts_dropped": dict(dropped),
-        "identical_pairs": dropped["identical_pair"],  # chosen text == rejected text: nothing to prefer
-        "candidates": counts["candidates"],
-        "candidates_truncated": counts["candidates_truncated"],
-        "candidates_empty": counts["candidates_empty"],
-        "candidates_unfinished": counts["candidates_unfinished"],
-        "judgments": judgments,
-        "parse_failures": counts["parse_failures"],
-        "parse_failure_rate": counts["parse_failures"] / judgments if judgments else None,
-        "judge_skipped": counts["judge_skipped"],
-        "mean_chosen_score": mean("chosen_score"),
-        "mean_rejected_score": mean("rejected_score"),
-        "mean_chosen_length": mean("chosen_length"),
-        "mean_rejected_length": mean("rejected_length"),
-    }
 
 
 def _plan_chunks(encoded, budgets: Budgets, chunk_size: int, max_passes: int):
@@ -455,7 +324,6 @@ def generate_preferences(
     )
     _check_counts(num_candidates, judge.num_judgments, max_passes, chunk_size, num_pairs)
     judge_model = judge_model if judge_model is not None else model
-    judged = reward_fn is None
     if reward_fn is not None:  # a RewardModel scores through its own tokenizer (core.reward_source)
         reward_fn = scoring_fn(reward_fn, name="reward_fn")
     encoded = _encode_prompts([prompts[i] for i in range(len(cast(Sized, prompts)))], tokenizer)
@@ -466,10 +334,10 @@ def generate_preferences(
         judge_max_len=_max_seq_len(judge_model),
         max_new_tokens=sampling.max_new_tokens,
         judge_max_new_tokens=judge.sampling.max_new_tokens,
-        judged=judged,
+        judged=reward_fn is None,
     )
     plan, dropped = _plan_chunks(encoded, budgets, chunk_size, max_passes)
-    ctx = dict(
+    ctx = _ChunkContext(
         model=model,
         tokenizer=tokenizer,
         reward_config=reward_config,
@@ -500,21 +368,20 @@ def generate_preferences(
         shard=shard,
         progress=progress,
     )
-    pair_records = [_pair_record(r) for r in records if r["pair"]][:num_pairs]
-    enough = num_pairs is not None and len(pair_records) >= num_pairs
-    stats = _stats(
+    pair_records = [pair_record(r) for r in records if r["pair"]][:num_pairs]
+    stats = preference_stats(
         records + dropped,
         pair_records,
         counts,
         num_pairs_requested=num_pairs,
-        stop_reason="enough_pairs" if enough else "prompts_exhausted",
+        stop_reason="enough_pairs" if num_pairs is not None and len(pair_records) >= num_pairs else "prompts_exhausted",
         num_prompts=len(encoded),
         budgets=dataclasses.asdict(budgets),
     )
     if out_dir is not None:
         write_jsonl(Path(out_dir) / "pairs.jsonl", pair_records)
         atomic_write_json(Path(out_dir) / "preference_stats.json", stats)
-    _report(stats)
+    report_preferences(stats)
     return PreferenceResult(records=pair_records, stats=stats)
 
 
@@ -531,15 +398,3 @@ def _check_counts(num_candidates: int, num_judgments: int, max_passes: int, chun
 def _finished_chunks(cand_path: Path, plan: list, encoded: list) -> dict:
     """The chunks an earlier run finished (`core.files.resume_chunks`), checked against this run's prompts."""
     return resume_chunks(cand_path, {key: [i for i, _, _ in items] for key, items in plan}, [t for t, _, _ in encoded])
-
-
-def _report(stats: dict):
-    msg = (
-        f"preference generation: {stats['num_pairs']} pairs ({stats['stop_reason']}) from "
-        f"{stats['prompts_processed']} prompts; dropped {stats['prompts_dropped']}; "
-        f"parse-failure rate {stats['parse_failure_rate']}"
-    )
-    if stats["num_pairs"] == 0:
-        warnings.warn(f"no preference pairs were made: {msg}", stacklevel=3)
-    else:
-        logger.info(msg)
