@@ -9,6 +9,7 @@ returns unreduced per-example losses plus detached implicit rewards; the caller 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -269,27 +270,57 @@ def ranking_loss(rewards: Tensor, mask: Tensor | None = None) -> Tensor:
 
 
 @beartype
-def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """Mean of `values` where `mask` is True (0 when nothing is masked in)."""
+def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None, *, count: Tensor | None = None) -> Tensor:
+    """Mean of `values` where `mask` is True (0 when nothing is masked in).
+
+    `count` (with `dim=None`): divide the masked sum by this count instead of the mask's own. Given the
+    count over every process's shard of a batch, each process gets its share of the global mean, and
+    the shares summed over the processes are that mean (`count=mask.sum()` is the plain masked mean).
+    """
     mask = mask.to(values.dtype)
+    if count is not None:
+        if dim is not None:
+            raise ValueError("masked_mean: count= is a total over the whole mask, so dim must be None")
+        return (values * mask).sum() / count.clamp(min=1)
     if dim is None:
         return (values * mask).sum() / mask.sum().clamp(min=1)
     return (values * mask).sum(dim=dim) / mask.sum(dim=dim).clamp(min=1)
 
 
 @beartype
-def whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: float | int = 1e-8) -> Tensor:
+def whiten(
+    values: Tensor,
+    mask: Tensor,
+    shift_mean: bool = True,
+    eps: float | int = 1e-8,
+    *,
+    sum_over_processes: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """Normalise to unit variance (Bessel-corrected) over the masked entries, and zero mean when
-    `shift_mean`; masked-out entries come back as 0."""
-    mean = masked_mean(values, mask)
-    count = mask.sum()
+    `shift_mean`; masked-out entries come back as 0.
+
+    `sum_over_processes` (e.g. an all-reduce sum): `values` is one process's shard of a batch, and the
+    mean and variance are those of every shard's masked entries together, so each shard comes back
+    exactly as its rows of the whitened concatenation. Two reductions: (sum, count), then the squared
+    deviations from the global mean (two passes, as one process computes them). Without it (one
+    process) the arithmetic is the plain two-pass one.
+    """
+    total = sum_over_processes or _unchanged
+    maskf = mask.to(values.dtype)
+    sum_and_count = total(torch.stack([(values * maskf).sum(), maskf.sum()]))
+    count = sum_and_count[1]
     if int(count) < 2:
         raise ValueError(f"whiten needs at least 2 masked-in values, got {int(count)}")
-    var = masked_mean((values - mean) ** 2, mask) * count / (count - 1)
+    mean = sum_and_count[0] / count
+    var = total(((values - mean) ** 2 * maskf).sum()) / count * count / (count - 1)
     out = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
     return torch.where(mask, out, torch.zeros_like(out))
+
+
+def _unchanged(x: Tensor) -> Tensor:
+    return x
 
 
 @beartype
@@ -320,31 +351,46 @@ def gae_advantages(
 
 @beartype
 def ppo_policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, cliprange: float | int = 0.2
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cliprange: float | int = 0.2,
+    *,
+    total_tokens: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """PPO clipped surrogate (Schulman et al. 2017, arXiv 1707.06347, Eq. 7), negated -> (loss, clipfrac) scalars,
-    masked means over tokens; clipfrac is the fraction of tokens where the clipped term won."""
+    masked means over tokens; clipfrac is the fraction of tokens where the clipped term won.
+    `total_tokens`: the minibatch's token count over every process (see `masked_mean`'s `count`), which
+    makes both this process's share of the global token means."""
     _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    clipfrac = masked_mean((clipped > unclipped).to(logprobs.dtype), mask).detach()
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask, count=total_tokens)
+    clipfrac = masked_mean((clipped > unclipped).to(logprobs.dtype), mask, count=total_tokens).detach()
     return loss, clipfrac
 
 
 @beartype
 def ppo_value_loss(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float | int = 0.2
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    cliprange_value: float | int = 0.2,
+    *,
+    total_tokens: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Clipped value loss (as in OpenAI baselines / TRL) -> (loss, clipfrac) scalars:
-    0.5 * masked mean of max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2)."""
+    0.5 * masked mean of max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2). `total_tokens` as in
+    `ppo_policy_loss`."""
     _check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
     clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     unclipped_err = (values - returns) ** 2
     clipped_err = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_err, clipped_err), mask)
-    clipfrac = masked_mean((clipped_err > unclipped_err).to(values.dtype), mask).detach()
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_err, clipped_err), mask, count=total_tokens)
+    clipfrac = masked_mean((clipped_err > unclipped_err).to(values.dtype), mask, count=total_tokens).detach()
     return loss, clipfrac
 
 

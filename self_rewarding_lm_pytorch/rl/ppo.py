@@ -42,6 +42,7 @@ from self_rewarding_lm_pytorch.models import (
     frozen_reference,
     model_and_tokenizer,
 )
+from self_rewarding_lm_pytorch.rl.global_batch import gather_rows, minibatch_share, process_sum
 from self_rewarding_lm_pytorch.rl.ppo_config import (
     KL_ESTIMATORS,
     PPOConfig,
@@ -109,10 +110,13 @@ class PPOTrainer:
             else FixedKLController(config.init_kl_coef)
         )
         self.score_moments = RunningMoments()
-        # seeded per process, so runs repeat; distinct per rank so processes sample different rollouts
-        rank_seed = derive_seed(config.seed, "ppo-process", self.accelerator.process_index)
-        self.shuffle_generator = torch.Generator().manual_seed(rank_seed)
-        self.sample_generator = torch.Generator().manual_seed(rank_seed)  # the sampler draws its keys on CPU
+        # The same on every process (see `rl.global_batch`): minibatches are drawn from the global batch, and
+        # a rollout's sampling keys come from its global row index, not from the process that samples it.
+        # (The key once used for rank 0's generators, so one-process runs repeat those of earlier versions.)
+        seed = derive_seed(config.seed, "ppo-process", 0)
+        self.shuffle_generator = torch.Generator().manual_seed(seed)
+        self.sample_generator = torch.Generator().manual_seed(seed)  # the sampler draws its keys on CPU
+        self._sum = process_sum(self.accelerator)  # None with one process
         self.num_steps = 0
 
     def _prepare(self, is_own_reference: bool, build_optimizer):
@@ -263,11 +267,17 @@ class PPOTrainer:
         Hugging Face ones (`do_sample`, `top_k=0`, `top_p=1.0`, `pad_token_id`, `eos_token_id`, `min_length=-1`).
         The temperature is `PPOConfig.temperature`; filters and greedy decoding raise
         `UnsupportedSamplingError` (see `check_ppo_sampling`).
+
+        Under several processes every process calls this together with its share of the queries (a
+        collective): each row draws the random numbers of its global row index (the rows of lower
+        ranks first), so the rollouts are those one process would sample from all the queries.
         """
         from self_rewarding_lm_pytorch.core.sampling import sample
 
         kwargs = _sampling_kwargs(generation_kwargs, self.tokenizer, self.config.temperature)
         kwargs.setdefault("generator", self.sample_generator)
+        if "first_row" not in kwargs:
+            kwargs["first_row"] = self._first_row(len(queries) * kwargs.get("num_samples", 1))
         # The prepared model runs its forward under the accelerator's mixed precision; sampling from the
         # plain transformer must too, or the rollouts come from an fp32 policy the update never sees.
         with self.accelerator.autocast(), self.full_policy() as policy:
@@ -278,6 +288,13 @@ class PPOTrainer:
         if return_prompt:
             rows = [torch.cat([queries[int(p)].cpu(), r]) for p, r in zip(out.prompt_index, rows, strict=True)]
         return rows
+
+    def _first_row(self, num_rows: int) -> int:
+        """The global index of this process's first row: the rows of the processes before it."""
+        if self._sum is None:
+            return 0
+        counts = self.accelerator.gather(torch.tensor([num_rows], device=self.accelerator.device))
+        return int(counts[: self.accelerator.process_index].sum())
 
     def _scores(self, scores: Sequence[Any] | Tensor, b: int) -> tuple[Tensor, Tensor, Tensor]:
         """(raw, processed, scored) (b,): processed is normalised and/or clipped as configured and 0 where
@@ -370,11 +387,12 @@ class PPOTrainer:
         kl_coef = self.kl_ctl.value
         rewards, non_score = per_token_rewards(kl, scores_t, action_mask, kl_coef)
         advantages, returns = gae_advantages(rewards, old_values, train_mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages and int(train_mask.sum()) >= 2:
-            advantages = whiten(advantages, train_mask)
+        counts = self._total(torch.stack([scored.sum(), train_mask.sum()]))  # over every process's rollouts
+        num_scored, num_train_tokens = int(counts[0]), int(counts[1])
+        if cfg.whiten_advantages and num_train_tokens >= 2:
+            advantages = whiten(advantages, train_mask, sum_over_processes=self._sum)
         t_rewards = time.perf_counter()
 
-        num_scored = int(self.accelerator.reduce(scored.sum(), reduction="sum"))
         train_stats = {}
         if num_scored > 0:
             batch = dict(
@@ -386,37 +404,37 @@ class PPOTrainer:
                 advantages=advantages,
                 returns=returns,
             )
-            train_stats = self._optimize(batch)
+            train_stats = self._optimize(gather_rows(batch, self.accelerator))
         t_optimize = time.perf_counter()
 
-        # per-rollout means over the scored rollouts only
-        rowf = scored.float()
-
-        def row_mean(x: Tensor) -> Tensor:
-            return (x * rowf).sum() / rowf.sum().clamp(min=1)
-
-        seq_kl = (kl * train_mask).sum(-1)
-        # the mean over every process's scored rollouts (not a mean of per-process means, which weighs
-        # a process with one scored rollout like one with eight)
-        kl_sum_count = self.accelerator.reduce(torch.stack([(seq_kl * rowf).sum(), rowf.sum()]), reduction="sum")
-        mean_kl = kl_sum_count[0] / kl_sum_count[1].clamp(min=1)
+        # Means over every process's scored rollouts (per rollout) or their trained tokens (per token), in
+        # one reduction; not means of per-process means, which would weigh a process with one scored
+        # rollout like one with eight.
+        rowf, tokenf = scored.float(), train_mask.float()
+        per_row = {
+            "objective/kl": (kl * train_mask).sum(-1),
+            "objective/entropy": (-old_logprobs * train_mask).sum(-1),
+            "ppo/mean_scores": torch.where(scored, raw_scores, torch.zeros_like(raw_scores)),
+            "ppo/mean_processed_scores": scores_t,
+            "ppo/mean_non_score_reward": non_score.sum(-1),
+            "tokens/responses_len_mean": tokenf.sum(-1),
+        }
+        per_token = {"ppo/returns/mean": returns, "ppo/val/mean": old_values, "ppo/policy/advantages_mean": advantages}
+        sums = self._total(
+            torch.stack(
+                [(x * rowf).sum() for x in per_row.values()]
+                + [(x * tokenf).sum() for x in per_token.values()]
+                + [rowf.sum(), tokenf.sum(), (~scored).sum().float()]
+            )
+        )
+        num_rows, num_tokens = sums[-3].clamp(min=1), sums[-2].clamp(min=1)
+        stats = {k: v / num_rows for k, v in zip(per_row, sums, strict=False)}
+        stats |= {k: v / num_tokens for k, v in zip(per_token, sums[len(per_row) :], strict=False)}
+        mean_kl = stats["objective/kl"]
         if num_scored > 0:
             self.kl_ctl.update(float(mean_kl), num_scored)
         self.num_steps += 1
-        stats = {
-            "objective/kl": mean_kl,
-            "objective/kl_coef": torch.tensor(kl_coef),
-            "objective/entropy": row_mean((-old_logprobs * train_mask).sum(-1)),
-            "ppo/mean_scores": row_mean(torch.where(scored, raw_scores, torch.zeros_like(raw_scores))),
-            "ppo/mean_processed_scores": row_mean(scores_t),
-            "ppo/num_unscored": (~scored).sum(),
-            "ppo/mean_non_score_reward": row_mean(non_score.sum(-1)),
-            "ppo/returns/mean": masked_mean(returns, train_mask),
-            "ppo/val/mean": masked_mean(old_values, train_mask),
-            "ppo/policy/advantages_mean": masked_mean(advantages, train_mask),
-            "tokens/responses_len_mean": row_mean(train_mask.float().sum(-1)),
-            **train_stats,
-        }
+        stats |= {"objective/kl_coef": torch.tensor(kl_coef), "ppo/num_unscored": sums[-1], **train_stats}
         out = {k: float(v) for k, v in stats.items()}  # the one host sync of the step's stats
         out["ppo/learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
         out["time/ppo/forward_pass"] = t_forward - t0
@@ -426,40 +444,58 @@ class PPOTrainer:
         return out
 
     def _optimize(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """`ppo_epochs` passes over shuffled minibatches; returns the mean of each minibatch stat over the
-        minibatches trained on (those with a scored rollout)."""
-        cfg = self.config
+        """`ppo_epochs` passes over shuffled minibatches of the global batch (every process's rows, held
+        by every process); returns the mean of each minibatch stat over the minibatches trained on
+        (those with a scored rollout). Every process draws the same order and takes its share of each
+        minibatch (`rl.global_batch`)."""
+        cfg, acc = self.config, self.accelerator
         b = batch["input_ids"].shape[0]
+        size = cfg.mini_batch_size * acc.num_processes  # the global minibatch
         collected: dict[str, list[Tensor]] = {}
         self.model.train()
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(b, generator=self.shuffle_generator).to(batch["input_ids"].device)
-            for start in range(0, b, cfg.mini_batch_size):
-                idx = order[start : start + cfg.mini_batch_size]
-                mb = {k: v[idx] for k, v in batch.items()}
-                # A minibatch with no scored rollout on any process has nothing to learn from, yet an
-                # optimizer step would still move the weights (Adam's momentum). Decided jointly, so
-                # every process skips the same minibatches and DDP's backward stays in step.
-                if not int(self.accelerator.reduce(mb["mask"].any(-1).sum(), reduction="sum")):
+            for start in range(0, b, size):
+                rows = order[start : start + size]
+                # A minibatch with no scored rollout has nothing to learn from, yet an optimizer step would
+                # still move the weights (Adam's momentum). Every process holds the same rows, so all skip it.
+                total_tokens = batch["mask"][rows].sum().float()
+                if not int(total_tokens):
                     continue
-                mb_stats = self._minibatch_step(mb)
-                for k, v in mb_stats.items():
+                mine, is_placeholder = minibatch_share(rows, acc.process_index, acc.num_processes)
+                mb = {k: v[mine] for k, v in batch.items()}
+                if is_placeholder:  # nothing of this minibatch here: a forward and backward that count nothing
+                    mb["mask"] = torch.zeros_like(mb["mask"])
+                for k, v in self._minibatch_step(mb, total_tokens).items():
                     collected.setdefault(k, []).append(v)
         return {k: torch.stack(v).mean() for k, v in collected.items()}
 
-    def _refuse_non_finite(self, loss: Tensor, grad_norm: Tensor):
-        """A NaN/inf loss or gradient must be caught before optimizer.step() applies it (afterwards every
-        weight and checkpoint carries it); decided jointly so every process raises at the same minibatch.
-        One host sync per minibatch, which the PPO step already pays for its skip decision."""
-        bad = (~torch.isfinite(torch.stack([loss.detach().float(), torch.as_tensor(grad_norm).float()]))).any()
-        if int(self.accelerator.reduce(bad.float(), reduction="sum")):
+    def _total(self, x: Tensor) -> Tensor:
+        """`x` summed over the processes (itself with one process)."""
+        return x if self._sum is None else self._sum(x)
+
+    def _global_stats(self, shares: dict[str, Tensor], grad_norm: Tensor) -> dict[str, Tensor]:
+        """The minibatch stats (each process holds its share of the global token means) summed over the
+        processes, in one reduction that also refuses a NaN/inf loss or gradient: it must be caught
+        before optimizer.step() applies it (afterwards every weight and checkpoint carries it), and every
+        process raises at the same minibatch."""
+        grad_is_bad = ~torch.isfinite(torch.as_tensor(grad_norm).float())
+        device = self.accelerator.device
+        totals = self._total(
+            torch.stack([v.detach().float() for v in shares.values()] + [grad_is_bad.float()]).to(device)
+        )
+        loss = totals[list(shares).index("ppo/loss/total")]
+        if not bool(torch.isfinite(loss)) or bool(totals[-1] > 0):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(
                 f"ppo: non-finite loss or gradient in PPO step {self.num_steps + 1} (loss {loss.item()}); "
                 "the update was not applied and the checkpoints written so far are intact"
             )
+        return dict(zip(shares, totals, strict=False))
 
-    def _minibatch_step(self, mb: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _minibatch_step(self, mb: dict[str, Tensor], total_tokens: Tensor) -> dict[str, Tensor]:
+        """One update on this process's rows of a minibatch whose trained tokens over every process number
+        `total_tokens`; returns the minibatch's stats (global token means)."""
         cfg = self.config
         # right padding: columns past the longest row of this minibatch hold only pad, drop them
         length = int(mb["action_mask"].any(0).nonzero().max()) + 2
@@ -471,12 +507,13 @@ class PPOTrainer:
         logits = logits.float() / cfg.temperature  # as `_logprobs` computes the old log-probs
         logprobs = token_logprobs(logits, ids)
         values = values[:, :-1].float()
-        pg_loss, pg_clipfrac = ppo_policy_loss(logprobs, old_lp, adv, mask, cfg.cliprange)
-        vf_loss, vf_clipfrac = ppo_value_loss(values, old_v, ret, mask, cfg.cliprange_value)
-        loss = pg_loss + cfg.vf_coef * vf_loss
+        pg_loss, pg_clipfrac = ppo_policy_loss(logprobs, old_lp, adv, mask, cfg.cliprange, total_tokens=total_tokens)
+        vf_loss, vf_clipfrac = ppo_value_loss(values, old_v, ret, mask, cfg.cliprange_value, total_tokens=total_tokens)
+        loss = pg_loss + cfg.vf_coef * vf_loss  # this process's share of the minibatch loss
 
         self.optimizer.zero_grad(set_to_none=True)
-        self.accelerator.backward(loss)
+        # DDP and FSDP average the gradients over the processes; the minibatch loss is the sum of the shares
+        self.accelerator.backward(loss * self.accelerator.num_processes)
         if self.sharded is not None:  # the norm over every shard; an infinite bound clips nothing
             grad_norm = self.sharded.clip_grad_norm(self._params, cfg.max_grad_norm or math.inf)
         elif cfg.max_grad_norm is not None:
@@ -484,20 +521,25 @@ class PPOTrainer:
         else:
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        self._refuse_non_finite(loss, grad_norm)
-        self.optimizer.step()
 
         with torch.no_grad():
             log_ratio = logprobs - old_lp
-            return {
-                "ppo/loss/policy": pg_loss.detach(),
-                "ppo/loss/value": vf_loss.detach(),
-                "ppo/loss/total": loss.detach(),
-                "ppo/policy/entropy": masked_mean(token_entropy(logits[:, :-1]), mask),
-                "ppo/policy/approxkl": 0.5 * masked_mean(log_ratio**2, mask),
-                "ppo/policy/policykl": masked_mean(-log_ratio, mask),
+
+            def share(x: Tensor) -> Tensor:
+                return masked_mean(x, mask, count=total_tokens)
+
+            shares = {
+                "ppo/loss/policy": pg_loss,
+                "ppo/loss/value": vf_loss,
+                "ppo/loss/total": loss,
+                "ppo/policy/entropy": share(token_entropy(logits[:, :-1])),
+                "ppo/policy/approxkl": 0.5 * share(log_ratio**2),
+                "ppo/policy/policykl": share(-log_ratio),
                 "ppo/policy/clipfrac": pg_clipfrac,
-                "ppo/val/vpred": masked_mean(values, mask),
-                "ppo/val/error": masked_mean((values - ret) ** 2, mask),
+                "ppo/val/vpred": share(values),
+                "ppo/val/error": share((values - ret) ** 2),
                 "ppo/val/clipfrac": vf_clipfrac,
             }
+        stats = self._global_stats(shares, grad_norm)
+        self.optimizer.step()
+        return stats

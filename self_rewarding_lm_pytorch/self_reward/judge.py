@@ -229,6 +229,7 @@ def judge_scores(
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     use_cache: bool = True,
+    first_pair: int = 0,
 ) -> JudgeResult:
     """Judge each (prompt, response) `num_judgments` times with `model` sampling from the rendered
     judge prompt; scores are averaged over the judgments that parse.
@@ -238,6 +239,10 @@ def judge_scores(
     `SamplingConflictError`. A judge prompt longer than `model.max_seq_len - max_new_tokens` is not
     judged (NaN, counted in `num_skipped`); callers that budget lengths up front
     (`generate_preferences`) never hit this.
+
+    `first_pair`: the index of the first pair when this call is one process's share of a larger one
+    (with the same generator seed); its judgments then draw the random numbers they would draw in the
+    whole call (a pair skipped for length shifts the keys of the pairs after it).
     """
     from self_rewarding_lm_pytorch.core.sampling import sample
     from self_rewarding_lm_pytorch.core.tokenizer import encode_prompt
@@ -276,6 +281,7 @@ def judge_scores(
             generator=generator,
             batch_size=batch_size,
             use_cache=use_cache,
+            first_row=first_pair * num_judgments,
         )
         decoded = out.texts(tokenizer)
         # prompt-major rows: judgment j of the r-th judged pair is row r * num_judgments + j

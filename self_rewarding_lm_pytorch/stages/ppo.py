@@ -23,6 +23,7 @@ from typing import Any, ClassVar, cast
 import torch
 from tqdm.auto import tqdm
 
+from self_rewarding_lm_pytorch.core.distributed import Shard
 from self_rewarding_lm_pytorch.core.files import JsonlAppender, resume_jsonl
 from self_rewarding_lm_pytorch.core.reward_source import SELF_JUDGE, Scorer, check_reward_source, scoring_fn
 from self_rewarding_lm_pytorch.core.sampling_config import JudgeSettings, SamplingConfig
@@ -250,6 +251,8 @@ class PPOStageConfig(TrainingFields):
                 responses,
                 settings=self.judge_settings,
                 generator=trainer.sample_generator,
+                # keyed by the rollout's index in the global batch, as the rollout itself was sampled
+                first_pair=ctx.accelerator.process_index * len(prompts),
             ).scores
 
         # a RewardModel scores through its own tokenizer here, never the policy's (issue #11, defect 1)
@@ -385,9 +388,12 @@ class PPOStageConfig(TrainingFields):
             ]
             scores = scorer(prompt_texts, response_texts).tolist()
         # unscored (NaN) rollouts go to the step too: it masks them out, and every process keeps the same batch shape
-        stats = {"step": step + 1, "ppo/num_rollouts": len(batch), **trainer.step(queries, responses, scores)}
+        # the step's stats are over the global batch (every process's rollouts)
+        stats = {"step": step + 1, "ppo/num_rollouts": self.batch_size, **trainer.step(queries, responses, scores)}
+        # every process's rollouts, in global row order (a collective), so the file is one process's file
+        written = Shard.of(ctx.accelerator).gather_lists(list(zip(prompt_texts, response_texts, scores, strict=True)))
         if rollouts is not None:
-            for p, r, s in zip(prompt_texts, response_texts, scores, strict=True):
+            for p, r, s in written:
                 rollouts.write({"step": step + 1, "prompt": p, "response": r, "score": s if math.isfinite(s) else None})
         return stats
 
