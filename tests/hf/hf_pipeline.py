@@ -1,6 +1,6 @@
 """The whole pipeline (SFT -> self-reward DPO -> SPIN -> PPO) on a tiny Hugging Face model, shared by
-the tests and run as a script for the two-process test (without PPO, whose ranks sample different
-rollouts by design, so its two-process update is not one process's):
+the tests and run as a script for the two-process test (PPO included: its step depends only on the
+global batch, so two processes make one process's update):
 
     python hf_pipeline.py MODEL_FOLDER OUT [lora]
     accelerate launch --multi_gpu --num_processes 2 hf_pipeline.py MODEL_FOLDER OUT [lora]
@@ -38,7 +38,7 @@ def short_answers(prompts, responses):
     return [-float(len(r)) for r in responses]
 
 
-def stages(*, lr: float = 1e-2, with_ppo: bool = True):
+def stages(*, lr: float = 1e-2):
     return [
         SFTConfig(SFT_DATA, num_train_steps=3, batch_size=2, learning_rate=lr),
         SelfRewardDPOConfig(
@@ -54,7 +54,6 @@ def stages(*, lr: float = 1e-2, with_ppo: bool = True):
             checkpoint_every=1,
         ),
         SelfPlayConfig(SFT_DATA, num_train_steps=2, batch_size=2, max_seq_len=40, learning_rate=lr),
-    ] + [
         PPOStageConfig(
             PROMPTS,
             num_train_steps=2,
@@ -64,8 +63,8 @@ def stages(*, lr: float = 1e-2, with_ppo: bool = True):
             mini_batch_size=2,
             learning_rate=lr,
             ppo=PPOConfig(ppo_epochs=1),
-        )
-    ] * with_ppo
+        ),
+    ]
 
 
 def lora_config():
@@ -100,11 +99,14 @@ def main(model_folder: str, out: Path, lora: bool):
 
     torch.set_num_threads(1)
     # A small learning rate: the processes' float summation orders differ, and a large step amplifies that.
-    trainer, _ = make_trainer(model_folder, out, lora=lora, stage_kwargs=dict(lr=1e-4, with_ppo=False))
+    trainer, _ = make_trainer(model_folder, out, lora=lora, stage_kwargs=dict(lr=1e-4))
     trainer()
     rank = PartialState().process_index
     weights = {k: v.detach().contiguous().clone() for k, v in trainer.model.state_dict().items()}
     save_file(weights, str(out / f"weights-rank{rank}.safetensors"))
+    if rank == 0:  # what PPO trained on, to compare with one process's
+        (ppo_dir,) = (Path(out) / "run").glob("04-ppo")
+        (out / "ppo-rollouts.jsonl").write_text((ppo_dir / "rollouts.jsonl").read_text())
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The whole pipeline on a tiny Hugging Face model (LoRA included) under two processes ends with the
-weights of one process."""
+"""The whole pipeline (SFT -> self-reward DPO -> SPIN -> PPO) on a tiny Hugging Face model (LoRA
+included) under two processes ends with the weights of one process."""
 
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ def test_two_processes_run_the_hf_pipeline_to_the_weights_of_one(hf_folders, tmp
     extra = ("lora",) if lora else ()
     launch(hf_folders["llama"], tmp_path / "one", 1, *extra)
     launch(hf_folders["llama"], tmp_path / "two", 2, *extra)
+    # PPO rolled out and scored the same responses (in global row order) under one and two processes
+    one, two = ((tmp_path / n / "ppo-rollouts.jsonl").read_text() for n in ("one", "two"))
+    assert one == two and len(one.splitlines()) == 4
     expected = load_file(str(tmp_path / "one" / "weights-rank0.safetensors"))
     for rank in (0, 1):
         got = load_file(str(tmp_path / "two" / f"weights-rank{rank}.safetensors"))
