@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from self_rewarding_lm_pytorch.core.losses import masked_mean, ppo_policy_loss, ppo_value_loss, whiten
-from self_rewarding_lm_pytorch.rl.global_batch import gather_rows, minibatch_share
+from self_rewarding_lm_pytorch.rl.global_batch import gather_rows, global_means, minibatch_share
 
 pytestmark = pytest.mark.unit
 
@@ -165,3 +165,28 @@ def test_gathered_rows_are_every_process_rows_in_rank_order():
         assert got["ids"].tolist() == [[1, 2, 3, 0], [4, 5, 6, 0], [7, 8, 9, 10]]
         assert got["mask"].dtype == torch.bool
         assert got["mask"].tolist() == [[True, True, False, False], [True, False, False, False], [True] * 4]
+
+
+def test_step_statistics_are_means_over_every_process_rows():
+    """Shard 0: rows scored [yes, no] with values 1, 100 and tokens 2, 4 (mask [1, 1]) in its first row;
+    shard 1: one scored row with value 4 and token 6. Row mean (1 + 4) / 2 = 2.5 (a mean of shard means
+    would be the same here; the tokens differ: (2 + 4 + 6) / 3 = 4, not (3 + 6) / 2 = 4.5); counts sum."""
+    shards = [
+        (
+            t(1.0, 100.0),
+            torch.tensor([True, False]),
+            t(2.0, 4.0, 0.0, 9.0).view(2, 2),
+            torch.tensor([[1, 1], [0, 0]]).bool(),
+        ),
+        (t(4.0), torch.tensor([True]), t(6.0, 0.0).view(1, 2), torch.tensor([[True, False]])),
+    ]
+
+    def means(shard, rank, exchange):
+        row, rows, token, tokens = shard
+        counts = {"unscored": (~rows).sum()}
+        return global_means({"row": row}, rows, {"token": token}, tokens, counts, sum_over_processes=summed(exchange))
+
+    for got in in_lockstep(means, shards):
+        assert got["row"].item() == 2.5 and got["token"].item() == 4.0 and got["unscored"].item() == 1.0
+    alone = global_means({"row": shards[0][0]}, shards[0][1], {"token": shards[0][2]}, shards[0][3])
+    assert alone == {"row": 1.0, "token": 3.0}

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from self_rewarding_lm_pytorch.core.distributed import Shard
 
-__all__ = ["gather_rows", "minibatch_share", "process_sum"]
+__all__ = ["gather_rows", "global_means", "minibatch_share", "process_sum"]
 
 
 def process_sum(accelerator: Any) -> Callable[[Tensor], Tensor] | None:
@@ -67,3 +67,32 @@ def minibatch_share(rows: Tensor, rank: int, world: int) -> tuple[Tensor, bool]:
     if len(share):
         return rows[share.start : share.stop], False
     return rows[:1], True
+
+
+def global_means(
+    row_values: dict[str, Tensor],
+    rows: Tensor,
+    token_values: dict[str, Tensor],
+    tokens: Tensor,
+    counts: dict[str, Tensor] | None = None,
+    *,
+    sum_over_processes: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Each (b,) value's mean over the rows where `rows` and each (b, n) value's mean over the tokens where
+    `tokens`, over every process's rows, plus each scalar of `counts` summed; one reduction. (Not a mean
+    of per-process means, which would weigh a process with one row like one with eight.)"""
+    counts = counts or {}
+    row_f, token_f = rows.float(), tokens.float()
+    sums = torch.stack(
+        [(x * row_f).sum() for x in row_values.values()]
+        + [(x * token_f).sum() for x in token_values.values()]
+        + [x.float() for x in counts.values()]
+        + [row_f.sum(), token_f.sum()]
+    )
+    if sum_over_processes is not None:
+        sums = sum_over_processes(sums)
+    num_rows, num_tokens = sums[-2].clamp(min=1), sums[-1].clamp(min=1)
+    parts = iter(sums)
+    out = {name: next(parts) / num_rows for name in row_values}
+    out |= {name: next(parts) / num_tokens for name in token_values}
+    return out | {name: next(parts) for name in counts}

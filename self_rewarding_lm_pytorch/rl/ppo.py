@@ -42,7 +42,7 @@ from self_rewarding_lm_pytorch.models import (
     frozen_reference,
     model_and_tokenizer,
 )
-from self_rewarding_lm_pytorch.rl.global_batch import gather_rows, minibatch_share, process_sum
+from self_rewarding_lm_pytorch.rl.global_batch import gather_rows, global_means, minibatch_share, process_sum
 from self_rewarding_lm_pytorch.rl.ppo_config import (
     KL_ESTIMATORS,
     PPOConfig,
@@ -407,34 +407,22 @@ class PPOTrainer:
             train_stats = self._optimize(gather_rows(batch, self.accelerator))
         t_optimize = time.perf_counter()
 
-        # Means over every process's scored rollouts (per rollout) or their trained tokens (per token), in
-        # one reduction; not means of per-process means, which would weigh a process with one scored
-        # rollout like one with eight.
-        rowf, tokenf = scored.float(), train_mask.float()
+        # means over every process's scored rollouts (per rollout) or their trained tokens (per token)
         per_row = {
             "objective/kl": (kl * train_mask).sum(-1),
             "objective/entropy": (-old_logprobs * train_mask).sum(-1),
             "ppo/mean_scores": torch.where(scored, raw_scores, torch.zeros_like(raw_scores)),
             "ppo/mean_processed_scores": scores_t,
             "ppo/mean_non_score_reward": non_score.sum(-1),
-            "tokens/responses_len_mean": tokenf.sum(-1),
+            "tokens/responses_len_mean": train_mask.float().sum(-1),
         }
         per_token = {"ppo/returns/mean": returns, "ppo/val/mean": old_values, "ppo/policy/advantages_mean": advantages}
-        sums = self._total(
-            torch.stack(
-                [(x * rowf).sum() for x in per_row.values()]
-                + [(x * tokenf).sum() for x in per_token.values()]
-                + [rowf.sum(), tokenf.sum(), (~scored).sum().float()]
-            )
-        )
-        num_rows, num_tokens = sums[-3].clamp(min=1), sums[-2].clamp(min=1)
-        stats = {k: v / num_rows for k, v in zip(per_row, sums, strict=False)}
-        stats |= {k: v / num_tokens for k, v in zip(per_token, sums[len(per_row) :], strict=False)}
-        mean_kl = stats["objective/kl"]
+        unscored = {"ppo/num_unscored": (~scored).sum()}
+        stats = global_means(per_row, scored, per_token, train_mask, unscored, sum_over_processes=self._sum)
         if num_scored > 0:
-            self.kl_ctl.update(float(mean_kl), num_scored)
+            self.kl_ctl.update(float(stats["objective/kl"]), num_scored)
         self.num_steps += 1
-        stats |= {"objective/kl_coef": torch.tensor(kl_coef), "ppo/num_unscored": sums[-1], **train_stats}
+        stats |= {"objective/kl_coef": torch.tensor(kl_coef), **train_stats}
         out = {k: float(v) for k, v in stats.items()}  # the one host sync of the step's stats
         out["ppo/learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
         out["time/ppo/forward_pass"] = t_forward - t0
