@@ -46,10 +46,23 @@ def _load_weights(model, path, what: str):
 
 
 def _load_model(model_config: str, checkpoint: str | None):
-    """(model, tokenizer, [judge] table or None) from a TOML file's [model]/tokenizer and a checkpoint."""
+    """(model, tokenizer, [judge] table or None) from a TOML file's [model]/tokenizer and a checkpoint,
+    or from its `[model] hf = "folder"` (a Hugging Face model with its tokenizer)."""
     from self_rewarding_lm_pytorch.config_file import build_model, build_tokenizer, load_model_section
 
     section = load_model_section(model_config)
+    hf = section["hf"]
+    if hf.model is not None:
+        from self_rewarding_lm_pytorch.config_hf import build_hf_model
+
+        if checkpoint is not None:
+            raise CLIError(
+                f"--checkpoint is for x-transformers models; {model_config}'s [model] hf loads its own weights"
+            )
+        if hf.lora is not None:
+            raise CLIError(f"{model_config}: [lora] adds an adapter to train, and this command trains nothing")
+        model, tokenizer, _ = build_hf_model(hf)
+        return model, tokenizer, section["judge"]
     tokenizer = build_tokenizer(section["tokenizer"])
     model = build_model(section["model"], tokenizer, where=str(model_config))
     if checkpoint is not None:
@@ -169,10 +182,6 @@ def _read_prompts(path: str) -> list[str]:
 def _scorer(args, model, tokenizer):
     from self_rewarding_lm_pytorch.config_file import import_object
 
-    if args.reward_model is not None:
-        from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
-
-        return RewardModel.from_pretrained(args.reward_model, tokenizer=tokenizer)
     if args.scorer == "perplexity":
         from self_rewarding_lm_pytorch.generation.synthetic import PerplexityScorer
 
@@ -180,17 +189,32 @@ def _scorer(args, model, tokenizer):
     return import_object(args.scorer, where="--scorer")
 
 
+def _load_reward_model(path: Path):
+    """A RewardModel saved by `srlm reward-model train`: a safetensors file (x-transformers, byte-level) or a
+    folder (a Hugging Face model or LoRA adapter with its tokenizer). It scores through its own tokenizer."""
+    from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
+
+    if not path.exists():
+        raise CLIError(f"--reward-model: no such file or folder {path}")
+    try:
+        return RewardModel.from_pretrained(path)
+    except (OSError, ValueError) as err:  # not a reward model, or an adapter whose base model is gone
+        raise CLIError(f"--reward-model {path}: {str(err).splitlines()[0][:300]}") from None
+
+
 def _cmd_generate(args) -> int:
     from self_rewarding_lm_pytorch.generation.best_of_n import GenerationConfig
     from self_rewarding_lm_pytorch.generation.synthetic import generate_synthetic_dataset
 
+    # the reward model first: a bad --reward-model fails before the policy is loaded
+    reward_model = None if args.reward_model is None else _load_reward_model(Path(args.reward_model))
     model, tokenizer, _ = _load_model(args.model_config, args.checkpoint)
     prompts = _read_prompts(args.prompts)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     stats = generate_synthetic_dataset(
         model,
         prompts,
-        _scorer(args, model, tokenizer),
+        reward_model if reward_model is not None else _scorer(args, model, tokenizer),
         out=args.out,
         tokenizer=tokenizer,
         n=args.n,
@@ -202,26 +226,61 @@ def _cmd_generate(args) -> int:
     return 0
 
 
-def _cmd_reward_model_train(args) -> int:
+_RM_SIZES = {"max_seq_len": 128, "dim": 64, "depth": 2, "heads": 4}  # the x-transformers reward model's defaults
+RM_FILE, RM_FOLDER = "reward_model.safetensors", "reward_model"  # x-transformers file, Hugging Face folder
+
+
+def _reward_model_to_train(args):
+    """(RewardModel, LoRA config or None, accelerate kwargs): an x-transformers one from the size flags, or
+    one around the Hugging Face model of `--model-config` (its `[model] hf`, `[tokenizer] hf`, `[lora]`
+    and `mixed_precision`, validated as `srlm run` validates them)."""
     from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
-    from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel, RewardModelTrainer
+    from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
+
+    accelerate = {"cpu": True} if args.cpu else {}
+    if args.model_config is None:
+        size = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in _RM_SIZES.items()}
+        tokenizer = ByteTokenizer()
+        rm = RewardModel(
+            tokenizer.vocab_size,
+            size["max_seq_len"],
+            size["dim"],
+            size["depth"],
+            size["heads"],
+            encoder=args.encoder,
+            tokenizer=tokenizer,
+        )
+        return rm, None, accelerate
+    from self_rewarding_lm_pytorch.config_file import load_model_section
+    from self_rewarding_lm_pytorch.config_hf import build_hf_model
+
+    given = [f"--{k.replace('_', '-')}" for k in _RM_SIZES if getattr(args, k) is not None]
+    if given or args.encoder:
+        flags = ", ".join(given + ["--encoder"] * args.encoder)
+        raise CLIError(f"{flags}: sizes of an x-transformers reward model; --model-config gives the model instead")
+    hf = load_model_section(args.model_config)["hf"]
+    if hf.model is None:
+        raise CLIError(
+            f'--model-config {args.model_config}: needs [model] hf = "folder" (a Hugging Face causal LM); '
+            "an x-transformers reward model is built from --dim, --depth, --heads and --max-seq-len"
+        )
+    model, tokenizer, peft_config = build_hf_model(hf)
+    if hf.mixed_precision is not None:
+        accelerate["mixed_precision"] = hf.mixed_precision
+    return RewardModel(net=model, tokenizer=tokenizer), peft_config, accelerate
+
+
+def _cmd_reward_model_train(args) -> int:
+    from self_rewarding_lm_pytorch.trainers.reward_model import RewardModelTrainer
 
     out = Path(args.out)
-    if (out / "reward_model.safetensors").exists() and not args.overwrite:
-        raise CLIError(f"{out} already holds reward_model.safetensors: pass --overwrite or choose another --out")
-    tokenizer = ByteTokenizer()
-    rm = RewardModel(
-        num_tokens=tokenizer.vocab_size,
-        max_seq_len=args.max_seq_len,
-        dim=args.dim,
-        depth=args.depth,
-        heads=args.heads,
-        encoder=args.encoder,
-        tokenizer=tokenizer,
-    )
+    for name in (RM_FILE, RM_FOLDER):
+        if (out / name).exists() and not args.overwrite:
+            raise CLIError(f"{out} already holds {name}: pass --overwrite or choose another --out")
+    rm, peft_config, accelerate = _reward_model_to_train(args)
     trainer = RewardModelTrainer(
         rm,
-        tokenizer,
+        None,  # the model's own tokenizer (bytes, or the Hugging Face model's)
         args.data,
         args.valid_data,
         max_ranks_per_batch=args.max_ranks_per_batch,
@@ -230,11 +289,12 @@ def _cmd_reward_model_train(args) -> int:
         learning_rate=args.learning_rate,
         valid_every=args.valid_every,
         seed=args.seed,
-        accelerate_kwargs={"cpu": args.cpu} if args.cpu else None,
+        accelerate_kwargs=accelerate or None,
         checkpoint_folder=out / "train",
+        peft_config=peft_config,
     )
     trainer()
-    path = rm.save(out / "reward_model.safetensors")
+    path = rm.save(out / (RM_FOLDER if rm.is_hf else RM_FILE))
     print(f"reward model saved to {path} (load with RewardModel.from_pretrained, or srlm generate --reward-model)")
     return 0
 
@@ -366,11 +426,17 @@ def _add_tool_parsers(sub):
     t.add_argument("--valid-data")
     t.add_argument("--out", required=True, help="folder for reward_model.safetensors and train/ checkpoints")
     t.add_argument("--overwrite", action="store_true")
+    t.add_argument(
+        "--model-config",
+        metavar="TOML",
+        help='a Hugging Face causal LM to put the reward head on: a TOML file with [model] hf = "folder" '
+        "(optional [tokenizer] hf, [lora], mixed_precision, as in srlm run); saved as the folder "
+        f"{RM_FOLDER}/. Default: an x-transformers decoder built from the sizes below, saved as {RM_FILE}",
+    )
+    for name, default in _RM_SIZES.items():
+        flag = name.replace("_", "-")
+        t.add_argument(f"--{flag}", type=int, default=None, help=f"x-transformers model (default {default})")
     for name, default in (
-        ("max-seq-len", 128),
-        ("dim", 64),
-        ("depth", 2),
-        ("heads", 4),
         ("max-ranks-per-batch", 4),
         ("batch-size", 8),
         ("num-train-steps", 100),

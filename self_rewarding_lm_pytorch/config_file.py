@@ -464,7 +464,13 @@ def build_reward_config(judge: dict | None, *, where: str = "") -> Any:
 
 
 def load_model_section(path: str | os.PathLike, *, require_model: bool = True) -> dict:
-    """`{"model", "tokenizer", "judge"}` from a TOML file (a pipeline file or one with just these)."""
+    """`{"model", "tokenizer", "judge", "hf"}` from a TOML file (a pipeline file or one with just these).
+
+    `hf` holds the Hugging Face sections (`config_hf.HFSections`, validated as `srlm run` validates them);
+    with `[model] hf = "folder"` the tokenizer is the HF one and "tokenizer" is None.
+    """
+    from self_rewarding_lm_pytorch.config_hf import parse_hf_sections
+
     path = Path(path)
     raw = _read_toml(path)
     unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
@@ -472,6 +478,7 @@ def load_model_section(path: str | os.PathLike, *, require_model: bool = True) -
         raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}")
     if require_model and "model" not in raw:
         raise ConfigError(f"{path}: no [model] table")
-    tokenizer = _convert(raw.get("tokenizer", "byte"), str, f"{path}: tokenizer")
+    hf = parse_hf_sections(raw, where=str(path), base_dir=path.parent)
+    tokenizer = None if hf.model is not None else _convert(raw.get("tokenizer", "byte"), str, f"{path}: tokenizer")
     judge = _check_table(raw, "judge", str(path)) if "judge" in raw else None
-    return {"model": _check_table(raw, "model", str(path)), "tokenizer": tokenizer, "judge": judge}
+    return {"model": _check_table(raw, "model", str(path)), "tokenizer": tokenizer, "judge": judge, "hf": hf}
