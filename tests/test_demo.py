@@ -103,6 +103,22 @@ def test_seed_data_is_disjoint_balanced_and_reproducible():
 
 
 @pytest.mark.unit
+def test_heldout_prompts_follow_the_training_distribution():
+    """The sets are cut at random from one pool: the scarce 1-digit + 1-digit sums (100 of 10,000) are not
+    piled into the held-out set, as they were when it was drawn first (16% of it instead of ~1-4%)."""
+    data = AdditionTask(max_digits=2).build(
+        num_instruction=1000, num_evaluation=1500, num_self_reward_prompts=0, num_heldout=400, seed=0
+    )
+
+    def one_digit_share(prompts):
+        return sum(max(len(x) for x in p[:-1].split("+")) == 1 for p in prompts) / len(prompts)
+
+    train = [r["prompt"] for r in data.instruction]
+    assert one_digit_share(data.heldout_prompts) < 0.06 and one_digit_share(train) < 0.06
+    assert abs(one_digit_share(data.heldout_prompts) - one_digit_share(train)) < 0.03
+
+
+@pytest.mark.unit
 def test_settings_that_need_more_prompts_than_exist_fail_early():
     from self_rewarding_lm_pytorch.demo.run import DemoSettings
 
