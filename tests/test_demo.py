@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,6 +104,22 @@ def test_seed_data_is_disjoint_balanced_and_reproducible():
 
 
 @pytest.mark.unit
+def test_heldout_prompts_follow_the_training_distribution():
+    """The sets are cut at random from one pool: the scarce 1-digit + 1-digit sums (100 of 10,000) are not
+    piled into the held-out set, as they were when it was drawn first (16% of it instead of ~1-4%)."""
+    data = AdditionTask(max_digits=2).build(
+        num_instruction=1000, num_evaluation=1500, num_self_reward_prompts=0, num_heldout=400, seed=0
+    )
+
+    def one_digit_share(prompts):
+        return sum(max(len(x) for x in p[:-1].split("+")) == 1 for p in prompts) / len(prompts)
+
+    train = [r["prompt"] for r in data.instruction]
+    assert one_digit_share(data.heldout_prompts) < 0.06 and one_digit_share(train) < 0.06
+    assert abs(one_digit_share(data.heldout_prompts) - one_digit_share(train)) < 0.03
+
+
+@pytest.mark.unit
 def test_settings_that_need_more_prompts_than_exist_fail_early():
     from self_rewarding_lm_pytorch.demo.run import DemoSettings
 
@@ -183,6 +200,39 @@ def test_report_table_and_verdict():
 
 
 @pytest.mark.unit
+def test_control_line_is_reported_but_never_counts_as_a_self_reward_line():
+    # the control (no pairs) rises 20 points, the self-reward line 2: the self-reward goal is not met
+    rows = [
+        {**ROWS[0], "accuracy": 0.25},
+        {**ROWS[1], "accuracy": 0.27},
+        {"run": "control", "stage": "M1", "accuracy": 0.25, "num_heldout": 40},
+        {"run": "control", "stage": "M3", "accuracy": 0.45, "num_heldout": 40},
+    ]
+    text = render_report(rows, settings={}, seconds=1, command="srlm demo", plot_name=None)
+    assert "Goal a self-reward line M3 >= M1 + 3 points: not met (best: self-reward)." in text
+    assert "The control (no pairs, the seed data replayed as long) moved +20.0 points" in text
+
+
+@pytest.mark.unit
+def test_control_trains_as_many_steps_as_each_oracle_iteration():
+    from self_rewarding_lm_pytorch.demo.lines import control_stages
+    from self_rewarding_lm_pytorch.demo.run import PRESETS, _steps
+
+    rows = [
+        {"run": "oracle", "stage": "M1", "dpo_steps": 0},
+        {"run": "consistency", "stage": "M2", "dpo_steps": 99},
+        {"run": "oracle", "stage": "M2", "dpo_steps": 195},
+        {"run": "oracle", "stage": "M3", "dpo_steps": 0},  # an iteration without pairs trains nothing
+    ]
+    assert _steps(rows) == [195, 0]
+    s = PRESETS["default"]
+    first, second = control_stages(s, Path("data"), _steps(rows))
+    assert first.num_train_steps == 195 and first.batch_size == s.dpo_batch_size * s.replay_per_pair
+    assert first.learning_rate == s.dpo_learning_rate and first.lr_schedule == s.dpo_lr_schedule
+    assert second.num_train_steps == 1 and second.warmup_steps == 0  # a stage trains at least one step
+
+
+@pytest.mark.unit
 def test_report_says_which_loss_and_why():
     settings = {"dpo_loss_type": "dpop", "dpo_sft_weight": 0.5}
     text = render_report(ROWS, settings=settings, seconds=1, command="srlm demo", plot_name=None)
@@ -213,7 +263,7 @@ def test_plot_is_a_png_or_skipped_with_a_warning(tmp_path, monkeypatch):
 @pytest.mark.e2e
 def test_demo_end_to_end_tiny(tmp_path, capsys):
     """`srlm demo` with the hidden test-only "tiny" preset (smaller than --quick): every stage runs,
-    and the run folder gets the report, the plot, the manifest and both pipeline runs."""
+    and the run folder gets the report, the plot, the manifest and every line's pipeline run."""
     from self_rewarding_lm_pytorch.cli import main
 
     out = tmp_path / "demo"
@@ -230,20 +280,25 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
         ("oracle", "M1"),
         ("oracle", "M2"),
         ("oracle", "M3"),
+        ("control", "M1"),
+        ("control", "M2"),
+        ("control", "M3"),
     ]
     for row in manifest["rows"]:
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["judge_parse_failure_rate"] <= 1
     report = (out / "report.md").read_text()
     assert "| self-reward | M3 |" in report and "Wall time" in report
-    for line in ("self-reward", "consistency", "oracle"):
+    for line in ("self-reward", "consistency", "oracle", "control"):
         assert (out / line / "manifest.json").exists()
     assert (out / "self-reward" / "02-prompt-generation" / "stats.json").exists()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 7  # M1 is measured once, not again for the consistency and oracle lines
+    assert len(metrics) == 9  # M1 is measured once, not again for the other lines
     for row in metrics:
         assert {"run", "stage", "accuracy", "num_heldout", "accuracy_ci_low", "accuracy_ci_high"} <= set(row)
         assert row["accuracy_ci_low"] <= row["accuracy"] <= row["accuracy_ci_high"]
     for row in metrics[1:]:
+        if row["run"] == "control":  # no pairs: SFT on the replayed seed data
+            continue
         assert {"pairs_made", "pairs_correct_first", "pairs_wrong_first", "reward_agreement", "dpo_margin"} <= set(row)
     try:
         import matplotlib  # noqa: F401

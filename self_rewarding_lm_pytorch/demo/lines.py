@@ -1,11 +1,16 @@
 """The demo's three lines as pipelines of stage configs, all from the same M1:
 
 - `self-reward` (the paper): SFT -> prompt self-generation -> two DPO iterations where the model
-  judges its own candidates (LLM-as-a-judge), with the judge examples mixed into each iteration;
+  judges its own candidates (LLM-as-a-judge);
 - `consistency`: two DPO iterations rewarded by self-consistency (the share of the model's own
   samples that reach the same answer), on the same self-generated prompts;
-- `oracle`: the same two iterations rewarded by the verifier (ground truth: the ceiling).
+- `oracle`: the same two iterations rewarded by the verifier (ground truth: the ceiling);
+- `control`: no pairs at all, only the seed data replayed for as many steps as the oracle's iterations
+  took: what further training alone does (flat when M1 has converged on its seed data).
 
+Every DPO iteration replays the seed SFT data (answers, judge examples, prompt writing) beside its pairs
+(`judge_examples`, `replay_per_pair` examples per pair): the model keeps its seed skills, the judge
+among them, and the pairs' new answers are learned on top of what it knew, not instead of it.
 No line uses ground truth after the seed data except the oracle.
 """
 
@@ -16,21 +21,34 @@ from typing import Any
 
 from self_rewarding_lm_pytorch.demo.task import DEMO_FEW_SHOT_TEMPLATE, consistency_reward, is_addition_prompt
 
-__all__ = ["consistency_stages", "oracle_stages", "self_reward_stages"]
+__all__ = ["consistency_stages", "control_stages", "oracle_stages", "self_reward_stages"]
 
 
-def _dpo_common(s) -> dict[str, Any]:
+def _replay(s, data_dir: Path) -> dict[str, Any]:
+    if not s.replay_per_pair:
+        return {}
+    return dict(
+        judge_examples=str(data_dir / "sft.jsonl"),
+        judge_weight=s.replay_weight,
+        judge_examples_per_pair=s.replay_per_pair,
+    )
+
+
+def _dpo_common(s, data_dir: Path) -> dict[str, Any]:
     return dict(
         num_epochs=s.dpo_epochs,
         num_train_steps=s.dpo_max_steps,
         batch_size=s.dpo_batch_size,
         learning_rate=s.dpo_learning_rate,
+        lr_schedule=s.dpo_lr_schedule,
+        warmup_steps=s.dpo_warmup_steps,
         dpo_beta=s.dpo_beta,
         dpo_loss_type=s.dpo_loss_type,
         sft_weight=s.dpo_sft_weight,
         max_new_tokens=s.max_new_tokens,
         log_every=5,
         max_passes=2,
+        **_replay(s, data_dir),
     )
 
 
@@ -65,9 +83,6 @@ def self_reward_stages(s, data_dir: Path) -> list:
         ngram_unit="char",
         avoid=str(data_dir / "heldout.jsonl"),  # decontamination: never train on a held-out prompt
     )
-    judge = (
-        dict(judge_examples=str(data_dir / "evaluation.jsonl"), judge_weight=s.judge_weight) if s.judge_weight else {}
-    )
     dpo = [
         SelfRewardDPOConfig(
             PREVIOUS_PROMPTS,
@@ -77,15 +92,14 @@ def self_reward_stages(s, data_dir: Path) -> list:
             judge_max_new_tokens=s.judge_max_new_tokens,
             eval_temperature=s.judge_temperature,
             eval_top_p=0.9 if s.judge_temperature > 0 else None,
-            **judge,
-            **_dpo_common(s),
+            **_dpo_common(s, data_dir),
         )
         for n in s.dpo_pairs
     ]
     return [sft, prompts, *dpo]
 
 
-def consistency_stages(s, prompts_file: Path) -> list:
+def consistency_stages(s, prompts_file: Path, data_dir: Path) -> list:
     from self_rewarding_lm_pytorch.stages.external_reward_dpo import ExternalRewardDPOConfig
 
     return [
@@ -97,19 +111,44 @@ def consistency_stages(s, prompts_file: Path) -> list:
             gen_temperature=s.consistency_temperature,
             gen_top_p=None,
             pair_policy_kwargs={"min_margin": s.consistency_min_margin},
-            **_dpo_common(s),
+            **_dpo_common(s, data_dir),
         )
         for n in s.dpo_pairs
     ]
 
 
-def oracle_stages(s, prompts_file: Path) -> list:
+def oracle_stages(s, prompts_file: Path, data_dir: Path) -> list:
     from self_rewarding_lm_pytorch.demo.task import verifier_reward
     from self_rewarding_lm_pytorch.stages.external_reward_dpo import ExternalRewardDPOConfig
 
     return [
         ExternalRewardDPOConfig(
-            verifier_reward, str(prompts_file), n, num_candidate_responses=s.num_candidates, **_dpo_common(s)
+            verifier_reward,
+            str(prompts_file),
+            n,
+            num_candidate_responses=s.oracle_candidates,
+            gen_temperature=s.oracle_temperature,
+            gen_top_p=None,
+            **_dpo_common(s, data_dir),
         )
         for n in s.dpo_pairs
+    ]
+
+
+def control_stages(s, data_dir: Path, steps: list[int]) -> list:
+    """SFT on the replayed seed data alone, `steps[i]` steps in iteration i (the oracle's), each step the
+    replayed rows a DPO step sees, with the DPO iterations' learning-rate schedule."""
+    from self_rewarding_lm_pytorch.stages.sft import SFTConfig
+
+    return [
+        SFTConfig(
+            str(data_dir / "sft.jsonl"),
+            num_train_steps=max(1, n),
+            batch_size=s.dpo_batch_size * max(1, s.replay_per_pair),
+            learning_rate=s.dpo_learning_rate,
+            lr_schedule=s.dpo_lr_schedule,
+            warmup_steps=min(s.dpo_warmup_steps, max(0, n - 1)),
+            log_every=50,
+        )
+        for n in steps
     ]

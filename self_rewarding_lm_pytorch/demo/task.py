@@ -15,6 +15,7 @@ comparison is local and the verdict only has to spot a `!`.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections.abc import Set as AbstractSet
@@ -247,22 +248,24 @@ class AdditionTask:
         render=None,
         correct_fraction: float = 0.5,
     ) -> DemoData:
-        """Disjoint prompt sets; held-out prompts are drawn first so they never leak into training.
+        """Disjoint prompt sets, split at random from one pool of distinct prompts.
 
+        One pool, shuffled, then cut: every set follows the same distribution, so the held-out prompts
+        look like the training prompts and the prompts the model writes after them (drawn first, as
+        before, the held-out set took most of the few 1-digit + 1-digit sums: 16% of it instead of 1%).
         `render(prompt, response) -> str` renders a judge prompt; default `demo_reward_config().render`.
         """
         if render is None:
             config = demo_reward_config()
             render = lambda p, r: config.render(prompt=p, response=r)  # noqa: E731
         rng = random.Random(seed)
-        heldout = self.sample_prompts(num_heldout, rng)
-        used = set(heldout)
-        train = self.sample_prompts(num_instruction, rng, used)
-        used |= set(train)
-        self_reward = self.sample_prompts(num_self_reward_prompts, rng, used)
+        sizes = [num_heldout, num_instruction, num_self_reward_prompts, num_evaluation]
+        pool = self.sample_prompts(sum(sizes), rng)
+        rng.shuffle(pool)
+        cuts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        heldout, train, self_reward, judged = (pool[lo:hi] for lo, hi in itertools.pairwise(cuts))
         # Evaluation examples get prompts of their own, as the paper's EFT data is separate data: when
         # they reused instruction prompts, the judge memorised verdicts instead of learning to compare.
-        judged = self.sample_prompts(num_evaluation, rng, used | set(self_reward))
         evaluation = self.evaluation_examples(judged, rng, render, correct_fraction)
         stats = {
             "num_instruction": len(train),
