@@ -1,6 +1,6 @@
 """The `srlm` command (also `python -m self_rewarding_lm_pytorch`): thin front ends over the library.
 
-    srlm demo [--quick] [--out DIR] [--seed N] [--overwrite]
+    srlm demo [--quick] [--out DIR] [--seed N] [--overwrite] [--workers N]
     srlm run pipeline.toml [--resume | --overwrite] [--set KEY=VALUE ...] [--check]
     srlm generate --model-config M.toml --checkpoint W.safetensors --prompts P.jsonl --out O.jsonl ...
     srlm reward-model train --data ranked.jsonl --out DIR ...
@@ -24,13 +24,27 @@ class CLIError(Exception):
     """A problem with the command line or its inputs, reported without a traceback."""
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _cmd_demo(args) -> int:
     from self_rewarding_lm_pytorch.demo.run import PRESETS, RunFolderExistsError, run_demo
 
     preset = args.preset or ("quick" if args.quick else "default")
     command = " ".join(["srlm", *args.argv])
     try:
-        run_demo(args.out, settings=PRESETS[preset], seed=args.seed, overwrite=args.overwrite, command=command)
+        run_demo(
+            args.out,
+            settings=PRESETS[preset],
+            seed=args.seed,
+            overwrite=args.overwrite,
+            command=command,
+            line_workers=args.workers,
+        )
     except RunFolderExistsError as err:
         raise CLIError(str(err)) from None
     return 0
@@ -376,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="srlm-demo", help="the run folder (default: ./srlm-demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=None,
+        help="processes for the lines run beside the self-reward line (default: 2 on 2+ cores; 0: one after another)",
+    )
     p.add_argument("--preset", choices=["default", "quick", "tiny"], help=argparse.SUPPRESS)  # tests use "tiny"
     p.set_defaults(func=_cmd_demo)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -215,8 +216,9 @@ def test_control_line_is_reported_but_never_counts_as_a_self_reward_line():
 
 @pytest.mark.unit
 def test_control_trains_as_many_steps_as_each_oracle_iteration():
+    from self_rewarding_lm_pytorch.demo.line_runs import oracle_steps
     from self_rewarding_lm_pytorch.demo.lines import control_stages
-    from self_rewarding_lm_pytorch.demo.run import PRESETS, _steps
+    from self_rewarding_lm_pytorch.demo.run import PRESETS
 
     rows = [
         {"run": "oracle", "stage": "M1", "dpo_steps": 0},
@@ -224,9 +226,9 @@ def test_control_trains_as_many_steps_as_each_oracle_iteration():
         {"run": "oracle", "stage": "M2", "dpo_steps": 195},
         {"run": "oracle", "stage": "M3", "dpo_steps": 0},  # an iteration without pairs trains nothing
     ]
-    assert _steps(rows) == [195, 0]
+    assert oracle_steps(rows) == [195, 0]
     s = PRESETS["default"]
-    first, second = control_stages(s, Path("data"), _steps(rows))
+    first, second = control_stages(s, Path("data"), oracle_steps(rows))
     assert first.num_train_steps == 195 and first.batch_size == s.dpo_batch_size * s.replay_per_pair
     assert first.learning_rate == s.dpo_learning_rate and first.lr_schedule == s.dpo_lr_schedule
     assert second.num_train_steps == 1 and second.warmup_steps == 0  # a stage trains at least one step
@@ -267,7 +269,7 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     from self_rewarding_lm_pytorch.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--preset", "tiny", "--out", str(out), "--seed", "1"]) == 0
+    assert main(["demo", "--preset", "tiny", "--out", str(out), "--seed", "1", "--workers", "2"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     labels = [(r["run"], r["stage"]) for r in manifest["rows"]]
     assert labels == [
@@ -310,3 +312,37 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     # the run folder is never overwritten silently
     assert main(["demo", "--preset", "tiny", "--out", str(out)]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
+
+    # The lines ran in two worker processes beside the self-reward line; one after another in this
+    # process they give the same rows, the same sampled candidates and the same final weights.
+    from self_rewarding_lm_pytorch.demo.run import PRESETS, run_demo
+
+    here = run_demo(tmp_path / "sequential", settings=PRESETS["tiny"], seed=1, progress=False, line_workers=0)
+    assert json.dumps(here["rows"], default=str) == json.dumps(manifest["rows"])  # as JSON: nan == nan
+    assert (tmp_path / "sequential" / "metrics.jsonl").read_text() == (out / "metrics.jsonl").read_text()
+    compared = 0
+    for line in ("consistency", "oracle", "control"):
+        for path in sorted((out / line).glob("*/*")):
+            if path.name in ("model.safetensors", "candidates.jsonl", "pairs.jsonl"):
+                compared += path.name == "model.safetensors"
+                twin = tmp_path / "sequential" / path.relative_to(out)
+                assert twin.read_bytes() == path.read_bytes(), path
+    assert compared == 6  # every stage of the three lines ends with its model
+
+
+@pytest.mark.unit
+def test_line_jobs_keep_the_control_after_the_oracle_and_drop_lines_turned_off():
+    from self_rewarding_lm_pytorch.demo.line_runs import LineRuns, line_jobs
+    from self_rewarding_lm_pytorch.demo.run import PRESETS
+
+    def lines(**changes):
+        settings = dataclasses.replace(PRESETS["tiny"], **changes)
+        common = dict(out=Path("x"), seed=0, heldout=[], m1_row={}, progress=False, threads=1)
+        return [job.lines for job in line_jobs(settings, **common)]
+
+    assert lines() == [("consistency",), ("oracle", "control")]
+    assert lines(oracle=False) == [("consistency",)]  # the control trains as long as the oracle did
+    assert lines(control=False, consistency=False) == [("oracle",)]
+    assert lines(oracle=False, consistency=False) == []
+    with pytest.raises(ValueError, match="line_workers"):
+        LineRuns(-1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import shutil
 import sys
@@ -26,18 +27,12 @@ import torch
 
 from self_rewarding_lm_pytorch.core.files import JsonlAppender, atomic_write_json, write_jsonl
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
-from self_rewarding_lm_pytorch.demo.evaluate import evaluate_model
-from self_rewarding_lm_pytorch.demo.iterations import iteration_stats, wilson_interval
-from self_rewarding_lm_pytorch.demo.lines import (
-    consistency_stages,
-    control_stages,
-    oracle_stages,
-    self_reward_stages,
-)
+from self_rewarding_lm_pytorch.demo.line_runs import Evaluator, LineRuns, build_model, line_jobs, run_pipeline
+from self_rewarding_lm_pytorch.demo.lines import self_reward_stages
 from self_rewarding_lm_pytorch.demo.report import format_table, write_plot, write_report
 from self_rewarding_lm_pytorch.demo.task import AdditionTask, demo_reward_config
 
-__all__ = ["PRESETS", "DemoSettings", "RunFolderExistsError", "run_demo"]
+__all__ = ["PRESETS", "DemoSettings", "RunFolderExistsError", "default_line_workers", "run_demo"]
 
 
 class RunFolderExistsError(FileExistsError):
@@ -158,16 +153,6 @@ PRESETS = {
 }
 
 
-def _build_model(s: DemoSettings, vocab_size: int):
-    from x_transformers import Decoder, TransformerWrapper
-
-    return TransformerWrapper(
-        num_tokens=vocab_size,
-        max_seq_len=s.max_seq_len,
-        attn_layers=Decoder(dim=s.dim, depth=s.depth, heads=s.heads, rotary_pos_emb=True),
-    )
-
-
 def _prepare_out(out: Path, overwrite: bool):
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -202,55 +187,9 @@ def _write_data(s: DemoSettings, seed: int, data_dir: Path, reward_config) -> di
     return {"heldout": data.heldout_prompts, "stats": stats}
 
 
-@dataclass
-class _Evaluator:
-    """`on_stage_end` hooks: measure the stage's model on the held-out prompts, record a row."""
-
-    settings: DemoSettings
-    tokenizer: object
-    reward_config: object
-    heldout: list
-    seed: int
-    rows: list
-    stage_seconds: dict
-    log: JsonlAppender
-
-    def hook(self, run: str, first_label: int):
-        clock = {"t": time.time(), "label": first_label}
-
-        def on_stage_end(info):
-            if type(info.config).kind == "prompt-generation":
-                print(f"[demo] {run}: prompts written: {info.summary.get('prompts')}", flush=True)
-                return  # the model did not change: nothing to measure
-            label = f"M{clock['label']}"
-            clock["label"] += 1
-            self.stage_seconds[f"{run}/{label}"] = round(time.time() - clock["t"], 1)
-            print(f"[demo] {run}: evaluating {label} on {len(self.heldout)} held-out prompts...", flush=True)
-            s = self.settings
-            metrics = evaluate_model(
-                info.model,
-                self.tokenizer,
-                self.reward_config,
-                self.heldout,
-                num_candidates=4,
-                num_judgments=s.eval_num_judgments,
-                max_new_tokens=s.max_new_tokens,
-                judge_max_new_tokens=s.judge_max_new_tokens,
-                judge_temperature=s.judge_temperature,
-                seed=self.seed,
-            )
-            n = metrics["num_heldout"]
-            low, high = wilson_interval(round(metrics["accuracy"] * n), n)
-            row = {"run": run, "stage": label, "pairs_made": info.summary.get("num_pairs"), **metrics}
-            row |= {"accuracy_ci_low": low, "accuracy_ci_high": high}
-            if "num_pairs" in info.summary:
-                row |= iteration_stats(info.stage_dir)
-            self.rows.append(row)
-            self.log.write(row)
-            print(format_table([row]).splitlines()[-1], flush=True)
-            clock["t"] = time.time()
-
-        return on_stage_end
+def default_line_workers() -> int:
+    """Two worker processes for the lines from M1 wherever there is a second core, else none."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 0
 
 
 def run_demo(
@@ -262,81 +201,87 @@ def run_demo(
     progress: bool = True,
     command: str = "srlm demo",
     threads: int | None = 1,
+    line_workers: int | None = None,
 ) -> dict:
     """Run the demo into `out`; returns the manifest (also written to `out/manifest.json`).
 
     `threads=1` by default: these models are too small to gain from intra-op threads, and on a
     shared machine OpenMP threads spin-waiting on busy cores made a step 10x slower (measured).
+    `line_workers` processes (default `default_line_workers()`; 0 = none) run the consistency line and the
+    oracle + control lines beside the self-reward line's iterations, each with `threads` threads, so a
+    2-core machine runs them about twice as fast; the rows are the same either way.
     """
+    workers = default_line_workers() if line_workers is None else line_workers
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run(Path(out), settings, seed, overwrite, progress, command)
+        return _run(Path(out), settings, seed, overwrite, progress, command, threads, LineRuns(workers))
     finally:
         torch.set_num_threads(previous)
 
 
-def _pipeline(model, stages, folder: Path, hook, *, tokenizer, reward_config, seed: int, progress: bool):
-    from self_rewarding_lm_pytorch.pipeline import SelfRewardingTrainer
-
-    SelfRewardingTrainer(
-        model,
-        stages,
-        tokenizer=tokenizer,
-        self_reward_prompt_config=reward_config,
-        accelerate_kwargs={"cpu": True},
-        checkpoints_folder=folder,
-        seed=seed,
-        on_stage_end=hook,
-        progress=progress,
-    )()
-
-
-def _run(out: Path, settings: DemoSettings, seed: int, overwrite: bool, progress: bool, command: str) -> dict:
-    from self_rewarding_lm_pytorch.training.checkpoint import load_model
-
+def _run(
+    out: Path,
+    settings: DemoSettings,
+    seed: int,
+    overwrite: bool,
+    progress: bool,
+    command: str,
+    threads,
+    lines: LineRuns,
+) -> dict:
     started = time.time()
     _prepare_out(out, overwrite)
     tokenizer, reward_config = ByteTokenizer(), demo_reward_config()
     data = _write_data(settings, seed, out / "data", reward_config)
-    rows: list[dict] = []
-    stage_seconds: dict[str, float] = {}
     log = JsonlAppender(out / "metrics.jsonl")
-    evaluator = _Evaluator(settings, tokenizer, reward_config, data["heldout"], seed, rows, stage_seconds, log)
-    common = dict(tokenizer=tokenizer, reward_config=reward_config, seed=seed, progress=progress)
+    evaluator = Evaluator(settings, tokenizer, reward_config, data["heldout"], seed, log=log)
+
+    def start_lines():  # M1 and the prompts exist now: every other line can start from them
+        # bars of processes running side by side would overwrite each other: workers print rows only
+        jobs = line_jobs(
+            settings,
+            out=out,
+            seed=seed,
+            heldout=data["heldout"],
+            m1_row=evaluator.rows[0],
+            progress=progress and not lines.workers,
+            threads=threads,
+        )
+        lines.start(jobs)
 
     torch.manual_seed(seed)
-    model = _build_model(settings, tokenizer.vocab_size)
+    model = build_model(settings, tokenizer.vocab_size)
     print(
         f"[demo] self-rewarding run: SFT ({settings.sft_steps} steps), prompt self-generation, then "
         f"{len(settings.dpo_pairs)} self-reward DPO iterations -> {out / 'self-reward'}",
         flush=True,
     )
-    stages = self_reward_stages(settings, out / "data")
-    _pipeline(model, stages, out / "self-reward", evaluator.hook("self-reward", 1), **common)
-    m1 = out / "self-reward" / "01-sft" / "model.safetensors"
-    prompts_file = out / "self-reward" / "02-prompt-generation" / "prompts.jsonl"
-    lines = [
-        ("consistency", settings.consistency, lambda: consistency_stages(settings, prompts_file, out / "data")),
-        ("oracle", settings.oracle, lambda: oracle_stages(settings, prompts_file, out / "data")),
-        ("control", settings.control and settings.oracle, lambda: control_stages(settings, out / "data", _steps(rows))),
-    ]
-    for run, wanted, make_stages in lines:
-        if not wanted:
-            continue
-        print(f"[demo] {run} run: the same iterations from M1 -> {out / run}", flush=True)
-        rows.append({**rows[0], "run": run})  # every line starts from the same M1
-        line_model = _build_model(settings, tokenizer.vocab_size)
-        load_model(line_model, m1)
-        _pipeline(line_model, make_stages(), out / run, evaluator.hook(run, 2), **common)
-    log.close()
-    return _finish(out, rows, settings, seed, data["stats"], stage_seconds, time.time() - started, command)
-
-
-def _steps(rows: list[dict]) -> list[int]:
-    """The DPO steps of each oracle iteration, in order (what the control line trains for)."""
-    return [r.get("dpo_steps") or 0 for r in rows if r["run"] == "oracle" and r["stage"] != "M1"]
+    hook = evaluator.hook("self-reward", 1, on_prompts_written=start_lines)
+    try:
+        run_pipeline(
+            model,
+            self_reward_stages(settings, out / "data"),
+            out / "self-reward",
+            hook,
+            tokenizer=tokenizer,
+            reward_config=reward_config,
+            seed=seed,
+            progress=progress,
+        )
+        for line_rows, seconds in lines.results():
+            evaluator.rows.extend(line_rows)
+            evaluator.stage_seconds.update(seconds)
+            for row in line_rows:
+                if row["stage"] != "M1":  # M1 is logged once, by the self-reward line
+                    log.write(row)
+    finally:
+        lines.close()
+        log.close()
+    return _finish(
+        out, evaluator.rows, settings, seed, data["stats"], evaluator.stage_seconds, time.time() - started, command
+    )
 
 
 def _finish(out, rows, settings, seed, data_stats, seconds, total, command) -> dict:
