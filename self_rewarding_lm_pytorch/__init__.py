@@ -80,13 +80,14 @@ if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.trainers.sft import train_sft as train_sft
     from self_rewarding_lm_pytorch.trainers.spin import SPINTrainer as SPINTrainer
     from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration as train_spin_iteration
+    from self_rewarding_lm_pytorch.training.accelerators import LaunchMismatchError as LaunchMismatchError
+    from self_rewarding_lm_pytorch.training.accelerators import make_accelerator as make_accelerator
     from self_rewarding_lm_pytorch.training.checkpoint import load_model as load_model
     from self_rewarding_lm_pytorch.training.checkpoint import save_model as save_model
     from self_rewarding_lm_pytorch.training.faults import NonFiniteLossError as NonFiniteLossError
     from self_rewarding_lm_pytorch.training.faults import TrainingStopped as TrainingStopped
     from self_rewarding_lm_pytorch.training.loop import TrainConfig as TrainConfig
     from self_rewarding_lm_pytorch.training.loop import TrainResult as TrainResult
-    from self_rewarding_lm_pytorch.training.loop import make_accelerator as make_accelerator
     from self_rewarding_lm_pytorch.training.loop import train as train
 
 _EXPORTS = {
@@ -119,7 +120,8 @@ _EXPORTS = {
     "TrainConfig": "training.loop",
     "TrainResult": "training.loop",
     "train": "training.loop",
-    "make_accelerator": "training.loop",
+    "make_accelerator": "training.accelerators",
+    "LaunchMismatchError": "training.accelerators",
     "NonFiniteLossError": "training.faults",
     "TrainingStopped": "training.faults",
     "train_sft": "trainers.sft",

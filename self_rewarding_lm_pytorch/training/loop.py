@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from self_rewarding_lm_pytorch.core.files import JsonlAppender
 from self_rewarding_lm_pytorch.models import enable_gradient_checkpointing
 from self_rewarding_lm_pytorch.training import checkpoint as ckpt
+from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 from self_rewarding_lm_pytorch.training.config import TrainConfig
 from self_rewarding_lm_pytorch.training.dropout import dropout_disabled
 from self_rewarding_lm_pytorch.training.faults import NonFiniteLossError, StopSignals, TrainingStopped
@@ -57,31 +58,6 @@ class TrainResult:
     stopped_early: bool = False
     run_dir: Path | None = None
     info: dict = field(default_factory=dict)  # stage-specific extras, e.g. SFT's "num_skipped"
-
-
-_ACCELERATORS: dict[str, Accelerator] = {}
-
-
-@beartype
-def make_accelerator(accelerate_kwargs: dict | None = None) -> Accelerator:
-    """One `Accelerator` per process and settings, reused across stages.
-
-    accelerate keeps a process-wide state: a second Accelerator with the same settings is fine,
-    one with a different `mixed_precision` raises. Gradient accumulation is the loop's job
-    (`TrainConfig.grad_accum_steps`), so `gradient_accumulation_steps` here is refused.
-    """
-    kwargs = dict(accelerate_kwargs or {})
-    if kwargs.get("gradient_accumulation_steps", 1) != 1:
-        raise ValueError(
-            "set grad_accum_steps in the training config, not gradient_accumulation_steps in accelerate_kwargs"
-        )
-    key = repr(sorted(kwargs.items()))
-    if key not in _ACCELERATORS:
-        try:
-            _ACCELERATORS[key] = Accelerator(**kwargs)
-        except ValueError as e:
-            raise ValueError(f"cannot create an Accelerator with {kwargs} in this process: {e}") from e
-    return _ACCELERATORS[key]
 
 
 def _check_task(task):
