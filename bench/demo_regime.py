@@ -205,7 +205,8 @@ def main():
     torch.set_num_threads(1)
 
     from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
-    from self_rewarding_lm_pytorch.demo.run import DemoSettings, _build_model
+    from self_rewarding_lm_pytorch.demo.line_runs import build_model
+    from self_rewarding_lm_pytorch.demo.run import DemoSettings
     from self_rewarding_lm_pytorch.demo.task import is_correct
     from self_rewarding_lm_pytorch.training.checkpoint import load_model, save_model
 
@@ -214,7 +215,7 @@ def main():
     seed_prompts = [r["prompt"] for r in data.instruction]
     heldout, new = data.heldout_prompts, data.self_reward_prompts
     torch.manual_seed(a.seed)
-    model = _build_model(settings, ByteTokenizer().vocab_size)
+    model = build_model(settings, ByteTokenizer().vocab_size)
     row = {"args": {k: str(v) for k, v in vars(a).items()}, "m1": []}
     started = time.time()
     if a.m1:
@@ -222,7 +223,7 @@ def main():
         row["m1"].append({"loaded": str(a.m1), **measure(model, heldout)})
     for steps in a.sft_steps if not a.m1 else []:  # a fresh cosine run per length (not resumed)
         torch.manual_seed(a.seed)
-        model = _build_model(settings, ByteTokenizer().vocab_size)
+        model = build_model(settings, ByteTokenizer().vocab_size)
         t = time.time()
         sft(model, data.sft + writing, steps, a)
         m = {"sft_steps": steps, "seconds": round(time.time() - t), **measure(model, heldout)}

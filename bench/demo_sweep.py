@@ -217,12 +217,13 @@ def run_setting(
 ) -> dict:
     from self_rewarding_lm_pytorch.core.files import read_jsonl, write_jsonl
     from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
-    from self_rewarding_lm_pytorch.demo.run import PRESETS, _build_model
+    from self_rewarding_lm_pytorch.demo.line_runs import build_model
+    from self_rewarding_lm_pytorch.demo.run import PRESETS
     from self_rewarding_lm_pytorch.demo.task import is_correct
     from self_rewarding_lm_pytorch.training.checkpoint import load_model
 
     m1_path = m1 or run / "oracle" / "initial-model.safetensors"
-    model = _build_model(PRESETS["default"], ByteTokenizer().vocab_size)
+    model = build_model(PRESETS["default"], ByteTokenizer().vocab_size)
     load_model(model, m1_path)
     replay = replay_examples(run, s.replay)
     started, row = time.time(), {"setting": dataclasses.asdict(s), "iterations": []}

@@ -62,38 +62,41 @@ def _digest(obj) -> str:
 
 
 def build_data(settings, seed: int, data_dir: Path, extra_heldout: int) -> dict:
-    """The demo's data files, plus held-out prompts: the demo's and up to `extra_heldout` no set uses."""
+    """The demo's data files; the prompts pairs are made on (`num_self_reward_prompts` the seed data and
+    the held-out set do not use, a stand-in for the prompts the demo's M1 writes itself); held-out prompts:
+    the demo's and up to `extra_heldout` more that no set uses."""
     from self_rewarding_lm_pytorch.core.files import read_jsonl
     from self_rewarding_lm_pytorch.demo.run import _write_data
     from self_rewarding_lm_pytorch.demo.task import demo_reward_config
 
     data = _write_data(settings, seed, data_dir, demo_reward_config())
     sft = read_jsonl(data_dir / "sft.jsonl")
-    self_reward = [r["prompt"] for r in read_jsonl(data_dir / "self_reward_prompts.jsonl")]
     # judge prompts end with the judged problem ("Judge 45 ? 12+34="): those prompts are used too
-    used = {r["prompt"].rsplit(" ? ", 1)[-1] for r in sft} | set(self_reward) | set(data["heldout"])
+    used = {r["prompt"].rsplit(" ? ", 1)[-1] for r in sft} | set(data["heldout"])
     n = 10**settings.max_digits
     unused = sorted({f"{a}+{b}=" for a in range(n) for b in range(n)} - used)
     random.Random(seed).shuffle(unused)
-    return {"self_reward": self_reward, "heldout": data["heldout"], "extra": unused[:extra_heldout]}
+    k = settings.num_self_reward_prompts
+    return {"self_reward": unused[:k], "heldout": data["heldout"], "extra": unused[k : k + extra_heldout]}
 
 
 def build_m1(settings, seed: int, cache: Path):
     """M1 as the demo makes it (its SFT stage through the pipeline), cached by settings and seed."""
     from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
-    from self_rewarding_lm_pytorch.demo.run import _build_model, _stage_configs
+    from self_rewarding_lm_pytorch.demo.line_runs import build_model
+    from self_rewarding_lm_pytorch.demo.lines import self_reward_stages
     from self_rewarding_lm_pytorch.pipeline import SelfRewardingTrainer
     from self_rewarding_lm_pytorch.training.checkpoint import load_model
 
     tokenizer = ByteTokenizer()
     path = cache / "m1" / "01-sft" / "model.safetensors"
     torch.manual_seed(seed)
-    model = _build_model(settings, tokenizer.vocab_size)
+    model = build_model(settings, tokenizer.vocab_size)
     if path.exists():
         load_model(model, path)
         return model
     print(f"[bench] training M1 ({settings.sft_steps} SFT steps, as the demo) -> {path}", flush=True)
-    sft = _stage_configs(settings, cache / "data", oracle=False)[0]
+    sft = self_reward_stages(settings, cache / "data")[0]
     SelfRewardingTrainer(
         model,
         [sft],
@@ -174,10 +177,10 @@ def measure(model, probe: dict, settings) -> dict:
 def train_cell(m1_state: dict, records: list[dict], name: str, lr: float, args, settings) -> tuple[Any, dict]:
     """Train a fresh copy of M1 with one loss at one learning rate; returns (model, wall and CPU seconds)."""
     from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
-    from self_rewarding_lm_pytorch.demo.run import _build_model
+    from self_rewarding_lm_pytorch.demo.line_runs import build_model
     from self_rewarding_lm_pytorch.trainers.dpo import DPOTrainer
 
-    model = _build_model(settings, ByteTokenizer().vocab_size)
+    model = build_model(settings, ByteTokenizer().vocab_size)
     model.load_state_dict(m1_state)
     kwargs = {"beta": settings.dpo_beta} | LOSSES[name]
     start, cpu = time.time(), time.process_time()
