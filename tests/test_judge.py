@@ -222,3 +222,51 @@ def test_judge_scores_skips_prompts_that_do_not_fit():
     )
     assert result.scores[0].item() == 2.0 and math.isnan(result.scores[1])
     assert result.num_skipped == 1 and result.texts[1] == [] and result.num_failed == 0
+
+
+def test_a_pair_skipped_for_length_keeps_the_draws_of_the_pairs_after_it():
+    """A judge call split across processes (first_pair) draws what the whole call draws, even when a pair
+    before the split is too long to judge: the skipped pair leaves a gap in the sampling keys rather than
+    shifting the later pairs onto its keys (which made two-process PPO with a self-judge differ)."""
+    from conftest import tiny_lm
+
+    tok, judge = ByteTokenizer(), tiny_lm(max_seq_len=48)
+    config = RewardConfig("J {{ prompt }}|{{ response }}|", "Score: {{ reward }}")
+    prompts, responses = ["ab", "c" * 40, "de", "fg"], ["x", "y", "z", "w"]
+
+    def judged(lo, hi, first_pair):
+        result = judge_scores(
+            judge, tok, config, prompts[lo:hi], responses[lo:hi], num_judgments=2, max_new_tokens=8,
+            temperature=1.0, top_p=None, generator=torch.Generator().manual_seed(5), first_pair=first_pair,
+        )  # fmt: skip
+        return result.texts
+
+    whole = judged(0, 4, 0)
+    assert whole[1] == [] and len(set(map(tuple, whole))) == 4  # pair 1 skipped; the others drew apart
+    assert judged(0, 2, 0) + judged(2, 4, 2) == whole  # two "processes" with two pairs each
+    assert judged(3, 4, 3) == whole[3:]
+
+
+def test_prompt_positions_give_each_prompt_the_rows_of_its_place_in_the_whole_call():
+    from conftest import tiny_lm
+
+    from self_rewarding_lm_pytorch.core.sampling import sample
+
+    model, prompts = tiny_lm(), [torch.tensor([65 + i, 66]) for i in range(4)]
+
+    def drawn(chosen, positions=None):
+        out = sample(
+            model, [prompts[i] for i in chosen], max_new_tokens=6, num_samples=3, temperature=1.0,
+            generator=torch.Generator().manual_seed(2), prompt_positions=positions,
+        )  # fmt: skip
+        return out.response_ids.view(len(chosen), 3, -1)
+
+    whole = drawn([0, 1, 2, 3])
+    some = drawn([1, 3], positions=[1, 3])
+    assert torch.equal(some[0, :, : whole.shape[-1]], whole[1, :, : some.shape[-1]])
+    assert torch.equal(some[1, :, : whole.shape[-1]], whole[3, :, : some.shape[-1]])
+    assert not torch.equal(drawn([1, 3])[1], some[1])  # without positions, prompt 3 takes place 1's draws
+    with pytest.raises(ValueError, match="distinct"):
+        drawn([1, 3], positions=[2, 2])
+    with pytest.raises(ValueError, match="2 entries for 1 prompts"):
+        drawn([1], positions=[0, 1])

@@ -15,6 +15,7 @@ row compaction, or on other rows finishing early.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -297,6 +298,19 @@ class _HFLogits:
 _STEPPERS = {"fast": FastDecoder, "xtransformers": XCacheStepper, "hf": HFCacheStepper, "full": FullStepper}
 
 
+def _row_positions(prompt_positions: Sequence[int] | None, num_prompts: int, num_samples: int) -> Tensor:
+    """Each row's position in the whole call, prompt-major: `position * num_samples + sample`."""
+    if prompt_positions is None:
+        return torch.arange(num_prompts * num_samples)
+    positions = list(prompt_positions)
+    if len(positions) != num_prompts:
+        raise ValueError(f"prompt_positions has {len(positions)} entries for {num_prompts} prompts")
+    if min(positions, default=0) < 0 or len(set(positions)) != len(positions):
+        raise ValueError("prompt_positions must be distinct and >= 0 (each prompt its own draws)")
+    base = torch.tensor(positions, dtype=torch.long) * num_samples
+    return (base[:, None] + torch.arange(num_samples)).flatten()
+
+
 @beartype
 def sample(
     model: nn.Module,
@@ -318,6 +332,7 @@ def sample(
     backend: str = "auto",
     progress: bool = False,
     first_row: int = 0,
+    prompt_positions: Sequence[int] | None = None,
 ) -> SampleOutput:
     """Sample `num_samples` continuations of each prompt; see the module docstring and README section.
 
@@ -330,7 +345,10 @@ def sample(
     (bare, in `HFCausalLM`, or a `peft.PeftModel`) decodes with its own KV cache ("hf"). Returned
     tensors are on CPU. `first_row`: the global index of this call's first row, when the call is one
     process's share of a larger call split across processes (with the same generator seed); its rows
-    then draw exactly what they would draw in the whole call.
+    then draw exactly what they would draw in the whole call. `prompt_positions`: where each prompt
+    stands in that larger call (default: one after another), for a caller that drops some prompts and
+    wants the others to keep their draws: sample `j` of the prompt at position `q` is global row
+    `first_row + q * num_samples + j`.
     """
     loose = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     config = resolve_sampling(
@@ -358,7 +376,7 @@ def sample(
     rng_device = generator.device if generator is not None else "cpu"
     base = torch.randint(-(2**63), 2**63 - 1, (), generator=generator, dtype=torch.long, device=rng_device).cpu()
     num_rows = len(prompts) * num_samples
-    global_rows = torch.arange(first_row, first_row + num_rows)
+    global_rows = first_row + _row_positions(prompt_positions, len(prompts), num_samples)
     row_keys = splitmix64(base + global_rows * _to_uint64_signed(_GAMMA)).to(device)
 
     ids = torch.full((num_rows, max_new_tokens), pad_id, dtype=torch.long)

@@ -242,7 +242,7 @@ def judge_scores(
 
     `first_pair`: the index of the first pair when this call is one process's share of a larger one
     (with the same generator seed); its judgments then draw the random numbers they would draw in the
-    whole call (a pair skipped for length shifts the keys of the pairs after it).
+    whole call. A pair skipped for length keeps its place, so the pairs after it draw the same either way.
     """
     from self_rewarding_lm_pytorch.core.sampling import sample
     from self_rewarding_lm_pytorch.core.tokenizer import encode_prompt
@@ -282,6 +282,7 @@ def judge_scores(
             batch_size=batch_size,
             use_cache=use_cache,
             first_row=first_pair * num_judgments,
+            prompt_positions=judged,  # a skipped pair leaves a gap: the others keep their draws
         )
         decoded = out.texts(tokenizer)
         # prompt-major rows: judgment j of the r-th judged pair is row r * num_judgments + j
