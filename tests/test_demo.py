@@ -6,10 +6,13 @@ import dataclasses
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from self_rewarding_lm_pytorch.demo.evaluate import best_of_k, pairwise_accuracy
 from self_rewarding_lm_pytorch.demo.report import format_table, render_report, write_plot
@@ -18,6 +21,7 @@ from self_rewarding_lm_pytorch.demo.task import (
     demo_reward_config,
     digit_marks,
     is_correct,
+    judge_steps,
     judge_target,
     parse_prompt,
     render_judge_prompt,
@@ -66,9 +70,68 @@ def test_wrong_answers_are_wrong_and_plausible():
 def test_judge_prompt_matches_the_reward_config_and_targets_parse():
     config = demo_reward_config()
     assert config.render(prompt="12+34=", response="46") == render_judge_prompt("12+34=", "46") == "Judge 46 ? 12+34="
-    assert judge_target("12+34=", "46") == "46 44= 66= Score: 5" and config.parse(judge_target("12+34=", "46")) == 5.0
-    assert judge_target("12+34=", "45") == "46 44= 65! Score: 1" and config.parse(judge_target("12+34=", "45")) == 1.0
-    assert config.parse("46 44= 66= Score: 9") is None  # out of the 1..5 range
+    right, wrong = judge_target("12+34=", "46"), judge_target("12+34=", "45")
+    assert right == "240:06 130:04 46 44=66= Score: 5" and config.parse(right) == 5.0
+    assert wrong == "240:06 130:04 46 44=65! Score: 1" and config.parse(wrong) == 1.0
+    assert config.parse("46 44=66= Score: 9") is None  # out of the 1..5 range
+
+
+@pytest.mark.unit
+def test_judge_steps_add_column_by_column_from_the_units_up():
+    """Hand-derived: 57+89: 7+9+0 = 16, 5+8+1 = 14 -> 146; 5+7 padded to 05+07: 5+7+0 = 12, 0+0+1 = 01 -> 12;
+    999+1: 9+1 = 10, 9+0+1 = 10, 9+0+1 = 10 -> 1000."""
+    assert judge_steps(57, 89, 2) == "790:16 581:14"
+    assert judge_steps(5, 7, 2) == "570:12 001:01"
+    assert judge_steps(999, 1, 3) == "910:10 901:10 901:10"
+    assert judge_target("57+89=", "146") == "790:16 581:14 146 11=44=66= Score: 5"
+    assert judge_target("57+89=", "145") == "790:16 581:14 146 11=44=65! Score: 1"
+    assert judge_target("5+7=", "12") == "570:12 001:01 12 11=22= Score: 5"  # 1-digit operands: the same steps
+    assert judge_target("5+7=", "") == "570:12 001:01 12 1_!2_! Score: 1"
+    assert judge_target("5+7=", "12", digits=1) == "570:12 12 11=22= Score: 5"
+    assert judge_target("123+4=", "127", digits=2) == "340:07 200:02 100:01 127 11=22=77= Score: 5"  # never cut
+    with pytest.raises(ValueError, match="do not fit in 2 digits"):
+        judge_steps(100, 1, 2)
+
+
+def _steps_sum(target: str) -> int:
+    """Reassemble the sum from a judge target's steps alone: each step's digit, units first, then the last carry."""
+    steps = [step for step in target.split() if re.fullmatch(r"\d{3}:\d{2}", step)]
+    digits = [step[-1] for step in steps]
+    return int(steps[-1][-2] + "".join(reversed(digits)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=st.integers(0, 99), b=st.integers(0, 99), wrong=st.integers(0, 400), pad=st.sampled_from(["", " "]))
+@pytest.mark.unit
+def test_judge_target_properties(a, b, wrong, pad):
+    """A right answer never gets a `!` and always scores 5; a wrong one always scores 1; the steps' digits
+    reassemble a+b and every step is a correct column sum with the previous step's carry."""
+    prompt, config = f"{a}+{b}=", demo_reward_config()
+    right_target = judge_target(prompt, pad + str(a + b) + pad)
+    assert "!" not in right_target and config.parse(right_target) == 5.0
+    assert _steps_sum(right_target) == a + b and right_target.split()[2] == str(a + b)
+    carry = 0
+    for step in right_target.split()[:2]:
+        x, y, c, colon, high, low = step
+        assert colon == ":" and int(c) == carry and int(x) + int(y) + carry == 10 * int(high) + int(low)
+        carry = int(high)
+    if wrong != a + b:
+        wrong_target = judge_target(prompt, str(wrong))
+        assert "!" in wrong_target and config.parse(wrong_target) == 1.0
+        assert wrong_target.split()[:3] == right_target.split()[:3]  # the working does not look at the answer
+
+
+@pytest.mark.unit
+def test_judge_examples_must_fit_the_context():
+    """2 digits: "Judge 298 ? 99+99=" (18 bytes) + "990:18 991:19 198 12!99=98! Score: 1" (36) + EOS = 55 <= 64."""
+    assert AdditionTask(max_digits=2).longest_judgment() == (18, 36)
+    AdditionTask(max_digits=2).check_judge_fits(64, 40)
+    with pytest.raises(ValueError, match="need 69 tokens"):
+        AdditionTask(max_digits=3).check_judge_fits(64, 40)
+    with pytest.raises(ValueError, match="judge_max_new_tokens must be in"):
+        AdditionTask(max_digits=2).check_judge_fits(64, 30)  # would cut the verdict off
+    with pytest.raises(ValueError, match="judge_max_new_tokens must be in"):
+        AdditionTask(max_digits=2).check_judge_fits(64, 50)  # 18 + 50 > 64: the judge would never be asked
 
 
 @pytest.mark.unit
@@ -76,7 +139,7 @@ def test_digit_marks_line_up_from_the_left_and_pad():
     """Hand-derived: 100 vs 10 -> (1,1)= (0,0)= (0,_)!; 7 vs 17 -> (7,1)! (_,7)!; equal -> all `=`."""
     assert digit_marks("100", "10") == "11= 00= 0_!"
     assert digit_marks("7", "17") == "71! _7!"
-    assert digit_marks("85", "85") == "88= 55="
+    assert digit_marks("85", "85", sep="") == "88=55="
     # a wrong answer always gets at least one `!`, a right one never does
     task, rng = AdditionTask(max_digits=2), random.Random(1)
     for prompt in task.sample_prompts(200, rng):
@@ -97,7 +160,7 @@ def test_seed_data_is_disjoint_balanced_and_reproducible():
     # every evaluation target states the true sum and a score that reflects correctness
     for rec in data.evaluation:
         response, prompt = rec["prompt"].removeprefix("Judge ").split(" ? ")
-        assert rec["response"] == judge_target(prompt, response)
+        assert rec["response"] == judge_target(prompt, response, digits=2)
         assert prompt not in train | set(data.heldout_prompts)  # EFT prompts are their own
     correct = data.stats["num_evaluation_correct"]
     assert 150 < correct < 250  # about half right, half deliberately wrong

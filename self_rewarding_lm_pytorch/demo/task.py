@@ -4,13 +4,17 @@ A prompt is `"37+485="`, the answer `"522"` (the demo uses up to two digits by d
 measured exactly by `is_correct`.
 
 The seed data follows Yuan et al. (2024): instruction-following examples (prompt -> correct answer)
-and evaluation-fine-tuning examples (a judge prompt rendered with `DEMO_JUDGE_TEMPLATE` -> a short
-justification and `Score: <n>`), built from correct and deliberately wrong answers. The judge
-prompt puts the judged answer first and ends with the problem (`"Judge 45 ? 12+34="`), so the
-judge recomputes the sum right after `a+b=`, as the solver does, instead of right after the judged
-answer (where copying it was the easy way out, see bench/results/demo.md); then it lines the two
-numbers up digit by digit with a mark per digit (`"46 44= 65! Score: 1"`), so each step of the
-comparison is local and the verdict only has to spot a `!`.
+and evaluation-fine-tuning examples (a judge prompt rendered with `DEMO_JUDGE_TEMPLATE` -> a
+justification and `Score: <n>`), built from correct and deliberately wrong answers. The judge prompt
+puts the judged answer first and ends with the problem (`"Judge 145 ? 57+89="`), so the judge works
+the sum out right after `a+b=` instead of right after the judged answer (where copying it was the
+easy way out, see bench/results/demo.md). The justification makes checking easier than solving:
+the solver writes the sum's leading digit first, which needs the carries of every lower digit at
+once, while the judge adds column by column from the units up, writing each column's carry
+(`"790:16 581:14"`: 7+9+0 = 16, then 5+8+1 = 14), so every step is one lookup in a 200-entry table
+(two digits and a carry). It then assembles the true sum from the steps (`"146"`), lines it up with
+the judged answer digit by digit with a mark per digit (`"11=44=65!"`), and the verdict only has to
+spot a `!`: `"790:16 581:14 146 11=44=65! Score: 1"`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ __all__ = [
     "digit_marks",
     "is_addition_prompt",
     "is_correct",
+    "judge_steps",
     "judge_target",
     "parse_prompt",
     "render_judge_prompt",
@@ -99,26 +104,47 @@ def render_judge_prompt(prompt: str, response: str) -> str:
     return f"Judge {response} ? {prompt}"
 
 
-def digit_marks(expected: str, judged: str) -> str:
+def digit_marks(expected: str, judged: str, sep: str = " ") -> str:
     """The two numbers lined up from the left, one `<expected digit><judged digit><mark>` group per
     position, `=` where they agree and `!` where not; `_` pads the shorter: `("46", "45") -> "44= 65!"`."""
     width = max(len(expected), len(judged))
     pairs = zip(expected.ljust(width, "_"), judged.ljust(width, "_"), strict=True)
-    return " ".join(f"{x}{y}{'=' if x == y else '!'}" for x, y in pairs)
+    return sep.join(f"{x}{y}{'=' if x == y else '!'}" for x, y in pairs)
 
 
-def judge_target(prompt: str, response: str) -> str:
-    """The evaluation-fine-tuning target: the true sum, the digit-by-digit comparison with the judged
-    answer, the score: `"46 44= 65! Score: 1"` for `12+34=` judged `45`.
+def judge_steps(a: int, b: int, digits: int) -> str:
+    """Column-by-column addition from the units up, one `<a digit><b digit><carry in>:<carry out><digit>`
+    step per column of the operands zero-padded to `digits`: `(57, 89, 2) -> "790:16 581:14"`.
 
-    Each mark depends only on the two characters just before it, and the verdict only on whether a
-    `!` occurred: a tiny model learns these local steps, where a single verdict after
-    `"12+34=46 vs 45:"` stayed near chance (bench/results/demo.md, attempts 1-7).
+    Each step depends only on three characters (two operand digits, read from the prompt, and the
+    previous step's carry): the solver's one-shot sum needs every column's carry at once.
+    """
+    if a < 0 or b < 0 or max(a, b) >= 10**digits:
+        raise ValueError(f"operands {a} and {b} do not fit in {digits} digits")
+    xs, ys = str(a).zfill(digits)[::-1], str(b).zfill(digits)[::-1]
+    steps, carry = [], 0
+    for x, y in zip(xs, ys, strict=True):
+        total = int(x) + int(y) + carry
+        steps.append(f"{x}{y}{carry}:{total // 10}{total % 10}")
+        carry = total // 10
+    return " ".join(steps)
+
+
+def judge_target(prompt: str, response: str, digits: int = 2) -> str:
+    """The evaluation-fine-tuning target: the column steps (`judge_steps`, operands padded to `digits`,
+    at least the longer operand's length), the true sum, its digit-by-digit comparison with the judged
+    answer, the score: `"790:16 581:14 146 11=44=65! Score: 1"` for `57+89=` judged `145`.
+
+    Each step is one lookup of three characters, each mark depends only on the two characters just
+    before it, and the verdict only on whether a `!` occurred: a tiny model learns these local steps,
+    where a single verdict after `"12+34=46 vs 45:"` stayed near chance, and the true sum written in
+    one shot repeated the solver's own mistakes (bench/results/demo.md, rounds 2 and 6).
     """
     a, b = parse_prompt(prompt)
     expected, judged = str(a + b), response.strip()
     score = CORRECT_SCORE if expected == judged else WRONG_SCORE
-    return f"{expected} {digit_marks(expected, judged)} Score: {score}"
+    steps = judge_steps(a, b, max(digits, len(str(a)), len(str(b))))
+    return f"{steps} {expected} {digit_marks(expected, judged, sep='')} Score: {score}"
 
 
 def demo_reward_config():
@@ -185,6 +211,33 @@ class AdditionTask:
         if not 1 <= self.max_digits <= 9:
             raise ValueError(f"max_digits must be in 1..9, got {self.max_digits}")
 
+    def longest_judgment(self) -> tuple[int, int]:
+        """`(prompt, target)` byte lengths of the longest judge example (its EOS not counted): the
+        largest operands judged against the longest plausible wrong answer (the sum + 100)."""
+        largest = 10**self.max_digits - 1
+        prompt = f"{largest}+{largest}="
+        response = str(2 * largest + 100)
+        return len(render_judge_prompt(prompt, response).encode()), len(
+            judge_target(prompt, response, self.max_digits).encode()
+        )
+
+    def check_judge_fits(self, max_seq_len: int, judge_max_new_tokens: int) -> None:
+        """Raise `ValueError` unless the longest judge example fits the context (prompt + target + EOS)
+        and the judge may write its whole target (`judge_max_new_tokens` >= target + EOS)."""
+        prompt_len, target_len = self.longest_judgment()
+        if prompt_len + target_len + 1 > max_seq_len:
+            raise ValueError(
+                f"{self.max_digits}-digit judge examples need {prompt_len + target_len + 1} tokens (prompt "
+                f"{prompt_len} + target {target_len} + EOS) but max_seq_len is {max_seq_len}: raise max_seq_len "
+                "or lower max_digits"
+            )
+        if judge_max_new_tokens < target_len + 1 or prompt_len + judge_max_new_tokens > max_seq_len:
+            raise ValueError(
+                f"judge_max_new_tokens must be in [{target_len + 1}, {max_seq_len - prompt_len}] for "
+                f"{self.max_digits}-digit judge examples (target {target_len} + EOS, prompt {prompt_len}, "
+                f"max_seq_len {max_seq_len}), got {judge_max_new_tokens}"
+            )
+
     def _operand(self, rng: random.Random) -> int:
         digits = rng.randint(1, self.max_digits)
         return rng.randrange(10 ** (digits - 1) if digits > 1 else 0, 10**digits)
@@ -223,7 +276,8 @@ class AdditionTask:
         records = []
         for p in prompts:
             response = self.answer(p) if rng.random() < correct_fraction else self.wrong_answer(p, rng)
-            records.append({"prompt": render(p, response), "response": judge_target(p, response)})
+            target = judge_target(p, response, self.max_digits)
+            records.append({"prompt": render(p, response), "response": target})
         return records
 
     def prompt_writing_examples(self, prompts: list[str], count: int, shots: int, rng: random.Random) -> list[dict]:
