@@ -148,6 +148,26 @@ def test_digit_marks_line_up_from_the_left_and_pad():
 
 
 @pytest.mark.unit
+def test_random_wrong_answers_carry_no_digits_of_the_sum():
+    """With `random_wrong_fraction` 1 every deliberately wrong judged answer is uniform over 0..198 minus the sum,
+    so it shares a digit with the sum about as often as chance (a plausible mistake shares most of them)."""
+    prompts = AdditionTask(max_digits=2).sample_prompts(2000, random.Random(0))
+    task = AdditionTask(max_digits=2, random_wrong_fraction=1.0)
+    records = task.evaluation_examples(prompts, random.Random(1), correct_fraction=0.0)
+    answers = [rec["prompt"].removeprefix("Judge ").split(" ? ")[0] for rec in records]
+    assert all(not is_correct(p, a) and 0 <= int(a) <= 198 for p, a in zip(prompts, answers, strict=True))
+    assert all(rec["response"].endswith("Score: 1") for rec in records)
+    same = [
+        x == y
+        for p, a in zip(prompts, answers, strict=True)
+        for x, y in zip(str(sum(parse_prompt(p))), a, strict=False)
+    ]
+    assert sum(same) / len(same) < 0.2
+    with pytest.raises(ValueError, match="random_wrong_fraction"):
+        AdditionTask(random_wrong_fraction=1.5)
+
+
+@pytest.mark.unit
 def test_seed_data_is_disjoint_balanced_and_reproducible():
     task = AdditionTask(max_digits=2)
     kwargs = dict(num_instruction=300, num_evaluation=400, num_self_reward_prompts=100, num_heldout=50, seed=3)

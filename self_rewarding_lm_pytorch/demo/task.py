@@ -206,10 +206,16 @@ class AdditionTask:
     """Addition of two numbers with 1..`max_digits` digits each (digit counts drawn uniformly)."""
 
     max_digits: int = 3
+    # The share of the judge examples' deliberately wrong answers drawn uniformly from 0 .. the largest
+    # sum instead of as a plausible mistake: where the judged answer's digits say nothing about the true
+    # sum's, the judge's column steps cannot copy them and must compute (bench/results/demo.md, round 6).
+    random_wrong_fraction: float = 0.0
 
     def __post_init__(self):
         if not 1 <= self.max_digits <= 9:
             raise ValueError(f"max_digits must be in 1..9, got {self.max_digits}")
+        if not 0.0 <= self.random_wrong_fraction <= 1.0:
+            raise ValueError(f"random_wrong_fraction must be in [0, 1], got {self.random_wrong_fraction}")
 
     def longest_judgment(self) -> tuple[int, int]:
         """`(prompt, target)` byte lengths of the longest judge example (its EOS not counted): the
@@ -264,6 +270,12 @@ class AdditionTask:
     def wrong_answer(self, prompt: str, rng: random.Random) -> str:
         return _wrong_answer(*parse_prompt(prompt), rng)
 
+    def random_wrong_answer(self, prompt: str, rng: random.Random) -> str:
+        """A wrong answer drawn uniformly from 0 .. the largest sum of two `max_digits`-digit numbers."""
+        right = sum(parse_prompt(prompt))
+        wrong = rng.randrange(2 * 10**self.max_digits - 2)
+        return str(wrong if wrong < right else wrong + 1)
+
     def instruction_examples(self, prompts: list[str]) -> list[dict]:
         return [{"prompt": p, "response": self.answer(p)} for p in prompts]
 
@@ -275,7 +287,12 @@ class AdditionTask:
             raise ValueError(f"correct_fraction must be in [0, 1], got {correct_fraction}")
         records = []
         for p in prompts:
-            response = self.answer(p) if rng.random() < correct_fraction else self.wrong_answer(p, rng)
+            if rng.random() < correct_fraction:
+                response = self.answer(p)
+            elif self.random_wrong_fraction and rng.random() < self.random_wrong_fraction:
+                response = self.random_wrong_answer(p, rng)
+            else:
+                response = self.wrong_answer(p, rng)
             target = judge_target(p, response, self.max_digits)
             records.append({"prompt": render(p, response), "response": target})
         return records
