@@ -8,7 +8,10 @@ For each kind: how often the sum it writes (the first all-digit word of its judg
 judgment's first word in the one-shot format of round 5, the word after the column steps since round 6)
 is the true sum, how often it equals the judged answer, and how often its score is the right verdict.
 A judge that computes writes the true sum whatever it is shown; one that copies writes the judged answer.
-Every figure printed is measured (bench/results/demo.md, round 6).
+Then, from the run's first self-reward iteration (`self-reward/03-self-reward-dpo`), how the judge scored
+the model's own candidates: the share of right ones scored 5, of wrong ones scored 5 (false positives),
+and the share of pairs whose chosen answer is right. Every figure printed is measured (bench/results/demo.md,
+round 6).
 """
 
 from __future__ import annotations
@@ -57,6 +60,24 @@ def probe(model, prompts: list[str], seed: int = 0) -> dict:
     return out
 
 
+def own_candidates(stage_dir: Path) -> dict:
+    """How the judge scored the model's own candidates in one self-reward iteration's folder."""
+    from self_rewarding_lm_pytorch.core.files import read_jsonl
+    from self_rewarding_lm_pytorch.demo.task import CORRECT_SCORE, is_correct
+
+    right, wrong = [], []
+    for row in read_jsonl(stage_dir / "candidates.jsonl"):
+        for c in row["candidates"]:
+            (right if is_correct(row["prompt"], c["response"]) else wrong).append(c["score"] == CORRECT_SCORE)
+    pairs = read_jsonl(stage_dir / "pairs.jsonl")
+    return {
+        "right_scored_top": sum(right) / max(len(right), 1),
+        "wrong_scored_top": sum(wrong) / max(len(wrong), 1),
+        "chosen_right": sum(is_correct(p["prompt"], p["chosen"]) for p in pairs) / max(len(pairs), 1),
+        "pairs": len(pairs),
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True, help="a finished `srlm demo` run folder (its M1 is probed)")
@@ -76,6 +97,15 @@ def main():
         print(
             f"{kind:>18}: sum right {100 * m['sum_right']:.1f}%, sum = judged answer "
             f"{100 * m['sum_is_judged_answer']:.1f}%, verdict right {100 * m['verdict_right']:.1f}%",
+            flush=True,
+        )
+    stage_dir = a.run / "self-reward" / "03-self-reward-dpo"
+    if (stage_dir / "candidates.jsonl").exists():
+        m = own_candidates(stage_dir)
+        print(
+            f"own candidates (iteration 1): right scored 5 {100 * m['right_scored_top']:.1f}%, wrong scored 5 "
+            f"{100 * m['wrong_scored_top']:.1f}%; chosen answer right in {100 * m['chosen_right']:.1f}% of "
+            f"{m['pairs']} pairs",
             flush=True,
         )
 
