@@ -86,10 +86,11 @@ def main():
     torch.set_num_threads(1)
 
     from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
-    from self_rewarding_lm_pytorch.demo.run import PRESETS, _build_model
+    from self_rewarding_lm_pytorch.demo.line_runs import build_model
+    from self_rewarding_lm_pytorch.demo.run import PRESETS
     from self_rewarding_lm_pytorch.training.checkpoint import load_model
 
-    model = _build_model(PRESETS["default"], ByteTokenizer().vocab_size)
+    model = build_model(PRESETS["default"], ByteTokenizer().vocab_size)
     load_model(model, a.run / "self-reward" / "01-sft" / "model.safetensors")
     model.eval()
     prompts = [json.loads(line)["prompt"] for line in (a.run / "data" / "heldout.jsonl").open()][: a.prompts]

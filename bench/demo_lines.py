@@ -96,8 +96,8 @@ def main():
     from self_rewarding_lm_pytorch.core.files import JsonlAppender, read_jsonl
     from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
     from self_rewarding_lm_pytorch.demo.iterations import iteration_stats
+    from self_rewarding_lm_pytorch.demo.line_runs import build_model
     from self_rewarding_lm_pytorch.demo.report import format_table
-    from self_rewarding_lm_pytorch.demo.run import _build_model
     from self_rewarding_lm_pytorch.demo.task import demo_reward_config
     from self_rewarding_lm_pytorch.pipeline import SelfRewardingTrainer
     from self_rewarding_lm_pytorch.training.checkpoint import load_model
@@ -116,11 +116,11 @@ def main():
 
     tokenizer = ByteTokenizer()
     if not a.skip_m1:
-        model = _build_model(s, tokenizer.vocab_size)
+        model = build_model(s, tokenizer.vocab_size)
         load_model(model, m1_path)
         record({"run": "all", "stage": "M1", **_evaluate(model, s, heldout, a.seed)})
     for line in a.lines:
-        model = _build_model(s, tokenizer.vocab_size)
+        model = build_model(s, tokenizer.vocab_size)
         load_model(model, m1_path)
         label = iter(range(2, 100))
         started = time.time()
