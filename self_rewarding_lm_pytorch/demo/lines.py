@@ -88,6 +88,8 @@ def self_reward_stages(s, data_dir: Path) -> list:
             PREVIOUS_PROMPTS,
             n,
             num_candidate_responses=s.num_candidates,
+            gen_temperature=s.self_reward_temperature,
+            gen_top_p=None,
             num_sampled_reward_responses=s.num_sampled_reward_responses,
             judge_max_new_tokens=s.judge_max_new_tokens,
             eval_temperature=s.judge_temperature,
