@@ -204,18 +204,12 @@ class LineRuns:
             self._pending.append((job, started))
 
     def results(self):
-        """Each job's (rows, stage seconds), in the order the jobs were started."""
-        try:
-            for job, started in self._pending:
-                yield started.get() if started is not None else run_line_job(job)
-            if self._pool is not None:
-                self._pool.close()
-                self._pool.join()
-        finally:
-            self.close()
+        """Each job's (rows, stage seconds), in the order the jobs were started (call `close` afterwards)."""
+        for job, started in self._pending:
+            yield started.get() if started is not None else run_line_job(job)
 
     def close(self) -> None:
-        """Stop any worker still running (after a failure elsewhere, nothing waits for its result)."""
+        """Stop the workers: idle once every result is in, still running after a failure elsewhere."""
         if self._pool is not None:
             self._pool.terminate()
             self._pool.join()

@@ -238,7 +238,7 @@ def _run(
     overwrite: bool,
     progress: bool,
     command: str,
-    threads,
+    threads: int | None,
     lines: LineRuns,
 ) -> dict:
     started = time.time()
