@@ -40,6 +40,24 @@ def test_the_last_score_in_a_judgment_is_the_one_read(prefix, points, suffix):
     assert DEFAULT_REWARD_CONFIG.parse(f"{prefix} Score: {points}{suffix}") == points
 
 
+REFERENCE_JUDGE = RewardConfig(
+    "{{ prompt }} {{ response }}", "Score: {{ reward }}", score_range=(1, 5), answer_regex=r"sum (?P<answer>\d+)"
+)
+
+
+@FAST
+@given(st.text(), st.text())
+def test_a_reference_guided_verdict_is_an_end_of_the_range_or_none(judgment, response):
+    assert REFERENCE_JUDGE.parse(judgment, response=response) in (1.0, 5.0, None)
+
+
+@FAST
+@given(st.integers(0, 10**6), st.integers(0, 10**6), st.text(alphabet="abc ,.", max_size=20))
+def test_a_reference_guided_verdict_is_top_exactly_when_the_answers_agree(worked, answered, filler):
+    judgment = f"{filler} sum {worked} {filler} Score: 1"  # the written score is not what counts
+    assert REFERENCE_JUDGE.parse(judgment, response=f" {answered}\n") == (5.0 if worked == answered else 1.0)
+
+
 @FAST
 @given(st.text(max_size=40), st.text(max_size=40))
 def test_a_rendered_judge_prompt_holds_the_prompt_and_response_verbatim(prompt, response):

@@ -37,6 +37,7 @@ RUN_INLINE_BLOCKS = [
     ("docs/guides/preference-losses.md", 1),
     ("docs/guides/scale.md", 0),
     ("docs/guides/self-reward-sources.md", 1),
+    ("docs/guides/self-rewarding.md", 1),
     ("docs/guides/ppo.md", 1),
 ]
 

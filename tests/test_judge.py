@@ -270,3 +270,86 @@ def test_prompt_positions_give_each_prompt_the_rows_of_its_place_in_the_whole_ca
         drawn([1, 3], positions=[2, 2])
     with pytest.raises(ValueError, match="2 entries for 1 prompts"):
         drawn([1], positions=[0, 1])
+
+
+def reference_config(**kwargs):
+    return RewardConfig(
+        "Q {{ prompt }} A {{ response }}",
+        "Score: {{ reward }}",
+        score_range=(1, 5),
+        answer_regex=r"my answer: (?P<answer>\w+)",
+        **kwargs,
+    )
+
+
+def test_reference_guided_verdict_compares_the_judges_answer_with_the_response():
+    """The verdict ignores the judge's own Score: the top of the range when its worked answer equals
+    the candidate's, the bottom otherwise; the last answer written wins; no answer is unparsed."""
+    config = reference_config()
+    assert config.is_reference_guided and not DEFAULT_REWARD_CONFIG.is_reference_guided
+    assert config.parse("my answer: 42 so Score: 1", response=" 42\n") == 5.0
+    assert config.parse("my answer: 41 so Score: 5", response="42") == 1.0
+    assert config.parse("my answer: 42, no, my answer: 43", response="42") == 1.0
+    assert config.judge_answer("my answer: 42, no, my answer: 43") == "43"
+    assert config.parse("Score: 5", response="42") is None
+    with pytest.raises(ValueError, match="needs the judged response"):
+        config.parse("my answer: 42")
+
+
+def test_reference_guided_reads_the_candidates_answer_with_response_answer():
+    config = reference_config(response_answer=r"is (\d+)")
+    assert config.parse("my answer: 7", response="I think it is 7.") == 5.0
+    assert config.parse("my answer: 7", response="no idea") == 1.0  # no answer to agree with
+    by_callable = reference_config(response_answer=lambda r: r.split()[-1])
+    assert by_callable.parse("my answer: 7", response="so 7") == 5.0
+    assert pickle.loads(pickle.dumps(reference_config())).parse("my answer: 7", response="7") == 5.0
+    assert reference_config().to_dict()["answer_regex"] == r"my answer: (?P<answer>\w+)"
+
+
+def test_reference_guided_bad_settings_fail_at_construction():
+    with pytest.raises(RewardTemplateError, match="score_range"):
+        RewardConfig("{{ prompt }}{{ response }}", "S {{ reward }}", answer_regex="(\\d+)")
+    with pytest.raises(RewardTemplateError, match="not a valid regex"):
+        RewardConfig("{{ prompt }}{{ response }}", "S {{ reward }}", score_range=(0, 1), answer_regex="(")
+    with pytest.raises(RewardTemplateError, match="not both"):
+        reference_config(parse_reward=float)
+    with pytest.raises(RewardTemplateError, match="only read with answer_regex"):
+        RewardConfig("{{ prompt }}{{ response }}", "S {{ reward }}", response_answer=r"(\d+)")
+
+
+def test_judge_scores_with_a_reference_guided_judge():
+    """The scripted judge always works out 'ans 4' and writes Score: 5: only the candidate '4' is right."""
+    tok = ByteTokenizer()
+    config = RewardConfig(
+        "J {{ prompt }}|{{ response }}|", "Score: {{ reward }}", score_range=(0, 5), answer_regex=r"ans (\d+)"
+    )
+    judge = ScriptedModel(tok, lambda text: "ans 4 Score: 5", max_seq_len=128)
+    result = judge_scores(
+        judge,
+        tok,
+        config,
+        ["2+2", "2+2", "2+2"],
+        ["4", "5", " 4"],
+        num_judgments=2,
+        max_new_tokens=16,
+        generator=torch.Generator().manual_seed(0),
+        use_cache=False,
+    )
+    assert result.scores.tolist() == [5.0, 0.0, 5.0]
+    assert result.parsed == [[5.0, 5.0], [0.0, 0.0], [5.0, 5.0]] and result.num_failed == 0
+
+
+def test_a_reference_guided_judge_from_a_pipeline_file(tmp_path):
+    from self_rewarding_lm_pytorch.config_file import ConfigError, build_reward_config
+
+    table = {
+        "prompt_template": "{{ prompt }} {{ response }}",
+        "reward_regex_template": "Score: {{ reward }}",
+        "score_range": [1, 5],
+        "answer_regex": "sum (\\d+)",
+        "response_answer": "= *(\\d+)",
+    }
+    config = build_reward_config(table)
+    assert config.is_reference_guided and config.parse("sum 12", response="x = 12") == 5.0
+    with pytest.raises(ConfigError, match=r"\[judge\].*score_range"):
+        build_reward_config({k: v for k, v in table.items() if k != "score_range"})

@@ -14,7 +14,7 @@ import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jinja2
 import jinja2.meta
@@ -29,6 +29,7 @@ from self_rewarding_lm_pytorch.core.sampling_config import (
     resolve_sampling,
 )
 from self_rewarding_lm_pytorch.core.templates import sandboxed_environment, unsafe_accesses
+from self_rewarding_lm_pytorch.self_reward.consistency import make_answer_extractor
 
 __all__ = [
     "DEFAULT_JUDGE_PROMPT",
@@ -51,6 +52,11 @@ class RewardTemplateError(ValueError):
     (raised at construction when visible in the template's text, else when it renders)."""
 
 
+def _name_of(value):
+    """A string as it is; a callable by its qualified name (config files and manifests hold text)."""
+    return value if value is None or isinstance(value, str) else getattr(value, "__qualname__", repr(value))
+
+
 def _literal_pattern(text: str) -> str:
     """Regex for literal template text: escaped, with any run of whitespace matching any whitespace."""
     return r"\s*".join(re.escape(part) for part in re.split(r"\s+", text))
@@ -65,6 +71,14 @@ class RewardConfig:
     `score_range=(lo, hi)` makes scores outside [lo, hi] unparsed (None); `parse_reward(text)`
     replaces the regex entirely (its result still goes through the range check; a ValueError or
     TypeError from it, or a non-number, counts as unparsed).
+
+    `answer_regex` makes the judge reference-guided (Zheng et al. 2023, "Judging LLM-as-a-judge"): the
+    judge works the answer out itself, the regex reads that answer from its judgment (group `answer`,
+    else the first group, else the whole match; the last match wins), and the verdict is the comparison,
+    made here rather than by the judge: the top of `score_range` when the judge's answer equals the
+    candidate's (read by `response_answer`: a regex or callable as in `SelfConsistencyReward`, default the
+    whole stripped response), else the bottom; no answer is unparsed. For judges that work an answer out
+    well but compare poorly (a small model: bench/results/demo.md, round 7). Needs `score_range`.
     """
 
     prompt_template: str
@@ -72,9 +86,13 @@ class RewardConfig:
     if TYPE_CHECKING:  # compiled per instance in __post_init__; not dataclass fields
         _template: ClassVar[jinja2.Template]
         _pattern: ClassVar[re.Pattern]
+        _answer_pattern: ClassVar[re.Pattern | None]
+        _response_answer: ClassVar[Any]  # str -> str | None (a Callable ClassVar would read as a method)
     auto_dedent: bool = True
     score_range: tuple[float, float] | None = None
     parse_reward: Callable[[str], float | None] | None = None
+    answer_regex: str | None = None
+    response_answer: str | Callable[[str], str | None] | None = None
 
     def __post_init__(self):
         if not isinstance(self.prompt_template, str) or not isinstance(self.reward_regex_template, str):
@@ -86,9 +104,35 @@ class RewardConfig:
             object.__setattr__(self, "score_range", (lo, hi))  # a list from a config file becomes a tuple
         if self.parse_reward is not None and not callable(self.parse_reward):
             raise TypeError("parse_reward must be a callable text -> float | None")
+        self._check_reference_guided()
         # compiled forms are kept off the dataclass fields so the config stays plain, comparable data
         object.__setattr__(self, "_template", self._compile_template())
         object.__setattr__(self, "_pattern", self._compile_pattern())
+        object.__setattr__(
+            self, "_answer_pattern", None if self.answer_regex is None else re.compile(self.answer_regex)
+        )
+        object.__setattr__(self, "_response_answer", make_answer_extractor(self.response_answer))
+
+    def _check_reference_guided(self):
+        if self.answer_regex is None:
+            if self.response_answer is not None:
+                raise RewardTemplateError("response_answer is only read with answer_regex (a reference-guided judge)")
+            return
+        if not isinstance(self.answer_regex, str):
+            raise TypeError(f"answer_regex must be a regex string, got {type(self.answer_regex).__name__}")
+        try:
+            re.compile(self.answer_regex)
+        except re.error as e:
+            raise RewardTemplateError(f"answer_regex is not a valid regex: {e}") from None
+        if self.score_range is None:
+            raise RewardTemplateError("answer_regex needs score_range: its verdicts are the range's ends")
+        if self.parse_reward is not None:
+            raise RewardTemplateError("set answer_regex or parse_reward, not both: each decides the score")
+
+    @property
+    def is_reference_guided(self) -> bool:
+        """True when the score is the comparison of the judge's own answer with the candidate's."""
+        return self.answer_regex is not None
 
     def __getstate__(self):
         # copies (deepcopy, or sending a config to another process) carry only the fields; the compiled
@@ -141,14 +185,15 @@ class RewardConfig:
         return re.compile(pattern, re.IGNORECASE)
 
     def to_dict(self) -> dict:
-        """JSON-friendly fields (a custom `parse_reward` is named, not serialised)."""
-        fn = self.parse_reward
+        """JSON-friendly fields (a custom `parse_reward` or `response_answer` callable is named, not serialised)."""
         return {
             "prompt_template": self.prompt_template,
             "reward_regex_template": self.reward_regex_template,
             "auto_dedent": self.auto_dedent,
             "score_range": list(self.score_range) if self.score_range else None,
-            "parse_reward": None if fn is None else getattr(fn, "__qualname__", repr(fn)),
+            "parse_reward": _name_of(self.parse_reward),
+            "answer_regex": self.answer_regex,
+            "response_answer": _name_of(self.response_answer),
         }
 
     @property
@@ -163,8 +208,14 @@ class RewardConfig:
         except jinja2.sandbox.SecurityError as e:  # an unsafe access computed at render time
             raise RewardTemplateError(f"prompt_template reaches for unsafe attributes: {e}") from None
 
-    def parse(self, text: str) -> float | None:
-        """The score in a judge's answer (the last match), or None if there is none or it is out of range."""
+    def parse(self, text: str, *, response: str | None = None) -> float | None:
+        """The score in a judge's answer (the last match), or None if there is none or it is out of range.
+
+        A reference-guided judge (`answer_regex`) needs the judged `response` to compare its answer with."""
+        if self._answer_pattern is not None:
+            if response is None:
+                raise ValueError("a reference-guided judge (answer_regex) needs the judged response to parse a verdict")
+            return self._verdict(text, response)
         if self.parse_reward is not None:
             try:
                 raw = self.parse_reward(text)
@@ -179,6 +230,28 @@ class RewardConfig:
         if self.score_range is not None and not self.score_range[0] <= value <= self.score_range[1]:
             return None
         return value
+
+    def judge_answer(self, text: str) -> str | None:
+        """The answer a reference-guided judge worked out in `text` (its last match), or None."""
+        if self._answer_pattern is None:
+            raise ValueError("judge_answer needs answer_regex")
+        matches = list(self._answer_pattern.finditer(text))
+        if not matches:
+            return None
+        last, pattern = matches[-1], self._answer_pattern
+        if "answer" in pattern.groupindex:
+            answer = last.group("answer")
+        else:
+            answer = last.group(1) if pattern.groups else last.group(0)
+        return (answer or "").strip() or None
+
+    def _verdict(self, text: str, response: str) -> float | None:
+        assert self.score_range is not None  # checked at construction
+        judged = self.judge_answer(text)
+        if judged is None:
+            return None
+        agrees = judged == self._response_answer(response)
+        return self.score_range[1] if agrees else self.score_range[0]
 
 
 # Kept to a few hundred characters on purpose: with byte-level tokenizers every character is a
@@ -288,7 +361,7 @@ def judge_scores(
         # prompt-major rows: judgment j of the r-th judged pair is row r * num_judgments + j
         for row, i in enumerate(judged):
             texts[i] = decoded[row * num_judgments : (row + 1) * num_judgments]
-    parsed = [[reward_config.parse(t) for t in ts] for ts in texts]
+    parsed = [[reward_config.parse(t, response=r) for t in ts] for ts, r in zip(texts, responses, strict=True)]
     scores = torch.tensor([_mean_or_nan(ps) for ps in parsed], dtype=torch.float32)
     num_failed = sum(p is None for ps in parsed for p in ps)
     return JudgeResult(
