@@ -339,6 +339,29 @@ def test_judge_scores_with_a_reference_guided_judge():
     assert result.parsed == [[5.0, 5.0], [0.0, 0.0], [5.0, 5.0]] and result.num_failed == 0
 
 
+def test_a_greedy_judge_judges_each_distinct_judge_prompt_once():
+    """Greedy judgments of repeated (prompt, response) pairs are computed once and copied: the model sees
+    the 2 distinct judge prompts (not 5 pairs x 3 judgments), and the result is what each pair gets alone."""
+    tok = ByteTokenizer()
+    config = RewardConfig("J {{ prompt }}|{{ response }}|", "Score: {{ reward }}", score_range=(0, 5))
+    started: list[str] = []  # the judge prompts whose first judgment token was asked for
+
+    class CountingJudge(ScriptedModel):
+        def forward(self, ids, **kwargs):
+            started.extend(t for t in (self.tok.decode(row) for row in ids) if t.endswith("|") and t.count("|") == 2)
+            return super().forward(ids, **kwargs)
+
+    judge = CountingJudge(tok, lambda text: f"Score: {text.count('!')}", max_seq_len=128)
+    pairs = [("a", "x!"), ("a", "y!!"), ("a", "x!"), ("a", "x!"), ("a", "y!!")]
+    kwargs = dict(num_judgments=3, max_new_tokens=12, temperature=0.0, top_p=None, use_cache=False)
+    result = judge_scores(judge, tok, config, [p for p, _ in pairs], [r for _, r in pairs], **kwargs)
+    assert sorted(started) == ["J a|x!|", "J a|y!!|"]  # not 5 pairs x 3 judgments
+    assert result.scores.tolist() == [1.0, 2.0, 1.0, 1.0, 2.0] and result.num_judgments == 15
+    assert result.texts[3] == ["Score: 1"] * 3 and result.texts[3] is not result.texts[0]
+    alone = [judge_scores(judge, tok, config, [p], [r], **kwargs).texts[0] for p, r in pairs]
+    assert result.texts == alone
+
+
 def test_a_reference_guided_judge_from_a_pipeline_file(tmp_path):
     from self_rewarding_lm_pytorch.config_file import ConfigError, build_reward_config
 

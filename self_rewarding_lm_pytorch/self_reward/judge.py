@@ -316,6 +316,8 @@ def judge_scores(
     `first_pair`: the index of the first pair when this call is one process's share of a larger one
     (with the same generator seed); its judgments then draw the random numbers they would draw in the
     whole call. A pair skipped for length keeps its place, so the pairs after it draw the same either way.
+
+    A greedy judge (temperature 0) runs once per distinct judge prompt; repeats get copies of its judgment.
     """
     from self_rewarding_lm_pytorch.core.sampling import sample
     from self_rewarding_lm_pytorch.core.tokenizer import encode_prompt
@@ -343,24 +345,36 @@ def judge_scores(
     fits = [len(ids) >= 1 and (limit is None or len(ids) + max_new_tokens <= limit) for ids in encoded]
     judged = [i for i, ok in enumerate(fits) if ok]
     texts: list[list[str]] = [[] for _ in prompts]
-    if judged:
+    # A greedy judge says the same about the same judge prompt every time: judge each distinct prompt
+    # once and copy (a model's samples repeat answers: a quarter to a third of the demo's are distinct).
+    first_of: dict[tuple[int, ...], int] = {}
+    if sampling.temperature == 0:
+        for i in judged:
+            first_of.setdefault(tuple(encoded[i]), i)
+        sampled, per_pair = sorted(first_of.values()), 1
+    else:
+        sampled, per_pair = judged, num_judgments
+    if sampled:
         out = sample(  # the sampler moves prompts to the model's device
             model,
-            [torch.tensor(encoded[i], dtype=torch.long) for i in judged],
+            [torch.tensor(encoded[i], dtype=torch.long) for i in sampled],
             sampling=sampling,
-            num_samples=num_judgments,
+            num_samples=per_pair,
             eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id,
             generator=generator,
             batch_size=batch_size,
             use_cache=use_cache,
-            first_row=first_pair * num_judgments,
-            prompt_positions=judged,  # a skipped pair leaves a gap: the others keep their draws
+            first_row=first_pair * per_pair,
+            prompt_positions=sampled,  # a skipped pair leaves a gap: the others keep their draws
         )
         decoded = out.texts(tokenizer)
-        # prompt-major rows: judgment j of the r-th judged pair is row r * num_judgments + j
-        for row, i in enumerate(judged):
-            texts[i] = decoded[row * num_judgments : (row + 1) * num_judgments]
+        # prompt-major rows: judgment j of the r-th sampled pair is row r * per_pair + j
+        for row, i in enumerate(sampled):
+            texts[i] = decoded[row * per_pair : (row + 1) * per_pair] * (num_judgments // per_pair)
+        for i in judged:
+            if not texts[i]:
+                texts[i] = list(texts[first_of[tuple(encoded[i])]])
     parsed = [[reward_config.parse(t, response=r) for t in ts] for ts, r in zip(texts, responses, strict=True)]
     scores = torch.tensor([_mean_or_nan(ps) for ps in parsed], dtype=torch.float32)
     num_failed = sum(p is None for ps in parsed for p in ps)
