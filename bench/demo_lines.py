@@ -90,6 +90,12 @@ def main():
     p.add_argument("--preset", default="default", help="the run's preset (default, quick, tiny)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-m1", action="store_true", help="do not re-evaluate M1")
+    p.add_argument(
+        "--judge",
+        choices=["verdict", "reference"],
+        default="verdict",
+        help="the self-reward line's judge: its written Score (verdict) or its worked sum compared (reference)",
+    )
     a = p.parse_args()
     torch.set_num_threads(1)
 
@@ -107,7 +113,7 @@ def main():
     m1_path = a.run / "self-reward" / "01-sft" / "model.safetensors"
     a.out.mkdir(parents=True, exist_ok=True)
     log, rows = JsonlAppender(a.out / "metrics.jsonl"), []
-    tag = {"overrides": overrides, "gen_temperature": a.gen_temperature, "from": str(a.run)}
+    tag = {"overrides": overrides, "gen_temperature": a.gen_temperature, "judge": a.judge, "from": str(a.run)}
 
     def record(row: dict) -> None:
         rows.append(row)
@@ -134,7 +140,7 @@ def main():
             model,
             _stages(line, s, a.run, a.gen_temperature),
             tokenizer=tokenizer,
-            self_reward_prompt_config=demo_reward_config(),
+            self_reward_prompt_config=demo_reward_config(reference_guided=a.judge == "reference"),
             accelerate_kwargs={"cpu": True},
             checkpoints_folder=a.out / line,
             seed=a.seed,

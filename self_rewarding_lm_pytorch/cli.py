@@ -1,6 +1,6 @@
 """The `srlm` command (also `python -m self_rewarding_lm_pytorch`): thin front ends over the library.
 
-    srlm demo [--quick] [--out DIR] [--seed N] [--overwrite] [--workers N]
+    srlm demo [--quick] [--out DIR] [--seed N] [--overwrite] [--workers N] [--sft-threads N]
     srlm run pipeline.toml [--resume | --overwrite] [--set KEY=VALUE ...] [--check]
     srlm generate --model-config M.toml --checkpoint W.safetensors --prompts P.jsonl --out O.jsonl ...
     srlm reward-model train --data ranked.jsonl --out DIR ...
@@ -29,6 +29,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _cmd_demo(args) -> int:
     from self_rewarding_lm_pytorch.demo.run import PRESETS, RunFolderExistsError, run_demo
 
@@ -42,6 +49,7 @@ def _cmd_demo(args) -> int:
             overwrite=args.overwrite,
             command=command,
             line_workers=args.workers,
+            sft_threads=args.sft_threads,
         )
     except RunFolderExistsError as err:
         raise CLIError(str(err)) from None
@@ -157,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_int,
         default=None,
         help="processes for the lines run beside the self-reward line (default: 2 on 2+ cores; 0: one after another)",
+    )
+    p.add_argument(
+        "--sft-threads",
+        type=_positive_int,
+        default=None,
+        help="torch threads for SFT and the prompt writing, before the lines share the cores (default: 2 on 2+ cores)",
     )
     p.add_argument("--preset", choices=["default", "quick", "tiny"], help=argparse.SUPPRESS)  # tests use "tiny"
     p.set_defaults(func=_cmd_demo)

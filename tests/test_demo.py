@@ -119,6 +119,13 @@ def test_judge_target_properties(a, b, wrong, pad):
         wrong_target = judge_target(prompt, str(wrong))
         assert "!" in wrong_target and config.parse(wrong_target) == 1.0
         assert wrong_target.split()[:3] == right_target.split()[:3]  # the working does not look at the answer
+    # The reference-guided judge reads the worked sum and compares it itself: right on the targets, and
+    # right where the judge's own comparison went wrong (a target whose marks and score were flipped).
+    reference = demo_reward_config(reference_guided=True)
+    assert reference.judge_answer(right_target) == str(a + b)
+    assert reference.parse(right_target, response=pad + str(wrong) + pad) == (5.0 if wrong == a + b else 1.0)
+    fooled = right_target.replace("Score: 5", "Score: 1")
+    assert config.parse(fooled) == 1.0 and reference.parse(fooled, response=str(a + b)) == 5.0
 
 
 @pytest.mark.unit
@@ -359,6 +366,9 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
         ("self-reward", "M1"),
         ("self-reward", "M2"),
         ("self-reward", "M3"),
+        ("reference-judge", "M1"),
+        ("reference-judge", "M2"),
+        ("reference-judge", "M3"),
         ("consistency", "M1"),
         ("consistency", "M2"),
         ("consistency", "M3"),
@@ -373,11 +383,11 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["judge_parse_failure_rate"] <= 1
     report = (out / "report.md").read_text()
     assert "| self-reward | M3 |" in report and "Wall time" in report
-    for line in ("self-reward", "consistency", "oracle", "control"):
+    for line in ("self-reward", "reference-judge", "consistency", "oracle", "control"):
         assert (out / line / "manifest.json").exists()
     assert (out / "self-reward" / "02-prompt-generation" / "stats.json").exists()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 9  # M1 is measured once, not again for the other lines
+    assert len(metrics) == 11  # M1 is measured once, not again for the other lines
     for row in metrics:
         assert {"run", "stage", "accuracy", "num_heldout", "accuracy_ci_low", "accuracy_ci_high"} <= set(row)
         assert row["accuracy_ci_low"] <= row["accuracy"] <= row["accuracy_ci_high"]
@@ -392,6 +402,13 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     except ImportError:
         assert "No plot" in report
     assert "| run | model |" in capsys.readouterr().out
+    from self_rewarding_lm_pytorch.demo.run import default_sft_threads
+
+    assert manifest["processes"] == {
+        "torch threads (SFT)": default_sft_threads(),
+        "torch threads": 1,
+        "line workers": 2,
+    }
     # the run folder is never overwritten silently
     assert main(["demo", "--preset", "tiny", "--out", str(out)]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
@@ -404,13 +421,13 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     assert json.dumps(here["rows"], default=str) == json.dumps(manifest["rows"])  # as JSON: nan == nan
     assert (tmp_path / "sequential" / "metrics.jsonl").read_text() == (out / "metrics.jsonl").read_text()
     compared = 0
-    for line in ("consistency", "oracle", "control"):
+    for line in ("reference-judge", "consistency", "oracle", "control"):
         for path in sorted((out / line).glob("*/*")):
             if path.name in ("model.safetensors", "candidates.jsonl", "pairs.jsonl"):
                 compared += path.name == "model.safetensors"
                 twin = tmp_path / "sequential" / path.relative_to(out)
                 assert twin.read_bytes() == path.read_bytes(), path
-    assert compared == 6  # every stage of the three lines ends with its model
+    assert compared == 8  # every stage of the four lines ends with its model
 
 
 @pytest.mark.unit
@@ -423,9 +440,20 @@ def test_line_jobs_keep_the_control_after_the_oracle_and_drop_lines_turned_off()
         common = dict(out=Path("x"), seed=0, heldout=[], m1_row={}, progress=False, threads=1)
         return [job.lines for job in line_jobs(settings, **common)]
 
-    assert lines() == [("consistency",), ("oracle", "control")]
-    assert lines(oracle=False) == [("consistency",)]  # the control trains as long as the oracle did
-    assert lines(control=False, consistency=False) == [("oracle",)]
-    assert lines(oracle=False, consistency=False) == []
+    assert lines() == [("oracle", "control"), ("reference-judge",), ("consistency",)]
+    assert lines(oracle=False, reference_judge=False) == [("consistency",)]  # the control trains as long as the oracle
+    assert lines(control=False, consistency=False) == [("oracle",), ("reference-judge",)]
+    assert lines(oracle=False, consistency=False, reference_judge=False) == []
     with pytest.raises(ValueError, match="line_workers"):
         LineRuns(-1)
+
+
+@pytest.mark.unit
+def test_demo_thread_and_worker_counts_are_checked_by_the_cli(tmp_path, capsys):
+    from self_rewarding_lm_pytorch.cli import main
+
+    for flag, value in (("--sft-threads", "0"), ("--workers", "-1")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["demo", "--preset", "tiny", "--out", str(tmp_path / "never"), flag, value])
+        assert exit_info.value.code == 2 and flag in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

@@ -24,7 +24,12 @@ from self_rewarding_lm_pytorch.core.files import JsonlAppender
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
 from self_rewarding_lm_pytorch.demo.evaluate import evaluate_model
 from self_rewarding_lm_pytorch.demo.iterations import iteration_stats, wilson_interval
-from self_rewarding_lm_pytorch.demo.lines import consistency_stages, control_stages, oracle_stages
+from self_rewarding_lm_pytorch.demo.lines import (
+    consistency_stages,
+    control_stages,
+    oracle_stages,
+    reference_judge_stages,
+)
 from self_rewarding_lm_pytorch.demo.report import format_table
 from self_rewarding_lm_pytorch.demo.task import demo_reward_config
 
@@ -135,9 +140,15 @@ class LineJob:
 
 
 def line_jobs(settings: DemoSettings, **common) -> list[LineJob]:
-    """The lines after the self-reward one, grouped by what they need: the control follows the oracle."""
-    wanted = {"consistency": settings.consistency, "oracle": settings.oracle, "control": settings.control}
-    groups = [("consistency",), ("oracle", "control") if settings.oracle else ()]
+    """The lines after the self-reward one, grouped by what they need (the control follows the oracle),
+    longest first: workers take the next job as they finish one."""
+    wanted = {
+        "reference-judge": settings.reference_judge,
+        "consistency": settings.consistency,
+        "oracle": settings.oracle,
+        "control": settings.control,
+    }
+    groups = [("oracle", "control") if settings.oracle else (), ("reference-judge",), ("consistency",)]
     kept = [tuple(line for line in group if wanted[line]) for group in groups]
     return [LineJob(lines=group, settings=settings, **common) for group in kept if group]
 
@@ -158,6 +169,7 @@ def run_line_job(job: LineJob) -> tuple[list[dict], dict[str, float]]:
     tokenizer, reward_config = ByteTokenizer(), demo_reward_config()
     evaluator = Evaluator(s, tokenizer, reward_config, job.heldout, job.seed)
     stage_lists = {
+        "reference-judge": lambda: reference_judge_stages(s, prompts_file, data_dir),
         "consistency": lambda: consistency_stages(s, prompts_file, data_dir),
         "oracle": lambda: oracle_stages(s, prompts_file, data_dir),
         "control": lambda: control_stages(s, data_dir, oracle_steps(evaluator.rows)),
@@ -174,7 +186,8 @@ def run_line_job(job: LineJob) -> tuple[list[dict], dict[str, float]]:
             job.out / line,
             hook,
             tokenizer=tokenizer,
-            reward_config=reward_config,
+            # every line's models are measured with the judge as written (`reward_config`)
+            reward_config=demo_reward_config(reference_guided=True) if line == "reference-judge" else reward_config,
             seed=job.seed,
             progress=job.progress,
         )

@@ -1,7 +1,10 @@
 """The demo's three lines as pipelines of stage configs, all from the same M1:
 
 - `self-reward` (the paper): SFT -> prompt self-generation -> two DPO iterations where the model
-  judges its own candidates (LLM-as-a-judge);
+  judges its own candidates (LLM-as-a-judge: the score it writes is the reward);
+- `reference-judge`: the same judge and iterations, but the verdict is the comparison of the sum the
+  judge worked out with the candidate (`RewardConfig.answer_regex`), not the score the judge wrote after
+  comparing them itself (on the same prompts, from the same M1);
 - `consistency`: two DPO iterations rewarded by self-consistency (the share of the model's own
   samples that reach the same answer), on the same self-generated prompts;
 - `oracle`: the same two iterations rewarded by the verifier (ground truth: the ceiling);
@@ -21,7 +24,7 @@ from typing import Any
 
 from self_rewarding_lm_pytorch.demo.task import DEMO_FEW_SHOT_TEMPLATE, consistency_reward, is_addition_prompt
 
-__all__ = ["consistency_stages", "control_stages", "oracle_stages", "self_reward_stages"]
+__all__ = ["consistency_stages", "control_stages", "oracle_stages", "reference_judge_stages", "self_reward_stages"]
 
 
 def _replay(s, data_dir: Path) -> dict[str, Any]:
@@ -54,7 +57,6 @@ def _dpo_common(s, data_dir: Path) -> dict[str, Any]:
 
 def self_reward_stages(s, data_dir: Path) -> list:
     from self_rewarding_lm_pytorch.stages.prompt_generation import PREVIOUS_PROMPTS, PromptGenerationConfig
-    from self_rewarding_lm_pytorch.stages.self_reward_dpo import SelfRewardDPOConfig
     from self_rewarding_lm_pytorch.stages.sft import SFTConfig
 
     sft = SFTConfig(
@@ -83,9 +85,20 @@ def self_reward_stages(s, data_dir: Path) -> list:
         ngram_unit="char",
         avoid=str(data_dir / "heldout.jsonl"),  # decontamination: never train on a held-out prompt
     )
-    dpo = [
+    return [sft, prompts, *_self_reward_iterations(s, PREVIOUS_PROMPTS, data_dir)]
+
+
+def reference_judge_stages(s, prompts_file: Path, data_dir: Path) -> list:
+    """The self-reward iterations on the prompts M1 wrote (run them with the reference-guided judge)."""
+    return _self_reward_iterations(s, str(prompts_file), data_dir)
+
+
+def _self_reward_iterations(s, prompts, data_dir: Path) -> list:
+    from self_rewarding_lm_pytorch.stages.self_reward_dpo import SelfRewardDPOConfig
+
+    return [
         SelfRewardDPOConfig(
-            PREVIOUS_PROMPTS,
+            prompts,
             n,
             num_candidate_responses=s.num_candidates,
             gen_temperature=s.self_reward_temperature,
@@ -98,7 +111,6 @@ def self_reward_stages(s, data_dir: Path) -> list:
         )
         for n in s.dpo_pairs
     ]
-    return [sft, prompts, *dpo]
 
 
 def consistency_stages(s, prompts_file: Path, data_dir: Path) -> list:

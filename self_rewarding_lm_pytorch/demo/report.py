@@ -1,6 +1,6 @@
 """The demo's report: a Markdown table per stage, the settings, the run time, and a PNG plot.
 
-Rows are dicts `{"run": "self-reward" | "consistency" | "oracle" | "control", "stage": "M1", ...metrics}`; the
+Rows are dicts `{"run": <one of LINES>, "stage": "M1", ...metrics}`; the
 writers read only those, so they are testable without training anything.
 """
 
@@ -28,8 +28,8 @@ METRICS = [
     ("dpo_margin", "DPO reward margin", False),
     ("mean_response_length", "mean answer length", False),
 ]
-LINES = ("self-reward", "consistency", "oracle", "control")
-SELF_REWARD_LINES = ("self-reward", "consistency")  # no ground truth after the seed data
+LINES = ("self-reward", "reference-judge", "consistency", "oracle", "control")
+SELF_REWARD_LINES = ("self-reward", "reference-judge", "consistency")  # no ground truth after the seed data
 # The issue's goals, checked against what the run measured (points of greedy accuracy, M1 -> M3).
 ORACLE_GOAL, SELF_REWARD_GOAL = 5.0, 3.0
 
@@ -99,10 +99,12 @@ Wall time: {seconds:.0f} s ({seconds / 60:.1f} min)
 
 M1 is the SFT model (instruction data + evaluation data + prompt-writing examples); it then writes
 the prompts of every DPO iteration itself (prompt self-generation). M2 and M3 are two DPO
-iterations: `self-reward` rows judge their own candidates (the paper's LLM-as-a-judge), `consistency`
-rows reward the share of the model's own samples that agree (no judge, no labels), `oracle` rows
-reward with the ground-truth verifier (the ceiling); every iteration replays the seed data beside its
-pairs. `control` rows train on that replay alone, no pairs, as many steps as the oracle's iterations.
+iterations: `self-reward` rows judge their own candidates (the paper's LLM-as-a-judge: the score the
+judge writes), `reference-judge` rows use the same judge but compare the sum it worked out with the
+candidate instead of trusting its written score, `consistency` rows reward the share of the model's
+own samples that agree (no judge, no labels), `oracle` rows reward with the ground-truth verifier (the
+ceiling); every iteration replays the seed data beside its pairs. `control` rows train on that replay
+alone, no pairs, as many steps as the oracle's iterations.
 Metrics are measured on held-out prompts after each stage; "judge pairwise acc." compares the
 judge's scores for a correct and a deliberately wrong answer (50% is chance); the pair columns and
 "reward agrees with verifier" describe each iteration's own candidates and pairs, checked by the
@@ -157,7 +159,13 @@ def write_plot(path: Path, rows: list[dict]) -> Path | None:
     fig, axes = plt.subplots(1, len(rates), figsize=(3.2 * len(rates), 3.2), squeeze=False)
     stages = list(dict.fromkeys(r["stage"] for r in rows))
     for ax, (key, title) in zip(axes[0], rates, strict=True):
-        for run, style in (("self-reward", "o-"), ("consistency", "^-."), ("oracle", "s--"), ("control", "x:")):
+        for run, style in (
+            ("self-reward", "o-"),
+            ("reference-judge", "d-"),
+            ("consistency", "^-."),
+            ("oracle", "s--"),
+            ("control", "x:"),
+        ):
             points = [(stages.index(r["stage"]), r.get(key)) for r in rows if r["run"] == run]
             points = [(x, y) for x, y in points if y is not None and not (isinstance(y, float) and math.isnan(y))]
             if points:

@@ -32,6 +32,7 @@ from self_rewarding_lm_pytorch.self_reward.consistency import SelfConsistencyRew
 __all__ = [
     "CORRECT_SCORE",
     "DEMO_FEW_SHOT_TEMPLATE",
+    "DEMO_JUDGE_ANSWER_REGEX",
     "DEMO_JUDGE_REGEX",
     "DEMO_JUDGE_TEMPLATE",
     "WRONG_SCORE",
@@ -57,6 +58,8 @@ DEMO_FEW_SHOT_TEMPLATE = "New {% for example in examples %}{{ example }} {% endf
 # byte-level context (the reference package's default judge prompt alone is ~2,700 bytes).
 DEMO_JUDGE_TEMPLATE = "Judge {{ response }} ? {{ prompt }}"
 DEMO_JUDGE_REGEX = "Score: {{ reward }}"
+# The sum the judge worked out: the number right after its last column step (`"...581:14 146 11=..."`).
+DEMO_JUDGE_ANSWER_REGEX = r":\d\d\s+(?P<answer>\d+)\s"
 CORRECT_SCORE = 5
 WRONG_SCORE = 1
 
@@ -147,8 +150,12 @@ def judge_target(prompt: str, response: str, digits: int = 2) -> str:
     return f"{steps} {expected} {digit_marks(expected, judged, sep='')} Score: {score}"
 
 
-def demo_reward_config():
-    """The judge `RewardConfig` the demo's model is trained to follow and judged with."""
+def demo_reward_config(reference_guided: bool = False):
+    """The judge `RewardConfig` the demo's model is trained to follow and judged with.
+
+    `reference_guided`: the verdict is the comparison of the sum the judge worked out with the judged
+    answer (`RewardConfig.answer_regex`), not the `Score:` the judge wrote after comparing them itself.
+    """
     from self_rewarding_lm_pytorch.self_reward.judge import RewardConfig
 
     # auto_dedent off: the template is one line and must render byte for byte as the EFT data was.
@@ -157,6 +164,7 @@ def demo_reward_config():
         reward_regex_template=DEMO_JUDGE_REGEX,
         auto_dedent=False,
         score_range=(float(WRONG_SCORE), float(CORRECT_SCORE)),
+        answer_regex=DEMO_JUDGE_ANSWER_REGEX if reference_guided else None,
     )
 
 
