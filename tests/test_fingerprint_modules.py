@@ -91,3 +91,26 @@ def test_a_large_module_is_not_read_back_to_the_host_in_full(monkeypatch):
         monkeypatch.setattr(torch.Tensor, method, spy)
     fingerprint(big)
     assert host_reads and max(host_reads) <= 64  # only the strided samples come to the host
+
+
+def test_a_judge_setting_added_later_leaves_existing_runs_resumable():
+    """RewardConfig's answer_regex/response_answer came after runs were made: unset, they are not part of a
+    stage's hash, which stays what the code before them computed (c2cefc7f... measured at e01c40d), so
+    `--resume` still finds those runs' stages; set, they change it."""
+    import dataclasses
+
+    from self_rewarding_lm_pytorch.manifest import stage_hash
+    from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG
+    from self_rewarding_lm_pytorch.stages.self_reward_dpo import SelfRewardDPOConfig
+
+    stage = SelfRewardDPOConfig([{"prompt": "1+1="}], 4, num_train_steps=2)
+    assert stage_hash(stage, DEFAULT_REWARD_CONFIG) == "c2cefc7f1329b954"
+    assert set(fingerprint(DEFAULT_REWARD_CONFIG)) == {
+        "prompt_template",
+        "reward_regex_template",
+        "auto_dedent",
+        "score_range",
+        "parse_reward",
+    }
+    guided = dataclasses.replace(DEFAULT_REWARD_CONFIG, answer_regex=r"(\d+)")
+    assert stage_hash(stage, guided) != stage_hash(stage, DEFAULT_REWARD_CONFIG)

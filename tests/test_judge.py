@@ -189,23 +189,29 @@ def test_config_is_plain_data():
     assert json.loads(json.dumps(DEFAULT_REWARD_CONFIG.to_dict()))["score_range"] == [0.0, 5.0]
 
 
-def test_judge_scores_with_a_scripted_judge():
-    """The scripted judge answers 'Score: <n>' with n = the number of '!' in the response, and
-    garbage for responses containing '?'. Three judgments each: means 1, 3, NaN (3 failures)."""
+def scripted_judge_scores(config, script, prompts, responses, *, num_judgments):
+    """judge_scores with a ScriptedModel judge (sampled, seeded; the script leaves one choice per step)."""
     tok = ByteTokenizer()
-    config = RewardConfig("J {{ prompt }}|{{ response }}|", "Score: {{ reward }}", score_range=(0, 5))
-    judge = ScriptedModel(tok, lambda text: "zzz" if "?" in text else f"Score: {text.count('!')}", max_seq_len=128)
-    result = judge_scores(
+    judge = ScriptedModel(tok, script, max_seq_len=128)
+    return judge_scores(
         judge,
         tok,
         config,
-        ["a", "b", "c"],
-        ["x!", "y!!!", "?"],
-        num_judgments=3,
-        max_new_tokens=12,
+        prompts,
+        responses,
+        num_judgments=num_judgments,
+        max_new_tokens=16,
         generator=torch.Generator().manual_seed(0),
         use_cache=False,
     )
+
+
+def test_judge_scores_with_a_scripted_judge():
+    """The scripted judge answers 'Score: <n>' with n = the number of '!' in the response, and
+    garbage for responses containing '?'. Three judgments each: means 1, 3, NaN (3 failures)."""
+    config = RewardConfig("J {{ prompt }}|{{ response }}|", "Score: {{ reward }}", score_range=(0, 5))
+    script = lambda text: "zzz" if "?" in text else f"Score: {text.count('!')}"
+    result = scripted_judge_scores(config, script, ["a", "b", "c"], ["x!", "y!!!", "?"], num_judgments=3)
     assert result.scores[:2].tolist() == [1.0, 3.0] and math.isnan(result.scores[2])
     assert result.texts[0] == ["Score: 1"] * 3 and result.texts[2] == ["zzz"] * 3
     assert result.parsed[2] == [None, None, None]
@@ -303,6 +309,8 @@ def test_reference_guided_reads_the_candidates_answer_with_response_answer():
     by_callable = reference_config(response_answer=lambda r: r.split()[-1])
     assert by_callable.parse("my answer: 7", response="so 7") == 5.0
     assert pickle.loads(pickle.dumps(reference_config())).parse("my answer: 7", response="7") == 5.0
+    sent = pickle.loads(pickle.dumps(reference_config(response_answer=r"is (\d+)")))  # as to a worker process
+    assert sent.parse("my answer: 7", response="it is 7") == 5.0 and sent.response_answer == r"is (\d+)"
     assert reference_config().to_dict()["answer_regex"] == r"my answer: (?P<answer>\w+)"
 
 
@@ -313,27 +321,19 @@ def test_reference_guided_bad_settings_fail_at_construction():
         RewardConfig("{{ prompt }}{{ response }}", "S {{ reward }}", score_range=(0, 1), answer_regex="(")
     with pytest.raises(RewardTemplateError, match="not both"):
         reference_config(parse_reward=float)
+    with pytest.raises(RewardTemplateError, match="response_answer is not a valid regex"):
+        reference_config(response_answer="(")
     with pytest.raises(RewardTemplateError, match="only read with answer_regex"):
         RewardConfig("{{ prompt }}{{ response }}", "S {{ reward }}", response_answer=r"(\d+)")
 
 
 def test_judge_scores_with_a_reference_guided_judge():
     """The scripted judge always works out 'ans 4' and writes Score: 5: only the candidate '4' is right."""
-    tok = ByteTokenizer()
     config = RewardConfig(
         "J {{ prompt }}|{{ response }}|", "Score: {{ reward }}", score_range=(0, 5), answer_regex=r"ans (\d+)"
     )
-    judge = ScriptedModel(tok, lambda text: "ans 4 Score: 5", max_seq_len=128)
-    result = judge_scores(
-        judge,
-        tok,
-        config,
-        ["2+2", "2+2", "2+2"],
-        ["4", "5", " 4"],
-        num_judgments=2,
-        max_new_tokens=16,
-        generator=torch.Generator().manual_seed(0),
-        use_cache=False,
+    result = scripted_judge_scores(
+        config, lambda text: "ans 4 Score: 5", ["2+2"] * 3, ["4", "5", " 4"], num_judgments=2
     )
     assert result.scores.tolist() == [5.0, 0.0, 5.0]
     assert result.parsed == [[5.0, 5.0], [0.0, 0.0], [5.0, 5.0]] and result.num_failed == 0
@@ -351,28 +351,35 @@ def test_a_greedy_judge_judges_each_distinct_judge_prompt_once():
             started.extend(t for t in (self.tok.decode(row) for row in ids) if t.endswith("|") and t.count("|") == 2)
             return super().forward(ids, **kwargs)
 
-    judge = CountingJudge(tok, lambda text: f"Score: {text.count('!')}", max_seq_len=128)
-    pairs = [("a", "x!"), ("a", "y!!"), ("a", "x!"), ("a", "x!"), ("a", "y!!")]
-    kwargs = dict(num_judgments=3, max_new_tokens=12, temperature=0.0, top_p=None, use_cache=False)
+    judge = CountingJudge(tok, lambda text: f"Score: {text.count('!')}", max_seq_len=40)
+    too_long = ("b" * 30, "x!")  # skipped for length, twice: repeats of a skipped pair are skipped too
+    pairs = [("a", "x!"), too_long, ("a", "y!!"), ("a", "x!"), too_long, ("a", "x!"), ("a", "y!!")]
+    kwargs = dict(num_judgments=3, max_new_tokens=12, temperature=0.0, top_p=None, use_cache=False, first_pair=5)
     result = judge_scores(judge, tok, config, [p for p, _ in pairs], [r for _, r in pairs], **kwargs)
-    assert sorted(started) == ["J a|x!|", "J a|y!!|"]  # not 5 pairs x 3 judgments
-    assert result.scores.tolist() == [1.0, 2.0, 1.0, 1.0, 2.0] and result.num_judgments == 15
+    assert sorted(started) == ["J a|x!|", "J a|y!!|"]  # not 5 judged pairs x 3 judgments
+    scores = result.scores.tolist()
+    assert [scores[i] for i in (0, 2, 3, 5, 6)] == [1.0, 2.0, 1.0, 1.0, 2.0] and math.isnan(scores[1])
+    assert result.num_skipped == 2 and result.texts[1] == result.texts[4] == [] and result.num_judgments == 15
     assert result.texts[3] == ["Score: 1"] * 3 and result.texts[3] is not result.texts[0]
     alone = [judge_scores(judge, tok, config, [p], [r], **kwargs).texts[0] for p, r in pairs]
     assert result.texts == alone
 
 
 def test_a_reference_guided_judge_from_a_pipeline_file(tmp_path):
-    from self_rewarding_lm_pytorch.config_file import ConfigError, build_reward_config
+    from self_rewarding_lm_pytorch.config_file import ConfigError, build_reward_config, load_model_section
 
-    table = {
-        "prompt_template": "{{ prompt }} {{ response }}",
-        "reward_regex_template": "Score: {{ reward }}",
-        "score_range": [1, 5],
-        "answer_regex": "sum (\\d+)",
-        "response_answer": "= *(\\d+)",
-    }
-    config = build_reward_config(table)
+    judge = """
+[judge]
+prompt_template = "{{ prompt }} {{ response }}"
+reward_regex_template = "Score: {{ reward }}"
+score_range = [1, 5]
+answer_regex = 'sum (\\d+)'
+response_answer = '= *(\\d+)'
+"""
+    path = tmp_path / "judge.toml"
+    path.write_text(judge)
+    config = build_reward_config(load_model_section(path, require_model=False)["judge"])
     assert config.is_reference_guided and config.parse("sum 12", response="x = 12") == 5.0
-    with pytest.raises(ConfigError, match=r"\[judge\].*score_range"):
-        build_reward_config({k: v for k, v in table.items() if k != "score_range"})
+    path.write_text(judge.replace("= *(", "= *(("))  # an unbalanced regex: a config error, not a traceback
+    with pytest.raises(ConfigError, match=r"\[judge\].*response_answer is not a valid regex"):
+        build_reward_config(load_model_section(path, require_model=False)["judge"])

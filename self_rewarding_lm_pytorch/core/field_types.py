@@ -20,10 +20,29 @@ from typing import Any
 from beartype import BeartypeConf
 from beartype.door import is_bearable
 
-__all__ = ["FieldTypeError", "check_field_types", "check_value_type", "field_hints", "scalar_field_names"]
+__all__ = [
+    "ADDED_FIELD",
+    "FieldTypeError",
+    "check_field_types",
+    "check_value_type",
+    "field_hints",
+    "is_added_field_at_default",
+    "scalar_field_names",
+]
 
 # PEP 484's numeric tower: an int satisfies `float`.
 _CONF = BeartypeConf(is_pep484_tower=True)
+
+
+# Metadata of a dataclass field added after runs were first made with its config, as in
+# `field(default=None, metadata=ADDED_FIELD)`: at its default, run fingerprints leave it out, so a run
+# started before the field existed still resumes (its stage hashes are unchanged).
+ADDED_FIELD = types.MappingProxyType({"added_field": True})
+
+
+def is_added_field_at_default(instance: Any, f: dataclasses.Field) -> bool:
+    """Whether `f` of `instance` is an `ADDED_FIELD` holding its default."""
+    return bool(f.metadata.get("added_field")) and getattr(instance, f.name) == f.default
 
 
 class FieldTypeError(TypeError, ValueError):

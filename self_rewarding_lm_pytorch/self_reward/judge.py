@@ -13,7 +13,7 @@ import math
 import re
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import jinja2
@@ -23,6 +23,7 @@ import torch
 from beartype import beartype
 from torch import Tensor
 
+from self_rewarding_lm_pytorch.core.field_types import ADDED_FIELD
 from self_rewarding_lm_pytorch.core.sampling_config import (
     JudgeSettings,
     SamplingConflictError,
@@ -91,8 +92,9 @@ class RewardConfig:
     auto_dedent: bool = True
     score_range: tuple[float, float] | None = None
     parse_reward: Callable[[str], float | None] | None = None
-    answer_regex: str | None = None
-    response_answer: str | Callable[[str], str | None] | None = None
+    # added after runs were made with this config: left out of their fingerprints while unset
+    answer_regex: str | None = field(default=None, metadata=ADDED_FIELD)
+    response_answer: str | Callable[[str], str | None] | None = field(default=None, metadata=ADDED_FIELD)
 
     def __post_init__(self):
         if not isinstance(self.prompt_template, str) or not isinstance(self.reward_regex_template, str):
@@ -128,6 +130,10 @@ class RewardConfig:
             raise RewardTemplateError("answer_regex needs score_range: its verdicts are the range's ends")
         if self.parse_reward is not None:
             raise RewardTemplateError("set answer_regex or parse_reward, not both: each decides the score")
+        try:
+            make_answer_extractor(self.response_answer)
+        except re.error as e:
+            raise RewardTemplateError(f"response_answer is not a valid regex: {e}") from None
 
     @property
     def is_reference_guided(self) -> bool:

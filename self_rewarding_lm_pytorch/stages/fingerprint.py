@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from self_rewarding_lm_pytorch.core.field_types import is_added_field_at_default
 from self_rewarding_lm_pytorch.stages.walk import DESCEND, is_container, walk_config
 
 __all__ = ["fingerprint"]
@@ -22,9 +23,10 @@ def fingerprint(value: Any, skip: frozenset = frozenset()) -> Any:
     stage); a module's weights are summarised cheaply (see `_tensor_summary`); a map-style Dataset
     is known by type and length only, since datasets like `create_mock_dataset` draw anew on every
     access; a callable by its module and name.
-    `skip` names dataclass fields left out (settings that do not change what is trained).
+    `skip` names dataclass fields left out (settings that do not change what is trained); fields declared
+    with `ADDED_FIELD` metadata are left out at their default, so adding a setting does not orphan existing runs.
     """
-    return walk_config(value, _fingerprint_leaf, skip=skip)
+    return walk_config(value, _fingerprint_leaf, skip=skip, drop_field=is_added_field_at_default)
 
 
 def _fingerprint_leaf(value: Any) -> Any:

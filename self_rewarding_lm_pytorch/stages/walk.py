@@ -21,18 +21,27 @@ def is_container(value: Any) -> bool:
     return isinstance(value, (list, tuple, dict)) or (dataclasses.is_dataclass(value) and not isinstance(value, type))
 
 
-def walk_config(value: Any, leaf: Callable[[Any], Any], *, skip: frozenset = frozenset()) -> Any:
+def walk_config(
+    value: Any,
+    leaf: Callable[[Any], Any],
+    *,
+    skip: frozenset = frozenset(),
+    drop_field: Callable[[Any, dataclasses.Field], bool] | None = None,
+) -> Any:
     """JSON-able data mirroring `value`: lists for lists and tuples, dicts with str keys for dicts and
-    dataclasses (minus the top-level fields named in `skip`), `leaf(x)` for everything else."""
+    dataclasses (minus the top-level fields named in `skip`, and any field of any dataclass for which
+    `drop_field(instance, field)` is true), `leaf(x)` for everything else."""
     out = leaf(value)
     if out is not DESCEND:
         return out
     if isinstance(value, (list, tuple)):
-        return [walk_config(v, leaf) for v in value]
+        return [walk_config(v, leaf, drop_field=drop_field) for v in value]
     if isinstance(value, dict):
-        return {str(k): walk_config(v, leaf) for k, v in value.items()}
+        return {str(k): walk_config(v, leaf, drop_field=drop_field) for k, v in value.items()}
     if is_container(value):
         return {
-            f.name: walk_config(getattr(value, f.name), leaf) for f in dataclasses.fields(value) if f.name not in skip
+            f.name: walk_config(getattr(value, f.name), leaf, drop_field=drop_field)
+            for f in dataclasses.fields(value)
+            if f.name not in skip and not (drop_field is not None and drop_field(value, f))
         }
     raise TypeError(f"leaf() asked to descend into a {type(value).__name__}, which is not a container")
