@@ -286,7 +286,7 @@ def test_report_table_and_verdict():
     text = render_report(ROWS, settings={"dim": 64}, seconds=90, command="srlm demo", plot_name=None)
     assert "self-reward: M3 beats M1 on greedy accuracy, 25.0% -> 35.0% (+10.0 points, on 40 held-out prompts)" in text
     assert "Goal oracle M3 >= M1 + 5 points: not met." in text  # +2.5 points
-    assert "Goal a self-reward line M3 >= M1 + 3 points: met (best: self-reward)." in text
+    assert "Goal a self-reward line M3 >= M1 + 3 points: met (best: self-reward, +10.0)." in text
     assert "| `dim` | 64 |" in text and "No plot" in text
 
 
@@ -300,7 +300,10 @@ def test_control_line_is_reported_but_never_counts_as_a_self_reward_line():
         {"run": "control", "stage": "M3", "accuracy": 0.45, "num_heldout": 40},
     ]
     text = render_report(rows, settings={}, seconds=1, command="srlm demo", plot_name=None)
-    assert "Goal a self-reward line M3 >= M1 + 3 points: not met (best: self-reward)." in text
+    assert (
+        "Goal a self-reward line M3 >= M1 + 3 points: not met (best: self-reward, +2.0, -18.0 beyond the control)."
+        in text
+    )
     assert "The control (no pairs, the seed data replayed as long) moved +20.0 points" in text
 
 
@@ -417,7 +420,9 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     # process they give the same rows, the same sampled candidates and the same final weights.
     from self_rewarding_lm_pytorch.demo.run import PRESETS, run_demo
 
+    before = torch.get_num_threads()
     here = run_demo(tmp_path / "sequential", settings=PRESETS["tiny"], seed=1, progress=False, line_workers=0)
+    assert torch.get_num_threads() == before  # SFT's threads, then the lines', then the caller's again
     assert json.dumps(here["rows"], default=str) == json.dumps(manifest["rows"])  # as JSON: nan == nan
     assert (tmp_path / "sequential" / "metrics.jsonl").read_text() == (out / "metrics.jsonl").read_text()
     compared = 0

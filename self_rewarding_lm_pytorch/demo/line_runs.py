@@ -2,9 +2,10 @@
 
 The self-reward line runs in the demo's own process (its SFT makes M1 and its prompt-generation stage the
 prompts every line trains on). The other lines start from M1 on those prompts and need nothing else from
-each other, except the control, which trains as many steps as the oracle did: so they run as two jobs,
-`("consistency",)` and `("oracle", "control")`, either in worker processes beside the self-reward line's
-iterations (`line_workers`, each a fresh process with one torch thread) or afterwards in this process.
+each other, except the control, which trains as many steps as the oracle did: so they run as jobs
+(`("oracle", "control")`, `("reference-judge",)`, `("consistency",)`), either in worker processes beside
+the self-reward line's iterations (`line_workers`, each a fresh process with one torch thread, taking the
+next job when it finishes one) or afterwards in this process.
 A line's result does not depend on where it ran: each pipeline seeds itself from the run's seed and
 evaluation is seeded too (tests/test_demo.py compares the two ways row for row).
 """
@@ -140,8 +141,8 @@ class LineJob:
 
 
 def line_jobs(settings: DemoSettings, **common) -> list[LineJob]:
-    """The lines after the self-reward one, grouped by what they need (the control follows the oracle),
-    longest first: workers take the next job as they finish one."""
+    """The lines after the self-reward one, grouped by what they need (the control follows the oracle); the
+    short consistency line last, so it goes to whichever worker finishes first."""
     wanted = {
         "reference-judge": settings.reference_judge,
         "consistency": settings.consistency,

@@ -77,7 +77,11 @@ def _verdict(rows: list[dict]) -> str:
     if own:
         best = max(own, key=lambda line: own[line])
         met = "met" if own[best] >= SELF_REWARD_GOAL else "not met"
-        sentences.append(f"Goal a self-reward line M3 >= M1 + {SELF_REWARD_GOAL:.0f} points: {met} (best: {best}).")
+        beyond = f", {own[best] - gains['control']:+.1f} beyond the control" if "control" in gains else ""
+        sentences.append(
+            f"Goal a self-reward line M3 >= M1 + {SELF_REWARD_GOAL:.0f} points: {met} "
+            f"(best: {best}, {own[best]:+.1f}{beyond})."
+        )
     if "control" in gains:
         sentences.append(
             f"The control (no pairs, the seed data replayed as long) moved {gains['control']:+.1f} points: "
@@ -106,7 +110,8 @@ own samples that agree (no judge, no labels), `oracle` rows reward with the grou
 ceiling); every iteration replays the seed data beside its pairs. `control` rows train on that replay
 alone, no pairs, as many steps as the oracle's iterations.
 Metrics are measured on held-out prompts after each stage; "judge pairwise acc." compares the
-judge's scores for a correct and a deliberately wrong answer (50% is chance); the pair columns and
+judge's scores for a correct and a deliberately wrong answer (50% is chance); it and "best-of-4 by
+own judge" use the judge's written score on every line, `reference-judge` included; the pair columns and
 "reward agrees with verifier" describe each iteration's own candidates and pairs, checked by the
 verifier for this report only; "DPO reward margin" is the mean `rewards/margins` of the iteration's
 last logged steps. Every number comes from this run.

@@ -209,15 +209,22 @@ def _write_data(s: DemoSettings, seed: int, data_dir: Path, reward_config) -> di
     return {"heldout": data.heldout_prompts, "stats": stats}
 
 
+def _usable_cores() -> int:
+    # the cores this process may run on (a container or `taskset` may allow fewer than the machine has)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_line_workers() -> int:
-    """Two worker processes for the lines from M1 wherever there is a second core, else none."""
-    return 2 if (os.cpu_count() or 1) >= 2 else 0
+    """Two worker processes for the lines from M1 wherever there is a second usable core, else none."""
+    return 2 if _usable_cores() >= 2 else 0
 
 
 def default_sft_threads() -> int:
     """Torch threads while nothing else of the demo runs (SFT, M1's evaluation, prompt writing): two where
-    there are two cores (an SFT step 1.4x faster, measured), since one process then has the machine."""
-    return min(2, os.cpu_count() or 1)
+    there are two usable cores (an SFT step 1.4x faster, measured), since one process then has them.
+    The thread count changes the order of floating-point sums, so M1 (and every number after it) differs
+    between `sft_threads` 1 and 2; a run is reproducible for a given count, recorded in the report."""
+    return min(2, _usable_cores())
 
 
 def run_demo(
@@ -234,18 +241,17 @@ def run_demo(
 ) -> dict:
     """Run the demo into `out`; returns the manifest (also written to `out/manifest.json`).
 
-    `threads=1` by default: these models are too small to gain from intra-op threads, and on a
-    shared machine OpenMP threads spin-waiting on busy cores made a step 10x slower (measured).
-    `line_workers` processes (default `default_line_workers()`; 0 = none) run the consistency line and the
-    oracle + control lines beside the self-reward line's iterations, each with `threads` threads, so a
-    2-core machine runs them about twice as fast; the rows are the same either way.
-    Until those lines start, the demo's one process uses `sft_threads` (default `default_sft_threads()`).
+    `line_workers` processes (default `default_line_workers()`; 0 = none) run the other lines beside the
+    self-reward line's iterations, so a 2-core machine runs them about twice as fast; the rows are the same
+    either way. Until they start, the demo's one process uses `sft_threads` torch threads (default
+    `default_sft_threads()`: 2 on 2+ cores); from then on each process uses `threads` (1 by default: with
+    several processes sharing the cores, OpenMP threads spin-waiting on busy cores made a step 10x slower,
+    measured; None leaves torch's default). Torch's thread count is restored on return.
     """
     workers = default_line_workers() if line_workers is None else line_workers
     previous = torch.get_num_threads()
     first = default_sft_threads() if sft_threads is None else sft_threads
-    if first is not None:
-        torch.set_num_threads(first)
+    torch.set_num_threads(first)
     try:
         return _run(Path(out), settings, seed, overwrite, progress, command, threads, LineRuns(workers), first)
     finally:
@@ -261,7 +267,7 @@ def _run(
     command: str,
     threads: int | None,
     lines: LineRuns,
-    sft_threads: int | None,
+    sft_threads: int,
 ) -> dict:
     started = time.time()
     _prepare_out(out, overwrite)
