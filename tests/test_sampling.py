@@ -10,7 +10,6 @@ from x_transformers import Decoder, TransformerWrapper
 from self_rewarding_lm_pytorch.core.kv_decode import FastDecoder, FullStepper, XCacheStepper
 from self_rewarding_lm_pytorch.core.sampling import (
     UnsupportedModelError,
-    _uniforms,
     fast_decode_support,
     filter_logits,
     sample,
@@ -18,6 +17,7 @@ from self_rewarding_lm_pytorch.core.sampling import (
     splitmix64,
     xcache_support,
 )
+from self_rewarding_lm_pytorch.core.token_draws import step_uniforms
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
 
 V = 48
@@ -135,7 +135,7 @@ def test_splitmix64_matches_python_reference():
 def test_draw_frequencies_match_probabilities():
     """4000 draws from (0.1, 0.2, 0.7) with hashed uniforms: counts within 4.5 binomial sigmas."""
     keys = splitmix64(torch.arange(4000))
-    tokens = sample_from_logits(probs_to_logits([0.1, 0.2, 0.7]).expand(4000, 3), _uniforms(keys, 0))
+    tokens = sample_from_logits(probs_to_logits([0.1, 0.2, 0.7]).expand(4000, 3), step_uniforms(keys, 0))
     for token, p in enumerate((0.1, 0.2, 0.7)):
         count = int((tokens == token).sum())
         assert abs(count - 4000 * p) < 4.5 * math.sqrt(4000 * p * (1 - p))

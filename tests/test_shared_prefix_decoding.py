@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from x_transformers import Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch.core import sampling
+from self_rewarding_lm_pytorch.core import decode_loop
 from self_rewarding_lm_pytorch.core.kv_decode import FastDecoder
 from self_rewarding_lm_pytorch.core.prefix_attention import RowLayout, shared_prefix_attention
 from self_rewarding_lm_pytorch.core.sampling import sample
@@ -131,7 +131,7 @@ def test_sampling_with_shared_cache_and_compaction_equals_expanded_uncompacted(c
     shared = sample(model, prompts, num_samples=n, eos_id=eos, generator=torch.Generator().manual_seed(3), **kw)
     assert kept and kept[0] <= 8  # compaction ran: at least half of the 16 rows had ended
     compactions = len(kept)
-    monkeypatch.setattr(sampling, "_COMPACT", False)
+    monkeypatch.setattr(decode_loop, "_COMPACT", False)
     repeated = [p for p in prompts for _ in range(n)]
     plain = sample(model, repeated, eos_id=eos, generator=torch.Generator().manual_seed(3), **kw)
     assert len(kept) == compactions and not plain.response_mask.all()  # rows ended, none was dropped

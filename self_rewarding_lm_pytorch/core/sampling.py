@@ -6,10 +6,11 @@
 
 Shape legend: b rows (prompts x samples, prompt-major), m generated positions, v vocab.
 
-Randomness: one base key is drawn from `generator` (or torch's global RNG) per call; row r's uniform
-at step t is a pure hash of (base key, r, t), and a token is drawn by inverse CDF from that single
-uniform. So a row's random numbers do not depend on the batch it is decoded in, on `batch_size`, on
-row compaction, or on other rows finishing early.
+This file holds `sample` and what it orchestrates: argument checks, the choice of decoding backend
+(`kv_decode`, `hf_decode`), and rows grouped into chunks, each decoded by the step loop in
+`decode_loop`. How a token is drawn from logits, and the per-row random numbers that make a row's
+draws independent of its batch, live in `token_draws` (`filter_logits` and `sample_from_logits` are
+re-exported here).
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from beartype import beartype
 from torch import Tensor, nn
 from tqdm import tqdm
 from x_transformers import TransformerWrapper
 
+from self_rewarding_lm_pytorch.core.decode_loop import DecodeSettings, decode_chunk
 from self_rewarding_lm_pytorch.core.hf_decode import HFCacheStepper, hf_model_inside
 from self_rewarding_lm_pytorch.core.kv_decode import (
     FastDecoder,
@@ -39,6 +40,15 @@ from self_rewarding_lm_pytorch.core.kv_decode import (
 )
 from self_rewarding_lm_pytorch.core.modules import unwrap_network
 from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig, resolve_sampling
+from self_rewarding_lm_pytorch.core.token_draws import (
+    draw_base_key,
+    filter_logits,
+    row_keys,
+    sample_from_logits,
+)
+from self_rewarding_lm_pytorch.core.token_draws import (
+    splitmix64 as splitmix64,  # re-exported: tests import it from here
+)
 
 __all__ = [
     "BACKENDS",
@@ -52,8 +62,6 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "fast", "xtransformers", "hf", "full")
-_GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment (the golden ratio in 64 bits)
-_COMPACT = True  # drop finished rows from the batch; False only in tests that compare against not dropping
 
 
 @dataclass
@@ -80,119 +88,6 @@ class SampleOutput:
                 ids = ids[:-1]
             texts.append(tokenizer.decode(ids))
         return texts
-
-
-def _to_uint64_signed(value: int) -> int:
-    value &= (1 << 64) - 1
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _shift_right(x: Tensor, bits: int) -> Tensor:
-    # torch's >> on int64 is arithmetic; mask to make it the logical shift splitmix64 needs.
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
-
-
-def splitmix64(x: Tensor) -> Tensor:
-    """The splitmix64 finalizer on int64 tensors (two's-complement wraparound = uint64 arithmetic)."""
-    x = x + _to_uint64_signed(_GAMMA)
-    x = (x ^ _shift_right(x, 30)) * _to_uint64_signed(0xBF58476D1CE4E5B9)
-    x = (x ^ _shift_right(x, 27)) * _to_uint64_signed(0x94D049BB133111EB)
-    return x ^ _shift_right(x, 31)
-
-
-def _uniforms(row_keys: Tensor, step: int) -> Tensor:
-    """One uniform in [0, 1) per row for this step, from the top 53 bits of a hash: (b,) float64."""
-    bits = _shift_right(splitmix64(row_keys + _to_uint64_signed((step + 1) * _GAMMA)), 11)
-    return bits.double() * 2.0**-53
-
-
-def filter_logits(
-    logits: Tensor, *, top_k: int | None = None, top_p: float | None = None, min_p: float | None = None
-) -> Tensor:
-    """Logits with the tokens outside the allowed set set to -inf; applied in the order k, p, min-p.
-
-    top_k: the k largest (ties with the k-th value are kept). top_p: the smallest prefix of the
-    sorted distribution whose mass reaches p (the most likely token always stays). min_p: tokens
-    with probability >= min_p times the most likely token's.
-    """
-    out = logits
-    if top_k is not None and top_k < out.shape[-1]:
-        kth = out.topk(top_k, dim=-1).values[..., -1:]
-        out = out.masked_fill(out < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = out.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        mass_before = F.pad(probs.cumsum(dim=-1)[..., :-1], (1, 0))  # exclusive cumsum, exact 0 first
-        remove = torch.zeros_like(out, dtype=torch.bool).scatter(-1, order, mass_before >= top_p)
-        out = out.masked_fill(remove, float("-inf"))
-    if min_p is not None and min_p > 0.0:
-        probs = out.softmax(dim=-1)
-        out = out.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), float("-inf"))
-    return out
-
-
-def sample_from_logits(logits: Tensor, uniforms: Tensor) -> Tensor:
-    """Inverse-CDF draw, one uniform per row: (b, v), (b,) -> (b,) long.
-
-    A token with zero probability has an empty CDF interval, so it can never be drawn; the clamp to
-    the last positive token guards the u * total == total rounding edge.
-    """
-    probs = logits.softmax(dim=-1, dtype=torch.float64)
-    cdf = probs.cumsum(dim=-1)
-    target = uniforms.to(cdf.device)[:, None] * cdf[:, -1:]
-    index = torch.searchsorted(cdf, target, right=True)[:, 0]
-    positive = probs > 0
-    last_positive = positive.shape[-1] - 1 - positive.flip(-1).int().argmax(dim=-1)
-    return torch.minimum(index, last_positive)
-
-
-@dataclass(frozen=True)
-class _Settings:
-    max_new_tokens: int
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    min_p: float | None
-    eos_id: int | None
-    pad_id: int
-    return_logprobs: bool
-
-
-def _pick(logits: Tensor, keys: Tensor, step: int, s: _Settings) -> Tensor:
-    if s.temperature == 0:
-        return logits.argmax(dim=-1)
-    filtered = filter_logits(logits.float() / s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p)
-    return sample_from_logits(filtered, _uniforms(keys, step))
-
-
-def _decode_chunk(stepper, keys: Tensor, s: _Settings):
-    """The shared sampling loop: (b,) row keys -> tokens, mask, logprobs (b, steps) on CPU."""
-    b, width = len(keys), s.max_new_tokens
-    tokens = torch.full((b, width), s.pad_id, dtype=torch.long)
-    mask = torch.zeros(b, width, dtype=torch.bool)
-    logprobs = torch.zeros(b, width) if s.return_logprobs else None
-    rows, done = torch.arange(b), torch.zeros(b, dtype=torch.bool)
-    logits, steps = stepper.prefill(), 0
-    for t in range(width):
-        token = _pick(logits, keys[rows], t, s)
-        token_cpu, live = token.cpu(), ~done
-        tokens[rows[live], t] = token_cpu[live]
-        mask[rows[live], t] = True
-        if logprobs is not None:
-            chosen = logits.float().log_softmax(dim=-1).gather(-1, token[:, None])[:, 0].cpu()
-            logprobs[rows[live], t] = chosen[live]
-        steps = t + 1
-        if s.eos_id is not None:
-            done = done | (token_cpu == s.eos_id)
-        if t == width - 1 or bool(done.all()):
-            break
-        if _COMPACT and 2 * int(done.sum()) >= len(rows) >= 4:
-            # Finished rows still cost compute; dropping them copies the cache, so only when half are done.
-            keep = ~done
-            stepper.select(keep.to(token.device))
-            rows, done, token = rows[keep], done[keep], token[keep.to(token.device)]
-        logits = stepper.step(token)
-    return tokens[:, :steps], mask[:, :steps], None if logprobs is None else logprobs[:, :steps]
 
 
 def _plan_chunks(lengths: list[int], num_samples: int, batch_size: int | None, by_length: bool):
@@ -311,6 +206,74 @@ def _row_positions(prompt_positions: Sequence[int] | None, num_prompts: int, num
     return (base[:, None] + torch.arange(num_samples)).flatten()
 
 
+def _resolve_settings(
+    sampling: SamplingConfig | None, loose: dict[str, Any], eos_id: int | None, pad_id: int, return_logprobs: bool
+) -> DecodeSettings:
+    config = resolve_sampling(
+        sampling, {k: (k, v) for k, v in loose.items()}, _LOOSE_DEFAULTS, where="sample"
+    )  # the one validator
+    if config.max_new_tokens is None:
+        raise ValueError("sample needs max_new_tokens (as a keyword or in sampling=)")
+    return DecodeSettings(
+        config.max_new_tokens,
+        config.temperature,
+        config.top_k,
+        config.top_p,
+        config.min_p,
+        eos_id,
+        pad_id,
+        return_logprobs,
+    )
+
+
+def _global_row_keys(
+    generator: torch.Generator | None,
+    first_row: int,
+    prompt_positions: Sequence[int] | None,
+    num_prompts: int,
+    num_samples: int,
+) -> Tensor:
+    """(b,) each row's random key: the call's one base key hashed with the row's index in the whole call."""
+    base = draw_base_key(generator)
+    global_rows = first_row + _row_positions(prompt_positions, num_prompts, num_samples)
+    return row_keys(base, global_rows)
+
+
+def _decode_chunks(
+    stepper_class,
+    runner,
+    prompts: list[Tensor],
+    chunks,
+    keys: Tensor,
+    s: DecodeSettings,
+    num_samples: int,
+    progress: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Each chunk of rows through its own stepper -> ids, mask, logprobs (b, width), width the longest row."""
+    num_rows = len(prompts) * num_samples
+    ids = torch.full((num_rows, s.max_new_tokens), s.pad_id, dtype=torch.long)
+    mask = torch.zeros(num_rows, s.max_new_tokens, dtype=torch.bool)
+    logprobs = torch.zeros(num_rows, s.max_new_tokens) if s.return_logprobs else None
+    width = 0
+    for rows in tqdm(chunks, desc="sample", disable=not progress or len(chunks) == 1):
+        prompt_ids = [row // num_samples for row in rows]
+        unique = [p for p, _ in itertools.groupby(prompt_ids)]
+        counts = [len(list(group)) for _, group in itertools.groupby(prompt_ids)]
+        with torch.inference_mode():
+            stepper = stepper_class(runner, [prompts[p] for p in unique], counts, s.max_new_tokens)
+            c_ids, c_mask, c_lp = decode_chunk(stepper, keys[rows], s)
+        steps, index = c_ids.shape[1], torch.tensor(rows)
+        ids[index, :steps], mask[index, :steps] = c_ids, c_mask
+        if logprobs is not None:
+            logprobs[index, :steps] = c_lp
+        width = max(width, steps)
+    return (
+        ids[:, :width].clone(),
+        mask[:, :width].clone(),
+        None if logprobs is None else logprobs[:, :width].clone(),
+    )
+
+
 @beartype
 def sample(
     model: nn.Module,
@@ -334,7 +297,7 @@ def sample(
     first_row: int = 0,
     prompt_positions: Sequence[int] | None = None,
 ) -> SampleOutput:
-    """Sample `num_samples` continuations of each prompt; see the module docstring and README section.
+    """Sample `num_samples` continuations of each prompt; see the module docstrings (randomness: `token_draws`).
 
     The sampling settings come as one `SamplingConfig` (`sampling=`) or as the loose keywords
     `max_new_tokens`, `temperature`, `top_k`, `top_p`, `min_p` (a loose keyword that disagrees with
@@ -351,15 +314,8 @@ def sample(
     `first_row + q * num_samples + j`.
     """
     loose = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-    config = resolve_sampling(
-        sampling, {k: (k, v) for k, v in loose.items()}, _LOOSE_DEFAULTS, where="sample"
-    )  # the one validator
-    if config.max_new_tokens is None:
-        raise ValueError("sample needs max_new_tokens (as a keyword or in sampling=)")
-    max_new_tokens = config.max_new_tokens
-    settings = _Settings(
-        max_new_tokens, config.temperature, config.top_k, config.top_p, config.min_p, eos_id, pad_id, return_logprobs
-    )
+    settings = _resolve_settings(sampling, loose, eos_id, pad_id, return_logprobs)
+    max_new_tokens = settings.max_new_tokens
     _check_counts(num_samples, batch_size)
     if first_row < 0:
         raise ValueError(f"first_row must be >= 0, got {first_row}")
@@ -373,38 +329,20 @@ def sample(
     lengths = _check_prompts(net, prompts, max_new_tokens, is_hf=hf is not None)
     chosen = _resolve_backend(net, backend, use_cache, is_hf=hf is not None)
     runner: Any = _HFLogits(net) if hf is not None and chosen == "full" else net
-    rng_device = generator.device if generator is not None else "cpu"
-    base = torch.randint(-(2**63), 2**63 - 1, (), generator=generator, dtype=torch.long, device=rng_device).cpu()
-    num_rows = len(prompts) * num_samples
-    global_rows = first_row + _row_positions(prompt_positions, len(prompts), num_samples)
-    row_keys = splitmix64(base + global_rows * _to_uint64_signed(_GAMMA)).to(device)
-
-    ids = torch.full((num_rows, max_new_tokens), pad_id, dtype=torch.long)
-    mask = torch.zeros(num_rows, max_new_tokens, dtype=torch.bool)
-    logprobs = torch.zeros(num_rows, max_new_tokens) if return_logprobs else None
-    width = 0
+    keys = _global_row_keys(generator, first_row, prompt_positions, len(prompts), num_samples).to(device)
     chunks = _plan_chunks(lengths, num_samples, batch_size, by_length=chosen != "fast")
     modes = training_modes(net)
     net.eval()
     try:
-        for rows in tqdm(chunks, desc="sample", disable=not progress or len(chunks) == 1):
-            prompt_ids = [row // num_samples for row in rows]
-            unique = [p for p, _ in itertools.groupby(prompt_ids)]
-            counts = [len(list(group)) for _, group in itertools.groupby(prompt_ids)]
-            with torch.inference_mode():
-                stepper = _STEPPERS[chosen](runner, [prompts[p] for p in unique], counts, max_new_tokens)
-                c_ids, c_mask, c_lp = _decode_chunk(stepper, row_keys[rows], settings)
-            steps, index = c_ids.shape[1], torch.tensor(rows)
-            ids[index, :steps], mask[index, :steps] = c_ids, c_mask
-            if logprobs is not None:
-                logprobs[index, :steps] = c_lp
-            width = max(width, steps)
+        ids, mask, logprobs = _decode_chunks(
+            _STEPPERS[chosen], runner, prompts, chunks, keys, settings, num_samples, progress
+        )
     finally:
         restore_training_modes(modes)
     return SampleOutput(
-        response_ids=ids[:, :width].clone(),
-        response_mask=mask[:, :width].clone(),
-        logprobs=None if logprobs is None else logprobs[:, :width].clone(),
+        response_ids=ids,
+        response_mask=mask,
+        logprobs=logprobs,
         prompt_index=torch.arange(len(prompts)).repeat_interleave(num_samples),
         eos_id=eos_id,
         backend=chosen,
