@@ -3,11 +3,11 @@
 Each process rolls out, scores and runs the rollout forward on its own rows; from then on a step sees
 the global batch (the rows of every process, in rank order):
 
-- advantages are whitened with moments summed over the processes (`losses.whiten`);
+- advantages are whitened with moments summed over the processes (`ppo_losses.whiten`);
 - the rows are gathered, so every process holds the global batch, and each minibatch is drawn from
   it by a generator seeded the same on every process; each process trains on its contiguous share of
   the minibatch's rows (`minibatch_share`);
-- token means divide by the minibatch's global token count (`losses.masked_mean`'s `count`), so the
+- token means divide by the minibatch's global token count (`ppo_losses.masked_mean`'s `count`), so the
   shares summed over processes are the global means. DDP and FSDP average gradients over the
   processes, so the loss a process backpropagates is its share times the number of processes.
 

@@ -24,7 +24,7 @@ from beartype import beartype
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.core.logprobs import token_logprobs
-from self_rewarding_lm_pytorch.core.losses import (
+from self_rewarding_lm_pytorch.core.ppo_losses import (
     AdaptiveKLController,
     FixedKLController,
     gae_advantages,
