@@ -49,14 +49,15 @@ def worker(out: Path, fsdp: bool, dim: int, depth: int, steps: int):
 
     from self_rewarding_lm_pytorch.trainers.sft import SFTTask, train_sft
     from self_rewarding_lm_pytorch.training import loop
-    from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
+    from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
+    from self_rewarding_lm_pytorch.training.loop import TrainConfig
 
     torch.set_num_threads(1)
     accelerator = make_accelerator(dict(cpu=True))
     torch.manual_seed(0)
     model = TransformerWrapper(num_tokens=259, max_seq_len=64, attn_layers=Decoder(dim=dim, depth=depth, heads=8))
     held: dict = {}
-    inner, build, optimizers = SFTTask.step, loop._build_optimizer, []
+    inner, build, optimizers = SFTTask.step, loop.build_optimizer, []
 
     def build_and_keep(*args):
         optimizer, params = build(*args)
@@ -73,7 +74,7 @@ def worker(out: Path, fsdp: bool, dim: int, depth: int, steps: int):
         )
         return inner(self, module, batch)
 
-    SFTTask.step, loop._build_optimizer = step, build_and_keep
+    SFTTask.step, loop.build_optimizer = step, build_and_keep
     data = [{"prompt": "q" * 8, "response": "a" * 48} for _ in range(8)]
     config = TrainConfig(num_train_steps=steps, batch_size=2, progress=False, fsdp=fsdp)
     train_sft(model, data, accelerator=accelerator, run_dir=None, config=config)

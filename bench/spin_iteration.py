@@ -51,7 +51,8 @@ def run(args) -> dict:
     from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
     from self_rewarding_lm_pytorch.trainers import dpo
     from self_rewarding_lm_pytorch.trainers.spin import encode_sft_items, train_spin_iteration
-    from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
+    from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
+    from self_rewarding_lm_pytorch.training.loop import TrainConfig
 
     torch.manual_seed(0)
     max_seq_len = args.prompt_len + args.response_len

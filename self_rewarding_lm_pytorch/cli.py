@@ -103,7 +103,7 @@ def _cmd_run(args) -> int:
         load_pipeline_file,
     )
     from self_rewarding_lm_pytorch.pipeline import SelfRewardingTrainer
-    from self_rewarding_lm_pytorch.training.loop import make_accelerator
+    from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 
     if args.resume and args.overwrite:
         raise CLIError("--resume and --overwrite contradict each other: pick one")

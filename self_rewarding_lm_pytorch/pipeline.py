@@ -167,7 +167,7 @@ class SelfRewardingTrainer:
 
     @beartype
     def __call__(self, overwrite_checkpoints: bool = False) -> list[dict]:
-        from self_rewarding_lm_pytorch.training.loop import make_accelerator
+        from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 
         accelerator = make_accelerator(self.accelerate_kwargs)
         self.model.to(accelerator.device)

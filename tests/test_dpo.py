@@ -191,7 +191,8 @@ def test_precomputed_reference_is_the_policy_at_entry(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
     from self_rewarding_lm_pytorch.trainers.dpo import train_dpo
-    from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
+    from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
+    from self_rewarding_lm_pytorch.training.loop import TrainConfig
 
     records = letter_preferences(8)
     initial = copy.deepcopy(tiny_model)
@@ -334,7 +335,8 @@ import json, sys, torch
 from pathlib import Path
 from x_transformers import Decoder, TransformerWrapper
 from safetensors.torch import load_file
-from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
+from self_rewarding_lm_pytorch.training.loop import TrainConfig
+from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 from self_rewarding_lm_pytorch.trainers import dpo
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
 

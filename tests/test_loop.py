@@ -9,13 +9,8 @@ import torch
 from conftest import assert_same_weights, weights
 from torch import nn
 
-from self_rewarding_lm_pytorch.training.loop import (
-    TrainConfig,
-    epoch_permutation,
-    lr_multiplier,
-    make_accelerator,
-    train,
-)
+from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
+from self_rewarding_lm_pytorch.training.loop import TrainConfig, epoch_permutation, lr_multiplier, train
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from self_rewarding_lm_pytorch.self_reward.judge import RewardConfig
 from self_rewarding_lm_pytorch.stages.context import StageContext
 from self_rewarding_lm_pytorch.stages.ppo import PPOStageConfig
 from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
+from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 from self_rewarding_lm_pytorch.training.checkpoint import load_model
-from self_rewarding_lm_pytorch.training.loop import make_accelerator
 
 # The toy task: a 6-token vocabulary, queries of one token, and a reward that is the fraction of
 # token 3 in the response (an untrained policy scores about 0.2-0.35).

@@ -168,7 +168,8 @@ def test_every_variant_learns_the_preference(tiny_model, loss_type, kwargs):
 
 def test_spin_with_a_reference_free_loss_makes_no_reference(tiny_model, tmp_path, monkeypatch):
     from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration
-    from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
+    from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
+    from self_rewarding_lm_pytorch.training.loop import TrainConfig
 
     forbid_reference(monkeypatch)
     items = [(f"{i}=", w) for i, w in enumerate(["zero", "one", "two", "three"])]

@@ -8,7 +8,8 @@ from torch import nn
 from self_rewarding_lm_pytorch.core.batching import create_mock_dataset
 from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
 from self_rewarding_lm_pytorch.trainers.sft import SFTTask, SFTTrainer, prepare_sft_examples, to_sft_example, train_sft
-from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
+from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
+from self_rewarding_lm_pytorch.training.loop import TrainConfig
 
 
 def tiny_lm(num_tokens=259, max_seq_len=32, seed=0):

@@ -6,7 +6,8 @@ from conftest import tiny_lm
 
 from self_rewarding_lm_pytorch.trainers.dpo import DPOTrainer, train_dpo
 from self_rewarding_lm_pytorch.trainers.spin import SPINTrainer, encode_sft_items
-from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
+from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
+from self_rewarding_lm_pytorch.training.loop import TrainConfig
 
 pytestmark = pytest.mark.stage
 

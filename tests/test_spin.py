@@ -114,7 +114,7 @@ def margins(model, examples, generated):
 @pytest.mark.stage
 def test_an_iteration_raises_real_over_generated_likelihood(tiny_model, tmp_path):
     from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration
-    from self_rewarding_lm_pytorch.training.loop import make_accelerator
+    from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 
     initial = copy.deepcopy(tiny_model)
     items = sft_items(8)
@@ -228,7 +228,7 @@ def test_resume_after_a_finished_iteration_matches_a_straight_run(seed_model, tm
 @pytest.mark.stage
 def test_live_reference_spin_matches_precomputed(tiny_model, tmp_path):
     from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration
-    from self_rewarding_lm_pytorch.training.loop import make_accelerator
+    from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 
     losses = {}
     for precompute in (True, False):
@@ -253,7 +253,7 @@ def test_resume_mid_iteration_reuses_samples_and_reference(tiny_model, tmp_path,
     from self_rewarding_lm_pytorch.core import sampling
     from self_rewarding_lm_pytorch.trainers import reference_logprobs
     from self_rewarding_lm_pytorch.trainers.spin import train_spin_iteration
-    from self_rewarding_lm_pytorch.training.loop import make_accelerator
+    from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 
     run = dict(tokenizer=TOK, accelerator=make_accelerator(), run_dir=tmp_path, max_seq_len=16)
     straight = copy.deepcopy(tiny_model)

@@ -81,7 +81,8 @@ class PPOTrainer:
         *,
         accelerator: Any = None,
     ):
-        from self_rewarding_lm_pytorch.training.loop import _build_optimizer, make_accelerator
+        from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
+        from self_rewarding_lm_pytorch.training.inputs import build_optimizer
 
         self.config = config
         if not isinstance(model, ValueHeadModel):
@@ -103,7 +104,7 @@ class PPOTrainer:
             ref_model = ref_model.transformer
         self.ref_model = ref_model.to(device).eval().requires_grad_(False)
         self._core = vmodel.to(device)  # the unwrapped ValueHeadModel; under fsdp it lends its storage to the shards
-        self._prepare(is_own_reference, _build_optimizer)
+        self._prepare(is_own_reference, build_optimizer)
         self.kl_ctl = (
             AdaptiveKLController(config.init_kl_coef, config.target_kl, config.horizon)
             if config.adap_kl_ctrl

@@ -49,7 +49,8 @@ from self_rewarding_lm_pytorch.trainers.reference_logprobs import (
     compute_ref_logprobs,
     load_or_compute_ref_logprobs,
 )
-from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, make_accelerator, train
+from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
+from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, train
 from self_rewarding_lm_pytorch.training.sharding import shard_in_place
 
 __all__ = [

@@ -381,7 +381,8 @@ class RewardModelTrainer:
         self.checkpoint_folder, self.resume = checkpoint_folder, resume
 
     def __call__(self):
-        from self_rewarding_lm_pytorch.training.loop import make_accelerator, train
+        from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
+        from self_rewarding_lm_pytorch.training.loop import train
 
         accelerator = self.accelerator or make_accelerator(self.accelerate_kwargs)
         valid = ListDataset(self.valid_records) if self.valid_records is not None else None

@@ -24,7 +24,8 @@ from self_rewarding_lm_pytorch.core.batching import ListDataset, collate_example
 from self_rewarding_lm_pytorch.core.losses import sft_loss
 from self_rewarding_lm_pytorch.core.tokenizer import to_id_list
 from self_rewarding_lm_pytorch.models import model_and_tokenizer
-from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, make_accelerator, train
+from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
+from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, train
 
 __all__ = ["NoResponseTokens", "SFTTask", "SFTTrainer", "prepare_sft_examples", "to_sft_example", "train_sft"]
 

@@ -32,8 +32,9 @@ from self_rewarding_lm_pytorch.models import as_model
 from self_rewarding_lm_pytorch.trainers.dpo import DPOTask, default_tokenizer, train_pairs
 from self_rewarding_lm_pytorch.trainers.preference_loss import PreferenceLoss
 from self_rewarding_lm_pytorch.trainers.sft import NoResponseTokens, to_sft_example
+from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 from self_rewarding_lm_pytorch.training.checkpoint import load_model
-from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult, make_accelerator
+from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult
 
 __all__ = [
     "SFTRecordError",

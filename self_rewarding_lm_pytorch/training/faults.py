@@ -12,7 +12,11 @@ import signal
 import threading
 from typing import Any
 
-__all__ = ["NonFiniteLossError", "StopSignals", "TrainingStopped"]
+import torch
+from accelerate import Accelerator
+from torch import Tensor
+
+__all__ = ["NonFiniteLossError", "StopSignals", "TrainingStopped", "agreed_step_flags"]
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -61,3 +65,20 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+def agreed_step_flags(step_metrics: dict[str, Tensor], *, stop_requested: bool, accelerator: Accelerator) -> list[bool]:
+    """[any process saw a non-finite loss or gradient norm, any process was asked to stop], agreed by all.
+
+    One host sync per optimizer step, on purpose: a NaN/inf must be seen before optimizer.step()
+    applies it (afterwards every weight, checkpoint and later stage would carry it), and all
+    processes must stop at the same step. Both flags travel in one tensor and one reduction; on
+    tiny models this costs about as much as the logging already does every step.
+    """
+    watched = [step_metrics["loss"]] + ([step_metrics["grad_norm"]] if "grad_norm" in step_metrics else [])
+    nonfinite = (~torch.isfinite(torch.stack(watched))).any().float()
+    stop = torch.tensor(float(stop_requested), device=nonfinite.device)
+    flags = torch.stack([nonfinite, stop])
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags, reduction="sum")
+    return (flags > 0).tolist()

@@ -11,74 +11,53 @@ equal-sized slices and DDP averages gradients, so N processes compute the update
 Data order: the items form an endless stream of per-epoch permutations (a torch generator seeded by
 (seed, epoch)); optimizer step s reads stream positions [s*I, (s+1)*I). Every batch is full, and a
 resumed run finds its data position from the step alone.
+
+This file holds what changes the weights and the order of events at each step; the pieces it
+drives live beside it, so the loop reads in one place: inputs.py (input checks, the optimizer),
+faults.py (stop signals, the non-finite check), validation.py (validation means, early stopping),
+run_log.py (metrics.jsonl, tensorboard, progress bar), run_checkpoint.py (step checkpoints across
+processes) and result.py (`TrainResult`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, send_to_device
+from accelerate.utils import send_to_device
 from beartype import beartype
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from self_rewarding_lm_pytorch.core.files import JsonlAppender
 from self_rewarding_lm_pytorch.models import enable_gradient_checkpointing
 from self_rewarding_lm_pytorch.training import checkpoint as ckpt
 from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 from self_rewarding_lm_pytorch.training.config import TrainConfig
 from self_rewarding_lm_pytorch.training.dropout import dropout_disabled
-from self_rewarding_lm_pytorch.training.faults import NonFiniteLossError, StopSignals, TrainingStopped
+from self_rewarding_lm_pytorch.training.faults import (
+    NonFiniteLossError,
+    StopSignals,
+    TrainingStopped,
+    agreed_step_flags,
+)
+from self_rewarding_lm_pytorch.training.inputs import build_optimizer, check_train_inputs
 from self_rewarding_lm_pytorch.training.metrics import MetricWindow, as_metric
+from self_rewarding_lm_pytorch.training.result import TrainResult
+from self_rewarding_lm_pytorch.training.run_checkpoint import RunCheckpoints
+from self_rewarding_lm_pytorch.training.run_log import RunLog
 from self_rewarding_lm_pytorch.training.schedule import DataStream, epoch_permutation, lr_multiplier
-from self_rewarding_lm_pytorch.training.sharding import OPTIMIZER_DIR, ShardedTraining, fsdp_enabled
+from self_rewarding_lm_pytorch.training.sharding import ShardedTraining, fsdp_enabled
+from self_rewarding_lm_pytorch.training.validation import update_best, valid_shards, validation_means
 
-__all__ = ["TrainConfig", "TrainResult", "epoch_permutation", "lr_multiplier", "make_accelerator", "train"]
+# TrainConfig, TrainResult, epoch_permutation and lr_multiplier stay importable from here, their long-standing path.
+__all__ = ["TrainConfig", "TrainResult", "epoch_permutation", "lr_multiplier", "train"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    """What `train` did: optimizer `steps` completed (in total, across resumes), every logged record
-    (`history`: train records and validation records with "valid/" keys), and the best validation."""
-
-    steps: int
-    history: list[dict] = field(default_factory=list)
-    best_metrics: dict | None = None
-    best_step: int | None = None
-    stopped_early: bool = False
-    run_dir: Path | None = None
-    info: dict = field(default_factory=dict)  # stage-specific extras, e.g. SFT's "num_skipped"
-
-
-def _check_task(task):
-    for name in ("collate", "step"):
-        if not callable(getattr(task, name, None)):
-            raise TypeError(
-                f"the task {type(task).__name__} has no callable .{name}(); see the task protocol in loop.py"
-            )
-
-
-def _build_optimizer(model: nn.Module, config: TrainConfig):
-    """AdamW over trainable parameters only; weight decay on matrices, not on biases/norm gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters (requires_grad=True)")
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate)
-    return optimizer, params
 
 
 @beartype
@@ -130,19 +109,8 @@ class _Run:
     """One call of `train`: the prepared objects, and the counters (`self.s`) a checkpoint saves."""
 
     def __init__(self, model, task, train_dataset, config, accelerator, run_dir, valid_dataset, saved_config, desc):
-        _check_task(task)
+        check_train_inputs(task, train_dataset, valid_dataset, config, accelerator)
         self.nproc, self.rank = accelerator.num_processes, accelerator.process_index
-        if len(train_dataset) == 0:
-            raise ValueError("train_dataset is empty")
-        if config.batch_size % self.nproc:
-            raise ValueError(
-                f"batch_size={config.batch_size} is the global batch per micro-step and must be "
-                f"divisible by the number of processes ({self.nproc})"
-            )
-        if valid_dataset is not None and len(valid_dataset) < self.nproc:
-            raise ValueError(f"valid_dataset has {len(valid_dataset)} items, fewer than the {self.nproc} processes")
-        if accelerator.gradient_accumulation_steps != 1:
-            raise ValueError("the Accelerator has gradient_accumulation_steps != 1; use TrainConfig.grad_accum_steps")
         self.core, self.task, self.config, self.acc = model, task, config, accelerator
         self.train_dataset, self.valid_dataset = train_dataset, valid_dataset
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -151,9 +119,8 @@ class _Run:
         self.total_steps = config.total_steps(len(train_dataset))
         self.stream, self.window = DataStream(len(train_dataset), config.seed), MetricWindow()
         self.s, self.last_saved = ckpt.RunState(last_lr=config.learning_rate), None
-        self.appender: JsonlAppender | None = None
-        self.tb: Any = None
-        self.bar: Any = None  # tqdm, opened in _open_outputs
+        self.outputs: RunLog | None = None  # opened once the starting step is known
+        self.checkpoints: RunCheckpoints | None = None  # with a run_dir, once the sharding is known
         self.signals, self.stop_agreed = StopSignals(), False
         self.sharded: ShardedTraining | None = None
 
@@ -165,21 +132,23 @@ class _Run:
             # No accelerate.prepare: the shards replace DDP, and the optimizer sees only this process's slices.
             self.sharded = ShardedTraining(self.core, device=self.acc.device, mixed_precision=self.acc.mixed_precision)
             self.model = self.sharded.module
-            self.optimizer, self.params = _build_optimizer(self.model, self.config)
+            self.optimizer, self.params = build_optimizer(self.model, self.config)
             optimizer = self.optimizer
         else:
-            optimizer, self.params = _build_optimizer(self.core, self.config)
+            optimizer, self.params = build_optimizer(self.core, self.config)
             self.model, self.optimizer = self.acc.prepare(self.core, optimizer)
         cfg, total = self.config, self.total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda s: lr_multiplier(s, warmup_steps=cfg.warmup_steps, total_steps=total, schedule=cfg.lr_schedule),
         )
+        if self.run_dir is not None:
+            self.checkpoints = RunCheckpoints(self.run_dir, self.acc, self._config_record(), self.sharded)
         try:
             with self.signals:
-                if not (resume and self.run_dir is not None and self._resume()):
+                if not (resume and self._resume()):
                     self._fresh_start()
-                self._open_outputs()
+                self.outputs = RunLog(self.run_dir, cfg, self.is_main, total, self.s.step, self.desc)
                 with dropout_disabled(self.core, enabled=cfg.disable_dropout):
                     self._loop()
                 self._finish()
@@ -210,49 +179,17 @@ class _Run:
         self.acc.wait_for_everyone()
 
     def _resume(self) -> bool:
-        assert self.run_dir is not None  # only called with a run folder
-        path = ckpt.latest_checkpoint(self.run_dir)
-        if path is None:
+        if self.checkpoints is None:  # no run folder: nothing to resume from
             return False
-        self.s, rngs = ckpt.load_run_checkpoint(
-            path,
-            model=self.core,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            config_now=self._config_record(),
-            sharded=self.sharded,
-        )
-        ckpt.set_rng_state(rngs[self.rank])
-        self.last_saved = self.s.step
-        if self.is_main:
-            ckpt.truncate_metrics(self.run_dir / "metrics.jsonl", self.s.step)  # the resumed run logs them again
-        self.acc.wait_for_everyone()
+        state = self.checkpoints.resume(model=self.core, optimizer=self.optimizer, scheduler=self.scheduler)
+        if state is None:
+            return False
+        self.s, self.last_saved = state, state.step
         return True
 
-    def _open_outputs(self):
-        if self.is_main and self.run_dir is not None:
-            self.appender = JsonlAppender(self.run_dir / "metrics.jsonl")
-            if self.config.tensorboard:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-                except ImportError:
-                    log.warning(
-                        "tensorboard=True but torch.utils.tensorboard does not import; logging to metrics.jsonl only"
-                    )
-        self.bar = tqdm(
-            total=self.total_steps,
-            initial=self.s.step,
-            desc=self.desc,
-            dynamic_ncols=True,
-            disable=not (self.config.progress and self.is_main),
-        )
-
     def _close(self):
-        for resource in (self.appender, self.tb, self.bar):
-            if resource is not None:
-                resource.close()
+        if self.outputs is not None:
+            self.outputs.close()
         # The accelerator outlives this run (it is reused across stages); drop our references so the
         # optimizer state is freed when the run ends.
         for attr, obj in (("_models", self.model), ("_optimizers", self.optimizer)):
@@ -279,7 +216,7 @@ class _Run:
                 self._validate()
             if save:
                 self._save()
-            self.bar.update(1)
+            self._outputs().bar.update(1)
             if stop:
                 self._stop()
 
@@ -330,20 +267,10 @@ class _Run:
         self.s.step += 1
 
     def _check_before_update(self, step_metrics: dict[str, Tensor]):
-        """Refuse a non-finite update, and agree with every process on whether to stop after this step.
-
-        One host sync per optimizer step, on purpose: a NaN/inf must be seen before optimizer.step()
-        applies it (afterwards every weight, checkpoint and later stage would carry it), and all
-        processes must stop at the same step. Both flags travel in one tensor and one reduction; on
-        tiny models this costs about as much as the logging already does every step.
-        """
-        watched = [step_metrics["loss"]] + ([step_metrics["grad_norm"]] if "grad_norm" in step_metrics else [])
-        nonfinite = (~torch.isfinite(torch.stack(watched))).any().float()
-        stop = torch.tensor(float(self.signals.signum is not None), device=nonfinite.device)
-        flags = torch.stack([nonfinite, stop])
-        if self.nproc > 1:
-            flags = self.acc.reduce(flags, reduction="sum")
-        nonfinite_any, stop_any = (flags > 0).tolist()
+        """Refuse a non-finite update, and agree with every process on whether to stop after this step
+        (one host sync per optimizer step; `agreed_step_flags` says why that is worth it)."""
+        stop_requested = self.signals.signum is not None
+        nonfinite_any, stop_any = agreed_step_flags(step_metrics, stop_requested=stop_requested, accelerator=self.acc)
         if nonfinite_any:
             self.optimizer.zero_grad(set_to_none=True)
             values = {k: v.item() for k, v in step_metrics.items() if k in ("loss", "grad_norm")}
@@ -356,14 +283,13 @@ class _Run:
 
     # --- logging, validation, early stopping ---
 
+    def _outputs(self) -> RunLog:
+        assert self.outputs is not None  # opened before the first step
+        return self.outputs
+
     def _emit(self, record: dict):
         self.s.history.append(record)
-        if self.appender is not None:
-            self.appender.write(record)
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
+        self._outputs().write(record)
 
     def _log(self):
         values = self.window.flush(self.acc)
@@ -371,71 +297,22 @@ class _Run:
             return
         epoch = self.s.step * self.items_per_step / len(self.train_dataset)
         self._emit({"step": self.s.step, "epoch": round(epoch, 4), "lr": self.s.last_lr, **values})
-        postfix = {"loss": f"{values['loss']:.4f}"}
-        key = getattr(self.task, "key_metric", None)
-        if key and key != "loss" and key in values:
-            postfix[key] = f"{values[key]:.4g}"
-        self.bar.set_postfix(postfix, refresh=False)
-
-    def _valid_shards(self):
-        """(items, weight) per global batch of `batch_size`, split as evenly as possible over the processes.
-
-        Unsharded, a process with no items in a batch skips it. Sharded, every forward is a collective,
-        so such a process runs the batch's first item with weight 0 instead.
-        """
-        n, size = len(self.valid_dataset), self.config.batch_size
-        for start in range(0, n, size):
-            count = min(size, n - start)
-            lo, hi = start + count * self.rank // self.nproc, start + count * (self.rank + 1) // self.nproc
-            if lo < hi:
-                yield [self.valid_dataset[i] for i in range(lo, hi)], hi - lo
-            elif self.sharded is not None:
-                yield [self.valid_dataset[start]], 0
-
-    def _valid_step(self, model, batch) -> dict:
-        if callable(getattr(self.task, "valid_step", None)):
-            return self.task.valid_step(model, batch)
-        loss, metrics = self.task.step(model, batch)
-        return {"loss": loss, **metrics}
+        self._outputs().show(values, getattr(self.task, "key_metric", None))
 
     def _validate(self):
         # Unsharded: the unwrapped model (no gradient sync is needed, and processes may run different
         # batch counts). Sharded: the shards, every process in step.
         model = self.core if self.sharded is None else self.model
-        device, was_training = self.acc.device, model.training
-        sums: dict[str, Tensor] = {}
-        count = 0
-        model.eval()
-        with torch.no_grad():
-            for items, weight in self._valid_shards():
-                metrics = self._valid_step(model, send_to_device(self.task.collate(items), device))
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + as_metric(k, v, device) * weight
-                count += weight
-        model.train(was_training)
-        names = sorted(sums)
-        stacked = torch.stack([sums[k] for k in names] + [torch.tensor(float(count), device=device)])
-        totals = self.acc.reduce(stacked, reduction="sum").tolist()  # item-weighted means over all processes
-        metrics = {k: v / totals[-1] for k, v in zip(names, totals[:-1], strict=True)}
+        shards = valid_shards(
+            self.valid_dataset,
+            self.config.batch_size,
+            rank=self.rank,
+            nproc=self.nproc,
+            sharded=self.sharded is not None,
+        )
+        metrics = validation_means(self.task, model, shards, self.acc)
         self._emit({"step": self.s.step, **{f"valid/{k}": v for k, v in metrics.items()}})
-        self._update_best(metrics)
-
-    def _update_best(self, metrics: dict[str, float]):
-        cfg, s, name = self.config, self.s, self.config.early_stopping_metric
-        if name not in metrics:
-            if cfg.early_stopping_patience is not None:
-                raise ValueError(f"early_stopping_metric {name!r} is not a validation metric; have {sorted(metrics)}")
-            return
-        value, best = metrics[name], None if s.best is None else s.best[name]
-        better = best is None or (value < best if cfg.early_stopping_mode == "min" else value > best)
-        if not math.isnan(value) and better:
-            s.best, s.best_step, s.bad_evals = dict(metrics), s.step, 0
-            if cfg.early_stopping_patience is not None:
-                s.best_weights = self._full_weights()
-            return
-        s.bad_evals += 1
-        if cfg.early_stopping_patience is not None and s.bad_evals >= cfg.early_stopping_patience:
-            s.stopped_early = True
+        update_best(self.s, metrics, self.config, self._full_weights)
 
     # --- checkpoints and the end ---
 
@@ -446,38 +323,16 @@ class _Run:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.core.state_dict().items()}
 
     def _save(self):
-        assert self.run_dir is not None  # only called with a run folder
-        rng = ckpt.get_rng_state()
-        # Every process's RNG goes into the one checkpoint the main process writes.
-        rngs = gather_object([rng]) if self.nproc > 1 else [rng]
-        record = dict(
+        assert self.checkpoints is not None  # only called with a run folder
+        self.checkpoints.save(
+            self.s,
+            model=self.core,
+            optimizer=self.optimizer,
             scheduler=self.scheduler,
-            rng_states=rngs,
-            config=self._config_record(),
             items_per_step=self.items_per_step,
             dataset_size=len(self.train_dataset),
         )
-        if self.sharded is None:
-            if self.is_main:
-                ckpt.save_run_checkpoint(self.run_dir, self.s, model=self.core, optimizer=self.optimizer, **record)
-        else:
-            self._save_sharded(record)
         self.last_saved = self.s.step
-        self.acc.wait_for_everyone()
-
-    def _save_sharded(self, record: dict):
-        """Full weights from the main process, optimizer shards from every process, into one staging folder."""
-        assert self.sharded is not None and self.run_dir is not None  # only called so
-        full = self.sharded.full_state_dict(all_ranks=False)
-        staging = ckpt.staging_dir(self.run_dir, self.s.step)
-        if self.is_main:
-            ckpt.clear_staging(staging)
-        self.acc.wait_for_everyone()
-        self.sharded.save_optimizer(self.optimizer, staging / OPTIMIZER_DIR)
-        self.acc.wait_for_everyone()
-        if self.is_main:
-            with self.sharded.full_core(full) as core:
-                ckpt.save_run_checkpoint(self.run_dir, self.s, model=core, optimizer=None, staging=staging, **record)
 
     def _finish(self):
         if self.window.steps:

@@ -13,7 +13,7 @@ import sys
 import torch
 
 from self_rewarding_lm_pytorch import DPOTrainer, SFTTrainer, sequence_logprobs
-from self_rewarding_lm_pytorch.training.loop import make_accelerator
+from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 
 SFT = [{"prompt": "say hello", "response": "hello!"}, {"prompt": "the cat", "response": "sat."}] * 2
 PAIRS = [{"prompt": "say hello", "chosen": "hello!", "rejected": "no."}] * 4

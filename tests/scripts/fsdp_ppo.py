@@ -50,8 +50,8 @@ def run(out_dir: Path, accelerate_kwargs: dict):
     from self_rewarding_lm_pytorch import PPOConfig, PPOStageConfig, PPOTrainer, RewardConfig
     from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
     from self_rewarding_lm_pytorch.stages.context import StageContext
+    from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
     from self_rewarding_lm_pytorch.training.checkpoint import save_model
-    from self_rewarding_lm_pytorch.training.loop import make_accelerator
     from self_rewarding_lm_pytorch.training.sharding import local_parameter_count
 
     accelerator = make_accelerator(accelerate_kwargs)

@@ -20,7 +20,7 @@ def run(out_dir: Path, accelerate_kwargs: dict):
 
     from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel, RewardModelTrainer
     from self_rewarding_lm_pytorch.trainers.spin import SPINTrainer
-    from self_rewarding_lm_pytorch.training.loop import make_accelerator
+    from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 
     accelerator = make_accelerator(accelerate_kwargs)
     torch.manual_seed(0)

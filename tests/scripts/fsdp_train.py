@@ -41,7 +41,8 @@ def dpo_records(n=16):
 def run(out_dir: Path, kind: str, accelerate_kwargs: dict, kill_at_step: int | None = None) -> dict:
     from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer
     from self_rewarding_lm_pytorch.trainers import dpo, sft
-    from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
+    from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
+    from self_rewarding_lm_pytorch.training.loop import TrainConfig
     from self_rewarding_lm_pytorch.training.sharding import local_parameter_count
 
     accelerator = make_accelerator(accelerate_kwargs)

@@ -9,7 +9,7 @@ from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch.core.tokenizer import CallableTokenizer
 from self_rewarding_lm_pytorch.rl.ppo import PPOConfig, PPOTrainer
-from self_rewarding_lm_pytorch.training.loop import make_accelerator
+from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 
 torch.set_num_threads(1)
 # no argument: PPOConfig's default temperature

@@ -27,7 +27,7 @@ def run(out_dir: Path, accelerate_kwargs: dict):
     from self_rewarding_lm_pytorch.generation.synthetic import generate_synthetic_dataset
     from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel
     from self_rewarding_lm_pytorch.trainers.spin import generate_synthetic
-    from self_rewarding_lm_pytorch.training.loop import make_accelerator
+    from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 
     accelerator = make_accelerator(accelerate_kwargs)
     rank, tok = accelerator.process_index, ByteTokenizer()

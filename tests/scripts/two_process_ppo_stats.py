@@ -17,7 +17,7 @@ from self_rewarding_lm_pytorch.core.losses import kl_penalty
 from self_rewarding_lm_pytorch.core.tokenizer import CallableTokenizer
 from self_rewarding_lm_pytorch.rl.ppo import PPOConfig, PPOTrainer
 from self_rewarding_lm_pytorch.rl.value_head import assemble_rollouts
-from self_rewarding_lm_pytorch.training.loop import make_accelerator
+from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 
 torch.set_num_threads(1)
 SCORES = {0: [1.0, 2.0, math.nan, 4.0], 1: [10.0, math.nan, math.nan, math.nan]}

@@ -17,7 +17,7 @@ from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch.core.tokenizer import CallableTokenizer
 from self_rewarding_lm_pytorch.rl.ppo import PPOConfig, PPOTrainer
-from self_rewarding_lm_pytorch.training.loop import make_accelerator
+from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 
 QUERIES = [[1], [2, 3], [3], [4, 5], [5]]
 SHARES = {1: [range(5)], 2: [range(0, 3), range(3, 5)]}

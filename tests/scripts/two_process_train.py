@@ -33,7 +33,8 @@ def run(out_dir: Path, accelerate_kwargs: dict, crash_at_call: int | None = None
     from self_rewarding_lm_pytorch.core import files as data
     from self_rewarding_lm_pytorch.trainers.sft import SFTTask, train_sft
     from self_rewarding_lm_pytorch.training import checkpoint as ckpt
-    from self_rewarding_lm_pytorch.training.loop import TrainConfig, make_accelerator
+    from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
+    from self_rewarding_lm_pytorch.training.loop import TrainConfig
 
     counts = {"checkpoint_saves": 0, "metric_writes": 0, "model_saves": 0}
     # Count what this process writes by wrapping the writers the loop calls.
