@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 # What IDEs and type checkers see (`X as X` marks an explicit re-export); at run time the names
 # resolve lazily through __getattr__ below. tests/test_repo.py keeps this block and _EXPORTS in step.
 if TYPE_CHECKING:
-    from self_rewarding_lm_pytorch.config_file import ConfigError as ConfigError
+    from self_rewarding_lm_pytorch.config_values import ConfigError as ConfigError
     from self_rewarding_lm_pytorch.core.batching import create_mock_dataset as create_mock_dataset
     from self_rewarding_lm_pytorch.core.field_types import FieldTypeError as FieldTypeError
     from self_rewarding_lm_pytorch.core.logprobs import sequence_logprobs as sequence_logprobs
@@ -170,7 +170,7 @@ _EXPORTS = {
     "ByteTokenizer": "core.tokenizer",
     "CallableTokenizer": "core.tokenizer",
     "create_mock_dataset": "core.batching",
-    "ConfigError": "config_file",
+    "ConfigError": "config_values",
     "save_model": "training.checkpoint",
     "load_model": "training.checkpoint",
 }

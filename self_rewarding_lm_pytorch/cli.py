@@ -63,15 +63,13 @@ def _check_run(config: str, overrides: tuple[str, ...]) -> int:
     someone else is read here before any of its code can run.
     """
     from self_rewarding_lm_pytorch.config_file import (
-        DeferredImport,
-        build_model,
-        build_reward_config,
         build_stage_configs,
-        build_tokenizer,
         find_imports,
         parse_pipeline,
         read_pipeline_toml,
     )
+    from self_rewarding_lm_pytorch.config_models import build_model, build_reward_config, build_tokenizer
+    from self_rewarding_lm_pytorch.config_values import DeferredImport
 
     raw = read_pipeline_toml(config, overrides=overrides)
     imports = find_imports(raw)
@@ -95,13 +93,8 @@ def _check_run(config: str, overrides: tuple[str, ...]) -> int:
 
 
 def _cmd_run(args) -> int:
-    from self_rewarding_lm_pytorch.config_file import (
-        build_model,
-        build_reward_config,
-        build_stage_configs,
-        build_tokenizer,
-        load_pipeline_file,
-    )
+    from self_rewarding_lm_pytorch.config_file import build_stage_configs, load_pipeline_file
+    from self_rewarding_lm_pytorch.config_models import build_model, build_reward_config, build_tokenizer
     from self_rewarding_lm_pytorch.pipeline import SelfRewardingTrainer
     from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 
@@ -197,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from self_rewarding_lm_pytorch.config_file import ConfigError
+    from self_rewarding_lm_pytorch.config_values import ConfigError
     from self_rewarding_lm_pytorch.core.run_lock import RunLockedError
     from self_rewarding_lm_pytorch.training.faults import NonFiniteLossError
 

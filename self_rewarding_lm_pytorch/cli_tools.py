@@ -27,7 +27,8 @@ def load_weights(model, path, what: str):
 def load_model_from_config(model_config: str, checkpoint: str | None):
     """(model, tokenizer, [judge] table or None) from a TOML file's [model]/tokenizer and a checkpoint,
     or from its `[model] hf = "folder"` (a Hugging Face model with its tokenizer)."""
-    from self_rewarding_lm_pytorch.config_file import build_model, build_tokenizer, load_model_section
+    from self_rewarding_lm_pytorch.config_file import load_model_section
+    from self_rewarding_lm_pytorch.config_models import build_model, build_tokenizer
 
     section = load_model_section(model_config)
     hf = section["hf"]
@@ -66,7 +67,7 @@ def _read_prompts(path: str) -> list[str]:
 
 
 def _scorer(args, model, tokenizer):
-    from self_rewarding_lm_pytorch.config_file import import_object
+    from self_rewarding_lm_pytorch.config_values import import_object
 
     if args.scorer == "perplexity":
         from self_rewarding_lm_pytorch.generation.synthetic import PerplexityScorer
@@ -186,7 +187,8 @@ def _cmd_reward_model_train(args) -> int:
 
 
 def _judge_config(spec: str, table: dict | None):
-    from self_rewarding_lm_pytorch.config_file import build_reward_config, load_model_section
+    from self_rewarding_lm_pytorch.config_file import load_model_section
+    from self_rewarding_lm_pytorch.config_models import build_reward_config
     from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG
 
     if spec == "model-config":

@@ -28,16 +28,23 @@ would perform without performing any.
 
 from __future__ import annotations
 
-import collections.abc
-import dataclasses
-import importlib
 import os
 import sys
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
+
+# Values and tables are checked in config_values.py, objects built in config_models.py; both are
+# re-exported here, the module users import from.
+from self_rewarding_lm_pytorch.config_models import build_model, build_reward_config, build_tokenizer
+from self_rewarding_lm_pytorch.config_values import (
+    ConfigError,
+    DeferredImport,
+    check_table,
+    convert_value,
+    import_object,
+    validate_stage,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,17 +71,6 @@ __all__ = [
 
 TOP_LEVEL_KEYS = {"run_dir", "seed", "tokenizer", "init_checkpoint", "model", "judge", "accelerate", "stages"}
 TOP_LEVEL_KEYS |= {"lora", "mixed_precision"}  # Hugging Face models (config_hf.py)
-
-
-class ConfigError(ValueError):
-    """A pipeline file is invalid; the message names the file, the place and the problem."""
-
-
-@dataclass(frozen=True)
-class DeferredImport:
-    """An `{ import = ... }` value left unimported (`srlm run --check`): only its spelling was checked."""
-
-    spec: str
 
 
 def find_imports(raw: dict) -> list[tuple[str, str]]:
@@ -152,159 +148,7 @@ def apply_override(raw: dict, assignment: str) -> None:
         node[last] = value
 
 
-# --- values -----------------------------------------------------------------------------------
-
-
-def import_object(spec: str, *, where: str = "import") -> Any:
-    """The object named by `"package.module:attribute"`."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ConfigError(f"{where}: expected 'package.module:name', got {spec!r}")
-    module_name, attr = spec.split(":", 1)
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(f"{where}: cannot import module {module_name!r} ({err})") from None
-    except Exception as err:  # the module's own code failed while importing
-        raise ConfigError(f"{where}: importing {module_name!r} failed ({type(err).__name__}: {err})") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"{where}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """`value` checked against the annotation `tp` (and lists made tuples where asked), or ConfigError."""
-    if tp is Any or tp is object:
-        return value
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        for option in args:
-            try:
-                return _convert(value, option, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
-    if origin in (tuple, list, collections.abc.Sequence) and isinstance(value, list):
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            items = [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-        elif origin is tuple and args:
-            if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            items = [_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value, strict=True))]
-        else:
-            items = [_convert(v, args[0], f"{where}[{i}]") if args else v for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict or tp is dict:
-        if isinstance(value, dict):
-            return value
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str or tp in (Path, os.PathLike) or (isinstance(tp, type) and issubclass(tp, os.PathLike)):
-        if isinstance(value, str):
-            return value
-    elif tp is type(None):
-        pass  # TOML has no null: leave the key out to get None
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-
-
-def _is_path_field(name: str, tp: Any) -> bool:
-    """Fields whose string values name files: datasets, and anything annotated as a path."""
-    if name.endswith("dataset") or name.endswith("_data") or name in ("train_data", "valid_data"):
-        return True
-    if name in ("seed_prompts", "avoid", "judge_examples"):  # prompt generation, judge-alive mixing
-        return True
-    text = str(tp)
-    return "Path" in text or "PathLike" in text
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls)
-    except Exception:  # an annotation naming something only imported for type checking
-        hints = {}
-        module = importlib.import_module(cls.__module__)
-        for f in dataclasses.fields(cls):
-            try:  # one field at a time, so one unresolvable annotation leaves the others checked
-                one = types.SimpleNamespace(__annotations__={f.name: f.type})
-                hints[f.name] = typing.get_type_hints(one, globalns=vars(module))[f.name]
-            except Exception:
-                hints[f.name] = Any
-        return hints
-
-
-def _resolve_value(name: str, value: Any, tp: Any, where: str, base_dir: Path, imports: bool = True) -> Any:
-    if isinstance(value, dict) and set(value) == {"import"}:
-        if not imports:
-            if not isinstance(value["import"], str) or ":" not in value["import"]:
-                raise ConfigError(f"{where}: expected 'package.module:name', got {value['import']!r}")
-            return DeferredImport(value["import"])
-        obj = import_object(value["import"], where=where)
-        if "Callable" in str(tp) and not callable(obj) and "Dataset" not in str(tp):
-            raise ConfigError(f"{where}: {value['import']} is not callable")
-        return obj
-    if value == "@previous":  # the prompts of the pipeline's latest prompt-generation stage (stages.prompt_generation)
-        return value
-    if isinstance(value, str) and _is_path_field(name, tp):
-        path = Path(value) if Path(value).is_absolute() else base_dir / value
-        if not path.exists():
-            raise ConfigError(f"{where}: no such file {path}")
-        return str(path)
-    return _convert(value, tp, where)
-
-
-def validate_stage(
-    kind: str, table: dict, stage_kinds: dict[str, type], *, base_dir: Path, where: str, imports: bool = True
-) -> dict:
-    """The keyword arguments for `stage_kinds[kind]`, checked against its dataclass fields
-    (`imports=False`: `{ import = ... }` values become `DeferredImport`s, nothing is imported)."""
-    if kind not in stage_kinds:
-        raise ConfigError(f"{where}: unknown stage kind {kind!r}; known kinds: {', '.join(sorted(stage_kinds))}")
-    cls = stage_kinds[kind]
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(table) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for a {kind!r} stage "
-            f"({cls.__name__}); its fields are: {', '.join(fields)}"
-        )
-    required = [
-        n
-        for n, f in fields.items()
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in table
-    ]
-    if required:
-        raise ConfigError(
-            f"{where}: missing required field{'s' if len(required) > 1 else ''} {', '.join(required)} "
-            f"for a {kind!r} stage"
-        )
-    hints = _field_types(cls)
-    return {
-        name: _resolve_value(name, value, hints.get(name, Any), f"{where}.{name}", base_dir, imports)
-        for name, value in table.items()
-    }
-
-
-def _check_table(raw: dict, key: str, where: str) -> dict:
-    value = raw.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [{key}] must be a table, got {type(value).__name__}")
-    return dict(value)
+# --- parsing ----------------------------------------------------------------------------------
 
 
 def parse_pipeline(
@@ -321,8 +165,8 @@ def parse_pipeline(
         )
     if "run_dir" not in raw:
         raise ConfigError(f"{where}: missing run_dir (the run folder)")
-    run_dir = Path(_convert(raw["run_dir"], str, f"{where}: run_dir"))
-    seed = _convert(raw["seed"], int, f"{where}: seed") if "seed" in raw else None
+    run_dir = Path(convert_value(raw["run_dir"], str, f"{where}: run_dir"))
+    seed = convert_value(raw["seed"], int, f"{where}: seed") if "seed" in raw else None
     from self_rewarding_lm_pytorch.config_hf import parse_hf_sections
 
     hf = parse_hf_sections(raw, where=where, base_dir=base_dir)
@@ -332,24 +176,39 @@ def parse_pipeline(
             raise ConfigError(
                 f"{where}: init_checkpoint is for x-transformers models; [model] hf loads its own weights"
             )
-    tokenizer = _convert(raw.get("tokenizer", "byte"), str, f"{where}: tokenizer")
+    tokenizer = convert_value(raw.get("tokenizer", "byte"), str, f"{where}: tokenizer")
     if tokenizer != "byte" and ":" not in tokenizer:
         raise ConfigError(
             f'{where}: tokenizer {tokenizer!r}: use "byte" or "package.module:factory" '
             "(a Tokenizer object or a zero-argument callable returning one); tokenizer files are not read directly"
         )
-    init = raw.get("init_checkpoint")
-    if init is not None:
-        init = Path(_convert(init, str, f"{where}: init_checkpoint"))
-        init = init if init.is_absolute() else base_dir / init
-        if not init.exists():
-            raise ConfigError(f"{where}: init_checkpoint: no such file {init}")
-    model = _check_table(raw, "model", where)
+    init = _init_checkpoint(raw.get("init_checkpoint"), where, base_dir)
+    model = check_table(raw, "model", where)
     if not isinstance(model.get("attn_layers", {}), dict):
         raise ConfigError(f"{where}: [model.attn_layers] must be a table of Decoder kwargs")
-    judge = _check_table(raw, "judge", where) if "judge" in raw else None
-    accelerate = _check_table(raw, "accelerate", where)
-    stages_raw = raw.get("stages")
+    judge = check_table(raw, "judge", where) if "judge" in raw else None
+    accelerate = check_table(raw, "accelerate", where)
+    stages = _parse_stages(raw.get("stages"), stage_kinds, where=where, base_dir=base_dir, imports=imports)
+    if hf.mixed_precision is not None:
+        accelerate["mixed_precision"] = hf.mixed_precision
+    return PipelineFile(path, run_dir, seed, tokenizer, model, init, judge, accelerate, stages, hf=hf)
+
+
+def _init_checkpoint(value: Any, where: str, base_dir: Path) -> Path | None:
+    """The starting weights' path, relative to the pipeline file, checked to exist."""
+    if value is None:
+        return None
+    init = Path(convert_value(value, str, f"{where}: init_checkpoint"))
+    init = init if init.is_absolute() else base_dir / init
+    if not init.exists():
+        raise ConfigError(f"{where}: init_checkpoint: no such file {init}")
+    return init
+
+
+def _parse_stages(
+    stages_raw: Any, stage_kinds: dict[str, type], *, where: str, base_dir: Path, imports: bool
+) -> list[tuple[str, dict]]:
+    """(kind, checked keyword arguments) for each [[stages]] table, in order."""
     if not isinstance(stages_raw, list) or not stages_raw:
         raise ConfigError(f"{where}: no [[stages]]: give at least one stage")
     stages = []
@@ -362,9 +221,7 @@ def parse_pipeline(
         if not isinstance(kind, str):
             raise ConfigError(f"{here}: kind must be a string (one of {', '.join(sorted(stage_kinds))}), got {kind!r}")
         stages.append((kind, validate_stage(kind, table, stage_kinds, base_dir=base_dir, where=here, imports=imports)))
-    if hf.mixed_precision is not None:
-        accelerate["mixed_precision"] = hf.mixed_precision
-    return PipelineFile(path, run_dir, seed, tokenizer, model, init, judge, accelerate, stages, hf=hf)
+    return stages
 
 
 def _read_toml(path: Path) -> dict:
@@ -395,49 +252,6 @@ def load_pipeline_file(
 # --- building ---------------------------------------------------------------------------------
 
 
-def build_tokenizer(spec: str):
-    """`"byte"` -> ByteTokenizer; `"package.module:name"` -> that Tokenizer, or what calling it returns."""
-    from self_rewarding_lm_pytorch.core.tokenizer import ByteTokenizer, as_tokenizer
-
-    if spec == "byte":
-        return ByteTokenizer()
-    obj = import_object(spec, where="tokenizer")
-    tokenizer = obj() if isinstance(obj, type) or not hasattr(obj, "encode") else obj
-    try:
-        return as_tokenizer(tokenizer)
-    except TypeError as err:
-        raise ConfigError(f"tokenizer {spec!r}: {err}") from None
-
-
-def build_model(model_kwargs: dict, tokenizer, *, where: str = ""):
-    """A `TransformerWrapper(attn_layers=Decoder(...))`; x-transformers' own errors become ConfigError
-    (their message starts with `where`, e.g. the file's path, when given)."""
-    try:
-        return _build_model(model_kwargs, tokenizer)
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}" if where else str(err)) from None
-
-
-def _build_model(model_kwargs: dict, tokenizer):
-    from x_transformers import Decoder, TransformerWrapper
-
-    kwargs = dict(model_kwargs)
-    decoder_kwargs = dict(kwargs.pop("attn_layers", {}))
-    if "num_tokens" not in kwargs:
-        if getattr(tokenizer, "vocab_size", None) is None:
-            raise ConfigError("[model]: num_tokens is required when the tokenizer has no vocab_size")
-        kwargs["num_tokens"] = tokenizer.vocab_size
-    for key in ("max_seq_len",):
-        if key not in kwargs:
-            raise ConfigError(f"[model]: missing {key}")
-    if "dim" not in decoder_kwargs:
-        raise ConfigError("[model.attn_layers]: missing dim")
-    try:
-        return TransformerWrapper(**kwargs, attn_layers=Decoder(**decoder_kwargs))
-    except (TypeError, AssertionError, ValueError, RuntimeError) as err:  # RuntimeError: e.g. a negative dim
-        raise ConfigError(f"[model]: x-transformers rejected the model kwargs: {err}") from None
-
-
 def build_stage_configs(pipeline: PipelineFile, stage_kinds: dict[str, type] | None = None) -> list:
     """The stage config objects, in order (constructors do no I/O; their own checks may raise)."""
     stage_kinds = _stage_kinds() if stage_kinds is None else stage_kinds
@@ -448,19 +262,6 @@ def build_stage_configs(pipeline: PipelineFile, stage_kinds: dict[str, type] | N
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{pipeline.path}: stages[{i}] ({kind}): {err}") from None
     return configs
-
-
-def build_reward_config(judge: dict | None, *, where: str = "") -> Any:
-    """The self-judge `RewardConfig` from the [judge] table, or None for the library default."""
-    if judge is None:
-        return None
-    from self_rewarding_lm_pytorch.self_reward.judge import RewardConfig
-
-    judge = {k: tuple(v) if isinstance(v, list) else v for k, v in judge.items()}  # score_range
-    try:
-        return RewardConfig(**judge)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}{': ' if where else ''}[judge]: {err}") from None
 
 
 def load_model_section(path: str | os.PathLike, *, require_model: bool = True) -> dict:
@@ -479,6 +280,6 @@ def load_model_section(path: str | os.PathLike, *, require_model: bool = True) -
     if require_model and "model" not in raw:
         raise ConfigError(f"{path}: no [model] table")
     hf = parse_hf_sections(raw, where=str(path), base_dir=path.parent)
-    tokenizer = None if hf.model is not None else _convert(raw.get("tokenizer", "byte"), str, f"{path}: tokenizer")
-    judge = _check_table(raw, "judge", str(path)) if "judge" in raw else None
-    return {"model": _check_table(raw, "model", str(path)), "tokenizer": tokenizer, "judge": judge, "hf": hf}
+    tokenizer = None if hf.model is not None else convert_value(raw.get("tokenizer", "byte"), str, f"{path}: tokenizer")
+    judge = check_table(raw, "judge", str(path)) if "judge" in raw else None
+    return {"model": check_table(raw, "model", str(path)), "tokenizer": tokenizer, "judge": judge, "hf": hf}

@@ -57,7 +57,7 @@ class HFSections:
 
 
 def _folder(value: Any, base_dir: Path, where: str) -> Path:
-    from self_rewarding_lm_pytorch.config_file import ConfigError
+    from self_rewarding_lm_pytorch.config_values import ConfigError
 
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: expected a folder path (str), got {value!r}")
@@ -68,7 +68,7 @@ def _folder(value: Any, base_dir: Path, where: str) -> Path:
 
 
 def _lora(table: Any, where: str) -> LoraSection:
-    from self_rewarding_lm_pytorch.config_file import ConfigError, _convert
+    from self_rewarding_lm_pytorch.config_values import ConfigError, convert_value
 
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [lora] must be a table")
@@ -78,24 +78,24 @@ def _lora(table: Any, where: str) -> LoraSection:
             f"{where}: [lora]: unknown key(s) {', '.join(unknown)}; "
             "allowed: alpha, dropout, r, save_merged, target_modules"
         )
-    r = _convert(table.get("r", LoraSection.r), int, f"{where}: [lora] r")
-    alpha = _convert(table["alpha"], float, f"{where}: [lora] alpha") if "alpha" in table else None
-    dropout = _convert(table.get("dropout", LoraSection.dropout), float, f"{where}: [lora] dropout")
+    r = convert_value(table.get("r", LoraSection.r), int, f"{where}: [lora] r")
+    alpha = convert_value(table["alpha"], float, f"{where}: [lora] alpha") if "alpha" in table else None
+    dropout = convert_value(table.get("dropout", LoraSection.dropout), float, f"{where}: [lora] dropout")
     targets = table.get("target_modules")
     if targets is not None:
-        targets = tuple(_convert(targets, list[str], f"{where}: [lora] target_modules"))
+        targets = tuple(convert_value(targets, list[str], f"{where}: [lora] target_modules"))
         if not targets:
             raise ConfigError(f"{where}: [lora] target_modules is empty")
     if r < 1 or (alpha is not None and alpha <= 0) or not 0 <= dropout < 1:
         raise ConfigError(f"{where}: [lora] needs r >= 1, alpha > 0 and dropout in [0, 1); got {r}, {alpha}, {dropout}")
-    save_merged = _convert(table.get("save_merged", LoraSection.save_merged), bool, f"{where}: [lora] save_merged")
+    save_merged = convert_value(table.get("save_merged", LoraSection.save_merged), bool, f"{where}: [lora] save_merged")
     return LoraSection(r, alpha, dropout, targets, save_merged)
 
 
 def parse_hf_sections(raw: dict, *, where: str, base_dir: Path) -> HFSections:
     """The HF settings of a parsed TOML document; `raw["model"]`/`raw["tokenizer"]` are left to the caller
     when they are not HF tables."""
-    from self_rewarding_lm_pytorch.config_file import ConfigError
+    from self_rewarding_lm_pytorch.config_values import ConfigError
 
     model_table, tokenizer = raw.get("model", {}), raw.get("tokenizer")
     model = None
