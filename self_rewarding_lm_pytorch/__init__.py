@@ -71,8 +71,10 @@ if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.stages.sft import SFTConfig as SFTConfig
     from self_rewarding_lm_pytorch.stages.spin import SelfPlayConfig as SelfPlayConfig
     from self_rewarding_lm_pytorch.trainers.dpo import DPOTrainer as DPOTrainer
-    from self_rewarding_lm_pytorch.trainers.dpo import UnshardableReferenceError as UnshardableReferenceError
     from self_rewarding_lm_pytorch.trainers.dpo import train_dpo as train_dpo
+    from self_rewarding_lm_pytorch.trainers.pair_training import (
+        UnshardableReferenceError as UnshardableReferenceError,
+    )
     from self_rewarding_lm_pytorch.trainers.preference_loss import PreferenceLoss as PreferenceLoss
     from self_rewarding_lm_pytorch.trainers.reward_model import RewardModel as RewardModel
     from self_rewarding_lm_pytorch.trainers.reward_model import RewardModelTrainer as RewardModelTrainer
@@ -108,7 +110,7 @@ _EXPORTS = {
     # trainers usable on their own
     "SFTTrainer": "trainers.sft",
     "DPOTrainer": "trainers.dpo",
-    "UnshardableReferenceError": "trainers.dpo",
+    "UnshardableReferenceError": "trainers.pair_training",
     "PreferenceLoss": "trainers.preference_loss",
     "SPINTrainer": "trainers.spin",
     "PPOTrainer": "rl.ppo",

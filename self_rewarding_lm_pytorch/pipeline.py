@@ -56,7 +56,7 @@ def _check_stage(config: Any, index: int):
 def _check_references_shardable(model: nn.Module, stages: Sequence[Any], num_processes: int):
     """Before any stage runs (nothing written yet): a LoRA policy's live reference cannot be sharded."""
     from self_rewarding_lm_pytorch.core.losses import REFERENCE_FREE_LOSS_TYPES
-    from self_rewarding_lm_pytorch.trainers.dpo import check_live_reference_shardable
+    from self_rewarding_lm_pytorch.trainers.pair_training import check_live_reference_shardable
 
     for config in stages:
         live = type(config).kind == "ppo" or getattr(config, "precompute_ref_logprobs", True) is False

@@ -4,7 +4,7 @@ Each iteration, the frozen previous iterate answers every SFT prompt once (batch
 before any training step); the policy then learns to prefer the real SFT response over that
 synthetic one, with the previous iterate as the reference. That is DPO on (real, generated) pairs
 with `losses.spin_loss` (or any other `dpo_loss` type, beta = lambda), run through the DPO trainer's
-pair machinery (`trainers.dpo.train_pairs`).
+pair machinery (`trainers.pair_training.train_pairs`).
 
 Shapes: b batch, n sequence (the tensors live in `stages.dpo` and `sampling`; this module handles ids).
 """
@@ -29,7 +29,8 @@ from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_json_if
 from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig, resolve_sampling
 from self_rewarding_lm_pytorch.core.seeding import derive_seed
 from self_rewarding_lm_pytorch.models import as_model
-from self_rewarding_lm_pytorch.trainers.dpo import DPOTask, default_tokenizer, train_pairs
+from self_rewarding_lm_pytorch.trainers.dpo import default_tokenizer
+from self_rewarding_lm_pytorch.trainers.pair_training import DPOTask, train_pairs
 from self_rewarding_lm_pytorch.trainers.preference_loss import PreferenceLoss
 from self_rewarding_lm_pytorch.trainers.sft import NoResponseTokens, to_sft_example
 from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
