@@ -53,7 +53,7 @@ class SelfPlayConfig(TrainingFields):
             raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
         if not self.spin_λ > 0:
             raise ValueError(f"spin_λ must be > 0, got {self.spin_λ}")
-        from self_rewarding_lm_pytorch.trainers.spin import spin_sampling
+        from self_rewarding_lm_pytorch.trainers.spin_data import spin_sampling
 
         object.__setattr__(self, "sampling", as_sampling_config(self.sampling, where="SelfPlayConfig.sampling"))
         spin_sampling(self.sampling_config, temperature=0.7, top_p=0.9, top_k=None)  # fails here, not mid-run

@@ -4,7 +4,8 @@ Each iteration, the frozen previous iterate answers every SFT prompt once (batch
 before any training step); the policy then learns to prefer the real SFT response over that
 synthetic one, with the previous iterate as the reference. That is DPO on (real, generated) pairs
 with `losses.spin_loss` (or any other `dpo_loss` type, beta = lambda), run through the DPO trainer's
-pair machinery (`trainers.pair_training.train_pairs`).
+pair machinery (`trainers.pair_training.train_pairs`). The SFT items' encoding and the synthetic responses
+are `trainers.spin_data`; their names stay importable from here.
 
 Shapes: b batch, n sequence (the tensors live in `stages.dpo` and `sampling`; this module handles ids).
 """
@@ -12,27 +13,31 @@ Shapes: b batch, n sequence (the tensors live in `stages.dpo` and `sampling`; th
 from __future__ import annotations
 
 import dataclasses
-import logging
-from collections.abc import Sequence, Sized
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import torch
 from beartype import beartype
 from torch import nn
 
-from self_rewarding_lm_pytorch.core import sampling as sampler  # looked up per call: tests patch sampler.sample
 from self_rewarding_lm_pytorch.core.batching import SizedDataset
 from self_rewarding_lm_pytorch.core.distributed import Shard
-from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_json_if_exists, read_jsonl, write_jsonl
-from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig, resolve_sampling
+from self_rewarding_lm_pytorch.core.files import atomic_write_json, read_json_if_exists, read_jsonl
+from self_rewarding_lm_pytorch.core.sampling_config import SamplingConfig
 from self_rewarding_lm_pytorch.core.seeding import derive_seed
 from self_rewarding_lm_pytorch.models import as_model
 from self_rewarding_lm_pytorch.trainers.dpo import default_tokenizer
 from self_rewarding_lm_pytorch.trainers.pair_training import DPOTask, train_pairs
 from self_rewarding_lm_pytorch.trainers.preference_loss import PreferenceLoss
-from self_rewarding_lm_pytorch.trainers.sft import NoResponseTokens, to_sft_example
+from self_rewarding_lm_pytorch.trainers.spin_data import (
+    SYNTHETIC_FILE,
+    SFTRecordError,
+    encode_sft_items,
+    generate_synthetic,
+    load_or_generate_synthetic,
+    spin_pairs,
+    spin_sampling,
+)
 from self_rewarding_lm_pytorch.training.accelerators import make_accelerator
 from self_rewarding_lm_pytorch.training.checkpoint import load_model
 from self_rewarding_lm_pytorch.training.loop import TrainConfig, TrainResult
@@ -47,57 +52,7 @@ __all__ = [
     "train_spin_iteration",
 ]
 
-log = logging.getLogger(__name__)
-SYNTHETIC_FILE = "synthetic.jsonl"
 DONE_FILE = "iteration_done.json"
-
-
-class SFTRecordError(ValueError):
-    """An SFT item SPIN cannot use; the message names the item."""
-
-
-@beartype
-def encode_sft_items(
-    items: SizedDataset, tokenizer, *, max_seq_len: int, num_tokens: int | None = None
-) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, real response ids) per SFT item (the SFT stage's item forms), cut to `max_seq_len`.
-
-    Items whose prompt leaves no room for a response within `max_seq_len` are skipped with a warning,
-    as SFT does; a malformed item or an empty response is an error naming the item.
-    """
-    out: list[tuple[list[int], list[int]]] = []
-    skipped, num_items = 0, len(cast(Sized, items))
-    for index in range(num_items):
-        item = items[index]
-        try:
-            to_sft_example(item, tokenizer)  # without the length limit: is the response itself empty?
-        except (ValueError, TypeError) as e:
-            raise SFTRecordError(f"SFT item {index}: {e}") from None
-        try:
-            ids, prompt_len = to_sft_example(item, tokenizer, max_seq_len)
-        except NoResponseTokens:
-            skipped += 1
-            continue
-        if prompt_len == 0:
-            raise SFTRecordError(f"SFT item {index}: the prompt is empty (nothing predicts the first response token)")
-        if num_tokens is not None and not 0 <= min(ids) <= max(ids) < num_tokens:
-            raise SFTRecordError(
-                f"SFT item {index} has token ids outside the model's vocabulary [0, {num_tokens}) "
-                f"(min {min(ids)}, max {max(ids)})"
-            )
-        out.append((ids[:prompt_len], ids[prompt_len:]))
-    if skipped:
-        log.warning(
-            "SPIN: skipped %d of %d SFT items whose prompt leaves no room within max_seq_len=%d",
-            skipped,
-            num_items,
-            max_seq_len,
-        )
-    if not out:
-        raise SFTRecordError(
-            "no SFT items" if not num_items else f"no SFT item has room for a response within max_seq_len={max_seq_len}"
-        )
-    return out
 
 
 def resolve_spin_kwargs(spin_kwargs: dict | None) -> dict:
@@ -113,111 +68,6 @@ def resolve_spin_kwargs(spin_kwargs: dict | None) -> dict:
     if not lambda_ > 0:
         raise ValueError(f"SPIN λ must be > 0, got {lambda_}")
     return {"lambda_": lambda_}
-
-
-@torch.no_grad()
-def generate_synthetic(
-    model: nn.Module,
-    examples: Sequence[tuple[list[int], list[int]]],
-    *,
-    tokenizer,
-    max_seq_len: int,
-    temperature: float = 0.7,
-    top_p: float | None = 0.9,
-    top_k: int | None = None,
-    sampling: SamplingConfig | None = None,
-    batch_size: int | None = None,
-    seed: int = 0,
-    progress: bool = False,
-    shard: Shard | None = None,
-) -> list[list[int]]:
-    """One sampled response per prompt, each with room for at most `max_seq_len - len(prompt)` tokens.
-
-    Prompts are grouped by that budget and each group is one sampler call (it batches and KV-caches):
-    a single call with the shortest prompt's budget would run longer prompts past `max_seq_len`,
-    which a model with absolute positions cannot do. Each group draws from its own generator, seeded
-    by `seed` and the budget. With a `shard` of several processes each samples a contiguous share of
-    every group (its rows keyed by their index in the group, see `sampling.sample`'s `first_row`) and
-    the shares are gathered, so every process returns what one process would.
-    """
-    sampling = spin_sampling(sampling, temperature=temperature, top_p=top_p, top_k=top_k)
-    shard = shard or Shard()
-    device = next(model.parameters()).device
-    budgets = [max_seq_len - len(p) for p, _ in examples]
-    responses: list[list[int]] = [[] for _ in examples]
-    for budget in sorted(set(budgets)):  # the same order on every process: one gather per group
-        rows = [i for i, b in enumerate(budgets) if b == budget]
-        mine = shard.share(len(rows))
-        generated: list[list[int]] = []
-        if mine:
-            generator = torch.Generator().manual_seed(derive_seed(seed, "spin-budget", budget))
-            out = sampler.sample(
-                model,
-                [torch.tensor(examples[rows[j]][0], dtype=torch.long, device=device) for j in mine],
-                first_row=mine.start,
-                sampling=dataclasses.replace(sampling, max_new_tokens=budget),
-                eos_id=tokenizer.eos_id,
-                pad_id=tokenizer.pad_id,
-                generator=generator,
-                batch_size=batch_size,
-                progress=progress,
-            )
-            generated = [out.response_ids[r][out.response_mask[r]].tolist() for r in range(len(mine))]
-        for i, ids in zip(rows, shard.gather_lists(generated), strict=True):
-            responses[i] = ids
-    return responses
-
-
-def spin_sampling(
-    sampling: SamplingConfig | None, *, temperature: float, top_p: float | None, top_k: int | None
-) -> SamplingConfig:
-    """SPIN's SamplingConfig from `sampling=` or the loose keywords (defaults 0.7, 0.9, None), one rule.
-
-    Its `max_new_tokens` must stay None: SPIN gives every prompt the room left within `max_seq_len`.
-    """
-    loose = dict(temperature=temperature, top_p=top_p, top_k=top_k)
-    defaults = dict(temperature=0.7, top_p=0.9, top_k=None)
-    resolved = resolve_sampling(sampling, {k: (k, v) for k, v in loose.items()}, defaults, where="SPIN")
-    if resolved.max_new_tokens is not None:
-        raise ValueError("SPIN derives each prompt's new-token budget from max_seq_len: leave max_new_tokens None")
-    return resolved
-
-
-def _pairs(examples, generated) -> list[dict]:
-    return [
-        {"chosen": (p + real, len(p)), "rejected": (p + gen, len(p))}
-        for (p, real), gen in zip(examples, generated, strict=True)
-    ]
-
-
-def _load_or_generate(model, examples, run_dir, *, resume, shard, tokenizer, num_train, **sample_kwargs):
-    """This iteration's synthetic responses, reused from `run_dir` on resume (the policy has moved since).
-
-    `examples` are the training items then the validation items (one sampler call for both).
-    """
-    path = None if run_dir is None else Path(run_dir) / SYNTHETIC_FILE
-    if resume and path is not None and path.exists():
-        records = read_jsonl(path)
-        if len(records) == len(examples) and all(r["prompt"] == p for r, (p, _) in zip(records, examples, strict=True)):
-            return [r["generated"] for r in records]
-        raise ValueError(f"{path} holds samples for other prompts; cannot resume this SPIN run with new data")
-    generated = generate_synthetic(model, examples, tokenizer=tokenizer, shard=shard, **sample_kwargs)
-    if path is not None and shard.rank == 0:
-        write_jsonl(
-            path,
-            (
-                {
-                    "index": i,
-                    "split": "train" if i < num_train else "valid",
-                    "prompt": p,
-                    "real": real,
-                    "generated": gen,
-                    "generated_text": tokenizer.decode(gen),
-                }
-                for i, ((p, real), gen) in enumerate(zip(examples, generated, strict=True))
-            ),
-        )
-    return generated
 
 
 @beartype
@@ -266,7 +116,7 @@ def train_spin_iteration(
     valid_examples = encode(valid_sft_items) if valid_sft_items is not None else []
     run_dir = None if run_dir is None else Path(run_dir)
     model.to(accelerator.device)
-    everything = _load_or_generate(
+    everything = load_or_generate_synthetic(
         model,
         examples + valid_examples,
         run_dir,
@@ -281,13 +131,13 @@ def train_spin_iteration(
         progress=config.progress,
     )
     generated = everything[: len(examples)]
-    pairs = _pairs(examples, generated)
+    pairs = spin_pairs(examples, generated)
     if previous_synthetic is not None:
         if len(previous_synthetic) != len(examples):
             raise ValueError(
                 f"previous_synthetic has {len(previous_synthetic)} responses for {len(examples)} SFT items"
             )
-        pairs += _pairs(examples, previous_synthetic)
+        pairs += spin_pairs(examples, previous_synthetic)
     make_task = partial(DPOTask, pad_id=tokenizer.pad_id, names=("real", "generated"), loss=loss)
     result = train_pairs(
         model,
@@ -300,7 +150,7 @@ def train_spin_iteration(
         precompute_ref_logprobs=precompute_ref_logprobs,
         resume=resume,
         desc="spin",
-        valid_pairs=_pairs(valid_examples, everything[len(examples) :]) or None,
+        valid_pairs=spin_pairs(valid_examples, everything[len(examples) :]) or None,
         reference_free=loss.reference_free,
     )
     return result, generated
