@@ -49,9 +49,6 @@ if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.self_reward.consistency import SelfConsistencyReward as SelfConsistencyReward
     from self_rewarding_lm_pytorch.self_reward.consistency import consistency_scores as consistency_scores
     from self_rewarding_lm_pytorch.self_reward.consistency import make_answer_extractor as make_answer_extractor
-    from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG as DEFAULT_REWARD_CONFIG
-    from self_rewarding_lm_pytorch.self_reward.judge import RewardConfig as RewardConfig
-    from self_rewarding_lm_pytorch.self_reward.judge import RewardTemplateError as RewardTemplateError
     from self_rewarding_lm_pytorch.self_reward.judge import judge_scores as judge_scores
     from self_rewarding_lm_pytorch.self_reward.pairs import best_vs_worst as best_vs_worst
     from self_rewarding_lm_pytorch.self_reward.pairs import length_controlled as length_controlled
@@ -61,6 +58,9 @@ if TYPE_CHECKING:
     from self_rewarding_lm_pytorch.self_reward.prompt_filters import ngram_overlap as ngram_overlap
     from self_rewarding_lm_pytorch.self_reward.prompt_generation import generate_prompts as generate_prompts
     from self_rewarding_lm_pytorch.self_reward.prompt_generation import render_few_shot as render_few_shot
+    from self_rewarding_lm_pytorch.self_reward.reward_config import DEFAULT_REWARD_CONFIG as DEFAULT_REWARD_CONFIG
+    from self_rewarding_lm_pytorch.self_reward.reward_config import RewardConfig as RewardConfig
+    from self_rewarding_lm_pytorch.self_reward.reward_config import RewardTemplateError as RewardTemplateError
     from self_rewarding_lm_pytorch.stages.context import StageContext as StageContext
     from self_rewarding_lm_pytorch.stages.context import StageEnd as StageEnd
     from self_rewarding_lm_pytorch.stages.external_reward_dpo import ExternalRewardDPOConfig as ExternalRewardDPOConfig
@@ -130,9 +130,9 @@ _EXPORTS = {
     "train_dpo": "trainers.dpo",
     "train_spin_iteration": "trainers.spin",
     # the judge and preference pairs
-    "RewardConfig": "self_reward.judge",
-    "RewardTemplateError": "self_reward.judge",
-    "DEFAULT_REWARD_CONFIG": "self_reward.judge",
+    "RewardConfig": "self_reward.reward_config",
+    "RewardTemplateError": "self_reward.reward_config",
+    "DEFAULT_REWARD_CONFIG": "self_reward.reward_config",
     "judge_scores": "self_reward.judge",
     "generate_preferences": "self_reward.preferences",
     "BudgetError": "self_reward.budgets",

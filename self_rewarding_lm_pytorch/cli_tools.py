@@ -189,7 +189,7 @@ def _cmd_reward_model_train(args) -> int:
 def _judge_config(spec: str, table: dict | None):
     from self_rewarding_lm_pytorch.config_file import load_model_section
     from self_rewarding_lm_pytorch.config_models import build_reward_config
-    from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG
+    from self_rewarding_lm_pytorch.self_reward.reward_config import DEFAULT_REWARD_CONFIG
 
     if spec == "model-config":
         return build_reward_config(table) if table is not None else DEFAULT_REWARD_CONFIG

@@ -61,7 +61,7 @@ def build_reward_config(judge: dict | None, *, where: str = "") -> Any:
     """The self-judge `RewardConfig` from the [judge] table, or None for the library default."""
     if judge is None:
         return None
-    from self_rewarding_lm_pytorch.self_reward.judge import RewardConfig
+    from self_rewarding_lm_pytorch.self_reward.reward_config import RewardConfig
 
     judge = {k: tuple(v) if isinstance(v, list) else v for k, v in judge.items()}  # score_range
     try:

@@ -91,7 +91,7 @@ class SelfRewardingTrainer:
         chat_template: bool | None = None,
         save_merged: bool = False,
     ):
-        from self_rewarding_lm_pytorch.self_reward.judge import DEFAULT_REWARD_CONFIG, RewardConfig
+        from self_rewarding_lm_pytorch.self_reward.reward_config import DEFAULT_REWARD_CONFIG, RewardConfig
 
         if isinstance(finetune_configs, dict):
             from self_rewarding_lm_pytorch.recipes import create_default_paper_config

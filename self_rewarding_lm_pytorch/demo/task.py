@@ -156,7 +156,7 @@ def demo_reward_config(reference_guided: bool = False):
     `reference_guided`: the verdict is the comparison of the sum the judge worked out with the judged
     answer (`RewardConfig.answer_regex`), not the `Score:` the judge wrote after comparing them itself.
     """
-    from self_rewarding_lm_pytorch.self_reward.judge import RewardConfig
+    from self_rewarding_lm_pytorch.self_reward.reward_config import RewardConfig
 
     # auto_dedent off: the template is one line and must render byte for byte as the EFT data was.
     return RewardConfig(

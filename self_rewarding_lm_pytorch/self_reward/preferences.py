@@ -36,12 +36,7 @@ from self_rewarding_lm_pytorch.core.seeding import derive_seed
 from self_rewarding_lm_pytorch.core.tokenizer import encode_prompt
 from self_rewarding_lm_pytorch.self_reward.budgets import BudgetError, Budgets, resolve_budgets
 from self_rewarding_lm_pytorch.self_reward.chunks import Shard, resume_chunks, run_chunks
-from self_rewarding_lm_pytorch.self_reward.judge import (
-    DEFAULT_REWARD_CONFIG,
-    RewardConfig,
-    judge_scores,
-    resolve_judge_settings,
-)
+from self_rewarding_lm_pytorch.self_reward.judge import judge_scores, resolve_judge_settings
 from self_rewarding_lm_pytorch.self_reward.pairs import best_vs_worst
 from self_rewarding_lm_pytorch.self_reward.preference_records import (
     candidate_records,
@@ -50,6 +45,7 @@ from self_rewarding_lm_pytorch.self_reward.preference_records import (
     report_preferences,
     select_pairs,
 )
+from self_rewarding_lm_pytorch.self_reward.reward_config import DEFAULT_REWARD_CONFIG, RewardConfig
 
 __all__ = ["BudgetError", "Budgets", "PreferenceResult", "generate_preferences", "resolve_budgets"]
 
