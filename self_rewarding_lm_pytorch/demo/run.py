@@ -310,15 +310,7 @@ def _run(
             seed=seed,
             progress=progress,
         )
-        others = []
-        for line_rows, seconds in lines.results():
-            others.extend(line_rows)
-            evaluator.stage_seconds.update(seconds)
-        others.sort(key=lambda row: LINES.index(row["run"]))  # the report's order, whatever ran first
-        evaluator.rows.extend(others)
-        for row in others:
-            if row["stage"] != "M1":  # M1 is logged once, by the self-reward line
-                log.write(row)
+        _collect_lines(lines, evaluator, log)
     finally:
         lines.close()
         log.close()
@@ -334,6 +326,20 @@ def _run(
         command,
         processes,
     )
+
+
+def _collect_lines(lines: LineRuns, evaluator: Evaluator, log: JsonlAppender) -> None:
+    """The other lines' rows and stage times into `evaluator`, in the report's order whatever ran first,
+    and into the log (M1 is logged once, by the self-reward line)."""
+    others = []
+    for line_rows, seconds in lines.results():
+        others.extend(line_rows)
+        evaluator.stage_seconds.update(seconds)
+    others.sort(key=lambda row: LINES.index(row["run"]))
+    evaluator.rows.extend(others)
+    for row in others:
+        if row["stage"] != "M1":
+            log.write(row)
 
 
 def _finish(out, rows, settings, seed, data_stats, seconds, total, command, processes) -> dict:

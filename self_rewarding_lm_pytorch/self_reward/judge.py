@@ -113,15 +113,9 @@ def judge_scores(
     fits = [len(ids) >= 1 and (limit is None or len(ids) + max_new_tokens <= limit) for ids in encoded]
     judged = [i for i, ok in enumerate(fits) if ok]
     texts: list[list[str]] = [[] for _ in prompts]
-    # A greedy judge says the same about the same judge prompt every time: judge each distinct prompt
-    # once and copy (a model's samples repeat answers: a quarter to a third of the demo's are distinct).
-    first_of: dict[tuple[int, ...], int] = {}
-    if sampling.temperature == 0:
-        for i in judged:
-            first_of.setdefault(tuple(encoded[i]), i)
-        sampled, per_pair = sorted(first_of.values()), 1
-    else:
-        sampled, per_pair = judged, num_judgments
+    source = _judgment_sources(encoded, judged, is_greedy=sampling.temperature == 0)
+    sampled = sorted(set(source.values()))
+    per_pair = 1 if sampling.temperature == 0 else num_judgments  # greedy judgments would all be equal
     if sampled:
         out = sample(  # the sampler moves prompts to the model's device
             model,
@@ -138,17 +132,25 @@ def judge_scores(
         )
         decoded = out.texts(tokenizer)
         # prompt-major rows: judgment j of the r-th sampled pair is row r * per_pair + j
-        for row, i in enumerate(sampled):
-            texts[i] = decoded[row * per_pair : (row + 1) * per_pair] * (num_judgments // per_pair)
+        judged_by = {i: decoded[row * per_pair : (row + 1) * per_pair] for row, i in enumerate(sampled)}
         for i in judged:
-            if not texts[i]:
-                texts[i] = list(texts[first_of[tuple(encoded[i])]])
+            texts[i] = judged_by[source[i]] * (num_judgments // per_pair)
     parsed = [[reward_config.parse(t, response=r) for t in ts] for ts, r in zip(texts, responses, strict=True)]
     scores = torch.tensor([_mean_or_nan(ps) for ps in parsed], dtype=torch.float32)
     num_failed = sum(p is None for ps in parsed for p in ps)
     return JudgeResult(
         scores=scores, texts=texts, parsed=parsed, num_failed=num_failed, num_skipped=len(prompts) - len(judged)
     )
+
+
+def _judgment_sources(encoded: list[list[int]], judged: list[int], *, is_greedy: bool) -> dict[int, int]:
+    """For each judged pair, the pair whose judgments it gets: itself, or for a greedy judge (which says
+    the same about the same judge prompt every time) the first pair with the same judge prompt. A model's
+    samples repeat answers: a quarter to a third of the demo's are distinct."""
+    if not is_greedy:
+        return {i: i for i in judged}
+    first_of: dict[tuple[int, ...], int] = {}
+    return {i: first_of.setdefault(tuple(encoded[i]), i) for i in judged}
 
 
 def resolve_judge_settings(

@@ -89,24 +89,23 @@ class RewardConfig:
             object.__setattr__(self, "score_range", (lo, hi))  # a list from a config file becomes a tuple
         if self.parse_reward is not None and not callable(self.parse_reward):
             raise TypeError("parse_reward must be a callable text -> float | None")
-        self._check_reference_guided()
+        answer_pattern, response_answer = self._compile_reference_guided()
         # compiled forms are kept off the dataclass fields so the config stays plain, comparable data
         object.__setattr__(self, "_template", self._compile_template())
         object.__setattr__(self, "_pattern", self._compile_pattern())
-        object.__setattr__(
-            self, "_answer_pattern", None if self.answer_regex is None else re.compile(self.answer_regex)
-        )
-        object.__setattr__(self, "_response_answer", make_answer_extractor(self.response_answer))
+        object.__setattr__(self, "_answer_pattern", answer_pattern)
+        object.__setattr__(self, "_response_answer", response_answer)
 
-    def _check_reference_guided(self):
+    def _compile_reference_guided(self) -> tuple[re.Pattern | None, Callable[[str], str | None]]:
+        """The judge's answer pattern (None unless reference-guided) and the candidate's answer extractor."""
         if self.answer_regex is None:
             if self.response_answer is not None:
                 raise RewardTemplateError("response_answer is only read with answer_regex (a reference-guided judge)")
-            return
+            return None, make_answer_extractor(None)
         if not isinstance(self.answer_regex, str):
             raise TypeError(f"answer_regex must be a regex string, got {type(self.answer_regex).__name__}")
         try:
-            re.compile(self.answer_regex)
+            pattern = re.compile(self.answer_regex)
         except re.error as e:
             raise RewardTemplateError(f"answer_regex is not a valid regex: {e}") from None
         if self.score_range is None:
@@ -114,7 +113,7 @@ class RewardConfig:
         if self.parse_reward is not None:
             raise RewardTemplateError("set answer_regex or parse_reward, not both: each decides the score")
         try:
-            make_answer_extractor(self.response_answer)
+            return pattern, make_answer_extractor(self.response_answer)
         except re.error as e:
             raise RewardTemplateError(f"response_answer is not a valid regex: {e}") from None
 
